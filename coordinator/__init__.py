@@ -1,0 +1,1 @@
+"""The bridgestat coordinator: fans queries out to members and pools the releases."""

@@ -1,0 +1,1 @@
+"""The bridgestat node: answers typed aggregate queries with DP releases."""

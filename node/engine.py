@@ -1,0 +1,115 @@
+"""The node's query engine: plan, charge, release. Independent of any transport.
+
+`Engine.run` is the only path from a query to a release: it compiles the query (refusals
+depend only on the query, the public schema and the policy), charges the plan's loss to
+the ledger in one transaction, computes the release with OpenDP, stores it with the
+idempotency key, and only then returns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bridgestat.node.errors import QueryError
+from bridgestat.node.frames import CellRows, Frames
+from bridgestat.node.ledger import BudgetState, Ledger, Replay
+from bridgestat.node.mechanisms import Component, fixed_point
+from bridgestat.node.planner import Plan, Policy, compile_query
+from bridgestat.node.query import QuerySpec, Statistic
+from bridgestat.node.release import NoisyValue, Release, ReleasedCell
+from bridgestat.node.schema import Schema
+
+MAX_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Answer:
+    node_id: str
+    key: str
+    query: QuerySpec
+    release: Release
+    budget: BudgetState
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    schema: Schema
+    budget: BudgetState
+    policy: Policy
+
+
+class Engine:
+    """Answers typed queries about one member's data with DP releases."""
+
+    def __init__(self, node_id: str, schema: Schema, frames: Frames, ledger: Ledger,
+                 policy: Policy) -> None:
+        self.node_id, self.schema, self.frames = node_id, schema, frames
+        self.ledger, self.policy = ledger, policy
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(self.node_id, self.schema, self.ledger.state(), self.policy)
+
+    def plan(self, query: QuerySpec) -> Plan:
+        return compile_query(query, self.schema, self.policy)
+
+    def run(self, key: str, query: QuerySpec) -> Answer:
+        """Charge and release `query` once per idempotency key."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise QueryError("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
+        plan = self.plan(query)
+        outcome = self.ledger.reserve(key, query.fingerprint(), plan.loss)
+        if isinstance(outcome, Replay):
+            return self._answer(key, query, Release.decode(outcome.release), replayed=True)
+        try:
+            release = self._release(plan)
+        except BaseException:
+            self.ledger.cancel(key)  # nothing left the node: refund
+            raise
+        self.ledger.commit(key, release.encode())
+        return self._answer(key, query, release, replayed=False)
+
+    def _answer(self, key: str, query: QuerySpec, release: Release, replayed: bool) -> Answer:
+        return Answer(self.node_id, key, query, release, self.ledger.state(), replayed)
+
+    def _release(self, plan: Plan) -> Release:
+        cells = tuple(self._cell(plan, rows) for rows in self.frames.cells(plan))
+        return Release(cells=cells, center=plan.center, lower=plan.lower, upper=plan.upper,
+                       mechanism=_describe(plan), charged=float(plan.loss))
+
+    def _cell(self, plan: Plan, rows: CellRows) -> ReleasedCell:
+        stat = plan.query.statistic
+        if stat is Statistic.COUNT:
+            return ReleasedCell(rows.group, (_scalar(plan.components[0], rows.values),))
+        if stat is Statistic.HISTOGRAM:
+            return ReleasedCell(rows.group, _histogram(plan, rows.values))
+        values = rows.values[~np.isnan(rows.values)]
+        z, w = fixed_point(values, plan.lower, plan.upper)
+        count, total, squares = plan.components
+        return ReleasedCell(rows.group, (_scalar(count, z), _scalar(total, z),
+                                         _scalar(squares, w)))
+
+
+def _scalar(component: Component, data: np.ndarray[Any, Any]) -> NoisyValue:
+    raw = component.release(np.ascontiguousarray(data, dtype=np.int64))
+    return NoisyValue(component.name, float(raw) * component.unit, component.noise_scale,
+                      component.noise_variance, component.epsilon)
+
+
+def _histogram(plan: Plan, codes: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...]:
+    component = plan.components[0]
+    counts = component.release(np.ascontiguousarray(codes, dtype=np.int64))
+    return tuple(NoisyValue(label, float(count), component.noise_scale,
+                            component.noise_variance, component.epsilon)
+                 for label, count in zip(plan.labels, counts, strict=True))
+
+
+def _describe(plan: Plan) -> str:
+    parts = [f"{c.name}: eps={c.epsilon:.6g}, scale={c.noise_scale:.6g}" for c in plan.components]
+    kind = "discrete Laplace (OpenDP)"
+    cells = f"{len(plan.cells)} disjoint cells (parallel composition)" if plan.cells else "1 cell"
+    return f"{kind}; {'; '.join(parts)}; {cells}"

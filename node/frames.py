@@ -1,0 +1,139 @@
+"""Reduce a member's tables to one row per participant for a plan (the privacy unit).
+
+A query on `participant` uses its rows directly. A query on a table with occasions
+(`assessment`) picks, per participant, the occasion nearest to the target month inside
+the window; participants without such an occasion do not take part. A paired change pairs
+the follow-up occasion with the baseline occasion (filters and group-by then see the
+baseline values of the queried table). Every step keeps at most one row per participant,
+so a release over the result has the sensitivity the mechanisms assume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bridgestat.node.planner import PARTICIPANT_TABLE, Plan
+from bridgestat.node.query import CategoryFilter, Occasion, Statistic
+from bridgestat.node.schema import Schema, TableSpec
+
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+
+
+@dataclass(frozen=True)
+class CellRows:
+    """The measured values of one group-by cell."""
+
+    group: tuple[tuple[str, str], ...]
+    values: FloatArray | IntArray  # floats for means and changes, codes for histograms
+    n_rows: int
+
+
+class Frames:
+    """Per-participant views of one member's data, cached per occasion."""
+
+    def __init__(self, tables: dict[str, pd.DataFrame], schema: Schema) -> None:
+        self.schema = schema
+        self.tables = tables
+        participant = schema.table(PARTICIPANT_TABLE)
+        self.participants = tables[PARTICIPANT_TABLE].set_index(participant.key, drop=True)
+        self._occasion = lru_cache(maxsize=32)(self._select_occasion)
+        self._joined = lru_cache(maxsize=32)(self._join)
+
+    def _select_occasion(self, table_name: str, occ: Occasion) -> pd.DataFrame:
+        table = self.schema.table(table_name)
+        rows = self.tables[table_name]
+        month = rows[table.month_column]
+        rows = rows[(month >= occ.window_lower) & (month <= occ.window_upper)]
+        distance = (rows[table.month_column] - occ.target_month).abs()
+        ordered = rows.assign(_distance=distance).sort_values(
+            [table.key, "_distance", table.month_column], kind="stable")
+        first = ordered.drop_duplicates(subset=table.key, keep="first")
+        return first.drop(columns="_distance").set_index(table.key, drop=True)
+
+    def _join(self, table_name: str, occ: Occasion) -> pd.DataFrame:
+        """Participant columns plus the table's columns at the occasion (inner join)."""
+        at = self._occasion(table_name, occ)
+        return self.participants.join(at, how="inner")
+
+    def rows(self, plan: Plan) -> pd.DataFrame:
+        """One row per participant taking part, with a `_value` column when measured."""
+        table: TableSpec = plan.table
+        if not table.has_occasions:
+            frame = self.participants
+            if plan.column is not None:
+                frame = frame.assign(_value=frame[plan.column.name])
+            return frame
+        if plan.query.statistic is Statistic.PAIRED_CHANGE:
+            assert plan.baseline is not None and plan.occasion is not None and plan.column
+            base = self._joined(table.name, plan.baseline)
+            follow = self._occasion(table.name, plan.occasion)[plan.column.name]
+            change = follow.reindex(base.index) - base[plan.column.name]
+            return base.assign(_value=change)
+        assert plan.occasion is not None
+        frame = self._joined(table.name, plan.occasion)
+        if plan.column is not None:
+            frame = frame.assign(_value=frame[plan.column.name])
+        return frame
+
+    def cells(self, plan: Plan) -> Iterator[CellRows]:
+        frame = _filtered(self.rows(plan), plan)
+        values = _measured(frame, plan)
+        if not plan.query.group_by:
+            yield CellRows((), values, len(frame))
+            return
+        keys = _group_keys(frame, plan)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        for index, group in enumerate(plan.cells):
+            lo, hi = np.searchsorted(sorted_keys, [index, index + 1])
+            picked = order[lo:hi]
+            yield CellRows(group, values[picked], int(hi - lo))
+
+
+def _filtered(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
+    if not plan.query.filters:
+        return frame
+    keep = np.ones(len(frame), dtype=bool)
+    for flt in plan.query.filters:
+        column = frame[flt.column]
+        if isinstance(flt, CategoryFilter):
+            keep &= column.astype(object).isin(flt.values).to_numpy()
+        else:
+            lower = -np.inf if flt.lower is None else flt.lower
+            upper = np.inf if flt.upper is None else flt.upper
+            keep &= ((column >= lower) & (column <= upper)).fillna(False).to_numpy(dtype=bool)
+    return frame[keep]
+
+
+def _measured(frame: pd.DataFrame, plan: Plan) -> FloatArray | IntArray:
+    stat = plan.query.statistic
+    if stat is Statistic.COUNT:
+        return np.zeros(len(frame), dtype=np.int64)
+    column = frame["_value"]
+    if stat is Statistic.HISTOGRAM:
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            return column.cat.codes.to_numpy(dtype=np.int64)
+        numbers = column.to_numpy(dtype=np.float64)
+        codes = np.searchsorted(np.asarray(plan.query.bin_edges), numbers, side="right")
+        return np.where(np.isnan(numbers), -1, codes).astype(np.int64)
+    return column.to_numpy(dtype=np.float64)
+
+
+def _group_keys(frame: pd.DataFrame, plan: Plan) -> IntArray:
+    """Cell index of each row in the order of plan.cells (-1: a group value is missing)."""
+    keys = np.zeros(len(frame), dtype=np.int64)
+    missing = np.zeros(len(frame), dtype=bool)
+    for name in plan.query.group_by:
+        column = frame[name]
+        codes = column.cat.codes.to_numpy(dtype=np.int64)
+        missing |= codes < 0
+        keys = keys * len(column.cat.categories) + codes
+    keys[missing] = -1
+    return keys

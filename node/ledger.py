@@ -1,0 +1,181 @@
+"""The durable privacy-budget ledger (SQLite).
+
+One cap per dataset. A query is charged in one `BEGIN IMMEDIATE` transaction that checks
+the cap and reserves the loss *before* anything is computed; the release is stored with
+the query's idempotency key when it is committed, and only then leaves the node.
+
+- Same key, same query fingerprint, committed: the stored release is replayed, nothing spent.
+- Same key, other fingerprint: refused (`IdempotencyConflict`).
+- Same key, reserved by this process: another request is computing it (`QueryInProgress`).
+- Same key, reserved by an earlier process (it crashed between reserve and commit): the
+  reservation is taken over; its charge stands and is not charged again. No output of the
+  crashed attempt ever left the node, so answering now releases the query exactly once.
+- A computation that fails before producing output is cancelled and its reservation refunded.
+
+WAL journal with synchronous=FULL: a committed charge survives a power cut.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridgestat.node.errors import BudgetExhausted, IdempotencyConflict, QueryInProgress
+from bridgestat.node.loss import Epsilon
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget (
+    dataset TEXT PRIMARY KEY,
+    spent TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS charge (
+    dataset TEXT NOT NULL,
+    query_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    epsilon TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('reserved', 'committed')),
+    owner TEXT NOT NULL,
+    release TEXT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    committed_at TEXT,
+    PRIMARY KEY (dataset, query_key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The stored release of an earlier, committed request with the same key."""
+
+    release: str
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """The loss is charged; compute the release and `commit` it."""
+
+    key: str
+    taken_over: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    dataset: str
+    total: Epsilon
+    spent: Epsilon
+
+    @property
+    def remaining(self) -> Epsilon:
+        return self.total - self.spent
+
+
+class Ledger:
+    """SQLite ledger of one dataset's privacy budget; safe across threads and processes."""
+
+    def __init__(self, path: Path, dataset: str, total: Epsilon) -> None:
+        self.path, self.dataset, self.total = Path(path), dataset, total
+        self.owner = uuid.uuid4().hex  # this process's identity for its reservations
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO budget (dataset, spent) VALUES (?, ?)",
+                       (dataset, Epsilon.zero().encode()))
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def state(self) -> BudgetState:
+        with self._connect() as db:
+            return BudgetState(self.dataset, self.total, self._spent(db))
+
+    def _spent(self, db: sqlite3.Connection) -> Epsilon:
+        row = db.execute("SELECT spent FROM budget WHERE dataset = ?", (self.dataset,)).fetchone()
+        return Epsilon.decode(row[0])
+
+    def reserve(self, key: str, fingerprint: str, loss: Epsilon) -> Replay | Reserved:
+        """Charge `loss` for `key` atomically, or return the stored release of a retry."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT fingerprint, state, owner, release FROM charge "
+                "WHERE dataset = ? AND query_key = ?", (self.dataset, key)).fetchone()
+            if row is not None:
+                return self._existing(db, key, fingerprint, row)
+            spent = self._spent(db)
+            if spent + loss > self.total:
+                raise BudgetExhausted(
+                    f"budget of dataset {self.dataset!r} exhausted: spent {spent} of "
+                    f"{self.total}, this query needs {loss} (remaining {self.total - spent})")
+            db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
+                       ((spent + loss).encode(), self.dataset))
+            db.execute("INSERT INTO charge (dataset, query_key, fingerprint, epsilon, state, owner)"
+                       " VALUES (?, ?, ?, ?, 'reserved', ?)",
+                       (self.dataset, key, fingerprint, loss.encode(), self.owner))
+            return Reserved(key)
+
+    def _existing(self, db: sqlite3.Connection, key: str, fingerprint: str,
+                  row: tuple[str, str, str, str | None]) -> Replay | Reserved:
+        stored_fingerprint, state, owner, release = row
+        if stored_fingerprint != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency_key {key!r} was already used for a different query")
+        if state == "committed" and release is not None:
+            return Replay(release)
+        if owner == self.owner:
+            raise QueryInProgress(f"idempotency_key {key!r}: the same query is being answered")
+        db.execute("UPDATE charge SET owner = ? WHERE dataset = ? AND query_key = ?",
+                   (self.owner, self.dataset, key))
+        return Reserved(key, taken_over=True)
+
+    def commit(self, key: str, release: str) -> None:
+        """Store the release with its charge; only after this may it leave the node."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE charge SET state = 'committed', release = ?, "
+                "committed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                "WHERE dataset = ? AND query_key = ? AND state = 'reserved' AND owner = ?",
+                (release, self.dataset, key, self.owner))
+            if cur.rowcount != 1:
+                raise RuntimeError(f"ledger: no reservation of ours for key {key!r}")
+
+    def cancel(self, key: str) -> None:
+        """Refund a reservation whose computation failed before producing any output."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT epsilon FROM charge WHERE dataset = ? AND query_key = ? "
+                "AND state = 'reserved' AND owner = ?", (self.dataset, key, self.owner)).fetchone()
+            if row is None:
+                return
+            spent = self._spent(db) - Epsilon.decode(row[0])
+            db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
+                       (spent.encode(), self.dataset))
+            db.execute("DELETE FROM charge WHERE dataset = ? AND query_key = ?",
+                       (self.dataset, key))
+
+    def charges(self) -> list[tuple[str, Epsilon, str]]:
+        """Every charge of this dataset: (key, loss, state), oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT query_key, epsilon, state FROM charge WHERE dataset = ? "
+                              "ORDER BY rowid", (self.dataset,)).fetchall()
+        return [(k, Epsilon.decode(e), s) for k, e, s in rows]

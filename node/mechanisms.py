@@ -1,0 +1,155 @@
+"""OpenDP measurements the node runs, with their public noise metadata.
+
+Privacy argument (one participant = one row after the query's reduction, symmetric
+distance d_in = 1):
+- count: `make_count` has sensitivity 1; Laplace scale 1/eps.
+- centred sum: values are clipped to [L, U], centred at c = (L+U)/2 and written as integers
+  z = round(F (x - c) / H) in [-F, F] with F = 2^20 and H = (U-L)/2. OpenDP clamps to
+  [-F, F] and sums the integers (sensitivity F, no row cap, unlike the unsized float sum);
+  discrete Laplace with scale F/eps. In the variable's units the noise scale is H/eps.
+- sum of squares: w = round(F ((x - c) / H)^2) in [0, F], the same construction.
+- histogram: integer category codes; `make_count_by_categories` over the public categories
+  (one extra trailing cell collects missing values) has L1 sensitivity 1 for the whole
+  histogram, so one eps buys every cell.
+Every loss charged is the measurement's own `map(1)`; a query's components run on the same
+participants, so their losses add (basic composition). Noise is exact discrete Laplace from
+OpenDP (OpenSSL randomness); nothing here draws noise itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import opendp.prelude as dp
+
+dp.enable_features("contrib")
+
+FIXED_POINT = 1 << 20
+_GROWTH = 1 + 2.0**-40
+
+
+@dataclass(frozen=True)
+class Component:
+    """One OpenDP measurement and what it releases."""
+
+    name: str
+    measurement: dp.Measurement
+    epsilon: float  # OpenDP's map(1): the loss this measurement spends
+    scale: float  # noise scale in the measurement's integer output units
+    unit: float  # the released statistic's units per integer output unit
+
+    @property
+    def noise_scale(self) -> float:
+        return self.scale * self.unit
+
+    @property
+    def noise_variance(self) -> float:
+        return discrete_laplace_variance(self.scale) * self.unit**2
+
+    def release(self, data: np.ndarray[Any, np.dtype[np.int64]]) -> Any:
+        return self.measurement(data)
+
+    def serialize(self) -> str:
+        return str(dp.serialize(self.measurement))
+
+
+def discrete_laplace_variance(scale: float) -> float:
+    """Var of discrete Laplace with scale b on the integers: 2q / (1 - q)^2, q = exp(-1/b)."""
+    q = math.exp(-1.0 / scale)
+    return 2.0 * q / math.expm1(-1.0 / scale) ** 2
+
+
+def _calibrate(build: Callable[[float], dp.Measurement], sensitivity: float,
+               epsilon: float) -> tuple[dp.Measurement, float]:
+    """Smallest scale near sensitivity/eps whose OpenDP map(1) does not exceed eps."""
+    scale = sensitivity / epsilon
+    measurement = build(scale)
+    while measurement.map(1) > epsilon:
+        scale *= _GROWTH
+        measurement = build(scale)
+    return measurement, scale
+
+
+def _int_vectors() -> Any:
+    return dp.vector_domain(dp.atom_domain(T=dp.i64))
+
+
+def count_component(epsilon: float, name: str = "count") -> Component:
+    def build(scale: float) -> dp.Measurement:
+        return (dp.t.make_count(_int_vectors(), dp.symmetric_distance())
+                >> dp.m.then_laplace(scale))
+    measurement, scale = _calibrate(build, 1.0, epsilon)
+    return Component(name, measurement, float(measurement.map(1)), scale, 1.0)
+
+
+def _bounded_sum(lower: int, upper: int, epsilon: float) -> tuple[dp.Measurement, float]:
+    def build(scale: float) -> dp.Measurement:
+        return (dp.t.make_clamp(_int_vectors(), dp.symmetric_distance(), (lower, upper))
+                >> dp.t.then_sum() >> dp.m.then_laplace(scale))
+    return _calibrate(build, float(max(abs(lower), abs(upper))), epsilon)
+
+
+def centred_sum_component(half_width: float, epsilon: float) -> Component:
+    """Sum of z = F (x - c) / H; released in units of (x - c)."""
+    measurement, scale = _bounded_sum(-FIXED_POINT, FIXED_POINT, epsilon)
+    return Component("sum", measurement, float(measurement.map(1)), scale,
+                     half_width / FIXED_POINT)
+
+
+def sum_squares_component(half_width: float, epsilon: float) -> Component:
+    """Sum of w = F ((x - c) / H)^2; released in units of (x - c)^2."""
+    measurement, scale = _bounded_sum(0, FIXED_POINT, epsilon)
+    return Component("sum_squares", measurement, float(measurement.map(1)), scale,
+                     half_width**2 / FIXED_POINT)
+
+
+def histogram_component(n_categories: int, epsilon: float) -> Component:
+    """Counts of codes 0..k-1 plus one trailing cell for anything else (missing)."""
+    def build(scale: float) -> dp.Measurement:
+        return (dp.t.make_count_by_categories(_int_vectors(), dp.symmetric_distance(),
+                                              categories=list(range(n_categories)))
+                >> dp.m.then_laplace(scale))
+    measurement, scale = _calibrate(build, 1.0, epsilon)
+    return Component("histogram", measurement, float(measurement.map(1)), scale, 1.0)
+
+
+def fixed_point(values: np.ndarray[Any, np.dtype[np.float64]], lower: float, upper: float
+                ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, np.dtype[np.int64]]]:
+    """Clip to the public bounds; return (z, w) fixed-point integers for sum and squares."""
+    half = (upper - lower) / 2
+    centred = (np.clip(values, lower, upper) - (lower + upper) / 2) / half
+    z = np.rint(centred * FIXED_POINT).astype(np.int64)
+    w = np.rint(centred * centred * FIXED_POINT).astype(np.int64)
+    return z, w
+
+
+@dataclass(frozen=True)
+class MeanSplit:
+    """How a mean's epsilon is split over count, centred sum and sum of squares.
+
+    The centred sum drives the mean's DP error, the count enters only through
+    (m - c)^2 v_N, and the sum of squares only through the sampling variance estimate.
+    """
+
+    count: float = 0.2
+    sum: float = 0.5
+    sum_squares: float = 0.3
+
+
+MEAN_SPLIT = MeanSplit()
+
+
+def mean_components(half_width: float, epsilon: float,
+                    split: MeanSplit = MEAN_SPLIT) -> tuple[Component, Component, Component]:
+    return (count_component(epsilon * split.count),
+            centred_sum_component(half_width, epsilon * split.sum),
+            sum_squares_component(half_width, epsilon * split.sum_squares))
+
+
+def total_epsilon(components: Sequence[Component]) -> float:
+    """Basic composition of measurements run on the same participants."""
+    return math.fsum(c.epsilon for c in components)

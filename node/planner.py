@@ -1,0 +1,249 @@
+"""Compile a query into a plan of OpenDP measurements, refusing what does not fit.
+
+Everything here depends only on the query, the public schema and the node's policy,
+never on the data: a refusal reveals nothing about any participant.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+from bridgestat.node import mechanisms
+from bridgestat.node.errors import PolicyError, QueryError
+from bridgestat.node.loss import Epsilon
+from bridgestat.node.mechanisms import Component
+from bridgestat.node.query import (INTAKE, CategoryFilter, Occasion, QuerySpec, RangeFilter,
+                                   Statistic)
+from bridgestat.node.schema import ColumnSpec, ColumnType, Schema, TableSpec
+
+MISSING = "(missing)"
+PARTICIPANT_TABLE = "participant"
+MAX_CELLS = 1000
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The budget rules the planner enforces (the ledger enforces the total)."""
+
+    max_epsilon_per_query: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    query: QuerySpec
+    table: TableSpec
+    column: ColumnSpec | None
+    components: tuple[Component, ...]
+    labels: tuple[str, ...]  # histogram cell labels, MISSING last
+    cells: tuple[tuple[tuple[str, str], ...], ...]  # group-by cells: ((column, value), ...)
+    occasion: Occasion | None
+    baseline: Occasion | None
+    lower: float = 0.0  # public bounds of the measured value (a change: [-(U-L), U-L])
+    upper: float = 0.0
+
+    @property
+    def loss(self) -> Epsilon:
+        """Loss of one cell; cells are disjoint, so by parallel composition of the query."""
+        return Epsilon(sum((Fraction(c.epsilon) for c in self.components), Fraction(0)))
+
+    @property
+    def center(self) -> float:
+        return (self.lower + self.upper) / 2
+
+
+def compile_query(query: QuerySpec, schema: Schema, policy: Policy) -> Plan:
+    """Validate `query` against the schema and policy; build its measurements."""
+    _check_loss(query.epsilon, policy)
+    table = _check_table(query, schema)
+    occasion, baseline = _check_occasions(query, table)
+    column = _check_column(query, table)
+    for i, flt in enumerate(query.filters):
+        _check_filter(flt, schema, table, f"query.filters[{i}]")
+    cells = _cells(query, schema, table)
+    return _build(query, table, column, cells, occasion, baseline)
+
+
+def _check_loss(epsilon: float, policy: Policy) -> None:
+    if not math.isfinite(epsilon) or epsilon <= 0:
+        raise QueryError("query.loss.epsilon", f"must be a finite number > 0, got {epsilon}")
+    if epsilon > policy.max_epsilon_per_query:
+        raise PolicyError("query.loss.epsilon",
+                          f"{epsilon:g} exceeds this node's largest loss per query "
+                          f"({policy.max_epsilon_per_query:g})")
+
+
+def _check_table(query: QuerySpec, schema: Schema) -> TableSpec:
+    if query.statistic is Statistic.UNSPECIFIED:
+        raise QueryError("query.statistic", "must be set (count, mean, histogram, paired_change)")
+    if not query.table:
+        raise QueryError("query.table", "must be set")
+    table = schema.table(query.table)
+    if table.max_rows_per_participant > 1 and not table.has_occasions:
+        derived = [c.name for t in schema.tables for c in t.columns
+                   if c.derived is not None and c.derived.table == table.name]
+        raise QueryError("query.table",
+                         f"table {table.name!r} has up to {table.max_rows_per_participant} rows "
+                         f"per participant; query its per-participant columns on "
+                         f"{PARTICIPANT_TABLE!r} instead ({', '.join(derived) or 'none'})")
+    return table
+
+
+def _check_occasions(query: QuerySpec, table: TableSpec
+                     ) -> tuple[Occasion | None, Occasion | None]:
+    if not table.has_occasions:
+        for name, occ in (("query.occasion", query.occasion), ("query.baseline", query.baseline)):
+            if occ is not None:
+                raise QueryError(name, f"table {table.name!r} has no occasions")
+        if query.statistic is Statistic.PAIRED_CHANGE:
+            raise QueryError("query.table", "a paired change needs a table with occasions "
+                             "(e.g. assessment)")
+        return None, None
+    month = table.column(table.month_column or "", "query.table")
+    occasion = _check_occasion(query.occasion or INTAKE, month, "query.occasion")
+    if query.statistic is not Statistic.PAIRED_CHANGE:
+        if query.baseline is not None:
+            raise QueryError("query.baseline", "only a paired change has a baseline")
+        return occasion, None
+    if query.occasion is None:
+        raise QueryError("query.occasion", "a paired change needs the follow-up occasion")
+    baseline = _check_occasion(query.baseline or INTAKE, month, "query.baseline")
+    if baseline == occasion:
+        raise QueryError("query.occasion", "follow-up and baseline occasions are the same")
+    return occasion, baseline
+
+
+def _check_occasion(occ: Occasion, month: ColumnSpec, name: str) -> Occasion:
+    lo, hi = month.lower or 0, month.upper or 0
+    if not occ.window_lower <= occ.target_month <= occ.window_upper:
+        raise QueryError(name, f"needs window_lower <= target_month <= window_upper, got "
+                         f"{occ.window_lower} <= {occ.target_month} <= {occ.window_upper}")
+    if occ.window_lower < lo or occ.window_upper > hi:
+        raise QueryError(name, f"window must lie within {month.name} bounds [{lo:g}, {hi:g}]")
+    return occ
+
+
+def _check_column(query: QuerySpec, table: TableSpec) -> ColumnSpec | None:
+    stat = query.statistic
+    if stat is Statistic.COUNT:
+        if query.column:
+            raise QueryError("query.column", "a count takes no column (use filters)")
+        return None
+    if not query.column:
+        raise QueryError("query.column", f"a {stat.value} needs a column")
+    column = table.column(query.column)
+    if column.type is ColumnType.KEY:
+        raise QueryError("query.column", f"{column.name!r} is a local key and cannot be queried")
+    if stat in (Statistic.MEAN, Statistic.PAIRED_CHANGE) and not column.type.numeric:
+        raise QueryError("query.column", f"a {stat.value} needs a numeric column; "
+                         f"{column.name!r} is {column.type.value}")
+    if stat is Statistic.HISTOGRAM:
+        _check_histogram_column(query, column)
+    elif query.bin_edges:
+        raise QueryError("query.bin_edges", "only a histogram takes bin edges")
+    return column
+
+
+def _check_histogram_column(query: QuerySpec, column: ColumnSpec) -> None:
+    if column.type.categorical:
+        if query.bin_edges:
+            raise QueryError("query.bin_edges", f"{column.name!r} is categorical; bins are for "
+                             "numeric columns")
+        if not column.categories:
+            raise QueryError("query.column", f"{column.name!r} has no declared categories")
+        return
+    edges = query.bin_edges
+    if not edges:
+        raise QueryError("query.bin_edges", f"a histogram of numeric {column.name!r} needs "
+                         "public bin edges")
+    lower, upper = column.lower or 0.0, column.upper or 0.0
+    if any(not math.isfinite(e) for e in edges) or list(edges) != sorted(set(edges)):
+        raise QueryError("query.bin_edges", "must be finite and strictly increasing")
+    if edges[0] <= lower or edges[-1] > upper:
+        raise QueryError("query.bin_edges",
+                         f"must lie in ({lower:g}, {upper:g}] for {column.name!r}")
+
+
+def _resolve(name: str, schema: Schema, table: TableSpec, field_name: str) -> ColumnSpec:
+    """Filter and group-by columns: the participant table, then the queried table."""
+    for candidate in (schema.find(PARTICIPANT_TABLE), table):
+        found = candidate.find(name) if candidate is not None else None
+        if found is not None:
+            if found.type is ColumnType.KEY:
+                raise QueryError(field_name, f"{name!r} is a local key")
+            return found
+    raise QueryError(field_name, f"unknown column {name!r} (neither in {PARTICIPANT_TABLE!r} "
+                     f"nor in {table.name!r})")
+
+
+def _check_filter(flt: CategoryFilter | RangeFilter, schema: Schema, table: TableSpec,
+                  where: str) -> None:
+    column = _resolve(flt.column, schema, table, f"{where}.column")
+    if isinstance(flt, CategoryFilter):
+        if not column.type.categorical:
+            raise QueryError(f"{where}.column", f"{column.name!r} is {column.type.value}; "
+                             "use a range filter")
+        if not flt.values:
+            raise QueryError(f"{where}.values", "must list at least one category")
+        for value in flt.values:
+            if value not in column.categories:
+                raise QueryError(f"{where}.values", f"{value!r} is not a category of "
+                                 f"{column.name!r} ({', '.join(column.categories)})")
+        return
+    if not column.type.numeric:
+        raise QueryError(f"{where}.column", f"{column.name!r} is {column.type.value}; "
+                         "use a category filter")
+    bounds = [b for b in (flt.lower, flt.upper) if b is not None]
+    if not bounds or any(not math.isfinite(b) for b in bounds):
+        raise QueryError(f"{where}", "a range filter needs a finite lower and/or upper")
+    if flt.lower is not None and flt.upper is not None and flt.lower > flt.upper:
+        raise QueryError(f"{where}", f"lower {flt.lower:g} is above upper {flt.upper:g}")
+
+
+def _cells(query: QuerySpec, schema: Schema, table: TableSpec
+           ) -> tuple[tuple[tuple[str, str], ...], ...]:
+    if len(set(query.group_by)) != len(query.group_by):
+        raise QueryError("query.group_by", "lists a column twice")
+    axes = []
+    for i, name in enumerate(query.group_by):
+        column = _resolve(name, schema, table, f"query.group_by[{i}]")
+        if not column.type.categorical or not column.categories:
+            raise QueryError(f"query.group_by[{i}]", f"{name!r} is not a categorical column "
+                             "with public categories")
+        axes.append([(name, value) for value in column.categories])
+    cells = tuple(tuple(cell) for cell in itertools.product(*axes))
+    if len(cells) > MAX_CELLS:
+        raise QueryError("query.group_by", f"{len(cells)} cells exceed the limit of {MAX_CELLS}")
+    return cells
+
+
+def _build(query: QuerySpec, table: TableSpec, column: ColumnSpec | None,
+           cells: tuple[tuple[tuple[str, str], ...], ...], occasion: Occasion | None,
+           baseline: Occasion | None) -> Plan:
+    eps = query.epsilon
+    labels: tuple[str, ...] = ()
+    lower = upper = 0.0
+    if query.statistic is Statistic.COUNT:
+        components: tuple[Component, ...] = (mechanisms.count_component(eps),)
+    elif query.statistic is Statistic.HISTOGRAM:
+        assert column is not None  # guaranteed by _check_column
+        labels = _labels(column, query.bin_edges) + (MISSING,)
+        components = (mechanisms.histogram_component(len(labels) - 1, eps),)
+    else:
+        assert column is not None and column.lower is not None and column.upper is not None
+        lower, upper = column.lower, column.upper
+        if query.statistic is Statistic.PAIRED_CHANGE:
+            lower, upper = -(upper - lower), upper - lower
+        components = mechanisms.mean_components((upper - lower) / 2, eps)
+    return Plan(query, table, column, components, labels, cells, occasion, baseline,
+                lower, upper)
+
+
+def _labels(column: ColumnSpec, edges: tuple[float, ...]) -> tuple[str, ...]:
+    if column.type.categorical:
+        return column.categories
+    points = [column.lower or 0.0, *edges, column.upper or 0.0]
+    labels = [f"[{a:g}, {b:g})" for a, b in zip(points[:-2], points[1:-1], strict=True)]
+    return (*labels, f"[{points[-2]:g}, {points[-1]:g}]")

@@ -1,0 +1,65 @@
+"""The node's domain form of a query: immutable values decoded from the wire by `serde`."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+
+class Statistic(enum.Enum):
+    UNSPECIFIED = "unspecified"
+    COUNT = "count"
+    MEAN = "mean"
+    HISTOGRAM = "histogram"
+    PAIRED_CHANGE = "paired_change"
+
+
+@dataclass(frozen=True)
+class Occasion:
+    """The assessment with months in [lower, upper] nearest to target (earlier on a tie)."""
+
+    target_month: int
+    window_lower: int
+    window_upper: int
+
+
+INTAKE = Occasion(0, 0, 0)
+
+
+@dataclass(frozen=True)
+class CategoryFilter:
+    column: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RangeFilter:
+    column: str
+    lower: float | None
+    upper: float | None
+
+
+Filter = CategoryFilter | RangeFilter
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    statistic: Statistic
+    table: str
+    column: str
+    epsilon: float
+    filters: tuple[Filter, ...] = ()
+    group_by: tuple[str, ...] = ()
+    occasion: Occasion | None = None
+    baseline: Occasion | None = None
+    bin_edges: tuple[float, ...] = ()
+
+    def fingerprint(self) -> str:
+        """sha256 of a canonical form; the ledger ties an idempotency key to it."""
+        doc = asdict(self)
+        doc["statistic"] = self.statistic.value
+        doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in self.filters]
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

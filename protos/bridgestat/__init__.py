@@ -1,0 +1,1 @@
+"""bridgestat: privacy-preserving federated analytics (namespace of node, coordinator, v1)."""

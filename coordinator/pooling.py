@@ -1,0 +1,218 @@
+"""Estimates from members' DP releases, for one member or pooled over members.
+
+Post-processing only: every function here reads noisy statistics and their public noise
+variances (see "Coordinator formulas" in statistics.md) and never touches data.
+
+Pooling sums the members' noisy statistics and their noise variances (independent noise adds)
+and applies the one-member formula to the sums: N = sum N~_k, S = sum S~_k, Q = sum Q~_k.
+
+Variance used for a pooled mean or pooled change (s2_tot): the variance computed from the
+pooled sums, [Q - (S^2 - sum v_S)/N] / (N - 1), i.e. the *total* variance of all participants
+around the network mean, including the spread between members' means. Why:
+
+- The pooled mean is the mean of the network's participants, seen as one sample of the
+  population the network serves, in which the member a participant attends is itself random.
+  Its sampling variance is then sigma_tot^2 / N, and sigma_tot^2 contains the between-member
+  spread. The within-member pooled variance s2_W = sum_k [Q~_k - (S~_k^2 - v_S,k)/N~_k] / (N - K)
+  that statistics.md offers as a small-member remedy leaves that spread out: it is right only if
+  the members' sample sizes are fixed by design (stratified sampling) and understates the SE
+  when members truly differ and their mix is random. When members agree the two coincide; when
+  they differ s2_tot is the conservative one (larger by about sum_k N_k (m_k - m)^2 / N).
+- It uses the pooled sums only: one truncation at 0 of a well-determined quantity (the Q~ noise
+  is sum v_Q against N^2) instead of K noisy per-member corrections S~_k^2 / N~_k, each with a
+  noisy small N~_k in the denominator.
+- The same s_d is the natural standardiser of the pooled Cohen's d_z.
+
+Member heterogeneity as such is the business of the meta-analysis (random effects), not of this
+pooled estimate.
+
+Degenerate releases raise `PoolingError` (a `ValueError`) naming the problem; the API reports it
+per member. Noisy counts may be negative at tiny n and are pooled as released (dropping or
+clipping them would bias the sums).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+Z95 = NormalDist().inv_cdf(0.975)
+"""Normal quantile for a two-sided 95 % interval (1.959963...)."""
+
+
+class PoolingError(ValueError):
+    """A release cannot give the requested estimate; the message says why."""
+
+
+@dataclass(frozen=True)
+class Noisy:
+    """One released noisy statistic with its public DP noise variance."""
+
+    value: float
+    variance: float  # DP noise variance (public)
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):
+            raise PoolingError(f"noisy value {self.value} is not finite")
+        if not (math.isfinite(self.variance) and self.variance >= 0):
+            raise PoolingError(f"noise variance {self.variance} must be finite and >= 0")
+
+
+@dataclass(frozen=True)
+class MeanStats:
+    """One member's (or cell's) release for a mean or a paired change (centre 0)."""
+
+    count: Noisy
+    sum: Noisy  # centred sum: sum(clip(x) - center) + noise
+    sum_squares: Noisy  # centred sum of squares: sum((clip(x) - center)^2) + noise
+    center: float
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.center):
+            raise PoolingError(f"centre {self.center} is not finite")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its standard error and 95 % normal interval."""
+
+    estimate: float
+    se: float  # sqrt(sampling variance + DP variance)
+    ci_low: float  # 95% normal interval
+    ci_high: float
+    n: float  # noisy count used (N~ or pooled sum)
+    sd: float | None = None  # estimated SD of the variable when meaningful
+    se_sampling: float | None = None  # the two components, for reporting/teaching
+    se_dp: float | None = None
+
+
+@dataclass(frozen=True)
+class ChangeEstimate:
+    """Paired change: the mean change and Cohen's d_z."""
+
+    change: Estimate  # mean change
+    d_z: Estimate  # Cohen's d_z with SE per statistics.md
+
+
+def _estimate(
+    value: float, var_sampling: float, var_dp: float, n: float, sd: float | None = None
+) -> Estimate:
+    """Build an `Estimate` with a 95 % normal interval from the two variance components."""
+    se = math.sqrt(var_sampling + var_dp)
+    return Estimate(
+        estimate=value,
+        se=se,
+        ci_low=value - Z95 * se,
+        ci_high=value + Z95 * se,
+        n=n,
+        sd=sd,
+        se_sampling=math.sqrt(var_sampling),
+        se_dp=math.sqrt(var_dp),
+    )
+
+
+def _sum_noisy(items: Sequence[Noisy]) -> Noisy:
+    """Sum of independent noisy statistics: values and variances add."""
+    return Noisy(math.fsum(x.value for x in items), math.fsum(x.variance for x in items))
+
+
+def _pool(stats: Sequence[MeanStats]) -> MeanStats:
+    """Sum members' mean releases; all must share one centre."""
+    if not stats:
+        raise PoolingError("nothing to pool: no member releases")
+    center = stats[0].center
+    centers = sorted({s.center for s in stats})
+    if any(not math.isclose(c, center, rel_tol=1e-12, abs_tol=1e-12) for c in centers):
+        raise PoolingError(
+            f"members use different centres {centers}: their bounds differ, so their "
+            "centred sums cannot be pooled"
+        )
+    return MeanStats(
+        count=_sum_noisy([s.count for s in stats]),
+        sum=_sum_noisy([s.sum for s in stats]),
+        sum_squares=_sum_noisy([s.sum_squares for s in stats]),
+        center=center,
+    )
+
+
+def _mean(s: MeanStats, what: str) -> Estimate:
+    """m = c + S~/N~ with s2 = [Q~ - (S~^2 - v_S)/N~]/(N~ - 1) truncated at 0."""
+    n = s.count.value
+    if not n > 1:
+        raise PoolingError(f"{what} {n:g} is too small for a mean (need > 1)")
+    centred = s.sum.value / n
+    s2 = max(0.0, (s.sum_squares.value - (s.sum.value**2 - s.sum.variance) / n) / (n - 1))
+    var_dp = (s.sum.variance + centred**2 * s.count.variance) / n**2
+    return _estimate(s.center + centred, s2 / n, var_dp, n, sd=math.sqrt(s2))
+
+
+def _change(s: MeanStats, what: str) -> ChangeEstimate:
+    """Mean change and d_z = m_d / s_d with Var(d_z) per statistics.md (n = N~)."""
+    change = _mean(s, what)
+    s_d = change.sd
+    if s_d is None or s_d <= 0:
+        raise PoolingError(
+            "estimated SD of the change is 0 (noisy sum of squares too small), so d_z is undefined"
+        )
+    n = change.n
+    d_z = change.estimate / s_d
+    var_dp_mean = (change.se_dp or 0.0) ** 2  # [v_S + (m_d - c)^2 v_N] / n^2
+    var_sampling = 1 / n + d_z**2 / (2 * n)
+    var_dp = var_dp_mean / s_d**2 + d_z**2 * s.sum_squares.variance / (4 * n**2 * s_d**4)
+    return ChangeEstimate(change=change, d_z=_estimate(d_z, var_sampling, var_dp, n))
+
+
+def member_mean(s: MeanStats) -> Estimate:
+    """One member's mean, SD and SE (sampling + DP); raises `PoolingError` if N~ <= 1."""
+    return _mean(s, "noisy count")
+
+
+def pooled_mean(stats: Sequence[MeanStats]) -> Estimate:
+    """Network mean from summed releases; SE uses the total variance s2_tot (module doc)."""
+    return _mean(_pool(stats), "pooled noisy count")
+
+
+def member_change(s: MeanStats) -> ChangeEstimate:
+    """One member's mean paired change and Cohen's d_z; raises `PoolingError` if undefined."""
+    return _change(s, "noisy count")
+
+
+def pooled_change(stats: Sequence[MeanStats]) -> ChangeEstimate:
+    """Network mean change and d_z from summed releases (s_d is the total SD of d)."""
+    return _change(_pool(stats), "pooled noisy count")
+
+
+def proportion(y1: Noisy, y0: Noisy) -> Estimate:
+    """p = Y1~/(Y0~ + Y1~); Var(p) = p(1-p)/N + [(1-p)^2 v_1 + p^2 v_0]/N^2.
+
+    p is truncated to [0, 1] inside the variance only; the point estimate is the raw ratio
+    (unbiased input for meta-analysis; a display may clip it). Raises `PoolingError` if N < 1.
+    """
+    n = y1.value + y0.value
+    if not n >= 1:
+        raise PoolingError(f"noisy total {n:g} is too small for a proportion (need >= 1)")
+    p = y1.value / n
+    pt = min(1.0, max(0.0, p))
+    var_dp = ((1 - pt) ** 2 * y1.variance + pt**2 * y0.variance) / n**2
+    return _estimate(p, pt * (1 - pt) / n, var_dp, n)
+
+
+def pooled_proportion(pairs: Sequence[tuple[Noisy, Noisy]]) -> Estimate:
+    """Proportion from (Y1~, Y0~) summed over members, variances summed too."""
+    if not pairs:
+        raise PoolingError("nothing to pool: no member releases")
+    return proportion(_sum_noisy([y1 for y1, _ in pairs]), _sum_noisy([y0 for _, y0 in pairs]))
+
+
+def count_estimate(n: Noisy) -> Estimate:
+    """A noisy count as released (may be negative); SE from the DP noise only."""
+    return _estimate(n.value, 0.0, n.variance, n.value)
+
+
+def pooled_count(ns: Sequence[Noisy]) -> Estimate:
+    """Sum of members' noisy counts; SE from the summed DP noise variances."""
+    if not ns:
+        raise PoolingError("nothing to pool: no member releases")
+    return count_estimate(_sum_noisy(ns))

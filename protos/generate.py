@@ -15,36 +15,36 @@ from pathlib import Path
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent
-PROTOS = sorted((ROOT / "bridgestat" / "v1").glob("*.proto"))
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
-def generate(out: Path) -> None:
+def generate(out: Path, root: Path = ROOT) -> None:
     """Run protoc with the pinned grpcio-tools so stubs import as bridgestat.v1."""
+    protos = sorted((root / "bridgestat" / "v1").glob("*.proto"))
     args = [
         "protoc",
-        f"--proto_path={ROOT}",
+        f"--proto_path={root}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
-        *[str(p.relative_to(ROOT)) for p in PROTOS],
+        *[str(p.relative_to(root)) for p in protos],
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 
 
-def stale_files() -> list[str]:
-    """Return the generated files that differ from a fresh generation."""
+def stale_files(root: Path = ROOT) -> list[str]:
+    """Return the generated files under `root` that differ from a fresh generation."""
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp))
+        generate(Path(tmp), root)
         stale = []
-        for proto in PROTOS:
-            rel = proto.relative_to(ROOT).with_suffix("")
+        for proto in sorted((root / "bridgestat" / "v1").glob("*.proto")):
+            rel = proto.relative_to(root).with_suffix("")
             for suffix in SUFFIXES:
                 fresh = Path(tmp) / f"{rel}{suffix}"
-                checked_in = ROOT / f"{rel}{suffix}"
+                checked_in = root / f"{rel}{suffix}"
                 if not checked_in.exists() or not filecmp.cmp(fresh, checked_in, shallow=False):
-                    stale.append(str(checked_in.relative_to(ROOT.parent)))
+                    stale.append(str(checked_in.relative_to(root)))
         return stale
 
 

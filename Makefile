@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test protos check-protos clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==25.3"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bridgestat demo --members 5 --seed 7 --out demo-network
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+
+protos: $(STAMP)
+	$(PY) protos/generate.py
+
+check-protos: $(STAMP)
+	$(PY) protos/generate.py --check
+
+clean:
+	rm -rf $(VENV) demo-network build *.egg-info .pytest_cache

@@ -1,0 +1,115 @@
+"""The budget ledger: idempotency, caps, concurrency, crash between reserve and commit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from bridgestat.node.errors import BudgetExhausted, IdempotencyConflict, QueryInProgress
+from bridgestat.node.ledger import Ledger, Replay, Reserved
+from bridgestat.node.loss import Epsilon
+
+EPS = Epsilon.of(0.3)
+
+
+def _ledger(tmp_path: Path, total: float = 1.0) -> Ledger:
+    return Ledger(tmp_path / "ledger.sqlite", "ds", Epsilon.of(total))
+
+
+def test_retry_with_same_key_replays_and_charges_once(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    assert isinstance(ledger.reserve("k1", "fp", EPS), Reserved)
+    ledger.commit("k1", '{"release": 1}')
+    replay = ledger.reserve("k1", "fp", EPS)
+    assert replay == Replay('{"release": 1}')
+    assert ledger.state().spent == EPS
+    assert len(ledger.charges()) == 1
+
+
+def test_same_key_with_other_query_is_refused(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.reserve("k1", "fp-a", EPS)
+    ledger.commit("k1", "r")
+    with pytest.raises(IdempotencyConflict, match="k1"):
+        ledger.reserve("k1", "fp-b", EPS)
+    assert ledger.state().spent == EPS
+
+
+def test_cap_binds_exactly(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, total=1.0)
+    for key in ("a", "b", "c"):
+        ledger.reserve(key, key, EPS)
+        ledger.commit(key, key)
+    with pytest.raises(BudgetExhausted, match="exhausted"):
+        ledger.reserve("d", "d", EPS)  # 0.9 + 0.3 > 1.0
+    ledger.reserve("e", "e", Epsilon.of(Fraction(1) - Fraction(0.3) * 3))  # exactly the rest
+    assert ledger.state().spent == Epsilon.of(1)
+
+
+def test_in_flight_key_is_not_answered_twice(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.reserve("k", "fp", EPS)
+    with pytest.raises(QueryInProgress):
+        ledger.reserve("k", "fp", EPS)
+
+
+def test_cancel_refunds_a_failed_computation(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.reserve("k", "fp", EPS)
+    ledger.cancel("k")
+    assert ledger.state().spent == Epsilon.zero()
+    assert ledger.charges() == []
+
+
+def test_twenty_concurrent_queries_never_overspend(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, total=1.0)  # room for 3 charges of 0.3
+    admitted, refused = [], []
+    barrier = threading.Barrier(20)
+
+    def spend(i: int) -> None:
+        own = Ledger(ledger.path, "ds", Epsilon.of(1.0))  # its own connection and owner
+        barrier.wait()
+        try:
+            own.reserve(f"q{i}", f"fp{i}", EPS)
+            own.commit(f"q{i}", "r")
+            admitted.append(i)
+        except BudgetExhausted:
+            refused.append(i)
+
+    threads = [threading.Thread(target=spend, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3 and len(refused) == 17
+    assert ledger.state().spent == Epsilon.of(Fraction(0.3) * 3)
+    assert sum((e for _, e, _ in ledger.charges()), Epsilon.zero()) == ledger.state().spent
+
+
+CRASH = """
+import os, sys
+from bridgestat.node.ledger import Ledger
+from bridgestat.node.loss import Epsilon
+ledger = Ledger(sys.argv[1], "ds", Epsilon.of(1.0))
+ledger.reserve("k", "fp", Epsilon.of(0.3))
+os._exit(9)  # the process dies between reserve and commit
+"""
+
+
+def test_crash_between_reserve_and_commit_never_double_charges(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path, "ds", Epsilon.of(1.0))
+    died = subprocess.run([sys.executable, "-c", CRASH, str(path)], check=False)
+    assert died.returncode == 9
+    restarted = Ledger(path, "ds", Epsilon.of(1.0))
+    assert restarted.state().spent == Epsilon.of(0.3)  # the reservation stands
+    outcome = restarted.reserve("k", "fp", Epsilon.of(0.3))  # the retry takes it over
+    assert outcome == Reserved("k", taken_over=True)
+    restarted.commit("k", "release")
+    assert restarted.state().spent == Epsilon.of(0.3)  # charged once in total
+    assert restarted.reserve("k", "fp", Epsilon.of(0.3)) == Replay("release")

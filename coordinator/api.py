@@ -116,9 +116,11 @@ class Network:
 
     def mean(self, table: str, column: str, *, epsilon: float = 0.5,
              where: dict[str, Sequence[str]] | None = None, group_by: Sequence[str] = (),
-             occasion: Occasion | None = None, key: str | None = None) -> pd.DataFrame:
+             occasion: Occasion | None = None, clip: tuple[float, float] | None = None,
+             key: str | None = None) -> pd.DataFrame:
+        """Mean of a numeric column; `clip` sets tighter public bounds (less noise)."""
         query = Query("mean", table, column, epsilon, _where(where), group_by=tuple(group_by),
-                      occasion=occasion)
+                      occasion=occasion, clip=clip)
         return _table(self.run(query, key),
                       lambda r, c: pooling.member_mean(r.mean_stats(c)),
                       lambda cs: pooling.pooled_mean([r.mean_stats(c) for r, c in cs]))
@@ -126,17 +128,20 @@ class Network:
     def paired_change(self, table: str, column: str, *, occasion: Occasion,
                       baseline: Occasion = INTAKE, epsilon: float = 0.5,
                       where: dict[str, Sequence[str]] | None = None,
-                      group_by: Sequence[str] = (), key: str | None = None) -> pd.DataFrame:
-        """Mean change post - pre with CI, and Cohen's d_z with its SE."""
+                      group_by: Sequence[str] = (), clip: tuple[float, float] | None = None,
+                      key: str | None = None) -> pd.DataFrame:
+        """Mean change post - pre with CI, and Cohen's d_z with its SE (NaN when the noisy
+        SD of the change is not estimable; `d_z_status` says why)."""
         query = Query("paired_change", table, column, epsilon, _where(where),
-                      group_by=tuple(group_by), occasion=occasion, baseline=baseline)
+                      group_by=tuple(group_by), occasion=occasion, baseline=baseline, clip=clip)
         result = self.run(query, key)
-        change = _table(result, lambda r, c: pooling.member_change(r.mean_stats(c)).change,
-                        lambda cs: pooling.pooled_change([r.mean_stats(c) for r, c in cs]).change)
+        change = _table(result, lambda r, c: pooling.member_mean(r.mean_stats(c)),
+                        lambda cs: pooling.pooled_mean([r.mean_stats(c) for r, c in cs]))
         d_z = _table(result, lambda r, c: pooling.member_change(r.mean_stats(c)).d_z,
                      lambda cs: pooling.pooled_change([r.mean_stats(c) for r, c in cs]).d_z)
         for name in ("estimate", "se", "ci_low", "ci_high"):
             change[f"d_z_{name}" if name != "estimate" else "d_z"] = d_z[name].to_numpy()
+        change["d_z_status"] = d_z["status"].to_numpy()
         return change
 
     def histogram(self, table: str, column: str, *, epsilon: float = 0.5,

@@ -33,3 +33,4 @@ class Query:
     occasion: Occasion | None = None
     baseline: Occasion | None = None
     bin_edges: tuple[float, ...] = ()
+    clip: tuple[float, float] | None = None  # public clipping bounds inside the schema's

@@ -44,6 +44,8 @@ def query_to_pb(query: Query) -> pb.Query:
         msg.filters.add(category=pb.CategoryFilter(column=column, values=values))
     for column, lower, upper in query.ranges:
         msg.filters.add(range=pb.RangeFilter(column=column, lower=lower, upper=upper))
+    if query.clip is not None:
+        msg.clip.CopyFrom(pb.Bounds(lower=query.clip[0], upper=query.clip[1]))
     for name, occ in (("occasion", query.occasion), ("baseline", query.baseline)):
         if occ is not None:
             getattr(msg, name).CopyFrom(_occasion(occ))

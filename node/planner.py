@@ -130,6 +130,8 @@ def _check_column(query: QuerySpec, table: TableSpec) -> ColumnSpec | None:
     if stat is Statistic.COUNT:
         if query.column:
             raise QueryError("query.column", "a count takes no column (use filters)")
+        if query.clip is not None:
+            raise QueryError("query.clip", "a count takes no clipping bounds")
         return None
     if not query.column:
         raise QueryError("query.column", f"a {stat.value} needs a column")
@@ -143,6 +145,8 @@ def _check_column(query: QuerySpec, table: TableSpec) -> ColumnSpec | None:
         _check_histogram_column(query, column)
     elif query.bin_edges:
         raise QueryError("query.bin_edges", "only a histogram takes bin edges")
+    if query.clip is not None and stat not in (Statistic.MEAN, Statistic.PAIRED_CHANGE):
+        raise QueryError("query.clip", f"a {stat.value} takes no clipping bounds")
     return column
 
 
@@ -236,9 +240,21 @@ def _build(query: QuerySpec, table: TableSpec, column: ColumnSpec | None,
         lower, upper = column.lower, column.upper
         if query.statistic is Statistic.PAIRED_CHANGE:
             lower, upper = -(upper - lower), upper - lower
+        lower, upper = _clip(query, lower, upper)
         components = mechanisms.mean_components((upper - lower) / 2, eps)
     return Plan(query, table, column, components, labels, cells, occasion, baseline,
                 lower, upper)
+
+
+def _clip(query: QuerySpec, lower: float, upper: float) -> tuple[float, float]:
+    """The analyst's public clipping bounds, which must lie inside [lower, upper]."""
+    if query.clip is None:
+        return lower, upper
+    lo, hi = query.clip
+    if not (math.isfinite(lo) and math.isfinite(hi) and lower <= lo < hi <= upper):
+        raise QueryError("query.clip", f"must satisfy {lower:g} <= lower < upper <= {upper:g}, "
+                         f"got [{lo:g}, {hi:g}]")
+    return lo, hi
 
 
 def _labels(column: ColumnSpec, edges: tuple[float, ...]) -> tuple[str, ...]:

@@ -55,6 +55,7 @@ class QuerySpec:
     occasion: Occasion | None = None
     baseline: Occasion | None = None
     bin_edges: tuple[float, ...] = ()
+    clip: tuple[float, float] | None = None  # analyst's public bounds inside the schema's
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""

@@ -42,6 +42,7 @@ def query_from_pb(msg: pb.Query) -> QuerySpec:
         occasion=_occasion(msg.occasion) if msg.HasField("occasion") else None,
         baseline=_occasion(msg.baseline) if msg.HasField("baseline") else None,
         bin_edges=tuple(msg.bin_edges),
+        clip=(msg.clip.lower, msg.clip.upper) if msg.HasField("clip") else None,
     )
 
 
@@ -70,6 +71,8 @@ def query_to_pb(query: QuerySpec) -> pb.Query:
         else:
             msg.filters.add(range=pb.RangeFilter(column=flt.column, lower=flt.lower,
                                                  upper=flt.upper))
+    if query.clip is not None:
+        msg.clip.CopyFrom(pb.Bounds(lower=query.clip[0], upper=query.clip[1]))
     for name, occ in (("occasion", query.occasion), ("baseline", query.baseline)):
         if occ is not None:
             getattr(msg, name).CopyFrom(pb.Occasion(target_month=occ.target_month,

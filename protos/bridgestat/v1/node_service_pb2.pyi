@@ -148,7 +148,7 @@ class Filter(_message.Message):
     def __init__(self, category: _Optional[_Union[CategoryFilter, _Mapping]] = ..., range: _Optional[_Union[RangeFilter, _Mapping]] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("statistic", "table", "column", "filters", "group_by", "loss", "occasion", "baseline", "bin_edges")
+    __slots__ = ("statistic", "table", "column", "filters", "group_by", "loss", "occasion", "baseline", "bin_edges", "clip")
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Query(_message.Message):
     OCCASION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
     statistic: Statistic
     table: str
     column: str
@@ -167,7 +168,16 @@ class Query(_message.Message):
     occasion: Occasion
     baseline: Occasion
     bin_edges: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, statistic: _Optional[_Union[Statistic, str]] = ..., table: _Optional[str] = ..., column: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., group_by: _Optional[_Iterable[str]] = ..., loss: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., bin_edges: _Optional[_Iterable[float]] = ...) -> None: ...
+    clip: Bounds
+    def __init__(self, statistic: _Optional[_Union[Statistic, str]] = ..., table: _Optional[str] = ..., column: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., group_by: _Optional[_Iterable[str]] = ..., loss: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., bin_edges: _Optional[_Iterable[float]] = ..., clip: _Optional[_Union[Bounds, _Mapping]] = ...) -> None: ...
+
+class Bounds(_message.Message):
+    __slots__ = ("lower", "upper")
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    lower: float
+    upper: float
+    def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ...) -> None: ...
 
 class RunQueryRequest(_message.Message):
     __slots__ = ("idempotency_key", "query")

@@ -1,0 +1,45 @@
+"""Shared fixtures: a synthetic member, its node in-process on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bridgestat.coordinator import local, synth
+from bridgestat.node.app import open_engine
+from bridgestat.node.config import load_config
+from bridgestat.node.engine import Engine
+from bridgestat.node.service import build_server
+from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class RunningNode:
+    engine: Engine
+    stub: pb_grpc.NodeServiceStub
+    address: str
+    root: Path
+
+
+def start_node(root: Path, total_epsilon: float = 5.0, max_per_query: float = 1.0,
+               sizes: tuple[int, ...] = (400,)) -> tuple[RunningNode, grpc.Server, grpc.Channel]:
+    synth.write_network(root, members=len(sizes), seed=11, sizes=sizes)
+    member = local.write_configs(root, total_epsilon, max_per_query)[0]
+    engine = open_engine(load_config(member.config))
+    server, port = build_server(engine, "127.0.0.1:0")
+    server.start()
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(address)
+    return RunningNode(engine, pb_grpc.NodeServiceStub(channel), address, root), server, channel
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RunningNode]:
+    running, server, channel = start_node(tmp_path)
+    yield running
+    channel.close()
+    server.stop(grace=None).wait()

@@ -1,0 +1,117 @@
+"""End to end: synth -> node processes on loopback -> coordinator API -> pooled truth.
+
+The synthetic truth is the exact sample quantity over each member's participants. A DP
+estimate differs from it only by DP noise, so it must lie within 4 DP standard errors of
+it (and a fortiori within 4 total SEs, which also cover sampling).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.api import NETWORK, Network
+from bridgestat.coordinator.query import Occasion
+
+MONTH_12 = Occasion.month(12, 3)
+CLIP = (-40.0, 40.0)  # public bounds of the 12-month Bridge change (the synthetic SD is 12)
+PAID = ["paid_with_support", "paid_part_time", "paid_full_time", "self_employed"]
+
+
+@dataclass
+class LocalNetwork:
+    root: Path
+    truth: dict[str, Any]
+    members: list[local.LocalMember]
+    processes: list[subprocess.Popen[bytes]]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    root = tmp_path_factory.mktemp("network")
+    synth.write_network(root, members=5, seed=7)
+    members = local.write_configs(root, total_epsilon=20.0, max_per_query=2.0)
+    processes = local.start_nodes(members, root)
+    yield LocalNetwork(root, json.loads((root / "truth.json").read_text()), members, processes)
+    local.stop_nodes(processes)
+
+
+def _within(row: pd.Series, truth: float, what: str) -> None:
+    assert row["status"] == "ok", row["status"]
+    assert abs(row["estimate"] - truth) <= 4 * row["se_dp"], (what, row.to_dict(), truth)
+    assert abs(row["estimate"] - truth) <= 4 * row["se"], (what, row.to_dict(), truth)
+    assert row["ci_low"] < row["estimate"] < row["ci_high"]
+
+
+def _samples(net: LocalNetwork) -> dict[str, dict[str, Any]]:
+    samples = {m["name"]: m["sample"] for m in net.truth["members"]}
+    samples[NETWORK] = net.truth["network"]["sample"]
+    return samples
+
+
+def test_pooled_bridge_change_recovers_truth(network: LocalNetwork) -> None:
+    with Network.from_file(network.root / "network.yaml") as net:
+        frame = net.paired_change("assessment", "bridge_total", occasion=MONTH_12, epsilon=1.0,
+                                  clip=CLIP)
+    assert list(frame.member) == [m.name for m in network.members] + [NETWORK]
+    for member, sample in _samples(network).items():
+        row = frame[frame.member == member].iloc[0]
+        _within(row, sample["bridge_change"]["all"]["mean"], f"change {member}")
+        assert row["loss"] == pytest.approx(1.0)
+    pooled = frame[frame.member == NETWORK].iloc[0]
+    truth = network.truth["network"]["sample"]["bridge_change"]["all"]
+    assert pooled["n"] == pytest.approx(truth["n"], abs=60)  # noisy count, 5 x scale 5
+    d_z_true = truth["mean"] / truth["sd"]
+    assert abs(pooled["d_z"] - d_z_true) <= 4 * pooled["d_z_se"]
+
+
+def test_group_by_arm_recovers_each_arm(network: LocalNetwork) -> None:
+    with Network.from_file(network.root / "network.yaml") as net:
+        frame = net.paired_change("assessment", "bridge_total", occasion=MONTH_12, epsilon=1.0,
+                                  group_by=["arm"], clip=CLIP)
+    pooled = frame[frame.member == NETWORK].set_index("arm")
+    truth = network.truth["network"]["sample"]["bridge_change"]
+    for arm in ("mobility_mentoring", "comparison"):
+        _within(pooled.loc[arm], truth[arm]["mean"], f"arm {arm}")
+
+
+def test_intake_mean_and_outcome_shares_recover_truth(network: LocalNetwork) -> None:
+    with Network.from_file(network.root / "network.yaml") as net:
+        intake = net.mean("assessment", "bridge_total", epsilon=0.5)
+        paid = net.proportion("assessment", "work_status", PAID, occasion=MONTH_12, epsilon=0.5)
+        households = net.histogram("participant", "household_type", epsilon=0.5)
+    samples = _samples(network)
+    for member, sample in samples.items():
+        _within(intake[intake.member == member].iloc[0], sample["intake_bridge_mean"], member)
+        _within(paid[paid.member == member].iloc[0], sample["paid_work_share_12m"], member)
+    pooled = households[households.member == NETWORK].set_index("category")
+    for category, share in samples[NETWORK]["household_type_share"].items():
+        _within(pooled.loc[category], share, f"household {category}")
+
+
+def test_a_stopped_member_is_named_and_the_rest_are_pooled(network: LocalNetwork) -> None:
+    victim = network.members[2]
+    local.stop_nodes([network.processes[2]])
+    with Network.from_file(network.root / "network.yaml", timeout=5.0) as net:
+        frame = net.mean("assessment", "bridge_total", epsilon=0.5)
+        info = net.info()
+    row = frame[frame.member == victim.name].iloc[0]
+    assert row["status"].startswith("UNAVAILABLE")
+    assert pd.isna(row["estimate"])
+    pooled = frame[frame.member == NETWORK].iloc[0]
+    assert pooled["status"] == "ok"
+    others = [m for m in network.truth["members"] if m["name"] != victim.name]
+    n_true = sum(m["n_participants"] for m in others)
+    # four noisy counts, each Laplace with scale 1 / (0.2 * 0.5) = 10: variance 2 * 10^2
+    assert abs(pooled["n"] - n_true) <= 4 * (4 * 2 * 10.0**2) ** 0.5
+    truth = sum(m["sample"]["intake_bridge_mean"] * m["n_participants"] for m in others) / n_true
+    _within(pooled, truth, "pooled without the stopped member")
+    assert not bool(info.set_index("member").loc[victim.name, "reachable"])

@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo-network
 	$(VENV)/bin/bridgestat demo --members 5 --seed 7 --out demo-network
 
 test: $(STAMP)

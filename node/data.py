@@ -78,6 +78,7 @@ _BOOLEAN_WORDS = pd.Index([*BOOLEAN_CATEGORIES, "0", "1"], dtype=object)
 _SHOWN_VALUES = 20  # distinct values listed in a suggested node-config line
 # Whitespace at either end of a value, in the values joined by NUL.
 _EDGE_SPACE = re.compile(r"(?:^|\x00)\s|\s(?:\x00|$)")
+_ASCII_SPACE = np.array([chr(i).isspace() for i in range(256)], dtype=bool)
 
 GroupKey = tuple[str, str | None, str]  # (file, column, kind)
 IntArray = npt.NDArray[np.intp]
@@ -455,12 +456,20 @@ def _text(column: pd.Series) -> _Text:
 
 
 def _needs_strip(values: ObjectArray) -> bool:
-    """Whether a value starts or ends with whitespace (or is not a string): one regex scan."""
+    """Whether a value starts or ends with whitespace (or is not a string), in one scan."""
     try:
         joined = "\x00".join(values)
     except TypeError:
         return True
-    return _EDGE_SPACE.search(joined) is not None
+    if not joined.isascii():
+        return _EDGE_SPACE.search(joined) is not None
+    chars = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    if len(chars) == 0:
+        return False
+    breaks = np.flatnonzero(chars == 0)
+    edges = np.concatenate(([0], breaks + 1, breaks - 1, [len(chars) - 1]))
+    edges = edges[(edges >= 0) & (edges < len(chars))]
+    return bool(_ASCII_SPACE[chars[edges]].any())
 
 
 def _per_row(per_value: npt.NDArray[np.generic], codes: IntArray, fill: object) -> npt.NDArray:
@@ -702,45 +711,43 @@ def _check_unique(table: _Table, frame: pd.DataFrame, person: IntArray, sink: _S
     spec = table.spec
     if not spec.unique or any(c not in table.frame.columns for c in spec.unique):
         return
-    parts = {c: person.astype(np.float64) if c == spec.key else _sortable(frame[c])
-             for c in spec.unique}
-    if spec.key in parts:
-        parts[spec.key][person < 0] = np.nan
-    keys = pd.DataFrame(parts, copy=False)
-    valid = keys.notna().all(axis=1).to_numpy()
-    keys = keys[valid]
-    involved = keys.duplicated(keep=False).to_numpy()
-    if not involved.any():
+    parts = [person if c == spec.key else _value_codes(frame[c]) for c in spec.unique]
+    combined = _combine(parts)
+    valid = np.flatnonzero(combined >= 0)
+    keys = combined[valid]
+    repeat = pd.Series(keys).duplicated().to_numpy()
+    if not repeat.any():
         return
-    group = keys[involved]
-    positions = np.flatnonzero(valid)[involved]
-    lines = table.lines[positions]
-    first = pd.Series(lines).groupby([group[c].to_numpy() for c in spec.unique]).transform("min")
-    later = np.flatnonzero(lines != first.to_numpy())
-    first_line = dict(zip(positions[later].tolist(), first.to_numpy()[later].tolist(),
+    later, repeated = valid[repeat], keys[repeat]
+    firsts = ~repeat & np.isin(keys, repeated)
+    where_first = pd.Index(keys[firsts]).get_indexer(repeated)
+    first_line = dict(zip(later.tolist(), table.lines[valid[firsts][where_first]].tolist(),
                           strict=True))
 
     def message(pos: int) -> str:
         same = " and ".join(f"{c} {str(table.frame[c].iat[pos]).strip()!r}" for c in spec.unique)
         return f"duplicate key: same {same} as row {first_line[pos]}"
 
-    sink.add_rows(table, _key_label(spec.unique), "duplicate_key", positions[later], message)
+    sink.add_rows(table, spec.unique[-1], "duplicate_key", later, message)
 
 
-def _key_label(columns: tuple[str, ...]) -> str:
-    return columns[0] if len(columns) == 1 else "+".join(columns)
-
-
-def _sortable(values: pd.Series) -> FloatArray:
-    """A column's values as floats for duplicate detection (NaN = missing)."""
+def _value_codes(values: pd.Series) -> IntArray:
+    """Integer codes of a typed column's values (-1 = missing), for duplicate detection."""
     if isinstance(values.dtype, pd.CategoricalDtype):
-        codes = values.cat.codes.to_numpy().astype(np.float64)
-        codes[codes < 0] = np.nan
-        return codes
-    if pd.api.types.is_numeric_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64, copy=True)
-    codes, _ = pd.factorize(values.to_numpy(dtype=object))
-    return np.where(codes < 0, np.nan, codes.astype(np.float64))
+        return values.cat.codes.to_numpy().astype(np.intp)
+    codes, _ = pd.factorize(values.to_numpy())
+    return codes
+
+
+def _combine(parts: list[IntArray]) -> IntArray:
+    """One code per row for a tuple of codes (-1 if any part is missing)."""
+    combined = parts[0].astype(np.int64)
+    for part in parts[1:]:
+        combined, _ = pd.factorize(combined)  # compact, so the product below stays small
+        radix = int(part.max(initial=0)) + 1
+        missing = (combined < 0) | (part < 0)
+        combined = np.where(missing, -1, combined.astype(np.int64) * radix + part)
+    return combined
 
 
 def _check_row_cap(table: _Table, person: IntArray, ids: pd.Index, sink: _Sink) -> None:

@@ -9,6 +9,7 @@ idempotency key, and only then returns it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,17 @@ class Engine:
                  policy: Policy) -> None:
         self.node_id, self.schema, self.frames = node_id, schema, frames
         self.ledger, self.policy = ledger, policy
+        # Plans depend only on the query, schema and policy, and OpenDP measurements are
+        # stateless, so a repeated query reuses its compiled measurements.
+        self._compile = lru_cache(maxsize=512)(self._compile_uncached)
 
     def info(self) -> NodeInfo:
         return NodeInfo(self.node_id, self.schema, self.ledger.state(), self.policy)
 
     def plan(self, query: QuerySpec) -> Plan:
+        return self._compile(query)
+
+    def _compile_uncached(self, query: QuerySpec) -> Plan:
         return compile_query(query, self.schema, self.policy)
 
     def run(self, key: str, query: QuerySpec) -> Answer:

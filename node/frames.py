@@ -45,6 +45,7 @@ class Frames:
         self.participants = tables[PARTICIPANT_TABLE].set_index(participant.key, drop=True)
         self._occasion = lru_cache(maxsize=32)(self._select_occasion)
         self._joined = lru_cache(maxsize=32)(self._join)
+        self._paired = lru_cache(maxsize=32)(self._pair)
 
     def _select_occasion(self, table_name: str, occ: Occasion) -> pd.DataFrame:
         table = self.schema.table(table_name)
@@ -62,6 +63,13 @@ class Frames:
         at = self._occasion(table_name, occ)
         return self.participants.join(at, how="inner")
 
+    def _pair(self, table_name: str, baseline: Occasion, occasion: Occasion,
+              column: str) -> pd.DataFrame:
+        """Baseline rows with `_value` = follow-up minus baseline (NaN without follow-up)."""
+        base = self._joined(table_name, baseline)
+        follow = self._occasion(table_name, occasion)[column]
+        return base.assign(_value=follow.reindex(base.index) - base[column])
+
     def rows(self, plan: Plan) -> pd.DataFrame:
         """One row per participant taking part, with a `_value` column when measured."""
         table: TableSpec = plan.table
@@ -72,10 +80,7 @@ class Frames:
             return frame
         if plan.query.statistic is Statistic.PAIRED_CHANGE:
             assert plan.baseline is not None and plan.occasion is not None and plan.column
-            base = self._joined(table.name, plan.baseline)
-            follow = self._occasion(table.name, plan.occasion)[plan.column.name]
-            change = follow.reindex(base.index) - base[plan.column.name]
-            return base.assign(_value=change)
+            return self._paired(table.name, plan.baseline, plan.occasion, plan.column.name)
         assert plan.occasion is not None
         frame = self._joined(table.name, plan.occasion)
         if plan.column is not None:

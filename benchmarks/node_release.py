@@ -1,0 +1,66 @@
+"""Node release time against data size (target: 1M participant rows under 100 ms).
+
+Builds a member with N participants in memory (synthetic generator), then times the
+engine's whole path for one query: plan -> ledger charge -> OpenDP release -> commit.
+Usage: python benchmarks/node_release.py [--sizes 10000 100000 1000000] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bridgestat.coordinator import local, synth
+from bridgestat.node.app import open_engine
+from bridgestat.node.config import load_config
+from bridgestat.node.engine import Engine
+from bridgestat.node.query import Occasion, QuerySpec, Statistic
+
+QUERIES = {
+    "mean participant.months_in_program": QuerySpec(Statistic.MEAN, "participant",
+                                                    "months_in_program", 0.001),
+    "histogram participant.household_type": QuerySpec(Statistic.HISTOGRAM, "participant",
+                                                      "household_type", 0.001),
+    "mean assessment.bridge_total @intake": QuerySpec(Statistic.MEAN, "assessment",
+                                                      "bridge_total", 0.001),
+    "paired change bridge_total 12m": QuerySpec(Statistic.PAIRED_CHANGE, "assessment",
+                                                "bridge_total", 0.001,
+                                                occasion=Occasion(12, 9, 15)),
+}
+
+
+def engine_for(n: int, workdir: Path) -> Engine:
+    """A member of n participants written as CSV and loaded through the node's config."""
+    root = workdir / f"n{n}"
+    synth.write_network(root, members=1, seed=3, sizes=[n])
+    member = local.write_configs(root, total_epsilon=1e6, max_per_query=1.0)[0]
+    return open_engine(load_config(member.config))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            engine = engine_for(n, Path(tmp))
+            for label, query in QUERIES.items():
+                engine.run(f"warm-{n}-{label}", query)  # first call builds the occasion cache
+                times = []
+                for i in range(args.repeats):
+                    start = time.perf_counter()
+                    engine.run(f"{n}-{label}-{i}", query)
+                    times.append((time.perf_counter() - start) * 1000)
+                print(f"n={n:>9,}  {label:<40} p50 {statistics.median(times):7.1f} ms  "
+                      f"max {max(times):7.1f} ms  (target 1M <= 100 ms: "
+                      f"ratio {statistics.median(times) / 100:.2f})" if n >= 1_000_000 else
+                      f"n={n:>9,}  {label:<40} p50 {statistics.median(times):7.1f} ms  "
+                      f"max {max(times):7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -40,7 +40,7 @@ def main() -> None:
             with Network.from_file(root / "network.yaml") as net:
                 single = Network(net.members[:1])
                 for _ in range(10):  # warm channels and the nodes' plan caches
-                    net.mean("assessment", "bridge_total", epsilon=0.001)
+                    net.mean("assessment", "bridge_total", epsilon=0.5)
                     single.info()
                 floor, pooled = [], []
                 for _ in range(args.queries):
@@ -48,10 +48,10 @@ def main() -> None:
                     single.info()
                     floor.append((time.perf_counter() - start) * 1000)
                     start = time.perf_counter()
-                    frame = net.mean("assessment", "bridge_total", epsilon=0.001)
+                    frame = net.mean("assessment", "bridge_total", epsilon=0.5)
                     pooled.append((time.perf_counter() - start) * 1000)
                 single.close()
-                assert (frame.status == "ok").all(), frame
+                assert (frame.status == "ok").all(), frame.status.tolist()
         finally:
             local.stop_nodes(processes)
     p50 = statistics.median(pooled)

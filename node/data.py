@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -156,7 +157,7 @@ class CheckReport:
         return "\n".join(lines)
 
     def _group_lines(self, key: GroupKey, items: list[Problem], limit: int) -> list[str]:
-        shown = sorted(items[:limit], key=lambda p: -1 if p.row is None else p.row)
+        shown = sorted(items, key=lambda p: -1 if p.row is None else p.row)[:limit]
         lines = ["  " + p.format() for p in shown]
         more = len(items) - len(shown) + self.omitted.get(key, 0)
         if more:
@@ -270,9 +271,12 @@ def _drop_blank_lines(frame: pd.DataFrame) -> pd.DataFrame:
     candidates = np.flatnonzero(frame.iloc[:, 0].to_numpy(dtype=object) == "")
     if len(candidates) == 0:
         return frame
-    sub = frame.iloc[candidates]
-    blank = sub.apply(lambda col: col.to_numpy(dtype=object) == "").all(axis=1).to_numpy()
-    return frame.drop(index=sub.index[blank])
+    blank = np.ones(len(candidates), dtype=bool)
+    for name in frame.columns[1:]:
+        blank &= frame[name].to_numpy(dtype=object)[candidates] == ""
+    keep = np.ones(len(frame), dtype=bool)
+    keep[candidates[blank]] = False
+    return frame.iloc[np.flatnonzero(keep)]
 
 
 # --------------------------------------------------------------------------- checking
@@ -429,7 +433,11 @@ class _Text:
 
 
 def _strip_header(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.set_axis([str(c).strip() for c in frame.columns], axis=1)
+    """Strip spaces around column names, unless that would make two names equal."""
+    names = [str(c).strip() for c in frame.columns]
+    if len(set(names)) < len(names):
+        return frame
+    return frame.set_axis(names, axis=1)
 
 
 def _line_numbers(frame: pd.DataFrame) -> IntArray:
@@ -444,7 +452,8 @@ def _text(column: pd.Series) -> _Text:
     values = np.asarray(uniques, dtype=object)
     if _needs_strip(values):  # cells that differ only in spaces become one value
         stripped = pd.Series(values, dtype="str").str.strip().to_numpy(dtype=object)
-        merged, values = pd.factorize(np.where(stripped == "", None, stripped))
+        stripped[stripped == ""] = None
+        merged, values = pd.factorize(stripped)
         codes = np.where(codes >= 0, np.append(merged, -1)[codes], -1)
         return _Text(cells, codes, np.asarray(values, dtype=object))
     empty = np.flatnonzero(values == "")
@@ -472,7 +481,7 @@ def _needs_strip(values: ObjectArray) -> bool:
     return bool(_ASCII_SPACE[chars[edges]].any())
 
 
-def _per_row(per_value: npt.NDArray[np.generic], codes: IntArray, fill: object) -> npt.NDArray:
+def _per_row(per_value: npt.NDArray[Any], codes: IntArray, fill: object) -> npt.NDArray[Any]:
     """Map per-distinct-value results to rows; empty cells (code -1) get `fill`."""
     return np.append(per_value, np.array([fill], dtype=per_value.dtype))[codes]
 
@@ -569,7 +578,7 @@ def _empty_frame(spec: TableSpec) -> pd.DataFrame:
 
 
 def _dtype(col: ColumnSpec) -> pd.CategoricalDtype:
-    return pd.CategoricalDtype(pd.Index(list(col.categories), dtype=object))
+    return pd.CategoricalDtype(list(col.categories))
 
 
 def _keys(table: _Table, col: ColumnSpec, text: _Text, sink: _Sink) -> ExtensionArray:
@@ -589,16 +598,15 @@ def _numbers(table: _Table, col: ColumnSpec, text: _Text, sink: _Sink) -> FloatA
     span = f"{_fmt(col.lower)} to {_fmt(col.upper)}"
     holds = "whole numbers" if col.type is ColumnType.INTEGER else "numbers"
 
-    def not_a_number(pos: int) -> str:
+    def message(pos: int) -> str:
         cell = str(text.cells[pos])
+        if fraction[text.codes[pos]]:
+            return f"value {cell!r} is not a whole number; {col.name} holds {holds} from {span}"
         comma = " (use a decimal point, not a comma)" if "," in cell else ""
         return f"value {cell!r} is not a number; {col.name} holds {holds} from {span}{comma}"
 
-    sink.add_rows(table, col.name, "wrong_type", _rows_where(not_number, text.codes),
-                  not_a_number)
-    sink.add_rows(table, col.name, "wrong_type", _rows_where(fraction, text.codes),
-                  lambda pos: f"value {str(text.cells[pos])!r} is not a whole number; "
-                              f"{col.name} holds whole numbers from {span}")
+    sink.add_rows(table, col.name, "wrong_type", _rows_where(not_number | fraction, text.codes),
+                  message)
     parsed[not_number | fraction] = np.nan
     _check_bounds(table, col, parsed, text, sink)
     return _per_row(parsed, text.codes, np.nan)
@@ -632,7 +640,7 @@ def _fmt(x: float | None) -> str:
 def _booleans(table: _Table, col: ColumnSpec, text: _Text, sink: _Sink) -> pd.Categorical:
     """Accept true/false/1/0 in any case; anything else is a wrong type."""
     lowered = pd.Series(text.values, dtype="str").str.lower().to_numpy(dtype=object)
-    found = _BOOLEAN_WORDS.get_indexer(lowered)
+    found = _BOOLEAN_WORDS.get_indexer(pd.Index(lowered, dtype=object))
     per_value = np.where(found < 0, -1, found % 2)
     sink.add_rows(table, col.name, "wrong_type", _rows_where(found < 0, text.codes),
                   lambda pos: f"value {str(text.cells[pos])!r} is not a boolean; "
@@ -643,26 +651,32 @@ def _booleans(table: _Table, col: ColumnSpec, text: _Text, sink: _Sink) -> pd.Ca
 
 def _categories(table: _Table, col: ColumnSpec, text: _Text, sink: _Sink) -> pd.Categorical:
     """Map values onto the schema vocabulary; anything else is not_in_vocabulary."""
-    per_value = pd.Index(list(col.categories), dtype=object).get_indexer(text.values)
+    vocabulary = pd.Index(list(col.categories), dtype=object)
+    per_value = vocabulary.get_indexer(pd.Index(text.values, dtype=object))
     if col.declared_by_node and not col.categories:
         message = _undeclared_message(table, col, text)
     else:
-        vocabulary = ", ".join(col.categories)
-
-        def message(pos: int) -> str:
-            cell = str(text.cells[pos])
-            return (f"value {cell!r} is not in the vocabulary of {col.name} "
-                    f"({vocabulary}){_did_you_mean(cell, col.categories)}")
-
+        message = _vocabulary_message(col, text)
     sink.add_rows(table, col.name, "not_in_vocabulary", _rows_where(per_value < 0, text.codes),
                   message)
     codes = _per_row(per_value, text.codes, -1)
     return pd.Categorical.from_codes(codes, dtype=_dtype(col), validate=False)
 
 
+def _vocabulary_message(col: ColumnSpec, text: _Text) -> Callable[[int], str]:
+    allowed = ", ".join(col.categories)
+
+    def message(pos: int) -> str:
+        cell = str(text.cells[pos])
+        return (f"value {cell!r} is not in the vocabulary of {col.name} "
+                f"({allowed}){_did_you_mean(cell, col.categories)}")
+
+    return message
+
+
 def _undeclared_message(table: _Table, col: ColumnSpec, text: _Text) -> Callable[[int], str]:
     """Node-declared vocabularies (e.g. team) come from the node config, never the data."""
-    found = ", ".join(str(v) for v in text.values[:_SHOWN_VALUES])
+    found = ", ".join(sorted(str(v) for v in text.values)[:_SHOWN_VALUES])
     more = ", ..." if len(text.values) > _SHOWN_VALUES else ""
     setting = f"categories: {table.spec.name}.{col.name}: [{found}{more}]"
 
@@ -690,7 +704,7 @@ def _link(key: _Text, people: _People | None) -> tuple[IntArray, pd.Index]:
     ids = pd.Index(key.values, dtype=object)
     if people is None:
         return key.codes, ids
-    known = people.ids.get_indexer(key.values)
+    known = people.ids.get_indexer(pd.Index(key.values, dtype=object))
     unknown = np.flatnonzero(known < 0)
     per_value = known.copy()
     per_value[unknown] = len(people.ids) + np.arange(len(unknown))
@@ -720,13 +734,13 @@ def _check_unique(table: _Table, frame: pd.DataFrame, person: IntArray, sink: _S
         return
     later, repeated = valid[repeat], keys[repeat]
     firsts = ~repeat & np.isin(keys, repeated)
-    where_first = pd.Index(keys[firsts]).get_indexer(repeated)
+    where_first = pd.Index(keys[firsts]).get_indexer(pd.Index(repeated))
     first_line = dict(zip(later.tolist(), table.lines[valid[firsts][where_first]].tolist(),
                           strict=True))
 
     def message(pos: int) -> str:
         same = " and ".join(f"{c} {str(table.frame[c].iat[pos]).strip()!r}" for c in spec.unique)
-        return f"duplicate key: same {same} as row {first_line[pos]}"
+        return f"same {same} as row {first_line[pos]}"
 
     sink.add_rows(table, spec.unique[-1], "duplicate_key", later, message)
 
@@ -766,9 +780,8 @@ def _check_row_cap(table: _Table, person: IntArray, ids: pd.Index, sink: _Sink) 
     count_of = dict(zip(firsts.tolist(), counts[codes].tolist(), strict=True))
 
     def message(pos: int) -> str:
-        return (f"{spec.key} {ids[person[pos]]!r} has {count_of[pos]} rows in {table.file} "
-                f"(this is its first); at most {spec.max_rows_per_participant} "
-                "per participant are allowed")
+        return (f"{spec.key} {ids[person[pos]]!r} has {count_of[pos]} rows, from this row on; "
+                f"at most {spec.max_rows_per_participant} per participant are allowed")
 
     sink.add_rows(table, spec.key, "too_many_rows", np.sort(firsts), message)
 
@@ -794,7 +807,8 @@ def _add_derived(spec: TableSpec, file: str, checked: Mapping[str, _Checked],
 
 
 def _aggregate(d: Derivation, source: _Checked | None, n: int) -> FloatArray:
-    """Sum of a column, or count of rows (optionally where column == value), per participant."""
+    """Sum of a column (missing counts as 0), or count of rows (optionally where
+    column == value), per participant; rows of unknown participants are left out."""
     if source is None:
         return np.full(n, np.nan)
     person = source.person
@@ -813,10 +827,10 @@ def _equals(values: pd.Series, value: str) -> BoolArray:
         categories = list(values.cat.categories)
         if value not in categories:
             return np.zeros(len(values), dtype=bool)
-        return values.cat.codes.to_numpy() == categories.index(value)
+        return np.asarray(values.cat.codes.to_numpy() == categories.index(value), dtype=bool)
     if pd.api.types.is_numeric_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64) == float(value)
-    return values.to_numpy(dtype=object) == value
+        return np.asarray(values.to_numpy(dtype=np.float64) == float(value), dtype=bool)
+    return np.asarray(values.to_numpy(dtype=object) == value, dtype=bool)
 
 
 def _check_derived_bounds(table: _Table, col: ColumnSpec, values: FloatArray,

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pytest
 
@@ -23,6 +24,7 @@ from bridgestat.node.errors import DataError
 from bridgestat.node.schema import ColumnType, Schema, load_schema
 
 Rows = list[dict[str, str]]
+Cells = npt.NDArray[np.object_]
 TEAMS = ("north", "south")
 
 
@@ -102,7 +104,8 @@ def write_folder(folder: Path, tables: dict[str, Rows]) -> Path:
     return folder
 
 
-def check(tmp_path: Path, schema: Schema, tables: dict[str, Rows]) -> tuple[CheckReport, MemberData]:
+def check(tmp_path: Path, schema: Schema,
+          tables: dict[str, Rows]) -> tuple[CheckReport, MemberData]:
     return check_folder(write_folder(tmp_path / "data", tables), schema)
 
 
@@ -137,6 +140,9 @@ def test_valid_folder_is_servable_with_typed_frames(tmp_path: Path, schema: Sche
     assert list(people["arm"].cat.codes) == [0, 1, 0, 1, 0]
     assert list(people["team"].cat.categories) == list(TEAMS)
     assert list(people["gender"].cat.codes) == [0, 0, 0, 0, -1]
+    for col in schema.table("participant").columns:
+        if col.type.categorical:
+            assert people[col.name].dtype == pd.CategoricalDtype(list(col.categories))
 
 
 def test_derived_columns_are_computed(tmp_path: Path, schema: Schema) -> None:
@@ -157,7 +163,7 @@ def test_assessment_types(tmp_path: Path, schema: Schema) -> None:
     social = assessment["on_social_assistance"]
     assert list(social.cat.categories) == ["false", "true"]
     assert social.tolist()[:2] == ["true", "false"]
-    assert list(assessment["work_status"].cat.categories)[0] == "none"
+    assert assessment["work_status"].cat.categories[0] == "none"
 
 
 def test_lenient_spellings_are_accepted(tmp_path: Path, schema: Schema) -> None:
@@ -233,6 +239,37 @@ def test_empty_file_is_unreadable(tmp_path: Path, schema: Schema) -> None:
     (folder / "goal.csv").write_text("", encoding="utf-8")
     report, _ = check_folder(folder, schema)
     assert only(report, "unreadable_file").file == "goal.csv"
+
+
+def test_header_only_file_has_no_rows(tmp_path: Path, schema: Schema) -> None:
+    folder = write_folder(tmp_path / "data", valid_tables(schema))
+    (folder / "goal.csv").write_text(",".join(_columns(schema, "goal")) + "\n",
+                                     encoding="utf-8")
+    report, data = check_folder(folder, schema)
+    assert report.servable
+    assert report.rows["goal"] == 0
+    assert list(data.tables["participant"]["goals_set"]) == [0.0] * 5
+
+
+def test_missing_participant_file_reports_only_that(tmp_path: Path, schema: Schema) -> None:
+    folder = write_folder(tmp_path / "data", valid_tables(schema))
+    (folder / "participant.csv").unlink()
+    report, _ = check_folder(folder, schema)
+    assert [(p.file, p.kind) for p in report.problems] == [("participant.csv", "missing_file")]
+
+
+def test_extra_fields_without_header_are_a_warning(tmp_path: Path, schema: Schema) -> None:
+    folder = write_folder(tmp_path / "data", valid_tables(schema))
+    path = folder / "coaching_contact.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([lines[0], *(f"{line}," for line in lines[1:])]) + "\n",
+                    encoding="utf-8")
+    report, data = check_folder(folder, schema)
+    problem = only(report, "unknown_column")
+    assert (problem.file, problem.row, problem.column, problem.severity) == (
+        "coaching_contact.csv", None, None, "warning")
+    assert report.servable
+    assert list(data.tables["participant"]["total_sessions"]) == [5.0, 1.0, 0.0, 0.0, 0.0]
 
 
 # --------------------------------------------------------------------------- column problems
@@ -362,7 +399,8 @@ def test_missing_values_elsewhere_are_allowed(tmp_path: Path, schema: Schema) ->
     report, data = check(tmp_path, schema, tables)
     assert report.problems == ()
     row = data.tables["assessment"].iloc[2]
-    assert np.isnan(row["debt_step"]) and np.isnan(row["bridge_total"])
+    assert np.isnan(row["debt_step"])
+    assert np.isnan(row["bridge_total"])
     assert data.tables["assessment"]["work_status"].cat.codes.iloc[2] == -1
     assert data.tables["assessment"]["on_social_assistance"].cat.codes.iloc[2] == -1
 
@@ -384,7 +422,8 @@ def test_duplicate_key_names_both_lines(tmp_path: Path, schema: Schema) -> None:
     tables["assessment"].append(_assessment(schema, 1, 0))  # line 12 repeats line 2
     report, _ = check(tmp_path, schema, tables)
     problem = only(report, "duplicate_key")
-    assert (problem.file, problem.row, problem.severity) == ("assessment.csv", 12, "error")
+    assert (problem.file, problem.row, problem.column, problem.severity) == (
+        "assessment.csv", 12, "assessment_seq", "error")
     assert "row 2" in problem.message
     assert "'p1'" in problem.message
 
@@ -417,7 +456,8 @@ def test_too_many_rows(tmp_path: Path, schema: Schema) -> None:
     problem = only(report, "too_many_rows")
     assert (problem.file, problem.row, problem.column, problem.severity) == (
         "goal.csv", 6, "participant_id", "error")
-    assert "61 rows" in problem.message and "at most 60" in problem.message
+    assert "61 rows" in problem.message
+    assert "at most 60" in problem.message
 
 
 # --------------------------------------------------------------------------- report
@@ -489,6 +529,13 @@ def test_load_folder_returns_data(tmp_path: Path, schema: Schema) -> None:
     assert len(data.tables["assessment"]) == 10
 
 
+def test_load_folder_serves_data_with_warnings(tmp_path: Path, schema: Schema) -> None:
+    tables = valid_tables(schema)
+    tables["participant"][0]["n_children"] = "12"
+    data = load_folder(write_folder(tmp_path, tables), schema)
+    assert data.tables["participant"]["n_children"].iloc[0] == 12.0
+
+
 def test_load_folder_raises_on_bad_data(tmp_path: Path, schema: Schema) -> None:
     tables = valid_tables(schema)
     tables["assessment"][3]["debt_step"] = "abc"
@@ -533,13 +580,13 @@ def write_large_folder(folder: Path, schema: Schema, n_people: int, per_person: 
         _write_arrays(folder / f"{table}.csv", columns)
 
 
-def _strings(values: np.ndarray) -> np.ndarray:
+def _strings(values: npt.NDArray[np.int64]) -> Cells:
     pool = np.array([str(v) for v in range(int(values.max()) + 1)], dtype=object)
-    return pool[values]
+    return np.asarray(pool[values], dtype=object)
 
 
 def _random_cells(schema: Schema, table: str, column: str, n: int,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator) -> Cells:
     """Random valid cells for a column, drawn from a pool (real columns: 50,000 values)."""
     spec = schema.table(table).column(column)
     if spec.categories:
@@ -553,7 +600,7 @@ def _random_cells(schema: Schema, table: str, column: str, n: int,
     return np.array(pool, dtype=object)[rng.integers(0, len(pool), n)]
 
 
-def _write_arrays(path: Path, columns: dict[str, np.ndarray]) -> None:
+def _write_arrays(path: Path, columns: dict[str, Cells]) -> None:
     rows = zip(*(c.tolist() for c in columns.values()), strict=True)
     lines = [",".join(columns), *(",".join(row) for row in rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

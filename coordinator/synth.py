@@ -46,7 +46,6 @@ __all__ = [
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
-Bytes = npt.NDArray[np.uint8]
 People = dict[str, Any]  # per-participant arrays shared by the four table builders
 
 # --- The data matrix, schema 1.0.0 (restated: the coordinator never imports the node) -------
@@ -127,12 +126,11 @@ WORK_BY_SOURCE = np.array([
     [0.60, 0.15, 0.05, 0.10, 0.05, 0.00, 0.05],
     [0.60, 0.10, 0.05, 0.10, 0.05, 0.05, 0.05],
 ])
-NEW_JOB_MIX = np.array([0.0, 0.0, 0.35, 0.40, 0.15, 0.10, 0.0])
+NEW_JOB_MIX = np.array([0.0, 0.0, 0.30, 0.40, 0.20, 0.10, 0.0])
 IDLE_MIX = np.array([0.60, 0.25, 0.0, 0.0, 0.0, 0.0, 0.15])
 HOURS_RANGE = np.array([[0, 0], [0, 0], [8, 28], [12, 30], [32, 40], [8, 45], [0, 0]], float)
 CONTRACT_BY_WORK = np.array([[1, 0, 0, 0], [1, 0, 0, 0], [0, 0.75, 0.25, 0], [0, 0.6, 0.4, 0],
                              [0, 0.45, 0.55, 0], [0, 0, 0, 1], [1, 0, 0, 0]])
-LEAVE_ASSISTANCE_BY_WORK = np.array([0.06, 0.06, 0.12, 0.35, 0.75, 0.5, 0.1])
 NORM_BY_HOUSEHOLD = np.array([1310.0, 1310.0, 1870.0, 1870.0, 1310.0, 1310.0])  # EUR / month
 DEBT_ARRANGEMENT_MIX = {  # over DEBT_ARRANGEMENTS[1:] for people in debt
     "intake": np.array([0.40, 0.25, 0.18, 0.08, 0.06, 0.03]),
@@ -291,7 +289,8 @@ def write_network(out: Path, members: int, seed: int,
         raise ValueError(f"members must be >= 1, got {members}")
     net_seq, *member_seqs = np.random.SeedSequence(seed).spawn(members + 1)
     net_rng = np.random.default_rng(net_seq)
-    chosen = _default_sizes(members, net_rng) if sizes is None else _checked(sizes, members)
+    drawn = _default_sizes(members, net_rng)  # always drawn, so params ignore `sizes`
+    chosen = drawn if sizes is None else _checked(sizes, members)
     flags = _comparison_flags(members, net_rng)
     params = [draw_member_params(DEFAULT_NETWORK, flag, net_rng) for flag in flags]
     out = Path(out)
@@ -391,7 +390,11 @@ def _people(n: int, params: MemberParams, rng: np.random.Generator) -> People:
     people.update(_timeline(people, params, rng))
     people.update(_bridge(people, params, rng))
     people.update(_work(people, params, rng))
-    people.update(_money_and_housing(people, rng))
+    people.update(_income(people, rng))
+    people.update(_debt(people["comparison"], rng))
+    people.update(_savings(people["comparison"], rng))
+    people.update(_housing(people, rng))
+    people.update(_wellbeing(people, rng))
     people["exit_status"] = _exit_status(people, rng)
     return people
 
@@ -399,7 +402,7 @@ def _people(n: int, params: MemberParams, rng: np.random.Generator) -> People:
 def _demographics(n: int, params: MemberParams, rng: np.random.Generator) -> People:
     out: People = {col: _draw(rng, list(mix.values()), n) for col, mix in params.mix.items()}
     out["comparison"] = rng.random(n) < params.comparison_share
-    team = _draw(rng, _dirichlet(rng, [1.0] * params.n_teams), n)
+    team = _draw(rng, rng.dirichlet(np.full(params.n_teams, 4.0)), n)  # teams differ in size
     out["team"] = team
     out["rollout_wave"] = rng.permutation(params.n_teams)[team]
     household = out["household_type"]
@@ -414,7 +417,7 @@ def _demographics(n: int, params: MemberParams, rng: np.random.Generator) -> Peo
 
 def _timeline(people: People, params: MemberParams, rng: np.random.Generator) -> People:
     """Intake dates, MCAR drop-out, occasion months and months in programme."""
-    n = people["n"]
+    n: int = people["n"]
     offset = rng.integers(0, params.intake_span_months, n)
     calendar = params.first_intake_month + offset
     horizon = params.intake_span_months - offset + 15  # months from intake to the extract
@@ -440,7 +443,7 @@ def _timeline(people: People, params: MemberParams, rng: np.random.Generator) ->
 
 def _bridge(people: People, params: MemberParams, rng: np.random.Generator) -> People:
     """Intake Bridge score and its 12-month change, the known truth."""
-    n = people["n"]
+    n: int = people["n"]
     z = rng.standard_normal(n)
     mean = np.where(people["comparison"], params.bridge_change_mean_comparison,
                     params.bridge_change_mean_mm)
@@ -453,7 +456,7 @@ def _bridge(people: People, params: MemberParams, rng: np.random.Generator) -> P
 
 def _work(people: People, params: MemberParams, rng: np.random.Generator) -> People:
     """Work status, hours, contract and earnings at intake (0) and after the switch (1)."""
-    n = people["n"]
+    n: int = people["n"]
     work0 = _draw_rows(rng, WORK_BY_SOURCE, people["main_income_source_t0"])
     paid0 = np.isin(work0, [WORK_STATUSES.index(w) for w in PAID_WORK])
     entry = np.where(people["comparison"], params.paid_work_entry_comparison,
@@ -477,39 +480,34 @@ def _work(people: People, params: MemberParams, rng: np.random.Generator) -> Peo
 
 def _hours(work: Ints, rng: np.random.Generator) -> Floats:
     low, high = HOURS_RANGE[work, 0], HOURS_RANGE[work, 1]
-    return np.rint((low + (high - low) * rng.random(len(work))) * 2) / 2
+    hours: Floats = np.rint((low + (high - low) * rng.random(len(work))) * 2) / 2
+    return hours
 
 
-def _money_and_housing(people: People, rng: np.random.Generator) -> People:
-    """Assistance, income, debt, savings, housing and well-being at intake and later."""
-    n, source, comparison = people["n"], people["main_income_source_t0"], people["comparison"]
-    on0 = (source == 0) | (np.isin(source, [2, 5, 6, 7]) & (rng.random(n) < 0.2))
-    leave = rng.random(n) < LEAVE_ASSISTANCE_BY_WORK[people["work1"]]
-    on1 = np.where(on0, ~leave, rng.random(n) < 0.04)
-    norm = NORM_BY_HOUSEHOLD[people["household_type"]]
+def _income(people: People, rng: np.random.Generator) -> People:
+    """Social assistance and household income at intake and later.
+
+    Work ends assistance (mostly) once earnings plus other income reach the norm; until then
+    assistance tops earnings up to the norm, plus the 25 % earnings exemption (at most 250).
+    """
+    n, source, household = people["n"], people["main_income_source_t0"], people["household_type"]
+    norm = NORM_BY_HOUSEHOLD[household]
     benefit = norm * rng.normal(1.0, 0.04, n)
-    other = _other_income(source, people["household_type"], norm, rng)
-    income0 = _money(np.where(on0, benefit + 0.15 * people["earned0"], people["earned0"] + other))
-    income1 = _money(np.where(on1, benefit + 0.15 * people["earned1"], people["earned1"] + other))
-    housing0 = _draw(rng, HOUSING_MIX, n)
-    rehoused = rng.random(n) < np.where(comparison, 0.25, 0.45)
-    housing1 = np.where((housing0 <= 1) & rehoused, 2, housing0)
-    rent_person = rng.standard_normal(n)
-    stress = rng.normal(7.0, 1.7, n)
-    satisfied = rng.normal(5.0, 1.7, n)
-    change = people["change"]
-    return {"on_assistance0": on0, "on_assistance1": on1, "norm": norm,
-            "income0": income0, "income1": income1,
-            "ratio0": np.clip(np.round(income0 / norm, 3), 0, 4),
-            "ratio1": np.clip(np.round(income1 / norm, 3), 0, 4),
-            **_debt(comparison, rng),
-            **_savings(comparison, rng),
-            "housing0": housing0, "housing1": housing1,
-            "cost0": _cost_ratio(housing0, rent_person, income0),
-            "cost1": _cost_ratio(housing1, rent_person, income1),
-            "stress0": stress, "stress1": stress - 0.09 * change + rng.normal(0, 1.2, n),
-            "satisfaction0": satisfied,
-            "satisfaction1": satisfied + 0.07 * change + rng.normal(0, 1.2, n)}
+    other = _other_income(source, household, norm, rng)
+    on0 = (source == 0) | (np.isin(source, [2, 5, 6, 7]) & (rng.random(n) < 0.2))
+    self_supporting = people["earned1"] + other >= 0.95 * norm
+    on1 = np.where(on0, ~(self_supporting & (rng.random(n) < 0.8)), rng.random(n) < 0.04)
+    income0 = _household_income(on0, people["earned0"], benefit, other)
+    income1 = _household_income(on1, people["earned1"], benefit, other)
+    return {"on_assistance0": on0, "on_assistance1": on1, "income0": income0,
+            "income1": income1, "ratio0": np.clip(np.round(income0 / norm, 3), 0, 4),
+            "ratio1": np.clip(np.round(income1 / norm, 3), 0, 4)}
+
+
+def _household_income(on_assistance: Bools, earned: Floats, benefit: Floats,
+                      other: Floats) -> Floats:
+    topped_up = np.maximum(benefit, earned) + np.minimum(0.25 * earned, 250.0)
+    return _money(np.where(on_assistance, topped_up, earned + other))
 
 
 def _other_income(source: Ints, household: Ints, norm: Floats,
@@ -523,6 +521,7 @@ def _other_income(source: Ints, household: Ints, norm: Floats,
 
 
 def _debt(comparison: Bools, rng: np.random.Generator) -> People:
+    """Most are in debt at intake (lognormal); mentoring reduces and clears more of it."""
     n = len(comparison)
     debt0 = np.where(rng.random(n) < 0.82, np.exp(rng.normal(np.log(9000.0), 1.0, n)), 0.0)
     factor = np.exp(rng.normal(np.where(comparison, -0.08, -0.25), 0.35, n))
@@ -537,12 +536,36 @@ def _debt(comparison: Bools, rng: np.random.Generator) -> People:
 
 
 def _savings(comparison: Bools, rng: np.random.Generator) -> People:
+    """Small savings, often none; mentoring makes saving more common."""
     n = len(comparison)
     savings0 = np.where(rng.random(n) < 0.55, 0.0, np.exp(rng.normal(np.log(150.0), 1.0, n)))
     saved = rng.random(n) < np.where(comparison, 0.3, 0.5)
     added = np.where(saved, np.exp(rng.normal(np.log(250.0), 0.9, n)), 0.0)
     savings1 = savings0 * rng.uniform(0.5, 1.5, n) + added
     return {"savings0": _money(savings0, 15150), "savings1": _money(savings1, 15150)}
+
+
+def _housing(people: People, rng: np.random.Generator) -> People:
+    """Housing status (the homeless and temporarily housed get rehoused) and cost ratio."""
+    n: int = people["n"]
+    comparison = people["comparison"]
+    housing0 = _draw(rng, HOUSING_MIX, n)
+    rehoused = rng.random(n) < np.where(comparison, 0.25, 0.45)
+    housing1 = np.where((housing0 <= 1) & rehoused, 2, housing0)
+    rent = rng.standard_normal(n)
+    return {"housing0": housing0, "housing1": housing1,
+            "cost0": _cost_ratio(housing0, rent, people["income0"]),
+            "cost1": _cost_ratio(housing1, rent, people["income1"])}
+
+
+def _wellbeing(people: People, rng: np.random.Generator) -> People:
+    """Financial stress falls and life satisfaction rises with the Bridge change."""
+    n: int = people["n"]
+    change = people["change"]
+    stress, satisfied = rng.normal(7.0, 1.7, n), rng.normal(5.0, 1.7, n)
+    return {"stress0": stress, "stress1": stress - 0.09 * change + rng.normal(0, 1.2, n),
+            "satisfaction0": satisfied,
+            "satisfaction1": satisfied + 0.07 * change + rng.normal(0, 1.2, n)}
 
 
 def _cost_ratio(housing: Ints, rent_person: Floats, income: Floats) -> Floats:
@@ -552,7 +575,7 @@ def _cost_ratio(housing: Ints, rent_person: Floats, income: Floats) -> Floats:
 
 
 def _exit_status(people: People, rng: np.random.Generator) -> Ints:
-    n = people["n"]
+    n: int = people["n"]
     paid1 = np.isin(people["work1"], [WORK_STATUSES.index(w) for w in PAID_WORK])
     closed = np.where(paid1[:, None], COMPLETED_EXIT_MIX[True], COMPLETED_EXIT_MIX[False])
     completed = _draw_rows(rng, closed, np.arange(n))
@@ -565,7 +588,7 @@ def _exit_status(people: People, rng: np.random.Generator) -> Ints:
 
 def _participant_frame(people: People, ids: pd.CategoricalDtype,
                        params: MemberParams) -> pd.DataFrame:
-    n = people["n"]
+    n: int = people["n"]
     columns: dict[str, Any] = {
         "participant_id": pd.Categorical.from_codes(np.arange(n), dtype=ids),
         "arm": _categorical(people["comparison"].astype(np.int64), ARMS),
@@ -589,14 +612,15 @@ def _assessment_frame(people: People, ids: pd.CategoricalDtype,
     who, seq = np.nonzero(people["present"])
     month = people["months"][who, seq]
     after = month >= people["switch_month"][who]
-    weight = np.clip(month / 12.0, 0.0, 1.0)
+    weight: Floats = np.clip(month / 12.0, 0.0, 1.0)
 
     def state(key: str) -> Any:
         return np.where(after, people[f"{key}1"][who], people[f"{key}0"][who])
 
     def blend(key: str) -> Floats:
-        start = people[f"{key}0"][who]
-        return start + (people[f"{key}1"][who] - start) * weight
+        start: Floats = people[f"{key}0"][who]
+        end: Floats = people[f"{key}1"][who]
+        return start + (end - start) * weight
 
     bridge = _bridge_at(people, who, seq, month, rng)
     work, housing = state("work"), state("housing")
@@ -628,7 +652,7 @@ def _bridge_at(people: People, who: Ints, seq: Ints, month: Ints,
     start, change = people["bridge0"][who], people["change"][who]
     trend = np.where(seq == 1, month / 12.0, 1.0 + 0.1 * (month - 12) / 6.0)
     between = np.clip(start + change * trend + rng.normal(0.0, 4.0, len(who)), 0, 100)
-    value = np.where(seq == 0, start, np.where(seq == 2, people["bridge12"][who], between))
+    value: Floats = np.where(seq == 0, start, np.where(seq == 2, people["bridge12"][who], between))
     return np.round(value, 1)
 
 
@@ -724,7 +748,8 @@ def _draw_rows(rng: np.random.Generator, table: Floats, row: Ints) -> Ints:
     cdf = np.cumsum(table, axis=1)
     cdf = cdf / cdf[:, -1:]
     u = rng.random(len(row))
-    return (u[:, None] >= cdf[row]).sum(axis=1).astype(np.int64)
+    drawn: Ints = (u[:, None] >= cdf[row]).sum(axis=1).astype(np.int64)
+    return drawn
 
 
 def _categorical(codes: Ints, categories: Sequence[str]) -> pd.Categorical:
@@ -732,7 +757,8 @@ def _categorical(codes: Ints, categories: Sequence[str]) -> pd.Categorical:
 
 
 def _money(values: Floats, upper: float = 6000.0) -> Floats:
-    return np.round(np.clip(values, 0.0, upper), 2)
+    rounded: Floats = np.round(np.clip(values, 0.0, upper), 2).astype(np.float64)
+    return rounded
 
 
 def _score(values: Floats) -> Ints:
@@ -740,11 +766,12 @@ def _score(values: Floats) -> Ints:
 
 
 # --- CSV ----------------------------------------------------------------------------------------
-# pandas' to_csv needs ~30 s for a million participants' assessments. Cells are instead laid out
-# as fixed-width byte rows padded with NUL bytes (numpy lookups), which are then dropped.
+# pandas' to_csv needs ~30 s for a million participants' assessments. Here every cell is laid out
+# as fixed-width 4-byte words padded with NUL bytes (numpy lookups); the padding is then dropped.
 
 _CHUNK_ROWS = 1 << 15  # rows per block: a few MB, cache-friendly
-CellWriter = Callable[[int, int], Bytes]
+Words = npt.NDArray[np.uint32]
+CellWriter = Callable[[int, int], Words]
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -757,23 +784,22 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
             handle.write(_lay_out([writer(start, stop) for writer in writers]))
 
 
-def _lay_out(cells: list[Bytes]) -> bytes:
+def _lay_out(cells: list[Words]) -> bytes:
     """Join cell blocks with commas into lines, then drop the NUL padding."""
-    rows = cells[0].shape[0]
     widths = [cell.shape[1] + 1 for cell in cells]
-    matrix = np.empty((rows, sum(widths)), np.uint8)
+    matrix = np.empty((cells[0].shape[0], sum(widths)), np.uint32)
     end = 0
     for cell, width in zip(cells, widths, strict=True):
         matrix[:, end:end + width - 1] = cell
-        matrix[:, end + width - 1] = ord(",")
+        matrix[:, end + width - 1] = _COMMA
         end += width
-    matrix[:, -1] = ord("\n")
-    flat = matrix.ravel()
-    return flat[flat != 0].tobytes()
+    matrix[:, -1] = _NEWLINE
+    flat = matrix.view(np.uint8).ravel()
+    return np.compress(flat != 0, flat).tobytes()
 
 
 def _cell_writer(series: pd.Series, decimals: int) -> CellWriter:
-    """Padded byte cells of rows [start, stop) of one column, by its dtype."""
+    """Padded cells of rows [start, stop) of one column, by its dtype."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         return _label_writer(series.cat.codes.to_numpy(), series.cat.categories)
     if pd.api.types.is_bool_dtype(series.dtype):
@@ -794,29 +820,27 @@ def _label_writer(codes: npt.NDArray[np.integer[Any]], labels: Any) -> CellWrite
     return lambda a, b: table[codes[a:b]]  # code -1 (missing) picks the empty last row
 
 
-def _label_table(labels: Any) -> Bytes:
-    """One left-aligned, NUL-padded row of ASCII bytes per label, plus an empty last row."""
+def _label_table(labels: Any) -> Words:
+    """One NUL-padded row of ASCII bytes per label, plus an empty last row."""
     encoded = np.append(np.asarray(labels, dtype=object).astype(np.bytes_), b"")
-    width = max(encoded.dtype.itemsize, 1)
-    return np.frombuffer(encoded.astype(f"S{width}").tobytes(), np.uint8).reshape(-1, width)
+    width = -(-encoded.dtype.itemsize // 4) * 4
+    return np.frombuffer(encoded.astype(f"S{width}").tobytes(), np.uint32).reshape(-1, width // 4)
 
 
-def _right_aligned(strings: list[str], width: int = 4) -> npt.NDArray[np.uint32]:
-    cells = np.zeros((len(strings), width), np.uint8)
-    for i, text in enumerate(strings):
-        if text:
-            cells[i, width - len(text):] = np.frombuffer(text.encode("ascii"), np.uint8)
-    return cells.view(np.uint32).ravel()
+def _words(strings: list[str]) -> Words:
+    """Each string (at most 4 ASCII bytes) right-aligned in one NUL-padded word."""
+    return np.frombuffer(b"".join(s.encode("ascii").rjust(4, b"\0") for s in strings), np.uint32)
 
 
-# Three-digit groups: rows 0..999 zero-filled, 1000..1999 unpadded (leading group), 2000 empty.
-_GROUPS = _right_aligned([f"{i:03d}" for i in range(1000)] + [str(i) for i in range(1000)] + [""])
-_FRACTIONS = {d: _right_aligned([("." + f"{f:0{d}d}".rstrip("0")) if f else ""
-                                 for f in range(10**d)]) for d in (1, 2, 3)}
+# Three-digit groups: 0..999 zero-filled, 1000..1999 unpadded (leading group), 2000 empty.
+_GROUPS = _words([f"{i:03d}" for i in range(1000)] + [str(i) for i in range(1000)] + [""])
+_FRACTIONS = {d: _words([("." + f"{f:0{d}d}".rstrip("0")) if f else "" for f in range(10**d)])
+              for d in (1, 2, 3)}
+_COMMA, _NEWLINE = _words([",", "\n"])
 
 
-def _int_cells(values: Ints) -> Bytes:
-    """Decimal digits of non-negative integers, three per 4-byte lookup."""
+def _int_cells(values: Ints) -> Words:
+    """Decimal digits of non-negative integers, three digits per word."""
     if len(values) and values.min() < 0:
         raise ValueError("negative values are outside every public bound of the data matrix")
     top = int(values.max()) if len(values) else 0
@@ -827,19 +851,19 @@ def _int_cells(values: Ints) -> Bytes:
         rest, group = np.divmod(rest, 1000)
         lead = np.where((group > 0) | (k == 0), 1000 + group, 2000)
         cells[:, n_groups - 1 - k] = _GROUPS[np.where(rest > 0, group, lead)]
-    return cells.view(np.uint8)
+    return cells
 
 
-def _real_cells(values: Floats, decimals: int) -> Bytes:
+def _real_cells(values: Floats, decimals: int) -> Words:
     """Fixed-point digits with at most `decimals` decimals and no trailing zeros."""
     missing = np.isnan(values)
     scaled = np.rint(np.where(missing, 0.0, values) * 10**decimals).astype(np.int64)
     whole, fraction = np.divmod(scaled, 10**decimals)
-    fraction_cells = _FRACTIONS[decimals][fraction].view(np.uint8).reshape(len(values), 4)
+    fraction_cells = _FRACTIONS[decimals][fraction][:, None]
     return _blank(np.hstack([_int_cells(whole), fraction_cells]), missing)
 
 
-def _blank(cells: Bytes, missing: Bools) -> Bytes:
+def _blank(cells: Words, missing: Bools) -> Words:
     cells[missing] = 0
     return cells
 
@@ -854,35 +878,44 @@ def sample_truth(folder: Path) -> SampleTruth:
 
 def _read_outcomes(folder: Path) -> pd.DataFrame:
     """One row per participant: arm, household type, intake and 12-month values."""
-    read = {"dtype": {"participant_id": str, "arm": str, "household_type": str,
-                      "work_status": str, "on_social_assistance": str},
-            "keep_default_na": False, "na_values": [""]}
+    read: dict[str, Any] = {"keep_default_na": False, "na_values": [""],
+                            "dtype": {"participant_id": str, "arm": str, "household_type": str,
+                                      "work_status": str, "on_social_assistance": str}}
     people = pd.read_csv(folder / "participant.csv", **read,
                          usecols=["participant_id", "arm", "household_type"])
     occasions = pd.read_csv(folder / "assessment.csv", **read, usecols=[
         "participant_id", "assessment_seq", "months_since_intake", "bridge_total",
         "income_to_norm_ratio", "on_social_assistance", "work_status"])
-    people = people.set_index("participant_id")
-    intake = occasions[occasions["assessment_seq"] == 0].set_index("participant_id")
-    m6, m12 = _nearest(occasions, 6, WINDOW_6M), _nearest(occasions, 12, WINDOW_12M)
+    row = pd.Index(people["participant_id"]).get_indexer(occasions["participant_id"])
+    month = occasions["months_since_intake"].to_numpy()
+    intake = _pick(row, occasions["assessment_seq"].to_numpy() == 0, month, 0, len(people))
+    m6 = _pick(row, (month >= WINDOW_6M[0]) & (month <= WINDOW_6M[1]), month, 6, len(people))
+    m12 = _pick(row, (month >= WINDOW_12M[0]) & (month <= WINDOW_12M[1]), month, 12,
+                len(people))
     return pd.DataFrame({
         "arm": people["arm"], "household_type": people["household_type"],
-        "has_6m": people.index.isin(m6.index), "has_12m": people.index.isin(m12.index),
-        "bridge0": intake["bridge_total"].reindex(people.index),
-        "ratio0": intake["income_to_norm_ratio"].reindex(people.index),
-        "bridge12": m12["bridge_total"].reindex(people.index),
-        "work12": m12["work_status"].reindex(people.index),
-        "assistance12": m12["on_social_assistance"].reindex(people.index)},
-        index=people.index).reset_index(drop=True)
+        "has_6m": m6 >= 0, "has_12m": m12 >= 0,
+        "bridge0": _take(occasions["bridge_total"], intake),
+        "ratio0": _take(occasions["income_to_norm_ratio"], intake),
+        "bridge12": _take(occasions["bridge_total"], m12),
+        "work12": _take(occasions["work_status"], m12),
+        "assistance12": _take(occasions["on_social_assistance"], m12)})
 
 
-def _nearest(occasions: pd.DataFrame, target: int, window: tuple[int, int]) -> pd.DataFrame:
-    """Per participant, the occasion nearest `target` months within the window (earlier on a tie)."""
-    inside = occasions[occasions["months_since_intake"].between(*window)]
-    distance = (inside["months_since_intake"] - target).abs()
-    ordered = inside.assign(_distance=distance).sort_values(
-        ["participant_id", "_distance", "months_since_intake"], kind="stable")
-    return ordered.drop_duplicates("participant_id").set_index("participant_id")
+def _pick(row: Ints, eligible: Bools, month: Ints, target: int, n: int) -> Ints:
+    """Per participant, the eligible occasion nearest `target` months (earlier on a tie); -1 if none."""
+    candidates = np.flatnonzero(eligible & (row >= 0))
+    order = candidates[np.lexsort((month[candidates], np.abs(month[candidates] - target)))]
+    owners, first = np.unique(row[order], return_index=True)
+    chosen = np.full(n, -1, np.int64)
+    chosen[owners] = order[first]
+    return chosen
+
+
+def _take(column: pd.Series, chosen: Ints) -> pd.Series:
+    """column[chosen] with missing where chosen is -1."""
+    values = column.iloc[np.maximum(chosen, 0)].reset_index(drop=True)
+    return values.mask(chosen < 0)
 
 
 def _summarise(outcomes: pd.DataFrame) -> SampleTruth:

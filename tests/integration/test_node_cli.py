@@ -1,0 +1,87 @@
+"""`bridgestat-node check` and `budget` as member IT runs them (the real command, a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bridgestat.coordinator import local, synth
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridgestat.node.cli", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _member(tmp_path: Path) -> tuple[Path, Path]:
+    synth.write_network(tmp_path, members=1, seed=3, sizes=[120])
+    member = local.write_configs(tmp_path, total_epsilon=3.0, max_per_query=1.0)[0]
+    return member.config, member.config.parent
+
+
+def _edit(folder: Path, table: str, row: int, column: str, value: str) -> int:
+    """Set one cell (0-based data row); return its line number in the file."""
+    path = folder / f"{table}.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[row, column] = value
+    frame.to_csv(path, index=False)
+    return row + 2
+
+
+def test_clean_data_passes(tmp_path: Path) -> None:
+    config, _ = _member(tmp_path)
+    result = _run("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "data can be served" in result.stdout
+
+
+def test_check_names_file_row_and_column_of_each_problem(tmp_path: Path) -> None:
+    config, folder = _member(tmp_path)
+    wrong_type = _edit(folder, "assessment", 3, "debt_step", "three")
+    vocabulary = _edit(folder, "participant", 5, "household_type", "castle")
+    bounds = _edit(folder, "assessment", 7, "bridge_total", "140")
+    missing_key = _edit(folder, "participant", 9, "participant_id", "")
+    participants = pd.read_csv(folder / "participant.csv", dtype=str, keep_default_na=False)
+    duplicate = _edit(folder, "participant", 11, "participant_id",
+                      participants.loc[10, "participant_id"])
+    result = _run("check", "--config", str(config))
+    out = result.stdout
+    assert result.returncode == 1, out
+    expected = [
+        ("assessment.csv", wrong_type, "debt_step", "wrong_type"),
+        ("participant.csv", vocabulary, "household_type", "not_in_vocabulary"),
+        ("assessment.csv", bounds, "bridge_total", "out_of_bounds"),
+        ("participant.csv", missing_key, "participant_id", "missing_key"),
+        ("participant.csv", duplicate, "participant_id", "duplicate_key"),
+    ]
+    for file, line, column, kind in expected:
+        assert any(file in text and f"row {line}" in text and column in text and kind in text
+                   for text in out.splitlines()), (file, line, column, kind, out)
+    assert "data cannot be served" in out
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    config, _ = _member(tmp_path)
+    config.write_text(config.read_text().replace("max_epsilon_per_query: 1.0",
+                                                 "max_epsilon_per_query: -1"))
+    result = _run("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "budget.max_epsilon_per_query" in result.stderr
+
+
+def test_serve_refuses_unservable_data(tmp_path: Path) -> None:
+    config, folder = _member(tmp_path)
+    _edit(folder, "participant", 0, "gender", "robot")
+    result = _run("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "participant.csv" in result.stderr and "gender" in result.stderr
+
+
+def test_budget_shows_spent_and_remaining(tmp_path: Path) -> None:
+    config, _ = _member(tmp_path)
+    result = _run("budget", "--config", str(config))
+    assert result.returncode == 0
+    assert "spent epsilon 0 of 3" in result.stdout and "remaining 3" in result.stdout

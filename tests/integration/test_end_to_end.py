@@ -1,13 +1,17 @@
 """End to end: synth -> node processes on loopback -> coordinator API -> pooled truth.
 
 The synthetic truth is the exact sample quantity over each member's participants. A DP
-estimate differs from it only by DP noise, so it must lie within 4 DP standard errors of
-it (and a fortiori within 4 total SEs, which also cover sampling).
+estimate differs from it only by DP noise. That noise comes from OpenSSL through OpenDP and
+cannot be seeded, so every run draws afresh: the tolerance is set from the Laplace tail,
+P(|X| > k sd) = exp(-k sqrt 2) (sums and ratios of Laplace draws have lighter tails), at a
+per-check false-alarm rate ALPHA small enough for the ~40 checks here (Bonferroni: the file
+fails by chance with probability under 1e-4).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +27,8 @@ from bridgestat.coordinator.query import Occasion
 
 MONTH_12 = Occasion.month(12, 3)
 CLIP = (-40.0, 40.0)  # public bounds of the 12-month Bridge change (the synthetic SD is 12)
+ALPHA = 2.5e-6
+K = math.log(1 / ALPHA) / math.sqrt(2)  # about 9.1 DP standard errors
 PAID = ["paid_with_support", "paid_part_time", "paid_full_time", "self_employed"]
 
 
@@ -46,8 +52,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 def _within(row: pd.Series, truth: float, what: str) -> None:
     assert row["status"] == "ok", row["status"]
-    assert abs(row["estimate"] - truth) <= 4 * row["se_dp"], (what, row.to_dict(), truth)
-    assert abs(row["estimate"] - truth) <= 4 * row["se"], (what, row.to_dict(), truth)
+    assert abs(row["estimate"] - truth) <= K * row["se_dp"], (what, row.to_dict(), truth)
     assert row["ci_low"] < row["estimate"] < row["ci_high"]
 
 
@@ -68,9 +73,10 @@ def test_pooled_bridge_change_recovers_truth(network: LocalNetwork) -> None:
         assert row["loss"] == pytest.approx(1.0)
     pooled = frame[frame.member == NETWORK].iloc[0]
     truth = network.truth["network"]["sample"]["bridge_change"]["all"]
-    assert pooled["n"] == pytest.approx(truth["n"], abs=60)  # noisy count, 5 x scale 5
+    # five noisy counts, each Laplace with scale 1 / (0.2 * 1.0) = 5: variance 2 * 5^2
+    assert abs(pooled["n"] - truth["n"]) <= K * (5 * 2 * 5.0**2) ** 0.5
     d_z_true = truth["mean"] / truth["sd"]
-    assert abs(pooled["d_z"] - d_z_true) <= 4 * pooled["d_z_se"]
+    assert abs(pooled["d_z"] - d_z_true) <= K * pooled["d_z_se"]
 
 
 def test_group_by_arm_recovers_each_arm(network: LocalNetwork) -> None:
@@ -111,7 +117,7 @@ def test_a_stopped_member_is_named_and_the_rest_are_pooled(network: LocalNetwork
     others = [m for m in network.truth["members"] if m["name"] != victim.name]
     n_true = sum(m["n_participants"] for m in others)
     # four noisy counts, each Laplace with scale 1 / (0.2 * 0.5) = 10: variance 2 * 10^2
-    assert abs(pooled["n"] - n_true) <= 4 * (4 * 2 * 10.0**2) ** 0.5
+    assert abs(pooled["n"] - n_true) <= K * (4 * 2 * 10.0**2) ** 0.5
     truth = sum(m["sample"]["intake_bridge_mean"] * m["n_participants"] for m in others) / n_true
     _within(pooled, truth, "pooled without the stopped member")
     assert not bool(info.set_index("member").loc[victim.name, "reachable"])

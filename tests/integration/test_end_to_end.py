@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,31 @@ def test_intake_mean_and_outcome_shares_recover_truth(network: LocalNetwork) -> 
     pooled = households[households.member == NETWORK].set_index("category")
     for category, share in samples[NETWORK]["household_type_share"].items():
         _within(pooled.loc[category], share, f"household {category}")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_info_and_query(network: LocalNetwork) -> None:
+    net_file = str(network.root / "network.yaml")
+    info = _cli("info", "--network", net_file, "--json")
+    assert info.returncode == 0, info.stderr
+    records = json.loads(info.stdout)
+    assert [r["member"] for r in records] == [m.name for m in network.members]
+    assert all(r["reachable"] and r["schema"].endswith("1.0.0") for r in records)
+    query = _cli("query", "--network", net_file, "paired_change", "assessment", "bridge_total",
+                 "--occasion", "12:9-15", "--epsilon", "0.5", "--group-by", "arm", "--json")
+    assert query.returncode == 0, query.stderr
+    rows = json.loads(query.stdout)
+    assert {(r["member"], r["arm"]) for r in rows} >= {(NETWORK, "mobility_mentoring"),
+                                                       (NETWORK, "comparison")}
+    table = _cli("query", "--network", net_file, "mean", "assessment", "bridge_total")
+    assert table.returncode == 0 and "NETWORK" in table.stdout and "ci_low" in table.stdout
+    bad = _cli("query", "--network", net_file, "mean", "assessment", "bridge_total",
+               "--occasion", "soon")
+    assert bad.returncode == 2 and "occasion" in bad.stderr
 
 
 def test_a_stopped_member_is_named_and_the_rest_are_pooled(network: LocalNetwork) -> None:

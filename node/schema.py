@@ -144,8 +144,31 @@ def load_schema(path: Path = DEFAULT_SCHEMA_PATH) -> Schema:
     names = [t.name for t in tables]
     if len(set(names)) != len(names):
         raise ConfigError(source, "tables", "table names must be unique")
-    return Schema(name=_text(doc, "name", source, ""), version=str(doc.get("version", "")),
-                  tables=tables)
+    schema = Schema(name=_text(doc, "name", source, ""), version=str(doc.get("version", "")),
+                    tables=tables)
+    for table in tables:
+        for column in table.columns:
+            if column.derived is not None:
+                _check_derivation(schema, f"{table.name}.{column.name}", column.derived, source)
+    return schema
+
+
+def _check_derivation(schema: Schema, name: str, derived: Derivation, source: str) -> None:
+    """A derived column must refer to an existing table, a numeric column, known categories."""
+    key = f"{name}.derived"
+    table = schema.find(derived.table)
+    if table is None:
+        raise ConfigError(source, key, f"unknown table {derived.table!r}")
+    if derived.column is not None:
+        column = table.find(derived.column)
+        if column is None or not column.type.numeric:
+            raise ConfigError(source, key, f"{derived.table}.{derived.column} must be a "
+                              "numeric column")
+    for where_column, value in derived.where:
+        column = table.find(where_column)
+        if column is None or value not in column.categories:
+            raise ConfigError(source, key, f"where {where_column} == {value!r} does not name "
+                              f"a category of {derived.table}")
 
 
 def _mapping(value: Any, source: str, key: str) -> dict[str, Any]:

@@ -604,3 +604,14 @@ def _write_arrays(path: Path, columns: dict[str, Cells]) -> None:
     rows = zip(*(c.tolist() for c in columns.values()), strict=True)
     lines = [",".join(columns), *(",".join(row) for row in rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_schema_with_a_broken_derivation_names_the_key(tmp_path: Path) -> None:
+    from bridgestat.node.errors import ConfigError
+    from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, load_schema
+
+    broken = tmp_path / "schema.yaml"
+    broken.write_text(DEFAULT_SCHEMA_PATH.read_text().replace("column: n_sessions",
+                                                              "column: n_sesions"))
+    with pytest.raises(ConfigError, match=r"participant\.total_sessions\.derived"):
+        load_schema(broken)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class QueryResult:
 
     query: Query
     key: str
+    members: tuple[str, ...]  # network order
     releases: dict[str, MemberRelease]
     failures: dict[str, Failure]
 
@@ -100,7 +102,7 @@ class Network:
         releases = {o.member: release_from_pb(o.value) for o in outcomes
                     if isinstance(o, Success)}
         failures = {o.member: o for o in outcomes if isinstance(o, Failure)}
-        return QueryResult(query, key, releases, failures)
+        return QueryResult(query, key, tuple(m.name for m in self.members), releases, failures)
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -209,10 +211,9 @@ PooledFn = Callable[[list[tuple[MemberRelease, CellRelease]]], Estimate]
 def _table(result: QueryResult, member_fn: MemberFn, pooled_fn: PooledFn) -> pd.DataFrame:
     """Per-member rows and a NETWORK row per group cell, failures named in `status`."""
     rows: list[dict[str, Any]] = []
-    groups = _groups(result)
-    for group in groups:
+    for group in _groups(result):
         pairs = []
-        for member in (m.name for m in _members(result)):
+        for member in result.members:
             if member in result.failures:
                 fail = result.failures[member]
                 rows.append(_row(member, group, None, None, f"{fail.code}: {fail.message}"))
@@ -220,17 +221,14 @@ def _table(result: QueryResult, member_fn: MemberFn, pooled_fn: PooledFn) -> pd.
             release = result.releases[member]
             cell = next(c for c in release.cells if c.group == group)
             pairs.append((release, cell))
-            rows.append(_estimate_row(member, group, release, lambda: member_fn(release, cell)))
-        loss = max((r.charged for r, _ in pairs), default=0.0)
-        pooled = replace(pairs[0][0], charged=loss) if pairs else None
-        rows.append(_estimate_row(NETWORK, group, pooled, lambda: pooled_fn(pairs))
-                    if pairs else _row(NETWORK, group, None, None, "no member answered"))
+            rows.append(_estimate_row(member, group, release.charged,
+                                      partial(member_fn, release, cell)))
+        if pairs:
+            loss = max(r.charged for r, _ in pairs)
+            rows.append(_estimate_row(NETWORK, group, loss, partial(pooled_fn, pairs)))
+        else:
+            rows.append(_row(NETWORK, group, None, None, "no member answered"))
     return pd.DataFrame(rows)
-
-
-def _members(result: QueryResult) -> list[Member]:
-    names = list(result.releases) + [m for m in result.failures if m not in result.releases]
-    return [Member(n, "") for n in names]
 
 
 def _groups(result: QueryResult) -> list[Group]:
@@ -239,21 +237,21 @@ def _groups(result: QueryResult) -> list[Group]:
     return [()]
 
 
-def _estimate_row(member: str, group: Group, release: MemberRelease | None,
+def _estimate_row(member: str, group: Group, loss: float,
                   compute: Callable[[], Estimate]) -> dict[str, Any]:
     try:
-        return _row(member, group, compute(), release, "ok")
+        return _row(member, group, compute(), loss, "ok")
     except PoolingError as exc:
-        return _row(member, group, None, release, f"not estimable: {exc}")
+        return _row(member, group, None, loss, f"not estimable: {exc}")
 
 
-def _row(member: str, group: Group, est: Estimate | None, release: MemberRelease | None,
+def _row(member: str, group: Group, est: Estimate | None, loss: float | None,
          status: str) -> dict[str, Any]:
     row: dict[str, Any] = {"member": member, **dict(group)}
     fields = ("estimate", "se", "ci_low", "ci_high", "n", "sd", "se_sampling", "se_dp")
     values = asdict(est) if est is not None else {}
     row.update({f: values.get(f) for f in fields})
-    row["loss"] = release.charged if release is not None else None
+    row["loss"] = loss
     row["status"] = status
     return row
 

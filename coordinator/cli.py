@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -151,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (NetworkFileError, argparse.ArgumentTypeError, ValueError) as exc:
+    except (NetworkFileError, argparse.ArgumentTypeError, ValueError, RuntimeError,
+            TimeoutError, OSError) as exc:
         print(f"bridgestat: {exc}", file=sys.stderr)
         return 2
 

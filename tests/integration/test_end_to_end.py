@@ -135,6 +135,7 @@ def test_a_stopped_member_is_named_and_the_rest_are_pooled(network: LocalNetwork
     with Network.from_file(network.root / "network.yaml", timeout=5.0) as net:
         frame = net.mean("assessment", "bridge_total", epsilon=0.5)
         info = net.info()
+    assert list(frame.member) == [m.name for m in network.members] + [NETWORK]  # network order
     row = frame[frame.member == victim.name].iloc[0]
     assert row["status"].startswith("UNAVAILABLE")
     assert pd.isna(row["estimate"])

@@ -85,3 +85,29 @@ def test_budget_shows_spent_and_remaining(tmp_path: Path) -> None:
     result = _run("budget", "--config", str(config))
     assert result.returncode == 0
     assert "spent epsilon 0 of 3" in result.stdout and "remaining 3" in result.stdout
+
+
+def test_serve_on_a_taken_port_names_the_listen_key(tmp_path: Path) -> None:
+    import socket
+
+    config, _ = _member(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = config.read_text()
+        address = next(line for line in text.splitlines() if line.startswith("listen:"))
+        config.write_text(text.replace(address, f"listen: 127.0.0.1:{port}"))
+        result = _run("serve", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unwritable_ledger_names_the_ledger_key(tmp_path: Path) -> None:
+    config, folder = _member(tmp_path)
+    (folder / "blocked").write_text("a file, not a folder")
+    config.write_text(config.read_text().replace("ledger: ledger.sqlite",
+                                                 "ledger: blocked/ledger.sqlite"))
+    result = _run("serve", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert ": ledger: cannot open ledger" in result.stderr and "Traceback" not in result.stderr

@@ -27,11 +27,12 @@ def open_engine(config: NodeConfig) -> Engine:
     data = load_folder(config.data_path, schema)
     try:
         ledger = Ledger(config.ledger_path, config.budget.dataset,
-                        Epsilon.of(config.budget.total_epsilon))
+                        Epsilon.of(config.budget.total_epsilon), config.budget.delta)
     except (sqlite3.Error, OSError) as exc:
         raise ConfigError(config.source, "ledger",
                           f"cannot open ledger {config.ledger_path}: {exc}") from exc
-    policy = Policy(max_epsilon_per_query=config.budget.max_epsilon_per_query)
+    policy = Policy(max_epsilon_per_query=config.budget.max_epsilon_per_query,
+                    delta=config.budget.delta)
     return Engine(config.node_id, schema, Frames(dict(data.tables), schema), ledger, policy)
 
 

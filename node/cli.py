@@ -35,10 +35,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _budget(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     ledger = Ledger(config.ledger_path, config.budget.dataset,
-                    Epsilon.of(config.budget.total_epsilon))
+                    Epsilon.of(config.budget.total_epsilon), config.budget.delta)
     state = ledger.state()
     charges = ledger.charges()
-    print(f"dataset {state.dataset}: spent epsilon {state.spent} of {state.total}, "
+    rho = f" (of which rho {float(state.spent_loss.rho):.6g} at delta {state.delta:g})" \
+        if state.spent_loss.rho else ""
+    print(f"dataset {state.dataset}: spent epsilon {state.spent} of {state.total}{rho}, "
           f"remaining {state.remaining}; largest per query "
           f"{config.budget.max_epsilon_per_query:g}; {len(charges)} queries charged")
     return 0

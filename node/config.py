@@ -27,7 +27,8 @@ from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, Schema, load_schema
 
 _TOP_KEYS = {"node_id", "data", "schema", "categories", "listen", "budget", "ledger"}
 _DATA_KEYS = {"source", "path"}
-_BUDGET_KEYS = {"dataset", "total_epsilon", "max_epsilon_per_query"}
+_BUDGET_KEYS = {"dataset", "total_epsilon", "max_epsilon_per_query", "delta"}
+DEFAULT_DELTA = 1e-6
 _SOURCES = ("csv",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -37,6 +38,7 @@ class BudgetConfig:
     dataset: str
     total_epsilon: float
     max_epsilon_per_query: float
+    delta: float = DEFAULT_DELTA  # of the (epsilon, delta) guarantee when rho is spent
 
 
 @dataclass(frozen=True)
@@ -164,4 +166,7 @@ def _budget(value: Any, source: str, node_id: str) -> BudgetConfig:
     dataset = doc.get("dataset", node_id)
     if not isinstance(dataset, str) or not dataset:
         raise ConfigError(source, "budget.dataset", "must be a non-empty string")
-    return BudgetConfig(dataset, total, per_query)
+    delta = doc.get("delta", DEFAULT_DELTA)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1e-3:
+        raise ConfigError(source, "budget.delta", f"must be a number in (0, 0.001), got {delta!r}")
+    return BudgetConfig(dataset, total, per_query, float(delta))

@@ -17,7 +17,7 @@ import numpy as np
 from bridgestat.node.errors import QueryError
 from bridgestat.node.frames import CellRows, Frames
 from bridgestat.node.ledger import BudgetState, Ledger, Replay
-from bridgestat.node.mechanisms import Component, fixed_point
+from bridgestat.node.mechanisms import FIXED_POINT, Component, fixed_point
 from bridgestat.node.planner import Plan, Policy, compile_query
 from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.node.release import NoisyValue, Release, ReleasedCell
@@ -85,8 +85,11 @@ class Engine:
 
     def _release(self, plan: Plan) -> Release:
         cells = tuple(self._cell(plan, rows) for rows in self.frames.cells(plan))
+        loss = plan.loss
         return Release(cells=cells, center=plan.center, lower=plan.lower, upper=plan.upper,
-                       mechanism=_describe(plan), charged=float(plan.loss))
+                       mechanism=_describe(plan), charged=float(loss.epsilon),
+                       charged_rho=float(loss.rho),
+                       term_bounds=tuple((t.lower, t.upper) for t in plan.terms))
 
     def _cell(self, plan: Plan, rows: CellRows) -> ReleasedCell:
         stat = plan.query.statistic
@@ -94,7 +97,11 @@ class Engine:
             return ReleasedCell(rows.group, (_scalar(plan.components[0], rows.values),))
         if stat is Statistic.HISTOGRAM:
             return ReleasedCell(rows.group, _histogram(plan, rows.values))
+        if stat is Statistic.CROSS_PRODUCTS:
+            return ReleasedCell(rows.group, _cross_products(plan, rows.values))
         values = rows.values[~np.isnan(rows.values)]
+        if stat is Statistic.QUANTILE:
+            return ReleasedCell(rows.group, (_quantile(plan.components[0], values),))
         z, w = fixed_point(values, plan.lower, plan.upper)
         count, total, squares = plan.components
         return ReleasedCell(rows.group, (_scalar(count, z), _scalar(total, z),
@@ -104,7 +111,28 @@ class Engine:
 def _scalar(component: Component, data: np.ndarray[Any, Any]) -> NoisyValue:
     raw = component.release(np.ascontiguousarray(data, dtype=np.int64))
     return NoisyValue(component.name, float(raw) * component.unit, component.noise_scale,
+                      component.noise_variance, component.epsilon, component.rho)
+
+
+def _quantile(component: Component, values: np.ndarray[Any, Any]) -> NoisyValue:
+    chosen = component.release([float(v) for v in values])
+    return NoisyValue(component.name, float(chosen), component.noise_scale,
                       component.noise_variance, component.epsilon)
+
+
+def _cross_products(plan: Plan, matrix: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...]:
+    """Noisy sum of u_i u_j per entry over complete cases, u_t in [-1, 1] (public bounds)."""
+    complete = matrix[~np.isnan(matrix).any(axis=1)]
+    lower = np.array([t.lower for t in plan.terms])
+    upper = np.array([t.upper for t in plan.terms])
+    scaled = (np.clip(complete, lower, upper) - (lower + upper) / 2) / ((upper - lower) / 2)
+    u = np.column_stack([np.ones(len(scaled)), scaled])
+    values = []
+    for component in plan.components:
+        i, j = (int(k) for k in component.name[3:-1].split(","))
+        products = np.rint(u[:, i] * u[:, j] * FIXED_POINT).astype(np.int64)
+        values.append(_scalar(component, products))
+    return tuple(values)
 
 
 def _histogram(plan: Plan, codes: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...]:
@@ -116,7 +144,19 @@ def _histogram(plan: Plan, codes: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...
 
 
 def _describe(plan: Plan) -> str:
-    parts = [f"{c.name}: eps={c.epsilon:.6g}, scale={c.noise_scale:.6g}" for c in plan.components]
-    kind = "discrete Laplace (OpenDP)"
+    if plan.query.statistic is Statistic.CROSS_PRODUCTS:
+        first = plan.components[0]
+        parts = [f"{len(plan.components)} entries of U'U, each rho={first.rho:.6g}, "
+                 f"scale={first.noise_scale:.6g}"]
+        kind = "discrete Gaussian, zCDP (OpenDP)"
+    elif plan.query.statistic is Statistic.QUANTILE:
+        first = plan.components[0]
+        parts = [f"quantile {plan.query.quantile:g} over {len(plan.query.bin_edges)} public "
+                 f"candidates: eps={first.epsilon:.6g}, scale={first.scale:.6g}"]
+        kind = "exponential mechanism (OpenDP make_private_quantile)"
+    else:
+        parts = [f"{c.name}: eps={c.epsilon:.6g}, scale={c.noise_scale:.6g}"
+                 for c in plan.components]
+        kind = "discrete Laplace (OpenDP)"
     cells = f"{len(plan.cells)} disjoint cells (parallel composition)" if plan.cells else "1 cell"
     return f"{kind}; {'; '.join(parts)}; {cells}"

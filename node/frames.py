@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bridgestat.node.planner import PARTICIPANT_TABLE, Plan
-from bridgestat.node.query import CategoryFilter, Occasion, Statistic
+from bridgestat.node.planner import PARTICIPANT_TABLE, Plan, ResolvedTerm
+from bridgestat.node.query import INTAKE, CategoryFilter, Occasion, Statistic
 from bridgestat.node.schema import Schema, TableSpec
 
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -31,7 +31,9 @@ class CellRows:
     """The measured values of one group-by cell."""
 
     group: tuple[tuple[str, str], ...]
-    values: FloatArray | IntArray  # floats for means and changes, codes for histograms
+    # floats for means and changes, codes for histograms, a matrix (rows x terms) of
+    # complete cases for cross products
+    values: FloatArray | IntArray
     n_rows: int
 
 
@@ -46,6 +48,7 @@ class Frames:
         self._occasion = lru_cache(maxsize=32)(self._select_occasion)
         self._joined = lru_cache(maxsize=32)(self._join)
         self._paired = lru_cache(maxsize=32)(self._pair)
+        self._transitions = lru_cache(maxsize=32)(self._transition)
 
     def _select_occasion(self, table_name: str, occ: Occasion) -> pd.DataFrame:
         table = self.schema.table(table_name)
@@ -70,9 +73,56 @@ class Frames:
         follow = self._occasion(table_name, occasion)[column]
         return base.assign(_value=follow.reindex(base.index) - base[column])
 
+    def _transition(self, table_name: str, baseline: Occasion, occasion: Occasion,
+                    column: str, edges: tuple[float, ...]) -> pd.DataFrame:
+        """Baseline rows with `_value` = the cell code of the change (-1: not measured).
+
+        Categorical: before * k + after. Numeric: the bin of the change among `edges`, or
+        without edges its sign (0 decreased, 1 unchanged, 2 increased).
+        """
+        base = self._joined(table_name, baseline)
+        before = base[column]
+        after = self._occasion(table_name, occasion)[column].reindex(base.index)
+        if isinstance(before.dtype, pd.CategoricalDtype):
+            k = len(before.cat.categories)
+            b = before.cat.codes.to_numpy(dtype=np.int64)
+            a = pd.Categorical(after, dtype=before.dtype).codes.astype(np.int64)
+            codes = np.where((b < 0) | (a < 0), -1, b * k + a)
+        else:
+            change = (after - before).to_numpy(dtype=np.float64)
+            binned = (np.searchsorted(np.asarray(edges), change, side="right") if edges
+                      else np.sign(change) + 1)
+            codes = np.where(np.isnan(change), -1, binned)
+        return base.assign(_value=codes.astype(np.int64))
+
+    def _term(self, frame: pd.DataFrame, resolved: ResolvedTerm) -> pd.Series:
+        """One regression term's value per participant of `frame` (NaN when missing)."""
+        term, name = resolved.term, resolved.column.name
+        if resolved.table == PARTICIPANT_TABLE:
+            values = self.participants[name].reindex(frame.index)
+        else:
+            at = self._occasion(resolved.table, term.occasion or INTAKE)[name]
+            values = at.reindex(frame.index)
+            if term.baseline is not None:
+                before = self._occasion(resolved.table, term.baseline)[name]
+                values = values - before.reindex(frame.index)
+        if term.category:
+            indicator = (values.astype(object) == term.category).astype(np.float64)
+            return indicator.where(values.notna())
+        return values.astype(np.float64)
+
     def rows(self, plan: Plan) -> pd.DataFrame:
         """One row per participant taking part, with a `_value` column when measured."""
         table: TableSpec = plan.table
+        if plan.query.statistic is Statistic.CROSS_PRODUCTS:
+            frame = (self.participants if not table.has_occasions
+                     else self._joined(table.name, plan.occasion or INTAKE))
+            return frame.assign(**{f"_t{i}": self._term(frame, t)
+                                   for i, t in enumerate(plan.terms)})
+        if plan.transition:
+            assert plan.baseline is not None and plan.occasion is not None and plan.column
+            return self._transitions(table.name, plan.baseline, plan.occasion,
+                                     plan.column.name, plan.query.bin_edges)
         if not table.has_occasions:
             frame = self.participants
             if plan.column is not None:
@@ -121,7 +171,12 @@ def _measured(frame: pd.DataFrame, plan: Plan) -> FloatArray | IntArray:
     stat = plan.query.statistic
     if stat is Statistic.COUNT:
         return np.zeros(len(frame), dtype=np.int64)
+    if stat is Statistic.CROSS_PRODUCTS:
+        matrix = frame[[f"_t{i}" for i in range(len(plan.terms))]].to_numpy(dtype=np.float64)
+        return matrix  # incomplete rows are dropped per cell by the engine
     column = frame["_value"]
+    if plan.transition:
+        return column.to_numpy(dtype=np.int64)
     if stat is Statistic.HISTOGRAM:
         if isinstance(column.dtype, pd.CategoricalDtype):
             return column.cat.codes.to_numpy(dtype=np.int64)

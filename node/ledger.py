@@ -1,6 +1,8 @@
 """The durable privacy-budget ledger (SQLite).
 
-One cap per dataset. A query is charged in one `BEGIN IMMEDIATE` transaction that checks
+One cap per dataset, on the (epsilon, delta) guarantee of everything released: pure-DP
+losses (epsilon) and zCDP losses (rho) are summed separately and combined as
+epsilon_pure + epsilon(rho, delta) (see `loss.Loss`). A query is charged in one `BEGIN IMMEDIATE` transaction that checks
 the cap and reserves the loss *before* anything is computed; the release is stored with
 the query's idempotency key when it is committed, and only then leaves the node.
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridgestat.node.errors import BudgetExhausted, IdempotencyConflict, QueryInProgress
-from bridgestat.node.loss import Epsilon
+from bridgestat.node.loss import Epsilon, Loss
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS budget (
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS charge (
     dataset TEXT NOT NULL,
     query_key TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    epsilon TEXT NOT NULL,
+    loss TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('reserved', 'committed')),
     owner TEXT NOT NULL,
     release TEXT,
@@ -69,8 +71,14 @@ class Reserved:
 @dataclass(frozen=True)
 class BudgetState:
     dataset: str
-    total: Epsilon
-    spent: Epsilon
+    total: Epsilon  # cap on the (epsilon, delta) guarantee
+    spent_loss: Loss  # pure epsilon and rho, summed separately
+    delta: float
+
+    @property
+    def spent(self) -> Epsilon:
+        """The epsilon of the (epsilon, delta) guarantee of everything released."""
+        return self.spent_loss.epsilon_at(self.delta)
 
     @property
     def remaining(self) -> Epsilon:
@@ -80,8 +88,10 @@ class BudgetState:
 class Ledger:
     """SQLite ledger of one dataset's privacy budget; safe across threads and processes."""
 
-    def __init__(self, path: Path, dataset: str, total: Epsilon) -> None:
-        self.path, self.dataset, self.total = Path(path), dataset, total
+    def __init__(self, path: Path, dataset: str, total: Epsilon, delta: float = 1e-6) -> None:
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.path, self.dataset, self.total, self.delta = Path(path), dataset, total, delta
         self.owner = uuid.uuid4().hex  # this process's identity for its reservations
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -89,7 +99,7 @@ class Ledger:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
             db.execute("INSERT OR IGNORE INTO budget (dataset, spent) VALUES (?, ?)",
-                       (dataset, Epsilon.zero().encode()))
+                       (dataset, Loss().encode()))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -115,13 +125,13 @@ class Ledger:
 
     def state(self) -> BudgetState:
         with self._connect() as db:
-            return BudgetState(self.dataset, self.total, self._spent(db))
+            return BudgetState(self.dataset, self.total, self._spent(db), self.delta)
 
-    def _spent(self, db: sqlite3.Connection) -> Epsilon:
+    def _spent(self, db: sqlite3.Connection) -> Loss:
         row = db.execute("SELECT spent FROM budget WHERE dataset = ?", (self.dataset,)).fetchone()
-        return Epsilon.decode(row[0])
+        return Loss.decode(row[0])
 
-    def reserve(self, key: str, fingerprint: str, loss: Epsilon) -> Replay | Reserved:
+    def reserve(self, key: str, fingerprint: str, loss: Loss) -> Replay | Reserved:
         """Charge `loss` for `key` atomically, or return the stored release of a retry."""
         with self._transaction(durable=False) as db:
             row = db.execute(
@@ -130,13 +140,15 @@ class Ledger:
             if row is not None:
                 return self._existing(db, key, fingerprint, row)
             spent = self._spent(db)
-            if spent + loss > self.total:
+            before, after = spent.epsilon_at(self.delta), (spent + loss).epsilon_at(self.delta)
+            if after > self.total:
                 raise BudgetExhausted(
-                    f"budget of dataset {self.dataset!r} exhausted: spent {spent} of "
-                    f"{self.total}, this query needs {loss} (remaining {self.total - spent})")
+                    f"budget of dataset {self.dataset!r} exhausted: spent epsilon {before} of "
+                    f"{self.total}, this query ({loss}) would bring it to {after} "
+                    f"(delta {self.delta:g}; remaining {self.total - before})")
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
                        ((spent + loss).encode(), self.dataset))
-            db.execute("INSERT INTO charge (dataset, query_key, fingerprint, epsilon, state, owner)"
+            db.execute("INSERT INTO charge (dataset, query_key, fingerprint, loss, state, owner)"
                        " VALUES (?, ?, ?, ?, 'reserved', ?)",
                        (self.dataset, key, fingerprint, loss.encode(), self.owner))
             return Reserved(key)
@@ -170,19 +182,19 @@ class Ledger:
         """Refund a reservation whose computation failed before producing any output."""
         with self._transaction(durable=False) as db:
             row = db.execute(
-                "SELECT epsilon FROM charge WHERE dataset = ? AND query_key = ? "
+                "SELECT loss FROM charge WHERE dataset = ? AND query_key = ? "
                 "AND state = 'reserved' AND owner = ?", (self.dataset, key, self.owner)).fetchone()
             if row is None:
                 return
-            spent = self._spent(db) - Epsilon.decode(row[0])
+            spent = self._spent(db) - Loss.decode(row[0])
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
                        (spent.encode(), self.dataset))
             db.execute("DELETE FROM charge WHERE dataset = ? AND query_key = ?",
                        (self.dataset, key))
 
-    def charges(self) -> list[tuple[str, Epsilon, str]]:
+    def charges(self) -> list[tuple[str, Loss, str]]:
         """Every charge of this dataset: (key, loss, state), oldest first."""
         with self._connect() as db:
-            rows = db.execute("SELECT query_key, epsilon, state FROM charge WHERE dataset = ? "
+            rows = db.execute("SELECT query_key, loss, state FROM charge WHERE dataset = ? "
                               "ORDER BY rowid", (self.dataset,)).fetchall()
-        return [(k, Epsilon.decode(e), s) for k, e, s in rows]
+        return [(k, Loss.decode(e), s) for k, e, s in rows]

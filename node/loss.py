@@ -49,3 +49,63 @@ class Epsilon:
 
     def __str__(self) -> str:
         return f"{float(self.value):.6g}"
+
+
+@dataclass(frozen=True)
+class Loss:
+    """What one release (or a ledger's total) spends: pure-DP epsilon plus zCDP rho, exact.
+
+    Pure-DP losses add (basic composition), zCDP losses add, and the two combine into an
+    (epsilon, delta) guarantee: epsilon_pure + epsilon(rho, delta), delta.
+    """
+
+    epsilon: Fraction = Fraction(0)
+    rho: Fraction = Fraction(0)
+
+    @classmethod
+    def of(cls, epsilon: float | Fraction = 0, rho: float | Fraction = 0) -> Loss:
+        return cls(Epsilon.of(epsilon).value, Epsilon.of(rho).value)
+
+    def __add__(self, other: Loss) -> Loss:
+        return Loss(self.epsilon + other.epsilon, self.rho + other.rho)
+
+    def __sub__(self, other: Loss) -> Loss:
+        return Loss(max(Fraction(0), self.epsilon - other.epsilon),
+                    max(Fraction(0), self.rho - other.rho))
+
+    def epsilon_at(self, delta: float) -> Epsilon:
+        """The (epsilon, delta) guarantee's epsilon; exact when there is no rho."""
+        if self.rho == 0:
+            return Epsilon(self.epsilon)
+        return Epsilon(self.epsilon + Fraction(rho_to_epsilon(float(self.rho), delta)))
+
+    def encode(self) -> str:
+        return f"{self.epsilon};{self.rho}"
+
+    @classmethod
+    def decode(cls, text: str) -> Loss:
+        epsilon, _, rho = text.partition(";")
+        return cls(Fraction(epsilon), Fraction(rho or 0))
+
+    def __str__(self) -> str:
+        if self.rho == 0:
+            return f"epsilon {float(self.epsilon):.6g}"
+        return f"epsilon {float(self.epsilon):.6g} + rho {float(self.rho):.6g}"
+
+
+def rho_to_epsilon(rho: float, delta: float) -> float:
+    """OpenDP's zCDP -> (epsilon, delta) conversion of a rho-zCDP release.
+
+    Evaluated on a Gaussian measurement whose privacy map is at least rho (its scale is
+    nudged down), so the epsilon returned is never below the true conversion.
+    """
+    if rho <= 0:
+        return 0.0
+    import opendp.prelude as dp  # lazily: the ledger needs it only for Gaussian releases
+
+    dp.enable_features("contrib")
+    scale = (1 - 1e-12) / math.sqrt(2 * rho)
+    gaussian = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False),
+                                  dp.absolute_distance(T=float), scale)
+    profile = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)
+    return float(profile.epsilon(delta))

@@ -11,9 +11,14 @@ distance d_in = 1):
 - histogram: integer category codes; `make_count_by_categories` over the public categories
   (one extra trailing cell collects missing values) has L1 sensitivity 1 for the whole
   histogram, so one eps buys every cell.
+- cross products (regression): per entry i <= j the sum of round(F u_i u_j) in [-F, F],
+  discrete Gaussian noise (zCDP), rho split evenly over the entries; each entry's rho is its
+  own `map(1)` and zCDP losses add.
+- quantile: OpenDP's `make_private_quantile` (exponential mechanism over public candidates);
+  its error has no closed-form variance, so the release carries NaN as its noise variance.
 Every loss charged is the measurement's own `map(1)`; a query's components run on the same
-participants, so their losses add (basic composition). Noise is exact discrete Laplace from
-OpenDP (OpenSSL randomness); nothing here draws noise itself.
+participants, so their losses add (basic composition). Noise is exact discrete Laplace or
+Gaussian from OpenDP (OpenSSL randomness); nothing here draws noise itself.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ class Component:
 
     name: str
     measurement: dp.Measurement
-    epsilon: float  # OpenDP's map(1): the loss this measurement spends
+    epsilon: float  # OpenDP's map(1) of a pure-DP measurement (0 for a Gaussian one)
     scale: float  # noise scale in the measurement's integer output units
     unit: float  # the released statistic's units per integer output unit
+    rho: float = 0.0  # OpenDP's map(1) of a zCDP (Gaussian) measurement
+    noise: str = "laplace"  # laplace | gaussian | exponential
 
     @property
     def noise_scale(self) -> float:
@@ -48,6 +55,12 @@ class Component:
 
     @property
     def noise_variance(self) -> float:
+        """Public variance of the noise (discrete Gaussian: sigma^2, an upper bound that is
+        exact to many digits at the scales used here; exponential mechanism: unknown)."""
+        if self.noise == "gaussian":
+            return self.scale**2 * self.unit**2
+        if self.noise == "exponential":
+            return math.nan
         return discrete_laplace_variance(self.scale) * self.unit**2
 
     def release(self, data: np.ndarray[Any, np.dtype[np.int64]]) -> Any:
@@ -148,6 +161,43 @@ def mean_components(half_width: float, epsilon: float,
     return (count_component(epsilon * split.count),
             centred_sum_component(half_width, epsilon * split.sum),
             sum_squares_component(half_width, epsilon * split.sum_squares))
+
+
+def gaussian_sum_component(name: str, rho: float) -> Component:
+    """Sum of integers in [-F, F] (a fixed-point product in [-1, 1]) with discrete Gaussian
+    noise; released in units of the product."""
+    def build(scale: float) -> dp.Measurement:
+        return (dp.t.make_clamp(_int_vectors(), dp.symmetric_distance(),
+                                (-FIXED_POINT, FIXED_POINT))
+                >> dp.t.then_sum() >> dp.m.then_gaussian(scale))
+    # rho = Delta^2 / (2 sigma^2) with Delta = F
+    scale = FIXED_POINT / math.sqrt(2 * rho)
+    measurement = build(scale)
+    while measurement.map(1) > rho:
+        scale *= _GROWTH
+        measurement = build(scale)
+    return Component(name, measurement, 0.0, scale, 1.0 / FIXED_POINT,
+                     rho=float(measurement.map(1)), noise="gaussian")
+
+
+def cross_product_components(n_terms: int, rho: float) -> tuple[Component, ...]:
+    """One Gaussian sum per entry (i <= j) of U'U for u = [1, u_1..u_p, u_y]."""
+    m = n_terms + 1
+    pairs = [(i, j) for i in range(m) for j in range(i, m)]
+    per_entry = rho / len(pairs)
+    return tuple(gaussian_sum_component(f"zz[{i},{j}]", per_entry) for i, j in pairs)
+
+
+def quantile_component(candidates: Sequence[float], alpha: float, epsilon: float) -> Component:
+    """OpenDP's exponential-mechanism quantile over public candidates (floats in)."""
+    def build(scale: float) -> dp.Measurement:
+        return dp.m.make_private_quantile(
+            dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.symmetric_distance(),
+            dp.max_divergence(), [float(c) for c in candidates], alpha, scale)
+    sensitivity = float(build(1.0).map(1))  # map(1) = sensitivity / scale
+    measurement, scale = _calibrate(build, sensitivity, epsilon)
+    return Component("quantile", measurement, float(measurement.map(1)), scale, 1.0,
+                     noise="exponential")
 
 
 def total_epsilon(components: Sequence[Component]) -> float:

@@ -13,22 +13,37 @@ from fractions import Fraction
 
 from bridgestat.node import mechanisms
 from bridgestat.node.errors import PolicyError, QueryError
-from bridgestat.node.loss import Epsilon
+from bridgestat.node.loss import Loss
 from bridgestat.node.mechanisms import Component
 from bridgestat.node.query import (INTAKE, CategoryFilter, Occasion, QuerySpec, RangeFilter,
-                                   Statistic)
+                                   Statistic, Term)
 from bridgestat.node.schema import ColumnSpec, ColumnType, Schema, TableSpec
 
 MISSING = "(missing)"
 PARTICIPANT_TABLE = "participant"
 MAX_CELLS = 1000
+MAX_TERMS = 10  # regressors + response of a cross-products query
+MAX_CANDIDATES = 10_000  # quantile candidates
+SIGN_LABELS = ("decreased", "unchanged", "increased")
 
 
 @dataclass(frozen=True)
 class Policy:
     """The budget rules the planner enforces (the ledger enforces the total)."""
 
-    max_epsilon_per_query: float
+    max_epsilon_per_query: float  # on the (epsilon, delta) guarantee of one query
+    delta: float = 1e-6
+
+
+@dataclass(frozen=True)
+class ResolvedTerm:
+    """A regression term checked against the schema, with its public bounds."""
+
+    term: Term
+    column: ColumnSpec
+    table: str  # the table the column belongs to
+    lower: float
+    upper: float
 
 
 @dataclass(frozen=True)
@@ -43,11 +58,18 @@ class Plan:
     baseline: Occasion | None
     lower: float = 0.0  # public bounds of the measured value (a change: [-(U-L), U-L])
     upper: float = 0.0
+    terms: tuple[ResolvedTerm, ...] = ()  # cross products: regressors, then the response
 
     @property
-    def loss(self) -> Epsilon:
+    def loss(self) -> Loss:
         """Loss of one cell; cells are disjoint, so by parallel composition of the query."""
-        return Epsilon(sum((Fraction(c.epsilon) for c in self.components), Fraction(0)))
+        return Loss(sum((Fraction(c.epsilon) for c in self.components), Fraction(0)),
+                    sum((Fraction(c.rho) for c in self.components), Fraction(0)))
+
+    @property
+    def transition(self) -> bool:
+        """A histogram of the change between two occasions."""
+        return self.query.statistic is Statistic.HISTOGRAM and self.baseline is not None
 
     @property
     def center(self) -> float:
@@ -56,28 +78,41 @@ class Plan:
 
 def compile_query(query: QuerySpec, schema: Schema, policy: Policy) -> Plan:
     """Validate `query` against the schema and policy; build its measurements."""
-    _check_loss(query.epsilon, policy)
+    _check_loss(query, policy)
     table = _check_table(query, schema)
     occasion, baseline = _check_occasions(query, table)
     column = _check_column(query, table)
+    terms = _check_terms(query, schema, table)
     for i, flt in enumerate(query.filters):
         _check_filter(flt, schema, table, f"query.filters[{i}]")
     cells = _cells(query, schema, table)
-    return _build(query, table, column, cells, occasion, baseline)
+    return _build(query, table, column, cells, occasion, baseline, terms)
 
 
-def _check_loss(epsilon: float, policy: Policy) -> None:
-    if not math.isfinite(epsilon) or epsilon <= 0:
-        raise QueryError("query.loss.epsilon", f"must be a finite number > 0, got {epsilon}")
-    if epsilon > policy.max_epsilon_per_query:
-        raise PolicyError("query.loss.epsilon",
-                          f"{epsilon:g} exceeds this node's largest loss per query "
-                          f"({policy.max_epsilon_per_query:g})")
+def _check_loss(query: QuerySpec, policy: Policy) -> None:
+    """Gaussian releases (cross products) spend rho, all others epsilon; never both."""
+    gaussian = query.statistic is Statistic.CROSS_PRODUCTS
+    used, unused = ("rho", "epsilon") if gaussian else ("epsilon", "rho")
+    value, other = (query.rho, query.epsilon) if gaussian else (query.epsilon, query.rho)
+    if not math.isfinite(value) or value <= 0:
+        raise QueryError(f"query.loss.{used}", f"must be a finite number > 0, got {value}")
+    if other != 0:
+        raise QueryError(f"query.loss.{unused}", f"a {query.statistic.value} spends {used} "
+                         f"only; leave {unused} unset")
+    guarantee = float((Loss.of(rho=value) if gaussian else Loss.of(value))
+                      .epsilon_at(policy.delta))
+    if guarantee > policy.max_epsilon_per_query:
+        shown = f"rho {value:g} (epsilon {guarantee:.4g} at delta {policy.delta:g})" \
+            if gaussian else f"{value:g}"
+        raise PolicyError(f"query.loss.{used}",
+                          f"{shown} exceeds this node's largest loss per query "
+                          f"(epsilon {policy.max_epsilon_per_query:g})")
 
 
 def _check_table(query: QuerySpec, schema: Schema) -> TableSpec:
     if query.statistic is Statistic.UNSPECIFIED:
-        raise QueryError("query.statistic", "must be set (count, mean, histogram, paired_change)")
+        raise QueryError("query.statistic", "must be set (count, mean, histogram, "
+                         "paired_change, quantile, cross_products)")
     if not query.table:
         raise QueryError("query.table", "must be set")
     table = schema.table(query.table)
@@ -103,12 +138,16 @@ def _check_occasions(query: QuerySpec, table: TableSpec
         return None, None
     month = table.column(table.month_column or "", "query.table")
     occasion = _check_occasion(query.occasion or INTAKE, month, "query.occasion")
-    if query.statistic is not Statistic.PAIRED_CHANGE:
+    paired = query.statistic is Statistic.PAIRED_CHANGE or (
+        query.statistic is Statistic.HISTOGRAM and query.baseline is not None)
+    if not paired:
         if query.baseline is not None:
-            raise QueryError("query.baseline", "only a paired change has a baseline")
+            raise QueryError("query.baseline", "only a paired change or a transition "
+                             "histogram has a baseline")
         return occasion, None
     if query.occasion is None:
-        raise QueryError("query.occasion", "a paired change needs the follow-up occasion")
+        raise QueryError("query.occasion", f"a {query.statistic.value} with a baseline needs "
+                         "the follow-up occasion")
     baseline = _check_occasion(query.baseline or INTAKE, month, "query.baseline")
     if baseline == occasion:
         raise QueryError("query.occasion", "follow-up and baseline occasions are the same")
@@ -127,22 +166,33 @@ def _check_occasion(occ: Occasion, month: ColumnSpec, name: str) -> Occasion:
 
 def _check_column(query: QuerySpec, table: TableSpec) -> ColumnSpec | None:
     stat = query.statistic
-    if stat is Statistic.COUNT:
+    if stat is not Statistic.CROSS_PRODUCTS and query.terms:
+        raise QueryError("query.terms", "only cross_products takes terms")
+    if stat is not Statistic.QUANTILE and query.quantile != 0:
+        raise QueryError("query.quantile", "only a quantile query takes a quantile")
+    if stat in (Statistic.COUNT, Statistic.CROSS_PRODUCTS):
         if query.column:
-            raise QueryError("query.column", "a count takes no column (use filters)")
+            raise QueryError("query.column", f"a {stat.value} takes no column "
+                             f"({'use filters' if stat is Statistic.COUNT else 'use terms'})")
         if query.clip is not None:
-            raise QueryError("query.clip", "a count takes no clipping bounds")
+            raise QueryError("query.clip", f"a {stat.value} takes no query-level clipping "
+                             "bounds")
+        if query.bin_edges:
+            raise QueryError("query.bin_edges", f"a {stat.value} takes no bin edges")
         return None
     if not query.column:
         raise QueryError("query.column", f"a {stat.value} needs a column")
     column = table.column(query.column)
     if column.type is ColumnType.KEY:
         raise QueryError("query.column", f"{column.name!r} is a local key and cannot be queried")
-    if stat in (Statistic.MEAN, Statistic.PAIRED_CHANGE) and not column.type.numeric:
+    numeric_stats = (Statistic.MEAN, Statistic.PAIRED_CHANGE, Statistic.QUANTILE)
+    if stat in numeric_stats and not column.type.numeric:
         raise QueryError("query.column", f"a {stat.value} needs a numeric column; "
                          f"{column.name!r} is {column.type.value}")
     if stat is Statistic.HISTOGRAM:
         _check_histogram_column(query, column)
+    elif stat is Statistic.QUANTILE:
+        _check_quantile(query, column)
     elif query.bin_edges:
         raise QueryError("query.bin_edges", "only a histogram takes bin edges")
     if query.clip is not None and stat not in (Statistic.MEAN, Statistic.PAIRED_CHANGE):
@@ -159,15 +209,87 @@ def _check_histogram_column(query: QuerySpec, column: ColumnSpec) -> None:
             raise QueryError("query.column", f"{column.name!r} has no declared categories")
         return
     edges = query.bin_edges
+    lower, upper = column.lower or 0.0, column.upper or 0.0
+    if query.baseline is not None:  # the change's direction, or bins of the change
+        if not edges:
+            return
+        lower, upper = -(upper - lower), upper - lower
     if not edges:
         raise QueryError("query.bin_edges", f"a histogram of numeric {column.name!r} needs "
                          "public bin edges")
-    lower, upper = column.lower or 0.0, column.upper or 0.0
     if any(not math.isfinite(e) for e in edges) or list(edges) != sorted(set(edges)):
         raise QueryError("query.bin_edges", "must be finite and strictly increasing")
     if edges[0] <= lower or edges[-1] > upper:
         raise QueryError("query.bin_edges",
                          f"must lie in ({lower:g}, {upper:g}] for {column.name!r}")
+
+
+def _check_quantile(query: QuerySpec, column: ColumnSpec) -> None:
+    if not 0 < query.quantile < 1:
+        raise QueryError("query.quantile", f"must lie in (0, 1), got {query.quantile:g}")
+    edges = query.bin_edges
+    if not edges:
+        raise QueryError("query.bin_edges", "a quantile needs public candidates (bin_edges)")
+    if len(edges) > MAX_CANDIDATES:
+        raise QueryError("query.bin_edges", f"{len(edges)} candidates exceed the limit of "
+                         f"{MAX_CANDIDATES}")
+    lower, upper = column.lower or 0.0, column.upper or 0.0
+    if any(not math.isfinite(e) for e in edges) or list(edges) != sorted(set(edges)):
+        raise QueryError("query.bin_edges", "candidates must be finite and strictly increasing")
+    if edges[0] < lower or edges[-1] > upper:
+        raise QueryError("query.bin_edges",
+                         f"candidates must lie in [{lower:g}, {upper:g}] for {column.name!r}")
+
+
+def _check_terms(query: QuerySpec, schema: Schema, table: TableSpec
+                 ) -> tuple[ResolvedTerm, ...]:
+    if query.statistic is not Statistic.CROSS_PRODUCTS:
+        return ()
+    if not 2 <= len(query.terms) <= MAX_TERMS:
+        raise QueryError("query.terms", f"needs 2 to {MAX_TERMS} terms (regressors, then the "
+                         f"response), got {len(query.terms)}")
+    return tuple(_check_term(term, schema, table, f"query.terms[{i}]")
+                 for i, term in enumerate(query.terms))
+
+
+def _check_term(term: Term, schema: Schema, table: TableSpec, where: str) -> ResolvedTerm:
+    column = _resolve(term.column, schema, table, f"{where}.column")
+    owner = table if table.find(column.name) is column else schema.table(PARTICIPANT_TABLE)
+    if owner.has_occasions:
+        month = owner.column(owner.month_column or "", "query.table")
+        if term.occasion is not None:
+            _check_occasion(term.occasion, month, f"{where}.occasion")
+        if term.baseline is not None:
+            if term.occasion is None:
+                raise QueryError(f"{where}.occasion", "a change needs the follow-up occasion")
+            _check_occasion(term.baseline, month, f"{where}.baseline")
+    elif term.occasion is not None or term.baseline is not None:
+        raise QueryError(f"{where}.occasion", f"{column.name!r} is a column of {owner.name!r}, "
+                         "which has no occasions")
+    if term.category:
+        return _indicator_term(term, column, owner.name, where)
+    if not column.type.numeric or column.lower is None or column.upper is None:
+        raise QueryError(f"{where}.column", f"{column.name!r} is {column.type.value}; "
+                         "name a category for an indicator term")
+    lower, upper = column.lower, column.upper
+    if term.baseline is not None:
+        lower, upper = -(upper - lower), upper - lower
+    lower, upper = _bounds_inside(term.clip, lower, upper, f"{where}.clip")
+    return ResolvedTerm(term, column, owner.name, lower, upper)
+
+
+def _indicator_term(term: Term, column: ColumnSpec, owner: str, where: str) -> ResolvedTerm:
+    if not column.type.categorical:
+        raise QueryError(f"{where}.category", f"{column.name!r} is {column.type.value}; only "
+                         "categorical or boolean columns have indicator terms")
+    if term.category not in column.categories:
+        raise QueryError(f"{where}.category", f"{term.category!r} is not a category of "
+                         f"{column.name!r} ({', '.join(column.categories)})")
+    if term.baseline is not None:
+        raise QueryError(f"{where}.baseline", "an indicator term has no change")
+    if term.clip is not None:
+        raise QueryError(f"{where}.clip", "an indicator term is always in [0, 1]")
+    return ResolvedTerm(term, column, owner, 0.0, 1.0)
 
 
 def _resolve(name: str, schema: Schema, table: TableSpec, field_name: str) -> ColumnSpec:
@@ -225,16 +347,22 @@ def _cells(query: QuerySpec, schema: Schema, table: TableSpec
 
 def _build(query: QuerySpec, table: TableSpec, column: ColumnSpec | None,
            cells: tuple[tuple[tuple[str, str], ...], ...], occasion: Occasion | None,
-           baseline: Occasion | None) -> Plan:
+           baseline: Occasion | None, terms: tuple[ResolvedTerm, ...]) -> Plan:
     eps = query.epsilon
     labels: tuple[str, ...] = ()
     lower = upper = 0.0
     if query.statistic is Statistic.COUNT:
         components: tuple[Component, ...] = (mechanisms.count_component(eps),)
+    elif query.statistic is Statistic.CROSS_PRODUCTS:
+        components = mechanisms.cross_product_components(len(terms), query.rho)
     elif query.statistic is Statistic.HISTOGRAM:
         assert column is not None  # guaranteed by _check_column
-        labels = _labels(column, query.bin_edges) + (MISSING,)
+        labels = _labels(column, query.bin_edges, paired=baseline is not None) + (MISSING,)
         components = (mechanisms.histogram_component(len(labels) - 1, eps),)
+    elif query.statistic is Statistic.QUANTILE:
+        assert column is not None and column.lower is not None and column.upper is not None
+        lower, upper = column.lower, column.upper
+        components = (mechanisms.quantile_component(query.bin_edges, query.quantile, eps),)
     else:
         assert column is not None and column.lower is not None and column.upper is not None
         lower, upper = column.lower, column.upper
@@ -243,23 +371,37 @@ def _build(query: QuerySpec, table: TableSpec, column: ColumnSpec | None,
         lower, upper = _clip(query, lower, upper)
         components = mechanisms.mean_components((upper - lower) / 2, eps)
     return Plan(query, table, column, components, labels, cells, occasion, baseline,
-                lower, upper)
+                lower, upper, terms)
 
 
 def _clip(query: QuerySpec, lower: float, upper: float) -> tuple[float, float]:
+    return _bounds_inside(query.clip, lower, upper, "query.clip")
+
+
+def _bounds_inside(clip: tuple[float, float] | None, lower: float, upper: float,
+                   field_name: str) -> tuple[float, float]:
     """The analyst's public clipping bounds, which must lie inside [lower, upper]."""
-    if query.clip is None:
+    if clip is None:
         return lower, upper
-    lo, hi = query.clip
+    lo, hi = clip
     if not (math.isfinite(lo) and math.isfinite(hi) and lower <= lo < hi <= upper):
-        raise QueryError("query.clip", f"must satisfy {lower:g} <= lower < upper <= {upper:g}, "
+        raise QueryError(field_name, f"must satisfy {lower:g} <= lower < upper <= {upper:g}, "
                          f"got [{lo:g}, {hi:g}]")
     return lo, hi
 
 
-def _labels(column: ColumnSpec, edges: tuple[float, ...]) -> tuple[str, ...]:
+def _labels(column: ColumnSpec, edges: tuple[float, ...], paired: bool = False
+            ) -> tuple[str, ...]:
+    """Cell labels: categories, bins, or (paired) transitions, signs or bins of the change."""
     if column.type.categorical:
+        if paired:
+            return tuple(f"{a} -> {b}" for a in column.categories for b in column.categories)
         return column.categories
-    points = [column.lower or 0.0, *edges, column.upper or 0.0]
+    lower, upper = column.lower or 0.0, column.upper or 0.0
+    if paired:
+        if not edges:
+            return SIGN_LABELS
+        lower, upper = -(upper - lower), upper - lower
+    points = [lower, *edges, upper]
     labels = [f"[{a:g}, {b:g})" for a, b in zip(points[:-2], points[1:-1], strict=True)]
     return (*labels, f"[{points[-2]:g}, {points[-1]:g}]")

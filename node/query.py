@@ -14,6 +14,8 @@ class Statistic(enum.Enum):
     MEAN = "mean"
     HISTOGRAM = "histogram"
     PAIRED_CHANGE = "paired_change"
+    QUANTILE = "quantile"
+    CROSS_PRODUCTS = "cross_products"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,17 @@ Filter = CategoryFilter | RangeFilter
 
 
 @dataclass(frozen=True)
+class Term:
+    """One coordinate of a regression's Z: a value, a change, or an indicator."""
+
+    column: str
+    occasion: Occasion | None = None
+    baseline: Occasion | None = None  # set: the change from baseline to occasion
+    category: str = ""  # set: indicator column == category
+    clip: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
 class QuerySpec:
     statistic: Statistic
     table: str
@@ -56,6 +69,9 @@ class QuerySpec:
     baseline: Occasion | None = None
     bin_edges: tuple[float, ...] = ()
     clip: tuple[float, float] | None = None  # analyst's public bounds inside the schema's
+    rho: float = 0.0  # zCDP loss, for Gaussian releases (cross products) instead of epsilon
+    quantile: float = 0.0  # for QUANTILE: in (0, 1)
+    terms: tuple[Term, ...] = ()  # for CROSS_PRODUCTS: regressors, then the response
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""

@@ -11,8 +11,9 @@ class NoisyValue:
     name: str
     value: float
     noise_scale: float
-    noise_variance: float
+    noise_variance: float  # NaN when the mechanism has none in closed form (quantile)
     epsilon: float
+    rho: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ class Release:
     lower: float
     upper: float
     mechanism: str
-    charged: float  # the loss charged for the query (OpenDP's maps)
+    charged: float  # the epsilon charged for the query (OpenDP's maps)
+    charged_rho: float = 0.0  # the rho charged (Gaussian releases)
+    term_bounds: tuple[tuple[float, float], ...] = ()  # cross products: bounds per term
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -40,4 +43,5 @@ class Release:
             ReleasedCell(group=tuple((c, v) for c, v in cell["group"]),
                          values=tuple(NoisyValue(**value) for value in cell["values"]))
             for cell in doc.pop("cells"))
-        return cls(cells=cells, **doc)
+        bounds = tuple((lo, hi) for lo, hi in doc.pop("term_bounds", ()))
+        return cls(cells=cells, term_bounds=bounds, **doc)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from bridgestat.node.engine import Answer, NodeInfo
 from bridgestat.node.errors import QueryError
 from bridgestat.node.ledger import BudgetState
+from bridgestat.node.loss import rho_to_epsilon
 from bridgestat.node.query import (CategoryFilter, Filter, Occasion, QuerySpec, RangeFilter,
-                                   Statistic)
+                                   Statistic, Term)
 from bridgestat.node.release import Release
 from bridgestat.node.schema import ColumnSpec, ColumnType, Schema, TableSpec
 from bridgestat.v1 import node_service_pb2 as pb
@@ -17,6 +18,8 @@ _STATISTICS = {
     pb.STATISTIC_MEAN: Statistic.MEAN,
     pb.STATISTIC_HISTOGRAM: Statistic.HISTOGRAM,
     pb.STATISTIC_PAIRED_CHANGE: Statistic.PAIRED_CHANGE,
+    pb.STATISTIC_QUANTILE: Statistic.QUANTILE,
+    pb.STATISTIC_CROSS_PRODUCTS: Statistic.CROSS_PRODUCTS,
 }
 _STATISTICS_PB = {v: k for k, v in _STATISTICS.items()}
 _COLUMN_TYPES = {
@@ -43,7 +46,18 @@ def query_from_pb(msg: pb.Query) -> QuerySpec:
         baseline=_occasion(msg.baseline) if msg.HasField("baseline") else None,
         bin_edges=tuple(msg.bin_edges),
         clip=(msg.clip.lower, msg.clip.upper) if msg.HasField("clip") else None,
+        rho=msg.loss.rho,
+        quantile=msg.quantile,
+        terms=tuple(_term_from_pb(t) for t in msg.terms),
     )
+
+
+def _term_from_pb(msg: pb.Term) -> Term:
+    return Term(column=msg.column,
+                occasion=_occasion(msg.occasion) if msg.HasField("occasion") else None,
+                baseline=_occasion(msg.baseline) if msg.HasField("baseline") else None,
+                category=msg.category,
+                clip=(msg.clip.lower, msg.clip.upper) if msg.HasField("clip") else None)
 
 
 def _occasion(msg: pb.Occasion) -> Occasion:
@@ -64,7 +78,13 @@ def _filter_from_pb(msg: pb.Filter, index: int) -> Filter:
 def query_to_pb(query: QuerySpec) -> pb.Query:
     msg = pb.Query(statistic=_STATISTICS_PB[query.statistic], table=query.table,
                    column=query.column, group_by=query.group_by,
-                   loss=pb.PrivacyLoss(epsilon=query.epsilon), bin_edges=query.bin_edges)
+                   loss=pb.PrivacyLoss(epsilon=query.epsilon, rho=query.rho),
+                   bin_edges=query.bin_edges, quantile=query.quantile)
+    for term in query.terms:
+        msg.terms.add(column=term.column, category=term.category)
+        _set_occasions(msg.terms[-1], term.occasion, term.baseline)
+        if term.clip is not None:
+            msg.terms[-1].clip.CopyFrom(pb.Bounds(lower=term.clip[0], upper=term.clip[1]))
     for flt in query.filters:
         if isinstance(flt, CategoryFilter):
             msg.filters.add(category=pb.CategoryFilter(column=flt.column, values=flt.values))
@@ -73,20 +93,36 @@ def query_to_pb(query: QuerySpec) -> pb.Query:
                                                  upper=flt.upper))
     if query.clip is not None:
         msg.clip.CopyFrom(pb.Bounds(lower=query.clip[0], upper=query.clip[1]))
-    for name, occ in (("occasion", query.occasion), ("baseline", query.baseline)):
+    _set_occasions(msg, query.occasion, query.baseline)
+    return msg
+
+
+def _set_occasions(msg: pb.Query | pb.Term, occasion: Occasion | None,
+                   baseline: Occasion | None) -> None:
+    for name, occ in (("occasion", occasion), ("baseline", baseline)):
         if occ is not None:
             getattr(msg, name).CopyFrom(pb.Occasion(target_month=occ.target_month,
                                                     window_lower=occ.window_lower,
                                                     window_upper=occ.window_upper))
-    return msg
 
 
 def budget_to_pb(state: BudgetState, max_per_query: float) -> pb.Budget:
+    """Spent and remaining as the (epsilon, delta) guarantee; spent.rho is the zCDP part."""
+    delta = state.delta
     return pb.Budget(dataset=state.dataset,
-                     total=pb.PrivacyLoss(epsilon=float(state.total)),
-                     spent=pb.PrivacyLoss(epsilon=float(state.spent)),
-                     remaining=pb.PrivacyLoss(epsilon=float(state.remaining)),
-                     max_per_query=pb.PrivacyLoss(epsilon=max_per_query))
+                     total=pb.PrivacyLoss(epsilon=float(state.total), delta=delta),
+                     spent=pb.PrivacyLoss(epsilon=float(state.spent),
+                                          rho=float(state.spent_loss.rho), delta=delta),
+                     remaining=pb.PrivacyLoss(epsilon=float(state.remaining), delta=delta),
+                     max_per_query=pb.PrivacyLoss(epsilon=max_per_query, delta=delta))
+
+
+def charged_to_pb(release: Release, delta: float) -> pb.PrivacyLoss:
+    """A release's loss: its epsilon, or for rho its (epsilon, delta) equivalent too."""
+    if not release.charged_rho:
+        return pb.PrivacyLoss(epsilon=release.charged)
+    epsilon = release.charged + rho_to_epsilon(release.charged_rho, delta)
+    return pb.PrivacyLoss(epsilon=epsilon, rho=release.charged_rho, delta=delta)
 
 
 def info_to_pb(info: NodeInfo, software_version: str) -> pb.GetNodeInfoResponse:
@@ -118,7 +154,7 @@ def answer_to_pb(answer: Answer, max_per_query: float) -> pb.RunQueryResponse:
     return pb.RunQueryResponse(
         idempotency_key=answer.key, query=query_to_pb(answer.query),
         release=release_to_pb(answer.release),
-        charged=pb.PrivacyLoss(epsilon=answer.release.charged),
+        charged=charged_to_pb(answer.release, answer.budget.delta),
         budget=budget_to_pb(answer.budget, max_per_query),
         replayed=answer.replayed, node_id=answer.node_id)
 
@@ -129,7 +165,9 @@ def release_to_pb(release: Release) -> pb.Release:
                        values=[pb.NoisyValue(name=v.name, value=v.value,
                                              noise_scale=v.noise_scale,
                                              noise_variance=v.noise_variance,
-                                             epsilon=v.epsilon) for v in cell.values])
+                                             epsilon=v.epsilon, rho=v.rho)
+                               for v in cell.values])
                for cell in release.cells],
         center=release.center, lower=release.lower, upper=release.upper,
-        mechanism=release.mechanism)
+        mechanism=release.mechanism,
+        term_bounds=[pb.Bounds(lower=lo, upper=hi) for lo, hi in release.term_bounds])

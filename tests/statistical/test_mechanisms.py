@@ -9,7 +9,7 @@ import pytest
 
 from bridgestat.node import mechanisms
 from bridgestat.node.planner import Policy, compile_query
-from bridgestat.node.query import INTAKE, Occasion, QuerySpec, Statistic
+from bridgestat.node.query import INTAKE, Occasion, QuerySpec, Statistic, Term
 from bridgestat.node.schema import load_schema
 
 SCHEMA = load_schema()
@@ -24,7 +24,16 @@ QUERIES = [
     QuerySpec(Statistic.PAIRED_CHANGE, "assessment", "bridge_total", 2.0,
               occasion=Occasion(12, 9, 15)),
     QuerySpec(Statistic.MEAN, "participant", "total_sessions", 0.9, group_by=("arm", "gender")),
+    QuerySpec(Statistic.HISTOGRAM, "assessment", "work_status", 0.4,
+              occasion=Occasion(12, 9, 15), baseline=INTAKE),
+    QuerySpec(Statistic.QUANTILE, "assessment", "total_debt", 0.6, quantile=0.5,
+              bin_edges=tuple(float(x) for x in range(0, 100001, 500))),
 ]
+REGRESSION = QuerySpec(
+    Statistic.CROSS_PRODUCTS, "assessment", "", 0.0, rho=0.05,
+    terms=(Term("total_sessions"), Term("arm", category="comparison"),
+           Term("bridge_total", occasion=Occasion(12, 9, 15), baseline=INTAKE,
+                clip=(-40.0, 40.0))))
 
 
 @pytest.mark.parametrize("query", QUERIES, ids=lambda q: f"{q.statistic.value}-{q.column}")
@@ -32,8 +41,33 @@ def test_every_measurement_map_is_within_the_charge(query: QuerySpec) -> None:
     plan = compile_query(query, SCHEMA, POLICY)
     for component in plan.components:
         assert component.measurement.map(1) <= component.epsilon
-    assert float(plan.loss) <= query.epsilon * (1 + 1e-12)
-    assert sum(c.measurement.map(1) for c in plan.components) <= float(plan.loss) * (1 + 1e-15)
+    assert float(plan.loss.epsilon) <= query.epsilon * (1 + 1e-12)
+    assert plan.loss.rho == 0
+    assert sum(c.measurement.map(1) for c in plan.components) <= \
+        float(plan.loss.epsilon) * (1 + 1e-15)
+
+
+def test_regression_entries_are_zcdp_and_their_rho_adds_to_the_charge() -> None:
+    plan = compile_query(REGRESSION, SCHEMA, Policy(max_epsilon_per_query=5.0))
+    assert len(plan.components) == 10  # (3 terms + 1)(3 terms + 2) / 2 entries of U'U
+    for component in plan.components:
+        assert str(component.measurement.output_measure).startswith("ZeroConcentrated")
+        assert component.measurement.map(1) <= component.rho
+        # discrete Gaussian: rho = F^2 / (2 sigma^2) per entry, rho split evenly
+        sigma = mechanisms.FIXED_POINT / math.sqrt(2 * REGRESSION.rho / 10)
+        assert component.scale == pytest.approx(sigma, rel=1e-9)
+    assert plan.loss.epsilon == 0
+    assert float(plan.loss.rho) == pytest.approx(REGRESSION.rho, rel=1e-12)
+
+
+def test_empirical_noise_variance_of_a_gaussian_entry() -> None:
+    """2,000 releases; Gaussian kurtosis 3, so the relative SE of s^2 is sqrt(2 / n)."""
+    component = mechanisms.gaussian_sum_component("zz[0,1]", rho=0.01)
+    data = np.full(40, mechanisms.FIXED_POINT // 2, dtype=np.int64)
+    exact = float(data.sum()) * component.unit
+    draws = np.array([float(component.release(data)) * component.unit
+                      for _ in range(2000)]) - exact
+    assert abs(draws.var(ddof=1) / component.noise_variance - 1) < 4 * math.sqrt(2 / 2000)
 
 
 def test_noise_metadata_follows_the_discrete_laplace_formula() -> None:

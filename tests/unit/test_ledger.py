@@ -12,9 +12,9 @@ import pytest
 
 from bridgestat.node.errors import BudgetExhausted, IdempotencyConflict, QueryInProgress
 from bridgestat.node.ledger import Ledger, Replay, Reserved
-from bridgestat.node.loss import Epsilon
+from bridgestat.node.loss import Epsilon, Loss, rho_to_epsilon
 
-EPS = Epsilon.of(0.3)
+EPS = Loss.of(0.3)
 
 
 def _ledger(tmp_path: Path, total: float = 1.0) -> Ledger:
@@ -27,7 +27,7 @@ def test_retry_with_same_key_replays_and_charges_once(tmp_path: Path) -> None:
     ledger.commit("k1", '{"release": 1}')
     replay = ledger.reserve("k1", "fp", EPS)
     assert replay == Replay('{"release": 1}')
-    assert ledger.state().spent == EPS
+    assert ledger.state().spent_loss == EPS
     assert len(ledger.charges()) == 1
 
 
@@ -37,7 +37,7 @@ def test_same_key_with_other_query_is_refused(tmp_path: Path) -> None:
     ledger.commit("k1", "r")
     with pytest.raises(IdempotencyConflict, match="k1"):
         ledger.reserve("k1", "fp-b", EPS)
-    assert ledger.state().spent == EPS
+    assert ledger.state().spent_loss == EPS
 
 
 def test_cap_binds_exactly(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_cap_binds_exactly(tmp_path: Path) -> None:
         ledger.commit(key, key)
     with pytest.raises(BudgetExhausted, match="exhausted"):
         ledger.reserve("d", "d", EPS)  # 0.9 + 0.3 > 1.0
-    ledger.reserve("e", "e", Epsilon.of(Fraction(1) - Fraction(0.3) * 3))  # exactly the rest
+    ledger.reserve("e", "e", Loss(Fraction(1) - Fraction(0.3) * 3))  # exactly the rest
     assert ledger.state().spent == Epsilon.of(1)
 
 
@@ -88,15 +88,15 @@ def test_twenty_concurrent_queries_never_overspend(tmp_path: Path) -> None:
         t.join()
     assert len(admitted) == 3 and len(refused) == 17
     assert ledger.state().spent == Epsilon.of(Fraction(0.3) * 3)
-    assert sum((e for _, e, _ in ledger.charges()), Epsilon.zero()) == ledger.state().spent
+    assert sum((e for _, e, _ in ledger.charges()), Loss()).epsilon_at(1e-6) == ledger.state().spent
 
 
 CRASH = """
 import os, sys
 from bridgestat.node.ledger import Ledger
-from bridgestat.node.loss import Epsilon
+from bridgestat.node.loss import Epsilon, Loss
 ledger = Ledger(sys.argv[1], "ds", Epsilon.of(1.0))
-ledger.reserve("k", "fp", Epsilon.of(0.3))
+ledger.reserve("k", "fp", Loss.of(0.3))
 os._exit(9)  # the process dies between reserve and commit
 """
 
@@ -108,8 +108,25 @@ def test_crash_between_reserve_and_commit_never_double_charges(tmp_path: Path) -
     assert died.returncode == 9
     restarted = Ledger(path, "ds", Epsilon.of(1.0))
     assert restarted.state().spent == Epsilon.of(0.3)  # the reservation stands
-    outcome = restarted.reserve("k", "fp", Epsilon.of(0.3))  # the retry takes it over
+    outcome = restarted.reserve("k", "fp", Loss.of(0.3))  # the retry takes it over
     assert outcome == Reserved("k", taken_over=True)
     restarted.commit("k", "release")
     assert restarted.state().spent == Epsilon.of(0.3)  # charged once in total
-    assert restarted.reserve("k", "fp", Epsilon.of(0.3)) == Replay("release")
+    assert restarted.reserve("k", "fp", Loss.of(0.3)) == Replay("release")
+
+
+def test_rho_charges_compose_in_zcdp_and_the_cap_binds_on_the_guarantee(tmp_path: Path) -> None:
+    """Rho adds up before conversion: two rho = 0.02 releases cost epsilon(0.04), not 2x."""
+    ledger = Ledger(tmp_path / "ledger.sqlite", "ds", Epsilon.of(3.0), delta=1e-6)
+    ledger.reserve("pure", "a", Loss.of(epsilon=0.5))
+    ledger.reserve("g1", "b", Loss.of(rho=0.02))
+    ledger.reserve("g2", "c", Loss.of(rho=0.02))
+    state = ledger.state()
+    assert state.spent_loss == Loss.of(0.5, Fraction(0.02) + Fraction(0.02))
+    expected = 0.5 + rho_to_epsilon(float(Fraction(0.02) + Fraction(0.02)), 1e-6)
+    assert float(state.spent) == pytest.approx(expected, rel=1e-12)
+    assert float(state.spent) < 0.5 + 2 * rho_to_epsilon(0.02, 1e-6)
+    # epsilon(0.04 + 0.2, 1e-6) > 3: refused, nothing charged
+    with pytest.raises(BudgetExhausted, match="delta 1e-06"):
+        ledger.reserve("g3", "d", Loss.of(rho=0.2))
+    assert ledger.state().spent_loss == state.spent_loss

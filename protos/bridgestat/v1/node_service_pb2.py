@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bridgestat/v1/node_service.proto\x12\rbridgestat.v1\"\x97\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.bridgestat.v1.ColumnType\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65rived\x18\x07 \x01(\x08\"v\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x15.bridgestat.v1.Column\x12 \n\x18max_rows_per_participant\x18\x03 \x01(\r\x12\x15\n\rhas_occasions\x18\x04 \x01(\x08\"M\n\x06Schema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x06tables\x18\x03 \x03(\x0b\x32\x14.bridgestat.v1.Table\"\x1e\n\x0bPrivacyLoss\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\"\xd1\x01\n\x06\x42udget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x05spent\x18\x03 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12-\n\tremaining\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12\x31\n\rmax_per_query\x18\x05 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\"\x14\n\x12GetNodeInfoRequest\"\x8e\x01\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\x06schema\x18\x02 \x01(\x0b\x32\x15.bridgestat.v1.Schema\x12%\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x18\n\x10software_version\x18\x04 \x01(\t\"L\n\x08Occasion\x12\x14\n\x0ctarget_month\x18\x01 \x01(\x05\x12\x14\n\x0cwindow_lower\x18\x02 \x01(\x05\x12\x14\n\x0cwindow_upper\x18\x03 \x01(\x05\"0\n\x0e\x43\x61tegoryFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"Y\n\x0bRangeFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x12\n\x05lower\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_lowerB\x08\n\x06_upper\"p\n\x06\x46ilter\x12\x31\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32\x1d.bridgestat.v1.CategoryFilterH\x00\x12+\n\x05range\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.RangeFilterH\x00\x42\x06\n\x04kind\"\xc5\x02\n\x05Query\x12+\n\tstatistic\x18\x01 \x01(\x0e\x32\x18.bridgestat.v1.Statistic\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.bridgestat.v1.Filter\x12\x10\n\x08group_by\x18\x05 \x03(\t\x12(\n\x04loss\x18\x06 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x08occasion\x18\x07 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x08 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x11\n\tbin_edges\x18\t \x03(\x01\x12#\n\x04\x63lip\x18\n \x01(\x0b\x32\x15.bridgestat.v1.Bounds\"&\n\x06\x42ounds\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\"O\n\x0fRunQueryRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\"g\n\nNoisyValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bnoise_scale\x18\x03 \x01(\x01\x12\x16\n\x0enoise_variance\x18\x04 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\"+\n\nGroupValue\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"[\n\x04\x43\x65ll\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12)\n\x06values\x18\x02 \x03(\x0b\x32\x19.bridgestat.v1.NoisyValue\"n\n\x07Release\x12\"\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x13.bridgestat.v1.Cell\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x11\n\tmechanism\x18\x05 \x01(\t\"\xf0\x01\n\x10RunQueryResponse\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\'\n\x07release\x18\x03 \x01(\x0b\x32\x16.bridgestat.v1.Release\x12+\n\x07\x63harged\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\x0f\n\x07node_id\x18\x07 \x01(\t*\xa3\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OLUMN_TYPE_KEY\x10\x01\x12\x17\n\x13\x43OLUMN_TYPE_INTEGER\x10\x02\x12\x14\n\x10\x43OLUMN_TYPE_REAL\x10\x03\x12\x17\n\x13\x43OLUMN_TYPE_BOOLEAN\x10\x04\x12\x1b\n\x17\x43OLUMN_TYPE_CATEGORICAL\x10\x05*\x85\x01\n\tStatistic\x12\x19\n\x15STATISTIC_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATISTIC_COUNT\x10\x01\x12\x12\n\x0eSTATISTIC_MEAN\x10\x02\x12\x17\n\x13STATISTIC_HISTOGRAM\x10\x03\x12\x1b\n\x17STATISTIC_PAIRED_CHANGE\x10\x04\x32\xb0\x01\n\x0bNodeService\x12T\n\x0bGetNodeInfo\x12!.bridgestat.v1.GetNodeInfoRequest\x1a\".bridgestat.v1.GetNodeInfoResponse\x12K\n\x08RunQuery\x12\x1e.bridgestat.v1.RunQueryRequest\x1a\x1f.bridgestat.v1.RunQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bridgestat/v1/node_service.proto\x12\rbridgestat.v1\"\x97\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.bridgestat.v1.ColumnType\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65rived\x18\x07 \x01(\x08\"v\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x15.bridgestat.v1.Column\x12 \n\x18max_rows_per_participant\x18\x03 \x01(\r\x12\x15\n\rhas_occasions\x18\x04 \x01(\x08\"M\n\x06Schema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x06tables\x18\x03 \x03(\x0b\x32\x14.bridgestat.v1.Table\":\n\x0bPrivacyLoss\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x0b\n\x03rho\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xd1\x01\n\x06\x42udget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x05spent\x18\x03 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12-\n\tremaining\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12\x31\n\rmax_per_query\x18\x05 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\"\x14\n\x12GetNodeInfoRequest\"\x8e\x01\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\x06schema\x18\x02 \x01(\x0b\x32\x15.bridgestat.v1.Schema\x12%\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x18\n\x10software_version\x18\x04 \x01(\t\"L\n\x08Occasion\x12\x14\n\x0ctarget_month\x18\x01 \x01(\x05\x12\x14\n\x0cwindow_lower\x18\x02 \x01(\x05\x12\x14\n\x0cwindow_upper\x18\x03 \x01(\x05\"0\n\x0e\x43\x61tegoryFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"Y\n\x0bRangeFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x12\n\x05lower\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_lowerB\x08\n\x06_upper\"p\n\x06\x46ilter\x12\x31\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32\x1d.bridgestat.v1.CategoryFilterH\x00\x12+\n\x05range\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.RangeFilterH\x00\x42\x06\n\x04kind\"\xfb\x02\n\x05Query\x12+\n\tstatistic\x18\x01 \x01(\x0e\x32\x18.bridgestat.v1.Statistic\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.bridgestat.v1.Filter\x12\x10\n\x08group_by\x18\x05 \x03(\t\x12(\n\x04loss\x18\x06 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x08occasion\x18\x07 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x08 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x11\n\tbin_edges\x18\t \x03(\x01\x12#\n\x04\x63lip\x18\n \x01(\x0b\x32\x15.bridgestat.v1.Bounds\x12\x10\n\x08quantile\x18\x0b \x01(\x01\x12\"\n\x05terms\x18\x0c \x03(\x0b\x32\x13.bridgestat.v1.Term\"&\n\x06\x42ounds\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\"\xa3\x01\n\x04Term\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12)\n\x08occasion\x18\x02 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x03 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12#\n\x04\x63lip\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Bounds\"O\n\x0fRunQueryRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\"t\n\nNoisyValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bnoise_scale\x18\x03 \x01(\x01\x12\x16\n\x0enoise_variance\x18\x04 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x0b\n\x03rho\x18\x06 \x01(\x01\"+\n\nGroupValue\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"[\n\x04\x43\x65ll\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12)\n\x06values\x18\x02 \x03(\x0b\x32\x19.bridgestat.v1.NoisyValue\"\x9a\x01\n\x07Release\x12\"\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x13.bridgestat.v1.Cell\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x11\n\tmechanism\x18\x05 \x01(\t\x12*\n\x0bterm_bounds\x18\x06 \x03(\x0b\x32\x15.bridgestat.v1.Bounds\"\xf0\x01\n\x10RunQueryResponse\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\'\n\x07release\x18\x03 \x01(\x0b\x32\x16.bridgestat.v1.Release\x12+\n\x07\x63harged\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\x0f\n\x07node_id\x18\x07 \x01(\t*\xa3\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OLUMN_TYPE_KEY\x10\x01\x12\x17\n\x13\x43OLUMN_TYPE_INTEGER\x10\x02\x12\x14\n\x10\x43OLUMN_TYPE_REAL\x10\x03\x12\x17\n\x13\x43OLUMN_TYPE_BOOLEAN\x10\x04\x12\x1b\n\x17\x43OLUMN_TYPE_CATEGORICAL\x10\x05*\xbb\x01\n\tStatistic\x12\x19\n\x15STATISTIC_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATISTIC_COUNT\x10\x01\x12\x12\n\x0eSTATISTIC_MEAN\x10\x02\x12\x17\n\x13STATISTIC_HISTOGRAM\x10\x03\x12\x1b\n\x17STATISTIC_PAIRED_CHANGE\x10\x04\x12\x16\n\x12STATISTIC_QUANTILE\x10\x05\x12\x1c\n\x18STATISTIC_CROSS_PRODUCTS\x10\x06\x32\xb0\x01\n\x0bNodeService\x12T\n\x0bGetNodeInfo\x12!.bridgestat.v1.GetNodeInfoRequest\x1a\".bridgestat.v1.GetNodeInfoResponse\x12K\n\x08RunQuery\x12\x1e.bridgestat.v1.RunQueryRequest\x1a\x1f.bridgestat.v1.RunQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridgestat.v1.node_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COLUMNTYPE']._serialized_start=2196
-  _globals['_COLUMNTYPE']._serialized_end=2359
-  _globals['_STATISTIC']._serialized_start=2362
-  _globals['_STATISTIC']._serialized_end=2495
+  _globals['_COLUMNTYPE']._serialized_start=2502
+  _globals['_COLUMNTYPE']._serialized_end=2665
+  _globals['_STATISTIC']._serialized_start=2668
+  _globals['_STATISTIC']._serialized_end=2855
   _globals['_COLUMN']._serialized_start=52
   _globals['_COLUMN']._serialized_end=203
   _globals['_TABLE']._serialized_start=205
@@ -42,37 +42,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEMA']._serialized_start=325
   _globals['_SCHEMA']._serialized_end=402
   _globals['_PRIVACYLOSS']._serialized_start=404
-  _globals['_PRIVACYLOSS']._serialized_end=434
-  _globals['_BUDGET']._serialized_start=437
-  _globals['_BUDGET']._serialized_end=646
-  _globals['_GETNODEINFOREQUEST']._serialized_start=648
-  _globals['_GETNODEINFOREQUEST']._serialized_end=668
-  _globals['_GETNODEINFORESPONSE']._serialized_start=671
-  _globals['_GETNODEINFORESPONSE']._serialized_end=813
-  _globals['_OCCASION']._serialized_start=815
-  _globals['_OCCASION']._serialized_end=891
-  _globals['_CATEGORYFILTER']._serialized_start=893
-  _globals['_CATEGORYFILTER']._serialized_end=941
-  _globals['_RANGEFILTER']._serialized_start=943
-  _globals['_RANGEFILTER']._serialized_end=1032
-  _globals['_FILTER']._serialized_start=1034
-  _globals['_FILTER']._serialized_end=1146
-  _globals['_QUERY']._serialized_start=1149
-  _globals['_QUERY']._serialized_end=1474
-  _globals['_BOUNDS']._serialized_start=1476
-  _globals['_BOUNDS']._serialized_end=1514
-  _globals['_RUNQUERYREQUEST']._serialized_start=1516
-  _globals['_RUNQUERYREQUEST']._serialized_end=1595
-  _globals['_NOISYVALUE']._serialized_start=1597
-  _globals['_NOISYVALUE']._serialized_end=1700
-  _globals['_GROUPVALUE']._serialized_start=1702
-  _globals['_GROUPVALUE']._serialized_end=1745
-  _globals['_CELL']._serialized_start=1747
-  _globals['_CELL']._serialized_end=1838
-  _globals['_RELEASE']._serialized_start=1840
-  _globals['_RELEASE']._serialized_end=1950
-  _globals['_RUNQUERYRESPONSE']._serialized_start=1953
-  _globals['_RUNQUERYRESPONSE']._serialized_end=2193
-  _globals['_NODESERVICE']._serialized_start=2498
-  _globals['_NODESERVICE']._serialized_end=2674
+  _globals['_PRIVACYLOSS']._serialized_end=462
+  _globals['_BUDGET']._serialized_start=465
+  _globals['_BUDGET']._serialized_end=674
+  _globals['_GETNODEINFOREQUEST']._serialized_start=676
+  _globals['_GETNODEINFOREQUEST']._serialized_end=696
+  _globals['_GETNODEINFORESPONSE']._serialized_start=699
+  _globals['_GETNODEINFORESPONSE']._serialized_end=841
+  _globals['_OCCASION']._serialized_start=843
+  _globals['_OCCASION']._serialized_end=919
+  _globals['_CATEGORYFILTER']._serialized_start=921
+  _globals['_CATEGORYFILTER']._serialized_end=969
+  _globals['_RANGEFILTER']._serialized_start=971
+  _globals['_RANGEFILTER']._serialized_end=1060
+  _globals['_FILTER']._serialized_start=1062
+  _globals['_FILTER']._serialized_end=1174
+  _globals['_QUERY']._serialized_start=1177
+  _globals['_QUERY']._serialized_end=1556
+  _globals['_BOUNDS']._serialized_start=1558
+  _globals['_BOUNDS']._serialized_end=1596
+  _globals['_TERM']._serialized_start=1599
+  _globals['_TERM']._serialized_end=1762
+  _globals['_RUNQUERYREQUEST']._serialized_start=1764
+  _globals['_RUNQUERYREQUEST']._serialized_end=1843
+  _globals['_NOISYVALUE']._serialized_start=1845
+  _globals['_NOISYVALUE']._serialized_end=1961
+  _globals['_GROUPVALUE']._serialized_start=1963
+  _globals['_GROUPVALUE']._serialized_end=2006
+  _globals['_CELL']._serialized_start=2008
+  _globals['_CELL']._serialized_end=2099
+  _globals['_RELEASE']._serialized_start=2102
+  _globals['_RELEASE']._serialized_end=2256
+  _globals['_RUNQUERYRESPONSE']._serialized_start=2259
+  _globals['_RUNQUERYRESPONSE']._serialized_end=2499
+  _globals['_NODESERVICE']._serialized_start=2858
+  _globals['_NODESERVICE']._serialized_end=3034
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,8 @@ class Statistic(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATISTIC_MEAN: _ClassVar[Statistic]
     STATISTIC_HISTOGRAM: _ClassVar[Statistic]
     STATISTIC_PAIRED_CHANGE: _ClassVar[Statistic]
+    STATISTIC_QUANTILE: _ClassVar[Statistic]
+    STATISTIC_CROSS_PRODUCTS: _ClassVar[Statistic]
 COLUMN_TYPE_UNSPECIFIED: ColumnType
 COLUMN_TYPE_KEY: ColumnType
 COLUMN_TYPE_INTEGER: ColumnType
@@ -34,6 +36,8 @@ STATISTIC_COUNT: Statistic
 STATISTIC_MEAN: Statistic
 STATISTIC_HISTOGRAM: Statistic
 STATISTIC_PAIRED_CHANGE: Statistic
+STATISTIC_QUANTILE: Statistic
+STATISTIC_CROSS_PRODUCTS: Statistic
 
 class Column(_message.Message):
     __slots__ = ("name", "type", "lower", "upper", "categories", "description", "derived")
@@ -76,10 +80,14 @@ class Schema(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[Table, _Mapping]]] = ...) -> None: ...
 
 class PrivacyLoss(_message.Message):
-    __slots__ = ("epsilon",)
+    __slots__ = ("epsilon", "rho", "delta")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
-    def __init__(self, epsilon: _Optional[float] = ...) -> None: ...
+    rho: float
+    delta: float
+    def __init__(self, epsilon: _Optional[float] = ..., rho: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("dataset", "total", "spent", "remaining", "max_per_query")
@@ -148,7 +156,7 @@ class Filter(_message.Message):
     def __init__(self, category: _Optional[_Union[CategoryFilter, _Mapping]] = ..., range: _Optional[_Union[RangeFilter, _Mapping]] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("statistic", "table", "column", "filters", "group_by", "loss", "occasion", "baseline", "bin_edges", "clip")
+    __slots__ = ("statistic", "table", "column", "filters", "group_by", "loss", "occasion", "baseline", "bin_edges", "clip", "quantile", "terms")
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +167,8 @@ class Query(_message.Message):
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
     statistic: Statistic
     table: str
     column: str
@@ -169,7 +179,9 @@ class Query(_message.Message):
     baseline: Occasion
     bin_edges: _containers.RepeatedScalarFieldContainer[float]
     clip: Bounds
-    def __init__(self, statistic: _Optional[_Union[Statistic, str]] = ..., table: _Optional[str] = ..., column: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., group_by: _Optional[_Iterable[str]] = ..., loss: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., bin_edges: _Optional[_Iterable[float]] = ..., clip: _Optional[_Union[Bounds, _Mapping]] = ...) -> None: ...
+    quantile: float
+    terms: _containers.RepeatedCompositeFieldContainer[Term]
+    def __init__(self, statistic: _Optional[_Union[Statistic, str]] = ..., table: _Optional[str] = ..., column: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., group_by: _Optional[_Iterable[str]] = ..., loss: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., bin_edges: _Optional[_Iterable[float]] = ..., clip: _Optional[_Union[Bounds, _Mapping]] = ..., quantile: _Optional[float] = ..., terms: _Optional[_Iterable[_Union[Term, _Mapping]]] = ...) -> None: ...
 
 class Bounds(_message.Message):
     __slots__ = ("lower", "upper")
@@ -178,6 +190,20 @@ class Bounds(_message.Message):
     lower: float
     upper: float
     def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ...) -> None: ...
+
+class Term(_message.Message):
+    __slots__ = ("column", "occasion", "baseline", "category", "clip")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    OCCASION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    occasion: Occasion
+    baseline: Occasion
+    category: str
+    clip: Bounds
+    def __init__(self, column: _Optional[str] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., category: _Optional[str] = ..., clip: _Optional[_Union[Bounds, _Mapping]] = ...) -> None: ...
 
 class RunQueryRequest(_message.Message):
     __slots__ = ("idempotency_key", "query")
@@ -188,18 +214,20 @@ class RunQueryRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ...) -> None: ...
 
 class NoisyValue(_message.Message):
-    __slots__ = ("name", "value", "noise_scale", "noise_variance", "epsilon")
+    __slots__ = ("name", "value", "noise_scale", "noise_variance", "epsilon", "rho")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     NOISE_SCALE_FIELD_NUMBER: _ClassVar[int]
     NOISE_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
     name: str
     value: float
     noise_scale: float
     noise_variance: float
     epsilon: float
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., noise_scale: _Optional[float] = ..., noise_variance: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    rho: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., noise_scale: _Optional[float] = ..., noise_variance: _Optional[float] = ..., epsilon: _Optional[float] = ..., rho: _Optional[float] = ...) -> None: ...
 
 class GroupValue(_message.Message):
     __slots__ = ("column", "value")
@@ -218,18 +246,20 @@ class Cell(_message.Message):
     def __init__(self, group: _Optional[_Iterable[_Union[GroupValue, _Mapping]]] = ..., values: _Optional[_Iterable[_Union[NoisyValue, _Mapping]]] = ...) -> None: ...
 
 class Release(_message.Message):
-    __slots__ = ("cells", "center", "lower", "upper", "mechanism")
+    __slots__ = ("cells", "center", "lower", "upper", "mechanism", "term_bounds")
     CELLS_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    TERM_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     cells: _containers.RepeatedCompositeFieldContainer[Cell]
     center: float
     lower: float
     upper: float
     mechanism: str
-    def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., mechanism: _Optional[str] = ...) -> None: ...
+    term_bounds: _containers.RepeatedCompositeFieldContainer[Bounds]
+    def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., mechanism: _Optional[str] = ..., term_bounds: _Optional[_Iterable[_Union[Bounds, _Mapping]]] = ...) -> None: ...
 
 class RunQueryResponse(_message.Message):
     __slots__ = ("idempotency_key", "query", "release", "charged", "budget", "replayed", "node_id")

@@ -20,18 +20,24 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import pooling
+from bridgestat.coordinator import effects, pooling
 from bridgestat.coordinator.fanout import Failure, Fanout, Success
+from bridgestat.coordinator.meta import MetaResult, meta_analysis
 from bridgestat.coordinator.network import Member, load_network
 from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError
-from bridgestat.coordinator.query import INTAKE, Occasion, Query
+from bridgestat.coordinator.query import INTAKE, Occasion, Query, Term
+from bridgestat.coordinator.regression import (CrossProducts, RegressionResult, fit,
+                                               pool_cross_products)
 from bridgestat.coordinator.wire import CellRelease, MemberRelease, query_to_pb, release_from_pb
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 NETWORK = "NETWORK"
 MISSING = "(missing)"
+SIGNS = ("decreased", "unchanged", "increased")
+MIN_ARM_N = 20.0  # a member's arm with a smaller noisy count is "no comparison arm"
 Group = tuple[tuple[str, str], ...]
+Where = dict[str, Sequence[str]] | None
 
 
 @dataclass(frozen=True)
@@ -70,24 +76,30 @@ class Network:
 
     # -- raw calls -------------------------------------------------------------------------
 
-    def info(self) -> pd.DataFrame:
-        """Every member: reachable, schema version, budget spent and left."""
+    def node_infos(self) -> dict[str, pb.GetNodeInfoResponse | Failure]:
+        """Every member's GetNodeInfo answer (schema, budget), or its failure."""
         async def call(stub: pb_grpc.NodeServiceStub, timeout: float) -> pb.GetNodeInfoResponse:
             return await stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=timeout)
+        outcomes = self._loop.run_until_complete(self._fanout.call_all(call, self.timeout))
+        return {o.member: (o.value if isinstance(o, Success) else o) for o in outcomes}
+
+    def info(self) -> pd.DataFrame:
+        """Every member: reachable, schema version, budget spent and left."""
         rows = []
-        for outcome in self._loop.run_until_complete(self._fanout.call_all(call, self.timeout)):
-            if isinstance(outcome, Failure):
-                rows.append({"member": outcome.member, "reachable": False,
-                             "status": f"{outcome.code}: {outcome.message}"})
+        for member, info in self.node_infos().items():
+            if isinstance(info, Failure):
+                rows.append({"member": member, "reachable": False,
+                             "status": f"{info.code}: {info.message}"})
                 continue
-            info = outcome.value
-            rows.append({"member": outcome.member, "reachable": True, "node_id": info.node_id,
+            budget = info.budget
+            rows.append({"member": member, "reachable": True, "node_id": info.node_id,
                          "schema": f"{info.schema.name} {info.schema.version}",
-                         "dataset": info.budget.dataset,
-                         "epsilon_spent": info.budget.spent.epsilon,
-                         "epsilon_remaining": info.budget.remaining.epsilon,
-                         "epsilon_total": info.budget.total.epsilon,
-                         "max_epsilon_per_query": info.budget.max_per_query.epsilon,
+                         "dataset": budget.dataset,
+                         "epsilon_spent": budget.spent.epsilon,
+                         "epsilon_remaining": budget.remaining.epsilon,
+                         "epsilon_total": budget.total.epsilon,
+                         "rho_spent": budget.spent.rho, "delta": budget.total.delta,
+                         "max_epsilon_per_query": budget.max_per_query.epsilon,
                          "software": info.software_version, "status": "ok"})
         return pd.DataFrame(rows)
 
@@ -170,6 +182,344 @@ class Network:
         wanted = tuple(categories)
         return _table(self.run(query, key), lambda r, c: pooling.proportion(*_split(c, wanted)),
                       lambda cs: pooling.pooled_proportion([_split(c, wanted) for _, c in cs]))
+
+    def share_improved(self, table: str, column: str, *, occasion: Occasion,
+                       baseline: Occasion = INTAKE, improvement: str = "increase",
+                       epsilon: float = 0.5, where: Where = None,
+                       group_by: Sequence[str] = (), key: str | None = None) -> pd.DataFrame:
+        """Share of participants whose value moved in the `improvement` direction ("increase"
+        or "decrease", e.g. debt) between the occasions; one transition histogram."""
+        query = Query("histogram", table, column, epsilon, _where(where),
+                      group_by=tuple(group_by), occasion=occasion, baseline=baseline)
+        return share_improved_table(self.run(query, key), improvement)
+
+    def transition(self, table: str, column: str, *, occasion: Occasion,
+                   baseline: Occasion = INTAKE, epsilon: float = 0.5, where: Where = None,
+                   key: str | None = None) -> QueryResult:
+        """A transition histogram ("before -> after" counts) of a categorical column; turn it
+        into tables with `transition_table` and `paired_difference_table`."""
+        query = Query("histogram", table, column, epsilon, _where(where),
+                      occasion=occasion, baseline=baseline)
+        return self.run(query, key)
+
+    def compare(self, table: str, column: str, categories: Sequence[str], *,
+                group: str = "arm", groups: tuple[str, str] = ("mobility_mentoring",
+                                                               "comparison"),
+                epsilon: float = 0.5, where: Where = None, occasion: Occasion | None = None,
+                bin_edges: Sequence[float] = (), key: str | None = None) -> pd.DataFrame:
+        """Share in `categories` per group, risk difference, log risk ratio and log odds
+        ratio of groups[0] against groups[1] (disjoint groups, one histogram query)."""
+        query = Query("histogram", table, column, epsilon, _where(where), group_by=(group,),
+                      occasion=occasion, bin_edges=tuple(bin_edges))
+        return compare_table(self.run(query, key), tuple(categories), group, groups)
+
+    def did(self, table: str, column: str, *, occasion: Occasion, baseline: Occasion = INTAKE,
+            group: str = "arm", groups: tuple[str, str] = ("mobility_mentoring", "comparison"),
+            epsilon: float = 0.5, clip: tuple[float, float] | None = None,
+            where: Where = None, key: str | None = None) -> pd.DataFrame:
+        """Difference-in-differences: mean change in groups[0] minus in groups[1], per member
+        with both arms; NETWORK is the fixed-effect (inverse-variance) pool of the members'."""
+        query = Query("paired_change", table, column, epsilon, _where(where),
+                      group_by=(group,), occasion=occasion, baseline=baseline, clip=clip)
+        return did_table(self.run(query, key), group, groups)
+
+    def regression(self, terms: Sequence[Term], *, table: str = "assessment",
+                   rho: float = 0.05, where: Where = None, occasion: Occasion | None = None,
+                   replicates: int = 2000, seed: int = 0, key: str | None = None
+                   ) -> dict[str, RegressionResult | str]:
+        """Linear regression of the last term on the others, per member and pooled (NETWORK),
+        from DP cross products; a member that failed maps to its reason."""
+        query = Query("cross_products", table, "", 0.0, _where(where), occasion=occasion,
+                      rho=rho, terms=tuple(terms))
+        return regression_fits(self.run(query, key), replicates=replicates, seed=seed)
+
+    def quantile(self, table: str, column: str, q: float, candidates: Sequence[float], *,
+                 epsilon: float = 0.5, where: Where = None, occasion: Occasion | None = None,
+                 key: str | None = None) -> pd.DataFrame:
+        """A member's quantile from OpenDP's exponential mechanism over public candidates
+        (no closed-form SE); the NETWORK row from a pooled histogram over the same grid, with
+        a 95 % CI by inverting the CDF's interval. Each half of `epsilon` pays one query."""
+        base = Query("quantile", table, column, epsilon / 2, _where(where), occasion=occasion,
+                     quantile=q, bin_edges=tuple(candidates))
+        edges = tuple(candidates[1:-1])
+        grid = Query("histogram", table, column, epsilon / 2, _where(where),
+                     occasion=occasion, bin_edges=edges)
+        first = self.run(base, None if key is None else f"{key}:q")
+        second = self.run(grid, None if key is None else f"{key}:grid")
+        return quantile_table(first, second, q, tuple(candidates))
+
+
+def meta_from_table(frame: pd.DataFrame, label: str = "") -> MetaResult:
+    """Meta-analysis of the members' rows of an effect table (estimate, se; status ok)."""
+    rows = frame[(frame.member != NETWORK) & (frame.status == "ok")
+                 & frame.se.notna() & (frame.se > 0)]
+    result = meta_analysis(rows.estimate.astype(float).tolist(),
+                           (rows.se.astype(float) ** 2).tolist(), rows.member.tolist())
+    return result if not label else result
+
+
+def share_improved_table(result: QueryResult, improvement: str) -> pd.DataFrame:
+    if improvement not in ("increase", "decrease"):
+        raise ValueError(f"improvement must be 'increase' or 'decrease', got {improvement!r}")
+    wanted = ("increased",) if improvement == "increase" else ("decreased",)
+    return _table(result, lambda r, c: pooling.proportion(*_split(c, wanted)),
+                  lambda cs: pooling.pooled_proportion([_split(c, wanted) for _, c in cs]))
+
+
+def transition_table(result: QueryResult) -> pd.DataFrame:
+    """Long form: share of participants (with both occasions) per "before -> after" cell."""
+    frame = pd.concat([_table(result, _share(c), _pooled_share(c)).assign(transition=c)
+                       for c in _categories(result)], ignore_index=True) \
+        if result.releases else _failures_only(result)
+    if "transition" in frame:
+        parts = frame.transition.str.split(effects.ARROW, n=1, expand=True, regex=False)
+        frame["from"], frame["to"] = parts[0], parts[1]
+    return frame
+
+
+def paired_difference_table(result: QueryResult, categories: Sequence[str]) -> pd.DataFrame:
+    """Share in `categories` at follow-up minus at baseline, on the same participants."""
+    wanted = frozenset(categories)
+    return _table(
+        result,
+        lambda r, c: effects.paired_risk_difference(
+            *effects.transition_counts(c.values, wanted)),
+        lambda cs: effects.paired_risk_difference(*effects.pooled_transition_counts(
+            [effects.transition_counts(c.values, wanted) for _, c in cs])))
+
+
+MEASURES = ("risk_difference", "log_risk_ratio", "log_odds_ratio")
+
+
+def compare_table(result: QueryResult, categories: tuple[str, ...], group: str,
+                  groups: tuple[str, str]) -> pd.DataFrame:
+    """One row per member (and NETWORK) per measure: the share in each group, RD, log RR,
+    log OR of groups[0] against groups[1]."""
+    rows: list[dict[str, Any]] = []
+    for member in (*result.members, NETWORK):
+        shares = _group_shares(result, member, categories, group, groups)
+        if isinstance(shares, str):
+            rows += [_row(member, (("measure", m),), None, None, shares)
+                     for m in (*[f"share:{g}" for g in groups], *MEASURES)]
+            continue
+        loss = _loss(result, member)
+        a, b = shares
+        rows.append(_row(member, (("measure", f"share:{groups[0]}"),), a, loss, "ok"))
+        rows.append(_row(member, (("measure", f"share:{groups[1]}"),), b, loss, "ok"))
+        for measure, fn in zip(MEASURES, (effects.risk_difference, effects.log_risk_ratio,
+                                          effects.log_odds_ratio), strict=True):
+            rows.append(_estimate_row(member, (("measure", measure),), loss, partial(fn, a, b)))
+    return pd.DataFrame(rows)
+
+
+def _group_shares(result: QueryResult, member: str, categories: tuple[str, ...], group: str,
+                  groups: tuple[str, str]) -> tuple[Estimate, Estimate] | str:
+    """The two groups' shares of one member (or pooled), or the reason there are none."""
+    if member in result.failures:
+        fail = result.failures[member]
+        return f"{fail.code}: {fail.message}"
+    members = [member] if member != NETWORK else list(result.releases)
+    if not members:
+        return "no member answered"
+    try:
+        pairs = [tuple(pooling.pooled_proportion(
+            [_split(_cell_of(result.releases[m], ((group, g),)), categories)
+             for m in members]) for g in groups)]
+    except PoolingError as exc:
+        return f"not estimable: {exc}"
+    return pairs[0][0], pairs[0][1]
+
+
+def _cell_of(release: MemberRelease, group: Group) -> CellRelease:
+    for cell in release.cells:
+        if cell.group == group:
+            return cell
+    raise PoolingError(f"no cell {dict(group)} in the release")
+
+
+def _loss(result: QueryResult, member: str) -> float | None:
+    if member == NETWORK:
+        return max((r.charged for r in result.releases.values()), default=None)
+    release = result.releases.get(member)
+    return release.charged if release else None
+
+
+def did_table(result: QueryResult, group: str, groups: tuple[str, str]) -> pd.DataFrame:
+    """Per member: change in groups[0] minus change in groups[1] (members with both arms);
+    NETWORK: fixed-effect pool of those members' DiDs (within-member contrasts only)."""
+    rows: list[dict[str, Any]] = []
+    estimates: list[Estimate] = []
+    for member in result.members:
+        if member in result.failures:
+            fail = result.failures[member]
+            rows.append(_row(member, (), None, None, f"{fail.code}: {fail.message}"))
+            continue
+        release = result.releases[member]
+        arms = [_arm_change(release, group, g) for g in groups]
+        missing = [g for g, arm in zip(groups, arms, strict=True) if arm is None]
+        if missing:
+            rows.append(_row(member, (), None, release.charged,
+                             f"no {missing[0]} arm (noisy n < {MIN_ARM_N:g} or none)"))
+            continue
+        assert arms[0] is not None and arms[1] is not None
+        did = effects.difference(arms[0], arms[1])
+        estimates.append(did)
+        rows.append(_row(member, (), did, release.charged, "ok"))
+    rows.append(_pooled_did(estimates, _loss(result, NETWORK)))
+    return pd.DataFrame(rows)
+
+
+def _arm_change(release: MemberRelease, group: str, arm: str) -> Estimate | None:
+    """One arm's mean change, or None when the arm is absent (decided on the noisy count)."""
+    try:
+        change = pooling.member_mean(release.mean_stats(_cell_of(release, ((group, arm),))))
+    except PoolingError:
+        return None
+    return change if change.n >= MIN_ARM_N else None
+
+
+def _pooled_did(estimates: list[Estimate], loss: float | None) -> dict[str, Any]:
+    if not estimates:
+        return _row(NETWORK, (), None, loss, "no member has both arms")
+    weights = [1 / e.se**2 for e in estimates]
+    total = sum(weights)
+    value = sum(w * e.estimate for w, e in zip(weights, estimates, strict=True)) / total
+    sampling = sum(w**2 * (e.se_sampling or 0) ** 2 for w, e in zip(weights, estimates,
+                                                                     strict=True)) / total**2
+    dp_part = sum(w**2 * (e.se_dp or 0) ** 2 for w, e in zip(weights, estimates,
+                                                             strict=True)) / total**2
+    pooled = pooling.make_estimate(value, sampling, dp_part, sum(e.n for e in estimates))
+    return _row(NETWORK, (), pooled, loss, "ok")
+
+
+def cross_products(release: MemberRelease, cell: CellRelease, names: tuple[str, ...]
+                   ) -> CrossProducts:
+    entries = {}
+    for name, value in cell.values.items():
+        i, j = (int(k) for k in name[3:-1].split(","))
+        entries[(i, j)] = value
+    return CrossProducts(names, release.term_bounds, entries)
+
+
+def term_names(terms: Sequence[Term]) -> tuple[str, ...]:
+    """Readable names: column, column=category, or column change."""
+    names = []
+    for term in terms:
+        name = term.column
+        if term.category:
+            name = f"{name}={term.category}"
+        elif term.baseline is not None and term.occasion is not None:
+            name = f"{name} change {term.baseline.target_month}->{term.occasion.target_month}"
+        elif term.occasion is not None and term.occasion.target_month:
+            name = f"{name}@{term.occasion.target_month}"
+        names.append(name)
+    return tuple(names)
+
+
+def regression_fits(result: QueryResult, *, replicates: int = 2000, seed: int = 0
+                    ) -> dict[str, RegressionResult | str]:
+    """Per-member fits and the pooled NETWORK fit (summed cross products)."""
+    names = term_names(result.query.terms)
+    fits: dict[str, RegressionResult | str] = {}
+    members: list[CrossProducts] = []
+    for member in result.members:
+        if member in result.failures:
+            fail = result.failures[member]
+            fits[member] = f"{fail.code}: {fail.message}"
+            continue
+        release = result.releases[member]
+        try:
+            cp = cross_products(release, release.cells[0], names)
+            members.append(cp)
+            fits[member] = fit(cp, replicates=replicates, seed=seed)
+        except PoolingError as exc:
+            fits[member] = f"not estimable: {exc}"
+    try:
+        fits[NETWORK] = fit(pool_cross_products(members), replicates=replicates, seed=seed)
+    except PoolingError as exc:
+        fits[NETWORK] = f"not estimable: {exc}"
+    return fits
+
+
+def regression_table(fits: dict[str, RegressionResult | str]) -> pd.DataFrame:
+    """Long form: one row per member (and NETWORK) per coefficient."""
+    rows: list[dict[str, Any]] = []
+    for member, fitted in fits.items():
+        if isinstance(fitted, str):
+            rows.append({"member": member, "term": None, "status": fitted})
+            continue
+        for coef in fitted.coefficients:
+            rows.append({"member": member, "term": coef.name, "estimate": coef.estimate,
+                         "se": coef.se, "ci_low": coef.ci_low, "ci_high": coef.ci_high,
+                         "se_ols": coef.se_ols, "n": fitted.n, "status": "ok"})
+    return pd.DataFrame(rows)
+
+
+def quantile_table(members: QueryResult, grid: QueryResult, q: float,
+                   candidates: tuple[float, ...]) -> pd.DataFrame:
+    """Members' OpenDP quantiles, and the NETWORK quantile from the pooled histogram."""
+    rows: list[dict[str, Any]] = []
+    for member in members.members:
+        if member in members.failures:
+            fail = members.failures[member]
+            rows.append(_row(member, (), None, None, f"{fail.code}: {fail.message}"))
+            continue
+        release = members.releases[member]
+        points = release.cells[0].points or {}
+        row = _row(member, (), None, release.charged + _loss(grid, member) if
+                   _loss(grid, member) else release.charged,
+                   "ok (exponential mechanism: no closed-form SE)")
+        row["estimate"] = points.get("quantile")
+        rows.append(row)
+    counts = [_bin_counts(grid.releases[m]) for m in grid.members if m in grid.releases]
+    try:
+        rows.append(_row(NETWORK, (), _pooled_quantile(counts, q, candidates),
+                         _loss(grid, NETWORK), "ok (pooled histogram)"))
+    except PoolingError as exc:
+        rows.append(_row(NETWORK, (), None, _loss(grid, NETWORK), f"not estimable: {exc}"))
+    return pd.DataFrame(rows)
+
+
+def _bin_counts(release: MemberRelease) -> list[Noisy]:
+    return [v for k, v in release.cells[0].values.items() if k != MISSING]
+
+
+def _pooled_quantile(counts: list[list[Noisy]], q: float, candidates: tuple[float, ...]
+                     ) -> Estimate:
+    """Quantile of the pooled noisy CDF at the bin edges (linear inside a bin); 95 % CI where
+    the CDF's own 95 % band crosses q. Its SE is read off the CI (half-width / 1.96)."""
+    if not counts:
+        raise PoolingError("nothing to pool: no member releases")
+    bins = [pooling.sum_noisy([c[j] for c in counts]) for j in range(len(counts[0]))]
+    cdf = []
+    for j in range(1, len(bins)):  # the CDF at candidate j (interior edges)
+        below, above = pooling.sum_noisy(bins[:j]), pooling.sum_noisy(bins[j:])
+        cdf.append(pooling.proportion(below, above))
+    edges = list(candidates[1:-1])
+    point = _crossing(edges, [e.estimate for e in cdf], q, candidates)
+    high = _crossing(edges, [e.ci_low for e in cdf], q, candidates)
+    low = _crossing(edges, [e.ci_high for e in cdf], q, candidates)
+    n = sum(b.value for b in bins)
+    se = (high - low) / (2 * pooling.Z95)
+    return pooling.Estimate(point, se, low, high, n)
+
+
+def _crossing(edges: list[float], values: list[float], q: float,
+              candidates: tuple[float, ...]) -> float:
+    """Where a (noisy, made monotone) CDF through the edges first reaches q."""
+    xs = [candidates[0], *edges, candidates[-1]]
+    ys = [0.0, *values, 1.0]
+    running = 0.0
+    for i in range(1, len(ys)):
+        running = max(running, min(1.0, ys[i]))
+        ys[i] = running
+    for i in range(1, len(xs)):
+        if ys[i] >= q:
+            lo_y = ys[i - 1]
+            if ys[i] == lo_y:
+                return xs[i]
+            return xs[i - 1] + (q - lo_y) / (ys[i] - lo_y) * (xs[i] - xs[i - 1])
+    return xs[-1]
 
 
 def _where(where: dict[str, Sequence[str]] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:

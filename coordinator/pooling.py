@@ -96,7 +96,7 @@ class ChangeEstimate:
     d_z: Estimate  # Cohen's d_z with SE per statistics.md
 
 
-def _estimate(
+def make_estimate(
     value: float, var_sampling: float, var_dp: float, n: float, sd: float | None = None
 ) -> Estimate:
     """Build an `Estimate` with a 95 % normal interval from the two variance components."""
@@ -113,7 +113,7 @@ def _estimate(
     )
 
 
-def _sum_noisy(items: Sequence[Noisy]) -> Noisy:
+def sum_noisy(items: Sequence[Noisy]) -> Noisy:
     """Sum of independent noisy statistics: values and variances add."""
     return Noisy(math.fsum(x.value for x in items), math.fsum(x.variance for x in items))
 
@@ -130,9 +130,9 @@ def _pool(stats: Sequence[MeanStats]) -> MeanStats:
             "centred sums cannot be pooled"
         )
     return MeanStats(
-        count=_sum_noisy([s.count for s in stats]),
-        sum=_sum_noisy([s.sum for s in stats]),
-        sum_squares=_sum_noisy([s.sum_squares for s in stats]),
+        count=sum_noisy([s.count for s in stats]),
+        sum=sum_noisy([s.sum for s in stats]),
+        sum_squares=sum_noisy([s.sum_squares for s in stats]),
         center=center,
     )
 
@@ -145,7 +145,7 @@ def _mean(s: MeanStats, what: str) -> Estimate:
     centred = s.sum.value / n
     s2 = max(0.0, (s.sum_squares.value - (s.sum.value**2 - s.sum.variance) / n) / (n - 1))
     var_dp = (s.sum.variance + centred**2 * s.count.variance) / n**2
-    return _estimate(s.center + centred, s2 / n, var_dp, n, sd=math.sqrt(s2))
+    return make_estimate(s.center + centred, s2 / n, var_dp, n, sd=math.sqrt(s2))
 
 
 def _change(s: MeanStats, what: str) -> ChangeEstimate:
@@ -161,7 +161,7 @@ def _change(s: MeanStats, what: str) -> ChangeEstimate:
     var_dp_mean = (change.se_dp or 0.0) ** 2  # [v_S + (m_d - c)^2 v_N] / n^2
     var_sampling = 1 / n + d_z**2 / (2 * n)
     var_dp = var_dp_mean / s_d**2 + d_z**2 * s.sum_squares.variance / (4 * n**2 * s_d**4)
-    return ChangeEstimate(change=change, d_z=_estimate(d_z, var_sampling, var_dp, n))
+    return ChangeEstimate(change=change, d_z=make_estimate(d_z, var_sampling, var_dp, n))
 
 
 def member_mean(s: MeanStats) -> Estimate:
@@ -196,23 +196,23 @@ def proportion(y1: Noisy, y0: Noisy) -> Estimate:
     p = y1.value / n
     pt = min(1.0, max(0.0, p))
     var_dp = ((1 - pt) ** 2 * y1.variance + pt**2 * y0.variance) / n**2
-    return _estimate(p, pt * (1 - pt) / n, var_dp, n)
+    return make_estimate(p, pt * (1 - pt) / n, var_dp, n)
 
 
 def pooled_proportion(pairs: Sequence[tuple[Noisy, Noisy]]) -> Estimate:
     """Proportion from (Y1~, Y0~) summed over members, variances summed too."""
     if not pairs:
         raise PoolingError("nothing to pool: no member releases")
-    return proportion(_sum_noisy([y1 for y1, _ in pairs]), _sum_noisy([y0 for _, y0 in pairs]))
+    return proportion(sum_noisy([y1 for y1, _ in pairs]), sum_noisy([y0 for _, y0 in pairs]))
 
 
 def count_estimate(n: Noisy) -> Estimate:
     """A noisy count as released (may be negative); SE from the DP noise only."""
-    return _estimate(n.value, 0.0, n.variance, n.value)
+    return make_estimate(n.value, 0.0, n.variance, n.value)
 
 
 def pooled_count(ns: Sequence[Noisy]) -> Estimate:
     """Sum of members' noisy counts; SE from the summed DP noise variances."""
     if not ns:
         raise PoolingError("nothing to pool: no member releases")
-    return count_estimate(_sum_noisy(ns))
+    return count_estimate(sum_noisy(ns))

@@ -22,8 +22,19 @@ INTAKE = Occasion(0, 0, 0)
 
 
 @dataclass(frozen=True)
+class Term:
+    """A regression coordinate: a column's value at an occasion, its change, or an indicator."""
+
+    column: str
+    occasion: Occasion | None = None
+    baseline: Occasion | None = None  # set: the change from baseline to occasion
+    category: str = ""  # set: 1 when column == category, else 0
+    clip: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
 class Query:
-    statistic: str  # count | mean | histogram | paired_change
+    statistic: str  # count | mean | histogram | paired_change | quantile | cross_products
     table: str
     column: str = ""
     epsilon: float = 0.5
@@ -34,3 +45,6 @@ class Query:
     baseline: Occasion | None = None
     bin_edges: tuple[float, ...] = ()
     clip: tuple[float, float] | None = None  # public clipping bounds inside the schema's
+    rho: float = 0.0  # zCDP loss of a cross_products query (its epsilon is then 0)
+    quantile: float = 0.0  # for quantile: in (0, 1); candidates are bin_edges
+    terms: tuple[Term, ...] = ()  # for cross_products: regressors, then the response

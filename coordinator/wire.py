@@ -5,17 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bridgestat.coordinator.pooling import MeanStats, Noisy
+import math
+
 from bridgestat.coordinator.query import Occasion, Query
 from bridgestat.v1 import node_service_pb2 as pb
 
 _STATISTICS = {"count": pb.STATISTIC_COUNT, "mean": pb.STATISTIC_MEAN,
-               "histogram": pb.STATISTIC_HISTOGRAM, "paired_change": pb.STATISTIC_PAIRED_CHANGE}
+               "histogram": pb.STATISTIC_HISTOGRAM, "paired_change": pb.STATISTIC_PAIRED_CHANGE,
+               "quantile": pb.STATISTIC_QUANTILE, "cross_products": pb.STATISTIC_CROSS_PRODUCTS}
 
 
 @dataclass(frozen=True)
 class CellRelease:
     group: tuple[tuple[str, str], ...]
-    values: dict[str, Noisy]
+    values: dict[str, Noisy]  # a quantile (no closed-form noise variance) is in `points`
+    points: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -23,10 +27,13 @@ class MemberRelease:
     node_id: str
     cells: tuple[CellRelease, ...]
     center: float
-    charged: float
+    charged: float  # epsilon (for a rho release its (epsilon, delta) equivalent)
     remaining: float
     replayed: bool
     mechanism: str
+    charged_rho: float = 0.0
+    delta: float = 0.0  # the delta of `charged` when charged_rho > 0
+    term_bounds: tuple[tuple[float, float], ...] = ()
 
     def mean_stats(self, cell: CellRelease) -> MeanStats:
         v = cell.values
@@ -39,7 +46,15 @@ def query_to_pb(query: Query) -> pb.Query:
                          f"got {query.statistic!r}")
     msg = pb.Query(statistic=_STATISTICS[query.statistic], table=query.table,
                    column=query.column, group_by=query.group_by,
-                   loss=pb.PrivacyLoss(epsilon=query.epsilon), bin_edges=query.bin_edges)
+                   loss=pb.PrivacyLoss(epsilon=query.epsilon, rho=query.rho),
+                   bin_edges=query.bin_edges, quantile=query.quantile)
+    for term in query.terms:
+        added = msg.terms.add(column=term.column, category=term.category)
+        if term.clip is not None:
+            added.clip.CopyFrom(pb.Bounds(lower=term.clip[0], upper=term.clip[1]))
+        for name, occ in (("occasion", term.occasion), ("baseline", term.baseline)):
+            if occ is not None:
+                getattr(added, name).CopyFrom(_occasion(occ))
     for column, values in query.where:
         msg.filters.add(category=pb.CategoryFilter(column=column, values=values))
     for column, lower, upper in query.ranges:
@@ -58,10 +73,17 @@ def _occasion(occ: Occasion) -> pb.Occasion:
 
 
 def release_from_pb(msg: pb.RunQueryResponse) -> MemberRelease:
-    cells = tuple(
-        CellRelease(group=tuple((g.column, g.value) for g in cell.group),
-                    values={v.name: Noisy(v.value, v.noise_variance) for v in cell.values})
-        for cell in msg.release.cells)
+    cells = tuple(_cell(cell) for cell in msg.release.cells)
     return MemberRelease(node_id=msg.node_id, cells=cells, center=msg.release.center,
                          charged=msg.charged.epsilon, remaining=msg.budget.remaining.epsilon,
-                         replayed=msg.replayed, mechanism=msg.release.mechanism)
+                         replayed=msg.replayed, mechanism=msg.release.mechanism,
+                         charged_rho=msg.charged.rho, delta=msg.charged.delta,
+                         term_bounds=tuple((b.lower, b.upper) for b in msg.release.term_bounds))
+
+
+def _cell(cell: pb.Cell) -> CellRelease:
+    group = tuple((g.column, g.value) for g in cell.group)
+    noisy = {v.name: Noisy(v.value, v.noise_variance) for v in cell.values
+             if not math.isnan(v.noise_variance)}
+    points = {v.name: v.value for v in cell.values if math.isnan(v.noise_variance)}
+    return CellRelease(group, noisy, points or None)

@@ -109,9 +109,15 @@ class Engine:
 
 
 def _scalar(component: Component, data: np.ndarray[Any, Any]) -> NoisyValue:
-    raw = component.release(np.ascontiguousarray(data, dtype=np.int64))
+    raw = component.release(_writable(data))
     return NoisyValue(component.name, float(raw) * component.unit, component.noise_scale,
                       component.noise_variance, component.epsilon, component.rho)
+
+
+def _writable(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Contiguous, writable int64 (OpenDP's ctypes bridge refuses read-only views, which
+    pandas' copy-on-write hands out); copies only when needed."""
+    return np.require(data, dtype=np.int64, requirements=["C", "W"])
 
 
 def _quantile(component: Component, values: np.ndarray[Any, Any]) -> NoisyValue:
@@ -137,7 +143,7 @@ def _cross_products(plan: Plan, matrix: np.ndarray[Any, Any]) -> tuple[NoisyValu
 
 def _histogram(plan: Plan, codes: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...]:
     component = plan.components[0]
-    counts = component.release(np.ascontiguousarray(codes, dtype=np.int64))
+    counts = component.release(_writable(codes))
     return tuple(NoisyValue(label, float(count), component.noise_scale,
                             component.noise_variance, component.epsilon)
                  for label, count in zip(plan.labels, counts, strict=True))

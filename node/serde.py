@@ -140,7 +140,8 @@ def schema_to_pb(schema: Schema) -> pb.Schema:
 def _table_to_pb(table: TableSpec) -> pb.Table:
     return pb.Table(name=table.name, columns=[_column_to_pb(c) for c in table.columns],
                     max_rows_per_participant=table.max_rows_per_participant,
-                    has_occasions=table.has_occasions)
+                    has_occasions=table.has_occasions,
+                    month_column=table.month_column or "")
 
 
 def _column_to_pb(column: ColumnSpec) -> pb.Column:

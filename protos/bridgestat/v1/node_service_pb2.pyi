@@ -58,16 +58,18 @@ class Column(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ColumnType, str]] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., categories: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., derived: _Optional[bool] = ...) -> None: ...
 
 class Table(_message.Message):
-    __slots__ = ("name", "columns", "max_rows_per_participant", "has_occasions")
+    __slots__ = ("name", "columns", "max_rows_per_participant", "has_occasions", "month_column")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_PER_PARTICIPANT_FIELD_NUMBER: _ClassVar[int]
     HAS_OCCASIONS_FIELD_NUMBER: _ClassVar[int]
+    MONTH_COLUMN_FIELD_NUMBER: _ClassVar[int]
     name: str
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     max_rows_per_participant: int
     has_occasions: bool
-    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., max_rows_per_participant: _Optional[int] = ..., has_occasions: _Optional[bool] = ...) -> None: ...
+    month_column: str
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., max_rows_per_participant: _Optional[int] = ..., has_occasions: _Optional[bool] = ..., month_column: _Optional[str] = ...) -> None: ...
 
 class Schema(_message.Message):
     __slots__ = ("name", "version", "tables")

@@ -124,9 +124,7 @@ class Network:
               key: str | None = None) -> pd.DataFrame:
         query = Query("count", table, "", epsilon, _where(where), group_by=tuple(group_by),
                       occasion=occasion)
-        result = self.run(query, key)
-        return _table(result, lambda r, c: pooling.count_estimate(c.values["count"]),
-                      lambda cs: pooling.pooled_count([c.values["count"] for _, c in cs]))
+        return count_table(self.run(query, key))
 
     def mean(self, table: str, column: str, *, epsilon: float = 0.5,
              where: dict[str, Sequence[str]] | None = None, group_by: Sequence[str] = (),
@@ -135,9 +133,7 @@ class Network:
         """Mean of a numeric column; `clip` sets tighter public bounds (less noise)."""
         query = Query("mean", table, column, epsilon, _where(where), group_by=tuple(group_by),
                       occasion=occasion, clip=clip)
-        return _table(self.run(query, key),
-                      lambda r, c: pooling.member_mean(r.mean_stats(c)),
-                      lambda cs: pooling.pooled_mean([r.mean_stats(c) for r, c in cs]))
+        return mean_table(self.run(query, key))
 
     def paired_change(self, table: str, column: str, *, occasion: Occasion,
                       baseline: Occasion = INTAKE, epsilon: float = 0.5,
@@ -148,15 +144,7 @@ class Network:
         SD of the change is not estimable; `d_z_status` says why)."""
         query = Query("paired_change", table, column, epsilon, _where(where),
                       group_by=tuple(group_by), occasion=occasion, baseline=baseline, clip=clip)
-        result = self.run(query, key)
-        change = _table(result, lambda r, c: pooling.member_mean(r.mean_stats(c)),
-                        lambda cs: pooling.pooled_mean([r.mean_stats(c) for r, c in cs]))
-        d_z = _table(result, lambda r, c: pooling.member_change(r.mean_stats(c)).d_z,
-                     lambda cs: pooling.pooled_change([r.mean_stats(c) for r, c in cs]).d_z)
-        for name in ("estimate", "se", "ci_low", "ci_high"):
-            change[f"d_z_{name}" if name != "estimate" else "d_z"] = d_z[name].to_numpy()
-        change["d_z_status"] = d_z["status"].to_numpy()
-        return change
+        return paired_change_table(self.run(query, key))
 
     def histogram(self, table: str, column: str, *, epsilon: float = 0.5,
                   where: dict[str, Sequence[str]] | None = None, group_by: Sequence[str] = (),
@@ -165,12 +153,7 @@ class Network:
         """Long form: one row per member (and NETWORK), group cell and category, with shares."""
         query = Query("histogram", table, column, epsilon, _where(where),
                       group_by=tuple(group_by), occasion=occasion, bin_edges=tuple(bin_edges))
-        result = self.run(query, key)
-        frames = []
-        for category in _categories(result):
-            frame = _table(result, _share(category), _pooled_share(category))
-            frames.append(frame.assign(category=category))
-        return pd.concat(frames, ignore_index=True) if frames else _failures_only(result)
+        return histogram_table(self.run(query, key))
 
     def proportion(self, table: str, column: str, categories: Sequence[str], *,
                    epsilon: float = 0.5, where: dict[str, Sequence[str]] | None = None,
@@ -179,9 +162,7 @@ class Network:
         """Share of participants (with a known value) whose value is in `categories`."""
         query = Query("histogram", table, column, epsilon, _where(where),
                       group_by=tuple(group_by), occasion=occasion, bin_edges=tuple(bin_edges))
-        wanted = tuple(categories)
-        return _table(self.run(query, key), lambda r, c: pooling.proportion(*_split(c, wanted)),
-                      lambda cs: pooling.pooled_proportion([_split(c, wanted) for _, c in cs]))
+        return proportion_table(self.run(query, key), tuple(categories))
 
     def share_improved(self, table: str, column: str, *, occasion: Occasion,
                        baseline: Occasion = INTAKE, improvement: str = "increase",
@@ -249,13 +230,55 @@ class Network:
         return quantile_table(first, second, q, tuple(candidates))
 
 
-def meta_from_table(frame: pd.DataFrame, label: str = "") -> MetaResult:
+def count_table(result: QueryResult) -> pd.DataFrame:
+    return _table(result, lambda r, c: pooling.count_estimate(c.values["count"]),
+                  lambda cs: pooling.pooled_count([c.values["count"] for _, c in cs]))
+
+
+def mean_table(result: QueryResult) -> pd.DataFrame:
+    return _table(result, lambda r, c: pooling.member_mean(r.mean_stats(c)),
+                  lambda cs: pooling.pooled_mean([r.mean_stats(c) for r, c in cs]))
+
+
+def paired_change_table(result: QueryResult) -> pd.DataFrame:
+    """Mean change per member and pooled, with Cohen's d_z and its SE beside it."""
+    change = mean_table(result)
+    d_z = _table(result, lambda r, c: pooling.member_change(r.mean_stats(c)).d_z,
+                 lambda cs: pooling.pooled_change([r.mean_stats(c) for r, c in cs]).d_z)
+    for name in ("estimate", "se", "ci_low", "ci_high"):
+        change[f"d_z_{name}" if name != "estimate" else "d_z"] = d_z[name].to_numpy()
+    change["d_z_status"] = d_z["status"].to_numpy()
+    return change
+
+
+def histogram_table(result: QueryResult) -> pd.DataFrame:
+    """Long form: one row per member (and NETWORK), group cell and category, with shares."""
+    frames = [_table(result, _share(c), _pooled_share(c)).assign(category=c)
+              for c in _categories(result)]
+    return pd.concat(frames, ignore_index=True) if frames else _failures_only(result)
+
+
+def proportion_table(result: QueryResult, wanted: tuple[str, ...]) -> pd.DataFrame:
+    return _table(result, lambda r, c: pooling.proportion(*_split(c, wanted)),
+                  lambda cs: pooling.pooled_proportion([_split(c, wanted) for _, c in cs]))
+
+
+def followed_up_table(result: QueryResult) -> pd.DataFrame:
+    """Share of participants measured at baseline who also have the follow-up occasion."""
+    def split(cell: CellRelease) -> tuple[Noisy, Noisy]:
+        seen = [v for k, v in cell.values.items() if k != MISSING]
+        return _total(seen), cell.values[MISSING]
+    return _table(result, lambda r, c: pooling.proportion(*split(c)),
+                  lambda cs: pooling.pooled_proportion([split(c) for _, c in cs]))
+
+
+def meta_from_table(frame: pd.DataFrame) -> MetaResult:
     """Meta-analysis of the members' rows of an effect table (estimate, se; status ok)."""
-    rows = frame[(frame.member != NETWORK) & (frame.status == "ok")
-                 & frame.se.notna() & (frame.se > 0)]
-    result = meta_analysis(rows.estimate.astype(float).tolist(),
-                           (rows.se.astype(float) ** 2).tolist(), rows.member.tolist())
-    return result if not label else result
+    rows = frame[(frame.member != NETWORK) & (frame.status == "ok")]
+    rows = rows[rows.se.notna()]
+    rows = rows[rows.se.astype(float) > 0]
+    return meta_analysis(rows.estimate.astype(float).tolist(),
+                         (rows.se.astype(float) ** 2).tolist(), rows.member.tolist())
 
 
 def share_improved_table(result: QueryResult, improvement: str) -> pd.DataFrame:
@@ -448,10 +471,11 @@ def regression_table(fits: dict[str, RegressionResult | str]) -> pd.DataFrame:
         if isinstance(fitted, str):
             rows.append({"member": member, "term": None, "status": fitted})
             continue
+        status = f"unstable: {fitted.warnings[0]}" if fitted.warnings else "ok"
         for coef in fitted.coefficients:
             rows.append({"member": member, "term": coef.name, "estimate": coef.estimate,
                          "se": coef.se, "ci_low": coef.ci_low, "ci_high": coef.ci_high,
-                         "se_ols": coef.se_ols, "n": fitted.n, "status": "ok"})
+                         "se_ols": coef.se_ols, "n": fitted.n, "status": status})
     return pd.DataFrame(rows)
 
 

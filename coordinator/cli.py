@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator import local, study, synth
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.network import NetworkFileError
 from bridgestat.coordinator.query import Occasion
-from bridgestat.coordinator.study import run_first_study
+from bridgestat.coordinator.studyfile import StudyError, load_study
 
 
 def _print_frame(frame: pd.DataFrame, as_json: bool) -> None:
@@ -89,8 +89,38 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_plan(args: argparse.Namespace) -> int:
+    checked = load_study(args.study)
+    with Network.from_file(args.network, timeout=args.timeout) as net:
+        the_plan = study.plan(checked, net)
+    print(the_plan.format())
+    return 0 if all(c.affordable for c in the_plan.costs) else 1
+
+
+def _study_run(args: argparse.Namespace) -> int:
+    checked = load_study(args.study)
+    with Network.from_file(args.network, timeout=args.timeout) as net:
+        study.run(checked, net, args.out, run_id=args.run_id)
+    if args.report:
+        print(f"== Report: {_report_from(args.out / 'results.json', args.out / 'report.html')}")
+    return 0
+
+
+def _report_from(results: Path, out: Path) -> Path:
+    from bridgestat.coordinator import report  # matplotlib only when a report is written
+
+    return report.write_report(report.load_results(results), out)
+
+
+def _report(args: argparse.Namespace) -> int:
+    out = args.out or args.results.with_name("report.html")
+    print(f"wrote {_report_from(args.results, out)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """Synthesize a network, start its nodes, run the first effect study, stop the nodes."""
+    """Synthesize a network, start its nodes, run the standard effect study, write the
+    report, stop the nodes."""
     out = args.out or Path(tempfile.mkdtemp(prefix="bridgestat-demo-"))
     print(f"== Writing a synthetic network of {args.members} members to {out}")
     synth.write_network(out, members=args.members, seed=args.seed)
@@ -98,11 +128,19 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"== Starting {len(members)} nodes on loopback")
     processes = local.start_nodes(members, out)
     try:
+        standard = load_study(study.STANDARD_STUDY)
         with Network.from_file(out / "network.yaml") as net:
-            run_first_study(net)
+            print(study.plan(standard, net).format())
+            study.run(standard, net, out / "study")
+            print("\n== Budget after the study\n" + net.info()[
+                ["member", "epsilon_spent", "epsilon_remaining", "status"]].to_string(
+                    index=False))
     finally:
         local.stop_nodes(processes)
         print(f"\n== Stopped {len(processes)} nodes; data and ledgers are in {out}")
+    report = _report_from(out / "study" / "results.json", out / "study" / "report.html")
+    print(f"== Report: {report}\nEvery number carries differentially private noise; the "
+          "standard errors and intervals include it.")
     return 0
 
 
@@ -137,7 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--total-epsilon", type=float, default=50.0)
     syn.set_defaults(func=_synth)
 
-    demo = sub.add_parser("demo", help="local network + first effect study")
+    plan = sub.add_parser("study", help="plan or run a study file").add_subparsers(
+        dest="study_command", required=True)
+    for name, func, text in (("plan", _study_plan, "check a study and show its cost per member"),
+                             ("run", _study_run, "run a study and save every result")):
+        cmd = plan.add_parser(name, help=text)
+        cmd.add_argument("study", type=Path, help="study file (YAML)")
+        cmd.add_argument("--network", type=Path, required=True, help="network file (YAML)")
+        cmd.add_argument("--timeout", type=float, default=30.0, help="deadline per call (s)")
+        cmd.set_defaults(func=func)
+        if name == "run":
+            cmd.add_argument("--out", type=Path, required=True, help="results folder")
+            cmd.add_argument("--run-id", help="reuse a run's idempotency keys: what the "
+                             "nodes already answered is replayed, free")
+            cmd.add_argument("--report", action="store_true", help="also write report.html")
+
+    rep = sub.add_parser("report", help="write the HTML report of saved study results")
+    rep.add_argument("results", type=Path, help="results.json of a study run")
+    rep.add_argument("--out", type=Path, help="HTML file (default: report.html beside it)")
+    rep.set_defaults(func=_report)
+
+    demo = sub.add_parser("demo", help="local network + the standard effect study + report")
     demo.add_argument("--members", type=int, default=5)
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--out", type=Path)
@@ -150,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (NetworkFileError, argparse.ArgumentTypeError, ValueError, RuntimeError,
+    except (NetworkFileError, StudyError, argparse.ArgumentTypeError, ValueError, RuntimeError,
             TimeoutError, OSError) as exc:
         print(f"bridgestat: {exc}", file=sys.stderr)
         return 2

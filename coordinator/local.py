@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float = 2.0
+def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float = 2.5
                   ) -> list[LocalMember]:
     """Write node.yaml per member of a synthetic network in `root`, and network.yaml."""
     truth = json.loads((root / "truth.json").read_text())

@@ -38,6 +38,10 @@ Design decisions:
   0.948, 0.965. Where the fit is unstable (n = 30: noisy XX near singular) the heavy tail
   inflates the SD and the normal interval over-covers (1.00; percentile 0.96): it widens rather
   than breaks, the conservative direction, and 98 % of such fits carry a warning.
+  SE_boot is the replicates' IQR / 1.349, not their SD: equal for normal replicates (Monte Carlo
+  error about 3.7 % at R = 1,000 instead of 2.2 %), but a handful of replicates with a nearly
+  singular noisy design no longer inflate it by orders of magnitude (a real four-term ANCOVA at
+  rho 0.1 per member gave SD-based SEs of 1e6 against IQR-based ones near the OLS scale).
 - `se_ols` is the textbook sqrt(sigma2 (XX^-1)_jj), which ignores the DP noise; it is reported
   for comparison and teaching only (it under-covers when the DP noise is material).
 
@@ -396,13 +400,21 @@ def fit(
     return _result(cp, f, g_star, level, warnings)
 
 
+def _robust_sd(replicates: np.ndarray) -> np.ndarray:
+    """Per column IQR / 1.349: the SD for normal replicates, but not blown up by the few
+    replicates whose noisy design is nearly singular (seen in real studies: one such
+    replicate in 1,000 turned an SE of 0.5 into 1e6)."""
+    q75, q25 = np.percentile(replicates, [75, 25], axis=0)
+    return (q75 - q25) / (2 * NormalDist().inv_cdf(0.75))
+
+
 def _result(
     cp: CrossProducts, f: _Fit, g_star: np.ndarray, level: float, warnings: tuple[str, ...]
 ) -> RegressionResult:
     """Map the u-unit fit and replicates to raw units and assemble the result."""
     t, c_y, h_y = _to_raw(cp)
     beta = t @ (h_y * f.g + c_y * np.eye(len(f.g))[0])
-    se_boot = (h_y * g_star @ t.T).std(axis=0, ddof=1)  # the c_y shift is constant
+    se_boot = _robust_sd(h_y * g_star @ t.T)  # the c_y shift is constant
     se_ols = np.sqrt(f.s2 * h_y**2 * np.diag(t @ np.linalg.inv(f.xx) @ t.T))
     z = NormalDist().inv_cdf(0.5 + level / 2)
     names = (INTERCEPT, *cp.names[:-1])

@@ -1,0 +1,149 @@
+"""Study files against real node processes: plan, refusals before spending, run, replay."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.study import STANDARD_STUDY
+
+SUBSET = ("a01_household_type", "a05_paid_work", "a06_bridge_change", "a07_work_transitions",
+          "a08_debt_median", "a09_meta_paid_work", "a10_did_bridge", "a11_dose_response")
+
+
+@dataclass
+class LocalNetwork:
+    root: Path
+    network: Path
+    processes: list[subprocess.Popen[bytes]]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    root = tmp_path_factory.mktemp("study-network")
+    synth.write_network(root, members=3, seed=11)
+    members = local.write_configs(root, total_epsilon=50.0, max_per_query=2.5)
+    processes = local.start_nodes(members, root)
+    yield LocalNetwork(root, root / "network.yaml", processes)
+    local.stop_nodes(processes)
+
+
+def _bridgestat(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli",
+                           *map(str, args)], capture_output=True, text=True, timeout=240)
+
+
+def _write(tmp_path: Path, doc: dict[str, Any], name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _subset() -> dict[str, Any]:
+    doc = yaml.safe_load(STANDARD_STUDY.read_text(encoding="utf-8"))
+    doc["analyses"] = [a for a in doc["analyses"] if a["id"] in SUBSET]
+    return doc
+
+
+def _spent(net: LocalNetwork) -> dict[str, float]:
+    with Network.from_file(net.network) as client:
+        info = client.info()
+    return dict(zip(info.member, info.epsilon_spent, strict=True))
+
+
+def test_plan_shows_cost_and_what_each_member_would_have_left(network: LocalNetwork) -> None:
+    before = _spent(network)
+    done = _bridgestat("study", "plan", STANDARD_STUDY, "--network", network.network)
+    assert done.returncode == 0, done.stderr
+    for member in before:
+        line = next(x for x in done.stdout.splitlines() if x.startswith(member))
+        assert "EXCEEDS" not in line
+    assert "a11_dose_response" in done.stdout and "rho 0.1" in done.stdout
+    assert _spent(network) == before  # planning spends nothing
+
+
+def _bad(kind: str) -> dict[str, Any]:
+    doc = _subset()
+    target = next(a for a in doc["analyses"] if a["id"] == "a06_bridge_change")
+    if kind == "column":
+        target["column"] = "bridge_score"
+    elif kind == "statistic":
+        target["column"] = "household_type"
+    elif kind == "occasion":
+        doc["occasions"]["month_99"] = {"month": 99, "window": 3}
+        target["occasion"] = "month_99"
+    elif kind == "unaffordable":
+        doc["analyses"] = [dict(copy.deepcopy(target), id=f"repeat_{i}", epsilon=2.0)
+                           for i in range(30)]  # 30 x 2.0 plus shares > 50 per member
+    return doc
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("column", r"\(a06_bridge_change\).column: unknown column 'bridge_score'"),
+    ("statistic", r"\(a06_bridge_change\).column: a paired_change needs a numeric column"),
+    ("occasion", r"\(a06_bridge_change\).occasion: window 96-102 lies outside"),
+    ("unaffordable", r"the study's total loss is more than member-\d+ has left"),
+])
+def test_bad_studies_are_refused_before_anything_is_spent(network: LocalNetwork, tmp_path: Path,
+                                                          kind: str, message: str) -> None:
+    before = _spent(network)
+    done = _bridgestat("study", "run", _write(tmp_path, _bad(kind)), "--network",
+                       network.network, "--out", tmp_path / "out")
+    assert done.returncode == 2, done.stdout
+    assert __import__("re").search(message, done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+    assert _spent(network) == before
+
+
+def test_run_saves_every_result_and_a_rerun_replays_for_free(network: LocalNetwork,
+                                                             tmp_path: Path) -> None:
+    study = _write(tmp_path, _subset())
+    plan = _bridgestat("study", "plan", study, "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    before = _spent(network)
+    done = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                       tmp_path / "out", "--run-id", "run-1")
+    assert done.returncode == 0, done.stderr
+    assert "[8/8] a11_dose_response" in done.stdout  # progress per analysis
+    assert "member-01 ok" in done.stdout  # and per member
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [a["id"] for a in doc["analyses"]] == list(SUBSET)
+    for analysis in doc["analyses"]:
+        assert analysis["tables"] and analysis["plots"], analysis["id"]
+        for query in analysis["queries"]:
+            assert query["key"].startswith(f"run-1:{analysis['id']}:")
+            assert set(query["releases"]) == {"member-01", "member-02", "member-03"}
+        assert all(loss["epsilon"] > 0 or loss["rho"] > 0
+                   for loss in analysis["loss"].values())
+    kinds = {p["kind"] for a in doc["analyses"] for p in a["plots"]}
+    assert kinds == {"shares", "member_vs_network", "forest", "transition", "coefficients"}
+    after = _spent(network)
+    # the plan's cost is what was spent
+    planned = {line.split()[0]: float(line.split()[2]) for line in plan.stdout.splitlines()
+               if line.startswith("member-")}
+    for row in doc["budget"]:
+        assert row["epsilon_study"] == pytest.approx(planned[row["member"]], rel=1e-3)
+        assert after[row["member"]] == pytest.approx(row["epsilon_after"], rel=1e-12)
+
+    again = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                        tmp_path / "again", "--run-id", "run-1")
+    assert again.returncode == 0, again.stderr
+    assert _spent(network) == after  # every query replayed: nothing more spent
+    redo = json.loads((tmp_path / "again" / "results.json").read_text())
+    releases = [r for a in redo["analyses"] for q in a["queries"] for r in q["releases"].values()]
+    assert releases and all(r["replayed"] for r in releases)
+    first = doc["analyses"][2]["tables"][0]["rows"]
+    assert redo["analyses"][2]["tables"][0]["rows"] == first  # the same answers
+    assert before != after

@@ -2,9 +2,10 @@
 
 One cap per dataset, on the (epsilon, delta) guarantee of everything released: pure-DP
 losses (epsilon) and zCDP losses (rho) are summed separately and combined as
-epsilon_pure + epsilon(rho, delta) (see `loss.Loss`). A query is charged in one `BEGIN IMMEDIATE` transaction that checks
-the cap and reserves the loss *before* anything is computed; the release is stored with
-the query's idempotency key when it is committed, and only then leaves the node.
+epsilon_pure + epsilon(rho, delta) (see `loss.Loss`). A query is charged in one
+`BEGIN IMMEDIATE` transaction that checks the cap and reserves the loss *before* anything
+is computed; the release is stored with the query's idempotency key when it is committed,
+and only then leaves the node.
 
 - Same key, same query fingerprint, committed: the stored release is replayed, nothing spent.
 - Same key, other fingerprint: refused (`IdempotencyConflict`).

@@ -25,6 +25,7 @@ MAX_CELLS = 1000
 MAX_TERMS = 10  # regressors + response of a cross-products query
 MAX_CANDIDATES = 10_000  # quantile candidates
 SIGN_LABELS = ("decreased", "unchanged", "increased")
+MIN_LOSS = 1e-6  # below this the noise is astronomically large and its variance overflows
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ def _check_loss(query: QuerySpec, policy: Policy) -> None:
     gaussian = query.statistic is Statistic.CROSS_PRODUCTS
     used, unused = ("rho", "epsilon") if gaussian else ("epsilon", "rho")
     value, other = (query.rho, query.epsilon) if gaussian else (query.epsilon, query.rho)
-    if not math.isfinite(value) or value <= 0:
-        raise QueryError(f"query.loss.{used}", f"must be a finite number > 0, got {value}")
+    if not math.isfinite(value) or value < MIN_LOSS:
+        raise QueryError(f"query.loss.{used}", f"must be a finite number >= {MIN_LOSS:g} "
+                         f"(smaller losses drown every answer in noise), got {value}")
     if other != 0:
         raise QueryError(f"query.loss.{unused}", f"a {query.statistic.value} spends {used} "
                          f"only; leave {unused} unset")

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test protos check-protos clean
+.PHONY: install demo test chromium protos check-protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	rm -rf demo-network
 	$(VENV)/bin/bridgestat demo --members 5 --seed 7 --out demo-network
 
-test: $(STAMP)
+# The report test renders HTML in Debian's chromium; installed here when missing (as root).
+chromium:
+	sh scripts/ensure-chromium
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -ra
 
 protos: $(STAMP)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import api
+from bridgestat.coordinator import tables
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaError
@@ -198,13 +198,13 @@ def _simple(net: Network, a: Analysis, key: str) -> Output:
     out = Output()
     if a.statistic == "count":
         result = net.run(_query(a, "count", a.epsilon, bin_edges=()), f"{key}:0")
-        frame = api.count_table(result)
+        frame = tables.count_table(result)
     elif a.statistic == "mean":
         result = net.run(_query(a, "mean", a.epsilon, clip=a.clip), f"{key}:0")
-        frame = api.mean_table(result)
+        frame = tables.mean_table(result)
     else:  # proportion
         result = net.run(_query(a, "histogram", a.epsilon), f"{key}:0")
-        frame = api.proportion_table(result, a.categories)
+        frame = tables.proportion_table(result, a.categories)
     out.results.append(result)
     index = out.table(a.statistic, a.title, frame)
     out.plots.append({"kind": "member_vs_network", "table": index,
@@ -217,7 +217,7 @@ def _histogram(net: Network, a: Analysis, key: str) -> Output:
     out = Output()
     result = net.run(_query(a, "histogram", a.epsilon), f"{key}:0")
     out.results.append(result)
-    index = out.table("shares", a.title, api.histogram_table(result))
+    index = out.table("shares", a.title, tables.histogram_table(result))
     out.plots.append({"kind": "shares", "table": index, "category": "category"})
     return out
 
@@ -227,7 +227,7 @@ def _paired_change(net: Network, a: Analysis, key: str) -> Output:
     result = net.run(_query(a, "paired_change", a.epsilon, baseline=a.baseline, clip=a.clip),
                      f"{key}:0")
     out.results.append(result)
-    frame = api.paired_change_table(result)
+    frame = tables.paired_change_table(result)
     index = out.table("change", f"Mean change with Cohen's d_z: {a.title}", frame)
     out.plots.append({"kind": "member_vs_network", "table": index, "facet": None,
                       "label": "Mean change"})
@@ -236,7 +236,7 @@ def _paired_change(net: Network, a: Analysis, key: str) -> Output:
                                 bin_edges=()), f"{key}:1")
         out.results.append(shares)
         index = out.table("share_improved", f"Share improved ({a.improvement})",
-                          api.share_improved_table(shares, a.improvement))
+                          tables.share_improved_table(shares, a.improvement))
         out.plots.append({"kind": "member_vs_network", "table": index, "facet": None,
                           "label": "Share improved"})
     _meta(out, a, frame)
@@ -248,7 +248,7 @@ def _follow_up(net: Network, a: Analysis, key: str) -> Output:
     result = net.run(_query(a, "histogram", a.epsilon, baseline=a.baseline, bin_edges=()),
                      f"{key}:0")
     out.results.append(result)
-    index = out.table("followed_up", a.title, api.followed_up_table(result))
+    index = out.table("followed_up", a.title, tables.followed_up_table(result))
     out.plots.append({"kind": "member_vs_network", "table": index, "facet": None,
                       "label": "Share with a follow-up"})
     return out
@@ -259,10 +259,10 @@ def _transition(net: Network, a: Analysis, key: str) -> Output:
     result = net.run(_query(a, "histogram", a.epsilon, baseline=a.baseline, group_by=(),
                             bin_edges=()), f"{key}:0")
     out.results.append(result)
-    index = out.table("transitions", a.title, api.transition_table(result))
+    index = out.table("transitions", a.title, tables.transition_table(result))
     out.plots.append({"kind": "transition", "table": index})
     if a.categories:
-        diff = api.paired_difference_table(result, a.categories)
+        diff = tables.paired_difference_table(result, a.categories)
         index = out.table("paired_difference",
                           f"Share in {', '.join(a.categories)}: follow-up minus baseline "
                           "(same participants)", diff)
@@ -275,7 +275,7 @@ def _compare(net: Network, a: Analysis, key: str) -> Output:
     out = Output()
     result = net.run(_query(a, "histogram", a.epsilon, group_by=(a.group,)), f"{key}:0")
     out.results.append(result)
-    frame = api.compare_table(result, a.categories, a.group, a.groups)
+    frame = tables.compare_table(result, a.categories, a.group, a.groups)
     index = out.table("comparison", f"{a.groups[0]} vs {a.groups[1]}: {a.title}", frame)
     out.plots.append({"kind": "member_vs_network", "table": index, "facet": "measure",
                       "label": a.title})
@@ -289,7 +289,7 @@ def _did(net: Network, a: Analysis, key: str) -> Output:
     result = net.run(_query(a, "paired_change", a.epsilon, baseline=a.baseline, clip=a.clip,
                             group_by=(a.group,)), f"{key}:0")
     out.results.append(result)
-    frame = api.did_table(result, a.group, a.groups)
+    frame = tables.did_table(result, a.group, a.groups)
     index = out.table("did", f"Difference-in-differences ({a.groups[0]} minus "
                       f"{a.groups[1]}): {a.title}", frame)
     out.plots.append({"kind": "member_vs_network", "table": index, "facet": None,
@@ -306,8 +306,8 @@ def _regression(net: Network, a: Analysis, key: str) -> Output:
                   rho=a.rho, terms=a.terms)
     result = net.run(query, f"{key}:0")
     out.results.append(result)
-    fits = api.regression_fits(result, replicates=a.replicates, seed=0)
-    index = out.table("coefficients", a.title, api.regression_table(fits))
+    fits = tables.regression_fits(result, replicates=a.replicates, seed=0)
+    index = out.table("coefficients", a.title, tables.regression_table(fits))
     out.plots.append({"kind": "coefficients", "regression": NETWORK, "table": index})
     out.regression = {m: (f.to_dict() if isinstance(f, RegressionResult) else {"status": f})
                       for m, f in fits.items()}
@@ -324,7 +324,7 @@ def _quantile(net: Network, a: Analysis, key: str) -> Output:
     grid = net.run(Query("histogram", a.table, a.column, a.epsilon / 2, a.where,
                          occasion=a.occasion, bin_edges=a.candidates[1:-1]), f"{key}:1")
     out.results += [first, grid]
-    index = out.table("quantile", a.title, api.quantile_table(first, grid, a.q, a.candidates))
+    index = out.table("quantile", a.title, tables.quantile_table(first, grid, a.q, a.candidates))
     out.plots.append({"kind": "member_vs_network", "table": index, "facet": None,
                       "label": f"Quantile {a.q:g}"})
     out.notes.append("Member values come from OpenDP's exponential mechanism (no closed-form "
@@ -336,7 +336,7 @@ def _meta(out: Output, a: Analysis, frame: pd.DataFrame, label: str = "") -> Non
     if not a.meta:
         return
     try:
-        result = api.meta_from_table(frame)
+        result = tables.meta_from_table(frame)
     except MetaError as exc:
         out.notes.append(f"meta-analysis not possible: {exc}")
         return

@@ -1,10 +1,15 @@
-"""Shared fixtures: a synthetic member, its node in-process on a loopback port."""
+"""Shared fixtures: a synthetic member, its node in-process on a loopback port; a synthetic
+network of node processes."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -43,3 +48,31 @@ def node(tmp_path: Path) -> Iterator[RunningNode]:
     yield running
     channel.close()
     server.stop(grace=None).wait()
+
+
+@dataclass
+class LocalNetwork:
+    """A synthetic network whose nodes run as processes on loopback ports."""
+
+    root: Path
+    truth: dict[str, Any]
+    members: list[local.LocalMember]
+    processes: list[subprocess.Popen[bytes]]
+
+    @property
+    def network(self) -> Path:
+        return self.root / "network.yaml"
+
+
+@contextmanager
+def local_network(root: Path, members: int, seed: int, total_epsilon: float,
+                  max_per_query: float) -> Iterator[LocalNetwork]:
+    """Write the network, start its nodes, stop them afterwards whatever happens."""
+    synth.write_network(root, members=members, seed=seed)
+    configs = local.write_configs(root, total_epsilon=total_epsilon, max_per_query=max_per_query)
+    processes = local.start_nodes(configs, root)
+    try:
+        yield LocalNetwork(root, json.loads((root / "truth.json").read_text()), configs,
+                           processes)
+    finally:
+        local.stop_nodes(processes)

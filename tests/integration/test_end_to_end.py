@@ -15,16 +15,15 @@ import math
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator import local
 from bridgestat.coordinator.api import NETWORK, Network
 from bridgestat.coordinator.query import Occasion
+from tests.integration.conftest import LocalNetwork, local_network
 
 MONTH_12 = Occasion.month(12, 3)
 CLIP = (-40.0, 40.0)  # public bounds of the 12-month Bridge change (the synthetic SD is 12)
@@ -33,22 +32,11 @@ K = math.log(1 / ALPHA) / math.sqrt(2)  # about 9.1 DP standard errors
 PAID = ["paid_with_support", "paid_part_time", "paid_full_time", "self_employed"]
 
 
-@dataclass
-class LocalNetwork:
-    root: Path
-    truth: dict[str, Any]
-    members: list[local.LocalMember]
-    processes: list[subprocess.Popen[bytes]]
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    root = tmp_path_factory.mktemp("network")
-    synth.write_network(root, members=5, seed=7)
-    members = local.write_configs(root, total_epsilon=20.0, max_per_query=2.0)
-    processes = local.start_nodes(members, root)
-    yield LocalNetwork(root, json.loads((root / "truth.json").read_text()), members, processes)
-    local.stop_nodes(processes)
+    with local_network(tmp_path_factory.mktemp("network"), members=5, seed=7,
+                       total_epsilon=20.0, max_per_query=2.0) as running:
+        yield running
 
 
 def _within(row: pd.Series, truth: float, what: str) -> None:

@@ -7,36 +7,25 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.study import STANDARD_STUDY
+from tests.integration.conftest import LocalNetwork, local_network
 
 SUBSET = ("a01_household_type", "a05_paid_work", "a06_bridge_change", "a07_work_transitions",
           "a08_debt_median", "a09_meta_paid_work", "a10_did_bridge", "a11_dose_response")
 
 
-@dataclass
-class LocalNetwork:
-    root: Path
-    network: Path
-    processes: list[subprocess.Popen[bytes]]
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    root = tmp_path_factory.mktemp("study-network")
-    synth.write_network(root, members=3, seed=11)
-    members = local.write_configs(root, total_epsilon=50.0, max_per_query=2.5)
-    processes = local.start_nodes(members, root)
-    yield LocalNetwork(root, root / "network.yaml", processes)
-    local.stop_nodes(processes)
+    with local_network(tmp_path_factory.mktemp("study-network"), members=3, seed=11,
+                       total_epsilon=50.0, max_per_query=2.5) as running:
+        yield running
 
 
 def _bridgestat(*args: str | Path) -> subprocess.CompletedProcess[str]:

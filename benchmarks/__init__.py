@@ -1,0 +1,1 @@
+"""Benchmarks (run as scripts); a package so that tests can import their simulation cores."""

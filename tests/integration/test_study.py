@@ -136,3 +136,18 @@ def test_run_saves_every_result_and_a_rerun_replays_for_free(network: LocalNetwo
     first = doc["analyses"][2]["tables"][0]["rows"]
     assert redo["analyses"][2]["tables"][0]["rows"] == first  # the same answers
     assert before != after
+
+
+def test_report_of_a_real_run_renders_in_chromium(network: LocalNetwork, tmp_path: Path) -> None:
+    from bridgestat.coordinator.report import iter_plot_keys, load_results
+    from tests.integration.chromium import ARTIFACTS, assert_renders_in_chromium, require_chromium
+
+    require_chromium()  # before spending budget on a run whose report cannot be checked
+    study = _write(tmp_path, _subset())
+    done = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                       tmp_path / "out", "--run-id", "run-report", "--report")
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr  # e.g. matplotlib's layout warnings while rendering
+    report = tmp_path / "out" / "report.html"
+    plots = assert_renders_in_chromium(report, ARTIFACTS / "study-report.png")
+    assert plots == list(iter_plot_keys(load_results(tmp_path / "out" / "results.json")))

@@ -1,0 +1,282 @@
+"""Building blocks of the report's charts: style, reproducible SVG, dot-and-whisker, grids.
+
+Plots use matplotlib's object API on an explicit Agg canvas (no pyplot, no global backend
+switch) with fixed sizes, a fixed `svg.hashsalt` and no date metadata, so the same document
+always gives the same bytes. Text in the SVGs is drawn as paths: it looks the same everywhere.
+
+Every figure uses constrained layout. Text drawn inside an axes (such as 'not estimable') is
+kept short and clipped to the axes, because text that sticks out of a narrow panel makes
+constrained layout give the axes no room at all (matplotlib then warns and skips the layout).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+from bridgestat.coordinator.formatting import is_ok, readable, status_head
+from bridgestat.coordinator.results_doc import NETWORK, Row, finite
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
+MAX_PANELS = 12
+"""Small multiples beyond this many panels are left out of a plot (the table has them all)."""
+
+FIG_WIDTH = 8.0  # inches; 768 CSS px at the SVG's natural size
+MEMBER_COLOR = "#486581"
+NETWORK_COLOR = "#c2410c"
+MUTED_COLOR = "#7b8794"
+INK_COLOR = "#1f2933"
+CATEGORY_COLORS = (
+    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
+    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+)  # Tableau 10: distinguishable, colour-blind tolerant
+SHORT_REASON = 24
+"""Longest status shown beside 'not estimable' in a chart; longer ones say 'see table'."""
+
+RC: dict[RcKeyType, Any] = {
+    "svg.hashsalt": "bridgestat-report",
+    "svg.fonttype": "path",
+    "font.family": "DejaVu Sans",
+    "font.size": 9.0,
+    "axes.titlesize": 9.5,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.labelsize": 9.0,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.edgecolor": "#9aa5b1",
+    "axes.labelcolor": INK_COLOR,
+    "axes.axisbelow": True,
+    "axes.grid": True,
+    "axes.grid.axis": "x",
+    "grid.color": "#e4e7eb",
+    "grid.linewidth": 0.8,
+    "xtick.color": "#52606d",
+    "ytick.color": INK_COLOR,
+    "legend.frameon": False,
+    "legend.fontsize": 8.5,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+}
+"""The report's matplotlib style, applied with `rc_context` around each plot."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One line of a dot-and-whisker chart."""
+
+    label: str
+    estimate: float | None
+    low: float | None
+    high: float | None
+    network: bool
+    status: str
+
+
+def new_figure(height: float, width: float = FIG_WIDTH) -> Figure:
+    """A figure on an explicit Agg canvas (no pyplot state), with constrained layout."""
+    layout = ConstrainedLayoutEngine(w_pad=0.06, h_pad=0.06)
+    fig = Figure(figsize=(width, max(1.6, height)), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def svg_bytes(fig: Figure) -> bytes:
+    """The figure as reproducible SVG (fixed hash salt, no date or creator metadata)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    return buffer.getvalue()
+
+
+def z_value(level: float) -> float:
+    """Two-sided normal critical value for coverage `level`."""
+    return NormalDist().inv_cdf((1 + level) / 2)
+
+
+def interval(row: Row, level: float = 0.95) -> tuple[float | None, float | None]:
+    """The row's CI: ci_low/ci_high if given, else estimate +- z se, else (None, None)."""
+    low, high = finite(row.get("ci_low")), finite(row.get("ci_high"))
+    if low is not None and high is not None:
+        return low, high
+    estimate, se = finite(row.get("estimate")), finite(row.get("se"))
+    if estimate is not None and se is not None:
+        return estimate - z_value(level) * se, estimate + z_value(level) * se
+    return None, None
+
+
+def row_label(row: Row, index: int) -> str:
+    """How a chart names a row: its member, else its term or group, else its position."""
+    for key in ("member", "term", "group"):
+        if row.get(key) is not None:
+            return str(row[key])
+    return f"row {index + 1}"
+
+
+def member_order(members: Sequence[str]) -> Callable[[Row], tuple[int, int]]:
+    """Sort key: members in network order, then unknown labels, NETWORK last."""
+    position = {m: i for i, m in enumerate(members)}
+
+    def key(row: Row) -> tuple[int, int]:
+        member = row.get("member")
+        if member == NETWORK:
+            return (2, 0)
+        return (0, position[member]) if member in position else (1, 0)
+
+    return key
+
+
+def points(rows: Sequence[Row], members: Sequence[str]) -> list[Point]:
+    """Dot-and-whisker lines for table rows, in network order with NETWORK last."""
+    ordered = sorted(rows, key=member_order(members))
+    lines = []
+    for i, row in enumerate(ordered):
+        low, high = interval(row)
+        lines.append(Point(row_label(row, i), finite(row.get("estimate")), low, high,
+                           row.get("member") == NETWORK, str(row.get("status") or "")))
+    return lines
+
+
+def positions(lines: Sequence[Point]) -> list[float]:
+    """y positions top to bottom, with a half-line gap before the NETWORK line(s)."""
+    ys: list[float] = []
+    y = 0.0
+    for i, point in enumerate(lines):
+        if point.network and i > 0 and not lines[i - 1].network:
+            y += 0.5
+        ys.append(-y)
+        y += 1.0
+    return ys
+
+
+def not_estimable_text(status: str) -> str:
+    """'not estimable', with the reason when it is short (long reasons are in the table)."""
+    reason = readable(status).strip()
+    if reason.startswith("not estimable"):
+        reason = reason.removeprefix("not estimable").lstrip(" :")
+    if is_ok(status) or not reason:
+        return "not estimable"
+    for text in (reason, status_head(reason)):
+        if len(text) <= SHORT_REASON:
+            return f"not estimable ({text})"
+    return "not estimable (see table)"
+
+
+def dot_whisker(ax: Axes, lines: Sequence[Point], reference: float | None,
+                zero_line: bool = False) -> None:
+    """Horizontal estimates with CIs; NETWORK highlighted; unestimable lines say so."""
+    ys = positions(lines)
+    for y, point in zip(ys, lines, strict=True):
+        color = NETWORK_COLOR if point.network else MEMBER_COLOR
+        if point.estimate is None:
+            ax.text(0.01, y, not_estimable_text(point.status),
+                    transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=8,
+                    style="italic", color=MUTED_COLOR, clip_on=True, in_layout=False)
+            continue
+        if point.low is not None and point.high is not None:
+            ax.hlines(y, point.low, point.high, color=color, linewidth=2.2 if point.network
+                      else 1.6, zorder=2)
+        ax.plot([point.estimate], [y], marker="D" if point.network else "o", linestyle="none",
+                markersize=7.5 if point.network else 5.5, color=color, zorder=3,
+                markeredgecolor="white", markeredgewidth=0.6)
+    if zero_line:
+        ax.axvline(0, color="#3e4c59", linewidth=0.8, zorder=1)
+    if reference is not None:
+        ax.axvline(reference, color=NETWORK_COLOR, linewidth=0.9, linestyle=(0, (4, 3)),
+                   alpha=0.8, zorder=1)
+    if any(p.network for p in lines) and not all(p.network for p in lines):
+        first = next(i for i, p in enumerate(lines) if p.network)
+        ax.axhline(ys[first] + 0.75, color="#cbd2d9", linewidth=0.7, zorder=0)
+    y_labels(ax, ys, lines)
+
+
+def y_labels(ax: Axes, ys: Sequence[float], lines: Sequence[Point]) -> None:
+    """Row labels on the y axis, NETWORK bold in its colour among others; margins."""
+    ax.set_yticks(list(ys), [p.label for p in lines])
+    ax.tick_params(axis="y", length=0)
+    emphasise = not all(p.network for p in lines)  # one fit's terms: nothing to single out
+    for tick, point in zip(ax.get_yticklabels(), lines, strict=True):
+        if point.network and emphasise:
+            tick.set_fontweight("bold")
+            tick.set_color(NETWORK_COLOR)
+    ax.set_ylim(min(ys) - 0.7, max(ys) + 0.7)
+    ax.spines["left"].set_visible(False)
+
+
+def spans_zero(lines: Iterable[Point]) -> bool:
+    """Whether zero lies inside the drawn range, so a zero line means something."""
+    ends = [x for p in lines for x in (p.low, p.estimate, p.high) if x is not None]
+    return bool(ends) and min(ends) < 0 < max(ends)
+
+
+def reference(lines: Sequence[Point]) -> float | None:
+    """The NETWORK estimate a chart draws its reference line at (None if not estimable)."""
+    return next((p.estimate for p in lines if p.network and p.estimate is not None), None)
+
+
+def ncols(count: int) -> int:
+    """Columns of a small-multiples grid: 1 panel alone, up to 4 in two columns, else three."""
+    return 1 if count == 1 else 2 if count <= 4 else 3
+
+
+def panel_grid(fig: Figure, count: int, sharex: bool) -> list[Axes]:
+    """count axes in a grid of 1-3 columns; unused cells are hidden."""
+    columns = ncols(count)
+    nrows = math.ceil(count / columns)
+    grid = fig.subplots(nrows, columns, sharex=sharex, squeeze=False)
+    axes = [ax for line in grid for ax in line]
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    for ax in axes[:count]:
+        ax.tick_params(axis="x", labelbottom=True)
+    return axes[:count]
+
+
+def grid_height(count: int, lines: int) -> float:
+    """Figure height for `count` panels of `lines` rows each, laid out by `panel_grid`."""
+    return math.ceil(count / ncols(count)) * (0.27 * lines + 0.95) + 0.35
+
+
+def facets(rows: Sequence[Row], column: str | None) -> list[tuple[str | None, list[Row]]]:
+    """Rows grouped by `column` in order of first appearance (one group if column is None)."""
+    if column is None:
+        return [(None, list(rows))]
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        value = row.get(column)
+        groups.setdefault("—" if value is None else str(value), []).append(row)
+    return list(groups.items())
+
+
+def nothing_to_draw(alt: str, message: str) -> tuple[Figure, str, str]:
+    """A small placeholder plot saying why there is nothing to draw (not a silent gap)."""
+    fig = new_figure(1.0)
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", style="italic", color=MUTED_COLOR,
+            wrap=True, in_layout=False)
+    return fig, alt, html.escape(message)
+
+
+def truncation_note(total: int) -> str:
+    """Caption text when small multiples were cut at MAX_PANELS."""
+    if total <= MAX_PANELS:
+        return ""
+    return f" Showing the first {MAX_PANELS} of {total} panels; the table lists all of them."
+
+
+def text_color(hex_color: str) -> str:
+    """White or dark text, whichever reads better on the given fill."""
+    r, g, b = (int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return INK_COLOR if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"

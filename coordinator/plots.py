@@ -94,7 +94,8 @@ def _plot_member_vs_network(ctx: _Context) -> Drawn:
     shown = groups[:fg.MAX_PANELS]
     lines = max([len(rows) for _, rows in shown] + [1])
     fig = fg.new_figure(fg.grid_height(len(shown), lines))
-    axes = fg.panel_grid(fig, len(shown), sharex=True)
+    # panels of one quantity (e.g. categories) share a scale; of different measures not
+    axes = fg.panel_grid(fig, len(shown), sharex=bool(ctx.spec.get("sharex", True)))
     order = fg.member_order(ctx.members)
     label_sets = [[fg.row_label(r, i) for i, r in enumerate(sorted(rows, key=order))]
                   for _, rows in shown]

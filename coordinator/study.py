@@ -169,6 +169,8 @@ def _short(frame: pd.DataFrame) -> str:
     shown = frame[columns]
     if len(shown) > 24:
         shown = shown[shown.member == NETWORK]
+    if "status" in shown:
+        shown = shown.assign(status=shown.status.astype(str).str.slice(0, 40))
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
 
 
@@ -278,7 +280,7 @@ def _compare(net: Network, a: Analysis, key: str) -> Output:
     frame = tables.compare_table(result, a.categories, a.group, a.groups)
     index = out.table("comparison", f"{a.groups[0]} vs {a.groups[1]}: {a.title}", frame)
     out.plots.append({"kind": "member_vs_network", "table": index, "facet": "measure",
-                      "label": a.title})
+                      "sharex": False, "label": a.title})
     if a.meta:
         _meta(out, a, frame[frame.measure == "risk_difference"], "risk difference")
     return out

@@ -127,7 +127,8 @@ def paired_difference_table(result: QueryResult, categories: Sequence[str]) -> p
 def compare_table(result: QueryResult, categories: tuple[str, ...], group: str,
                   groups: tuple[str, str]) -> pd.DataFrame:
     """One row per member (and NETWORK) per measure: the share in each group, RD, log RR,
-    log OR of groups[0] against groups[1]."""
+    log OR of groups[0] against groups[1]. A member whose group has a noisy count under
+    MIN_ARM_N has no such group; NETWORK pools every answering member's cells."""
     rows: list[dict[str, Any]] = []
     for member in (*result.members, NETWORK):
         shares = _group_shares(result, member, categories, group, groups)
@@ -160,7 +161,11 @@ def _group_shares(result: QueryResult, member: str, categories: tuple[str, ...],
              for m in members]) for g in groups)]
     except PoolingError as exc:
         return f"not estimable: {exc}"
-    return pairs[0][0], pairs[0][1]
+    a, b = pairs[0]
+    small = [g for g, e in zip(groups, (a, b), strict=True) if e.n < MIN_ARM_N]
+    if small and member != NETWORK:  # decided on the noisy count, like did_table
+        return f"no {small[0]} group (noisy n < {MIN_ARM_N:g})"
+    return a, b
 
 
 def _cell_of(release: MemberRelease, group: Group) -> CellRelease:

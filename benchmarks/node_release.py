@@ -17,7 +17,7 @@ from bridgestat.coordinator import local, synth
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine
-from bridgestat.node.query import Occasion, QuerySpec, Statistic
+from bridgestat.node.query import INTAKE, Occasion, QuerySpec, Statistic, Term
 
 QUERIES = {
     "mean participant.months_in_program": QuerySpec(Statistic.MEAN, "participant",
@@ -29,6 +29,17 @@ QUERIES = {
     "paired change bridge_total 12m": QuerySpec(Statistic.PAIRED_CHANGE, "assessment",
                                                 "bridge_total", 0.001,
                                                 occasion=Occasion(12, 9, 15)),
+    "transitions work_status 12m": QuerySpec(Statistic.HISTOGRAM, "assessment", "work_status",
+                                             0.001, occasion=Occasion(12, 9, 15),
+                                             baseline=INTAKE),
+    "quantile total_debt @intake (201 candidates)": QuerySpec(
+        Statistic.QUANTILE, "assessment", "total_debt", 0.001, quantile=0.5,
+        bin_edges=tuple(float(x) for x in range(0, 100001, 500))),
+    "cross products: change ~ sessions + arm": QuerySpec(
+        Statistic.CROSS_PRODUCTS, "assessment", "", 0.0, rho=0.001,
+        terms=(Term("total_sessions", clip=(0.0, 60.0)), Term("arm", category="comparison"),
+               Term("bridge_total", occasion=Occasion(12, 9, 15), baseline=INTAKE,
+                    clip=(-40.0, 40.0)))),
 }
 
 

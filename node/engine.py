@@ -121,7 +121,7 @@ def _writable(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _quantile(component: Component, values: np.ndarray[Any, Any]) -> NoisyValue:
-    chosen = component.release([float(v) for v in values])
+    chosen = component.release(np.require(values, dtype=np.float64, requirements=["C", "W"]))
     return NoisyValue(component.name, float(chosen), component.noise_scale,
                       component.noise_variance, component.epsilon)
 

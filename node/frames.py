@@ -49,6 +49,7 @@ class Frames:
         self._joined = lru_cache(maxsize=32)(self._join)
         self._paired = lru_cache(maxsize=32)(self._pair)
         self._transitions = lru_cache(maxsize=32)(self._transition)
+        self._terms = lru_cache(maxsize=64)(self._term_on)
 
     def _select_occasion(self, table_name: str, occ: Occasion) -> pd.DataFrame:
         table = self.schema.table(table_name)
@@ -95,6 +96,18 @@ class Frames:
             codes = np.where(np.isnan(change), -1, binned)
         return base.assign(_value=codes.astype(np.int64))
 
+    def _base(self, table: TableSpec, occasion: Occasion) -> pd.DataFrame:
+        """The participants a cross-products query starts from (filters see these rows)."""
+        return self.participants if not table.has_occasions else self._joined(table.name,
+                                                                             occasion)
+
+    def _term_on(self, resolved: ResolvedTerm, table_name: str, occasion: Occasion
+                 ) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """A term's values aligned to `_base(table, occasion)`; cached, since reindexing a
+        million string keys is most of a regression query's cost."""
+        frame = self._base(self.schema.table(table_name), occasion)
+        return self._term(frame, resolved).to_numpy(dtype=np.float64)
+
     def _term(self, frame: pd.DataFrame, resolved: ResolvedTerm) -> pd.Series:
         """One regression term's value per participant of `frame` (NaN when missing)."""
         term, name = resolved.term, resolved.column.name
@@ -115,9 +128,9 @@ class Frames:
         """One row per participant taking part, with a `_value` column when measured."""
         table: TableSpec = plan.table
         if plan.query.statistic is Statistic.CROSS_PRODUCTS:
-            frame = (self.participants if not table.has_occasions
-                     else self._joined(table.name, plan.occasion or INTAKE))
-            return frame.assign(**{f"_t{i}": self._term(frame, t)
+            occasion = plan.occasion or INTAKE
+            frame = self._base(table, occasion)
+            return frame.assign(**{f"_t{i}": self._terms(t, table.name, occasion)
                                    for i, t in enumerate(plan.terms)})
         if plan.transition:
             assert plan.baseline is not None and plan.occasion is not None and plan.column

@@ -903,7 +903,8 @@ def _read_outcomes(folder: Path) -> pd.DataFrame:
 
 
 def _pick(row: Ints, eligible: Bools, month: Ints, target: int, n: int) -> Ints:
-    """Per participant, the eligible occasion nearest `target` months (earlier on a tie); -1 if none."""
+    """Per participant, the eligible occasion nearest `target` months (earlier on a tie);
+    -1 if none."""
     candidates = np.flatnonzero(eligible & (row >= 0))
     order = candidates[np.lexsort((month[candidates], np.abs(month[candidates] - target)))]
     owners, first = np.unique(row[order], return_index=True)

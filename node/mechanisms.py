@@ -130,8 +130,11 @@ def histogram_component(n_categories: int, epsilon: float) -> Component:
     return Component("histogram", measurement, float(measurement.map(1)), scale, 1.0)
 
 
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+
+
 def fixed_point(values: np.ndarray[Any, np.dtype[np.float64]], lower: float, upper: float
-                ) -> tuple[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, np.dtype[np.int64]]]:
+                ) -> tuple[IntArray, IntArray]:
     """Clip to the public bounds; return (z, w) fixed-point integers for sum and squares."""
     half = (upper - lower) / 2
     centred = (np.clip(values, lower, upper) - (lower + upper) / 2) / half

@@ -9,6 +9,16 @@ Example:
     listen: 127.0.0.1:50051
     budget: {dataset: extract-2026, total_epsilon: 10.0, max_epsilon_per_query: 1.0}
     ledger: ./ledger.sqlite
+    tls: {ca: ca.pem, cert: member-01.pem, key: member-01.key, allow: [coordinator]}
+    policy: ./policy.yaml                   # optional: the member's policy file
+    audit: ./audit.jsonl                    # default: audit.jsonl beside the ledger
+    metrics: 127.0.0.1:9464                 # optional Prometheus endpoint
+    log_format: json                        # or text
+
+Data sources: `csv` (a folder of <table>.csv), `parquet` (a folder of <table>.parquet),
+`excel` (one workbook, one sheet per table), `postgresql` (`dsn`, the password from the
+environment variable named by `password_env`, and `tables` mapping schema tables to the
+member's tables or views).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +35,14 @@ import yaml
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, Schema, load_schema
 
-_TOP_KEYS = {"node_id", "data", "schema", "categories", "listen", "budget", "ledger"}
-_DATA_KEYS = {"source", "path"}
+_TOP_KEYS = {"node_id", "data", "schema", "categories", "listen", "budget", "ledger", "tls",
+             "policy", "audit", "metrics", "log_format"}
+_DATA_KEYS = {"source", "path", "dsn", "password_env", "tables"}
+_TLS_KEYS = {"ca", "cert", "key", "allow"}
+_LOG_FORMATS = ("text", "json")
 _BUDGET_KEYS = {"dataset", "total_epsilon", "max_epsilon_per_query", "delta"}
 DEFAULT_DELTA = 1e-6
-_SOURCES = ("csv",)
+_SOURCES = ("csv", "parquet", "excel", "postgresql")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -42,16 +55,52 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Where the member's data are: a file source (path) or a database (dsn + tables)."""
+
+    source: str  # csv | parquet | excel | postgresql
+    path: Path | None = None
+    dsn: str = ""
+    password_env: str = ""
+    tables: Mapping[str, str] = field(default_factory=dict)  # schema table -> table or view
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The node's certificate and key, the network CA, and who may call it."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    allow: tuple[str, ...]  # caller identities (certificate common names)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     source: str  # the config file, for messages
     node_id: str
-    data_source: str
-    data_path: Path
+    data: DataConfig
     schema_path: Path
     categories: Mapping[str, tuple[str, ...]]
     listen: str
     budget: BudgetConfig
     ledger_path: Path
+    tls: TlsConfig | None = None  # None: plain text, only with --insecure
+    policy_path: Path | None = None
+    audit_path: Path | None = None
+    metrics_listen: str | None = None
+    log_format: str = "text"
+
+    @property
+    def data_source(self) -> str:
+        return self.data.source
+
+    @property
+    def data_path(self) -> Path:
+        """The folder or workbook of a file source."""
+        if self.data.path is None:
+            raise ConfigError(self.source, "data.path", f"a {self.data.source} source has no path")
+        return self.data.path
 
     def schema(self) -> Schema:
         """The schema with node-declared categories filled in, checked against it."""
@@ -83,19 +132,65 @@ def load_config(path: Path) -> NodeConfig:
     node_id = _string(doc, "node_id", source)
     if not _NAME.match(node_id):
         raise ConfigError(source, "node_id", "use letters, digits, '.', '_' or '-' (max 64)")
-    data = _mapping(doc.get("data"), source, "data", _DATA_KEYS)
-    data_source = str(data.get("source", "csv"))
-    if data_source not in _SOURCES:
-        raise ConfigError(source, "data.source", f"must be one of {', '.join(_SOURCES)}")
+    ledger = base / _string(doc, "ledger", source)
+    log_format = doc.get("log_format", "text")
+    if log_format not in _LOG_FORMATS:
+        raise ConfigError(source, "log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
     return NodeConfig(
-        source=source, node_id=node_id, data_source=data_source,
-        data_path=base / _string(data, "path", source, "data."),
+        source=source, node_id=node_id, data=_data(doc.get("data"), base, source),
         schema_path=_schema_path(doc.get("schema", "default"), base, source),
         categories=_categories(doc.get("categories", {}), source),
         listen=_listen(doc.get("listen", "127.0.0.1:50051"), source),
         budget=_budget(doc.get("budget"), source, node_id),
-        ledger_path=base / _string(doc, "ledger", source),
+        ledger_path=ledger,
+        tls=_tls(doc["tls"], base, source) if "tls" in doc else None,
+        policy_path=_file(doc, "policy", base, source) if "policy" in doc else None,
+        audit_path=base / _string(doc, "audit", source) if "audit" in doc
+        else ledger.with_name("audit.jsonl"),
+        metrics_listen=_listen(doc["metrics"], source, "metrics") if "metrics" in doc else None,
+        log_format=str(log_format),
     )
+
+
+def _data(value: Any, base: Path, source: str) -> DataConfig:
+    data = _mapping(value, source, "data", _DATA_KEYS)
+    kind = str(data.get("source", "csv"))
+    if kind not in _SOURCES:
+        raise ConfigError(source, "data.source", f"must be one of {', '.join(_SOURCES)}")
+    if kind != "postgresql":
+        for key in ("dsn", "password_env", "tables"):
+            if key in data:
+                raise ConfigError(source, f"data.{key}", f"only a postgresql source has {key}")
+        return DataConfig(kind, path=base / _string(data, "path", source, "data."))
+    if "path" in data:
+        raise ConfigError(source, "data.path", "a postgresql source takes dsn and tables")
+    tables = data.get("tables", {})
+    if not isinstance(tables, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in tables.items()):
+        raise ConfigError(source, "data.tables", "must map schema tables to table or view names")
+    password_env = data.get("password_env", "")
+    if not isinstance(password_env, str):
+        raise ConfigError(source, "data.password_env", "must name an environment variable")
+    return DataConfig(kind, dsn=_string(data, "dsn", source, "data."),
+                      password_env=password_env, tables=dict(tables))
+
+
+def _tls(value: Any, base: Path, source: str) -> TlsConfig:
+    doc = _mapping(value, source, "tls", _TLS_KEYS)
+    allow = doc.get("allow")
+    if not isinstance(allow, list) or not allow or not all(
+            isinstance(a, str) and a for a in allow):
+        raise ConfigError(source, "tls.allow", "must list the caller identities allowed "
+                          "(certificate common names), e.g. [coordinator]")
+    return TlsConfig(*(_file(doc, k, base, source, "tls.") for k in ("ca", "cert", "key")),
+                     allow=tuple(allow))
+
+
+def _file(doc: Mapping[str, Any], key: str, base: Path, source: str, prefix: str = "") -> Path:
+    path = base / _string(doc, key, source, prefix)
+    if not path.is_file():
+        raise ConfigError(source, f"{prefix}{key}", f"file {path} does not exist")
+    return path
 
 
 def _mapping(value: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
@@ -141,10 +236,10 @@ def _categories(value: Any, source: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _listen(value: Any, source: str) -> str:
+def _listen(value: Any, source: str, key: str = "listen") -> str:
     host, sep, port = str(value).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(source, "listen", f"must be host:port, got {value!r}")
+        raise ConfigError(source, key, f"must be host:port, got {value!r}")
     return str(value)
 
 

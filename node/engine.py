@@ -64,8 +64,9 @@ class Engine:
     def _compile_uncached(self, query: QuerySpec) -> Plan:
         return compile_query(query, self.schema, self.policy)
 
-    def run(self, key: str, query: QuerySpec) -> Answer:
-        """Charge and release `query` once per idempotency key."""
+    def run(self, key: str, query: QuerySpec, caller: str = "anonymous") -> Answer:
+        """Charge and release `query` once per idempotency key. `caller` is the identity the
+        transport authenticated (a certificate's common name), for the audit log."""
         if not key or len(key) > MAX_KEY_LENGTH:
             raise QueryError("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
         plan = self.plan(query)

@@ -1,0 +1,55 @@
+from bridgestat.v1 import node_service_pb2 as _node_service_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Hello(_message.Message):
+    __slots__ = ("node_id", "software_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    software_version: str
+    def __init__(self, node_id: _Optional[str] = ..., software_version: _Optional[str] = ...) -> None: ...
+
+class NodeMessage(_message.Message):
+    __slots__ = ("hello", "reply")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    reply: NodeReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., reply: _Optional[_Union[NodeReply, _Mapping]] = ...) -> None: ...
+
+class CoordinatorRequest(_message.Message):
+    __slots__ = ("request_id", "caller", "get_node_info", "run_query")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    GET_NODE_INFO_FIELD_NUMBER: _ClassVar[int]
+    RUN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    caller: str
+    get_node_info: _node_service_pb2.GetNodeInfoRequest
+    run_query: _node_service_pb2.RunQueryRequest
+    def __init__(self, request_id: _Optional[str] = ..., caller: _Optional[str] = ..., get_node_info: _Optional[_Union[_node_service_pb2.GetNodeInfoRequest, _Mapping]] = ..., run_query: _Optional[_Union[_node_service_pb2.RunQueryRequest, _Mapping]] = ...) -> None: ...
+
+class ErrorStatus(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class NodeReply(_message.Message):
+    __slots__ = ("request_id", "node_info", "run_query", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_INFO_FIELD_NUMBER: _ClassVar[int]
+    RUN_QUERY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    node_info: _node_service_pb2.GetNodeInfoResponse
+    run_query: _node_service_pb2.RunQueryResponse
+    error: ErrorStatus
+    def __init__(self, request_id: _Optional[str] = ..., node_info: _Optional[_Union[_node_service_pb2.GetNodeInfoResponse, _Mapping]] = ..., run_query: _Optional[_Union[_node_service_pb2.RunQueryResponse, _Mapping]] = ..., error: _Optional[_Union[ErrorStatus, _Mapping]] = ...) -> None: ...

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from bridgestat.coordinator import local, synth
-from bridgestat.coordinator.hub import MEMBER_HEADER, Hub, start_hub
+from bridgestat.coordinator.hub import MEMBER_HEADER, start_hub
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.connect import Backoff, Connector

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test chromium protos check-protos clean
+.PHONY: install demo test chromium postgresql protos check-protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: $(STAMP)
 chromium:
 	sh scripts/ensure-chromium
 
-test: $(STAMP) chromium
+# The data-source tests start a throwaway server from Debian's postgresql (installed as root).
+postgresql:
+	sh scripts/ensure-postgresql
+
+test: $(STAMP) chromium postgresql
 	$(PY) -m pytest -q -ra
 
 protos: $(STAMP)

@@ -38,7 +38,7 @@ def main() -> None:
         processes = local.start_nodes(members, root)
         try:
             with Network.from_file(root / "network.yaml") as net:
-                single = Network(net.members[:1])
+                single = Network(net.members[:1], tls=net.tls)
                 for _ in range(10):  # warm channels and the nodes' plan caches
                     net.mean("assessment", "bridge_total", epsilon=0.5)
                     single.info()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from bridgestat.coordinator.fanout import Failure, Fanout, Success
-from bridgestat.coordinator.network import Member, load_network
+from bridgestat.coordinator.network import Member, TlsFiles, load_network, require_tls
 from bridgestat.coordinator.query import INTAKE, Occasion, Query, Term
 from bridgestat.coordinator.regression import RegressionResult
 from bridgestat.coordinator.tables import (NETWORK, QueryResult, compare_table, count_table,
@@ -39,15 +39,22 @@ Where = dict[str, Sequence[str]] | None
 class Network:
     """A client of every member's node; not thread-safe (one event loop of its own)."""
 
-    def __init__(self, members: Sequence[Member], timeout: float = 10.0) -> None:
+    def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
+                 tls: TlsFiles | None = None, insecure: bool = False) -> None:
+        """Mutual TLS with `tls` (the network file's); plain text only with `insecure`."""
+        require_tls(tls, insecure, "Network")
         self.members = tuple(members)
         self.timeout = timeout
+        self.tls = tls
         self._loop = asyncio.new_event_loop()
-        self._fanout = Fanout(self.members)
+        self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None)
 
     @classmethod
-    def from_file(cls, path: str | Path, timeout: float = 10.0) -> Network:
-        return cls(load_network(Path(path)).members, timeout)
+    def from_file(cls, path: str | Path, timeout: float = 10.0, *,
+                  insecure: bool = False) -> Network:
+        spec = load_network(Path(path))
+        require_tls(spec.tls, insecure, str(path))
+        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure)
 
     def close(self) -> None:
         self._loop.run_until_complete(self._fanout.close())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bridgestat.coordinator import local, study, synth
+from bridgestat.coordinator import ca, local, study, synth
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.network import NetworkFileError
 from bridgestat.coordinator.query import Occasion
@@ -24,7 +24,7 @@ def _print_frame(frame: pd.DataFrame, as_json: bool) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    with Network.from_file(args.network, timeout=args.timeout) as net:
+    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
         frame = net.info()
     _print_frame(frame, args.json)
     return 0 if bool(frame["reachable"].all()) else 1
@@ -60,7 +60,7 @@ def _where(items: list[str]) -> dict[str, list[str]]:
 def _query(args: argparse.Namespace) -> int:
     common = dict(epsilon=args.epsilon, where=_where(args.where), group_by=args.group_by)
     occasion = _occasion(args.occasion)
-    with Network.from_file(args.network, timeout=args.timeout) as net:
+    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
         if args.statistic == "count":
             frame = net.count(args.table, occasion=occasion, **common)  # type: ignore[arg-type]
         elif args.statistic == "mean":
@@ -83,15 +83,17 @@ def _query(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     synth.write_network(args.out, members=args.members, seed=args.seed)
-    members = local.write_configs(args.out, total_epsilon=args.total_epsilon)
+    members = local.write_configs(args.out, total_epsilon=args.total_epsilon,
+                                  tls=not args.insecure)
+    tls = "" if args.insecure else ", ca/, coordinator/ and a certificate per member"
     print(f"wrote {len(members)} members to {args.out} (truth.json, network.yaml, "
-          f"<member>/node.yaml)")
+          f"<member>/node.yaml{tls})")
     return 0
 
 
 def _study_plan(args: argparse.Namespace) -> int:
     checked = load_study(args.study)
-    with Network.from_file(args.network, timeout=args.timeout) as net:
+    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
         the_plan = study.plan(checked, net)
     print(the_plan.format())
     return 0 if all(c.affordable for c in the_plan.costs) else 1
@@ -99,7 +101,7 @@ def _study_plan(args: argparse.Namespace) -> int:
 
 def _study_run(args: argparse.Namespace) -> int:
     checked = load_study(args.study)
-    with Network.from_file(args.network, timeout=args.timeout) as net:
+    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
         study.run(checked, net, args.out, run_id=args.run_id)
     if args.report:
         print(f"== Report: {_report_from(args.out / 'results.json', args.out / 'report.html')}")
@@ -124,12 +126,13 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="bridgestat-demo-"))
     print(f"== Writing a synthetic network of {args.members} members to {out}")
     synth.write_network(out, members=args.members, seed=args.seed)
-    members = local.write_configs(out)
-    print(f"== Starting {len(members)} nodes on loopback")
+    members = local.write_configs(out, tls=not args.insecure)
+    mode = "plain text, --insecure" if args.insecure else "mutual TLS"
+    print(f"== Starting {len(members)} nodes on loopback ({mode})")
     processes = local.start_nodes(members, out)
     try:
         standard = load_study(study.STANDARD_STUDY)
-        with Network.from_file(out / "network.yaml") as net:
+        with Network.from_file(out / "network.yaml", insecure=args.insecure) as net:
             print(study.plan(standard, net).format())
             study.run(standard, net, out / "study")
             print("\n== Budget after the study\n" + net.info()[
@@ -154,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--network", type=Path, required=True, help="network file (YAML)")
         cmd.add_argument("--timeout", type=float, default=10.0, help="deadline per call (s)")
         cmd.add_argument("--json", action="store_true", help="print JSON records")
+        _insecure_flag(cmd)
     info.set_defaults(func=_info)
     query.add_argument("statistic", choices=["count", "mean", "histogram", "proportion",
                                              "paired_change"])
@@ -173,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=1)
     syn.add_argument("--out", type=Path, required=True)
     syn.add_argument("--total-epsilon", type=float, default=50.0)
+    syn.add_argument("--insecure", action="store_true",
+                     help="plain-text configs (no CA or certificates)")
     syn.set_defaults(func=_synth)
 
     plan = sub.add_parser("study", help="plan or run a study file").add_subparsers(
@@ -183,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("study", type=Path, help="study file (YAML)")
         cmd.add_argument("--network", type=Path, required=True, help="network file (YAML)")
         cmd.add_argument("--timeout", type=float, default=30.0, help="deadline per call (s)")
+        _insecure_flag(cmd)
         cmd.set_defaults(func=func)
         if name == "run":
             cmd.add_argument("--out", type=Path, required=True, help="results folder")
@@ -199,8 +206,63 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--members", type=int, default=5)
     demo.add_argument("--seed", type=int, default=1)
     demo.add_argument("--out", type=Path)
+    demo.add_argument("--insecure", action="store_true",
+                      help="run the demo in plain text instead of mutual TLS")
     demo.set_defaults(func=_demo)
+    _ca_parsers(sub)
     return parser
+
+
+def _insecure_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--insecure", action="store_true",
+                     help="allow plain text when the network file has no tls (local demos)")
+
+
+def _ca_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`bridgestat ca init|issue|csr|sign`: the network's certificate authority."""
+    cas = sub.add_parser("ca", help="the network CA: certificates for mutual TLS"
+                         ).add_subparsers(dest="ca_command", required=True)
+    init = cas.add_parser("init", help="create the CA key and certificate in --dir")
+    issue = cas.add_parser("issue", help="make a key and certificate for --name (the key is "
+                           "made here: prefer csr + sign for a member)")
+    csr = cas.add_parser("csr", help="at a member: make its key and a signing request")
+    sign = cas.add_parser("sign", help="at the CA: sign a member's request (.csr)")
+    for cmd in (init, issue, sign):
+        cmd.add_argument("--dir", type=Path, required=True, help="the CA folder")
+    for cmd in (issue, csr):
+        cmd.add_argument("--name", required=True, help="the member's name in the network "
+                         "file (or 'coordinator')")
+    issue.add_argument("--out", type=Path, help="folder for <name>.key and <name>.pem")
+    csr.add_argument("--out", type=Path, required=True, help="folder for <name>.key and .csr")
+    sign.add_argument("--csr", type=Path, required=True, help="the member's request")
+    sign.add_argument("--out", type=Path, help="folder for <name>.pem (default: the .csr's)")
+    for cmd, func in ((init, _ca_init), (issue, _ca_issue), (csr, _ca_csr), (sign, _ca_sign)):
+        cmd.set_defaults(func=func)
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    cert = ca.init_ca(args.dir)
+    print(f"created the network CA: {cert} (give to every member) and {args.dir / ca.CA_KEY} "
+          "(keep secret)")
+    return 0
+
+
+def _ca_issue(args: argparse.Namespace) -> int:
+    issued = ca.issue(args.dir, args.name, args.out)
+    print(f"issued {issued.cert} and its key {issued.key} for {args.name}")
+    return 0
+
+
+def _ca_csr(args: argparse.Namespace) -> int:
+    key, request = ca.make_csr(args.name, args.out)
+    print(f"wrote {key} (keep it here) and {request} (send it to the network's CA)")
+    return 0
+
+
+def _ca_sign(args: argparse.Namespace) -> int:
+    cert = ca.sign_csr(args.dir, args.csr, args.out)
+    print(f"signed {cert} (send it back with {args.dir / ca.CA_CERT})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

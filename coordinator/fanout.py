@@ -37,23 +37,45 @@ Call = Callable[[pb_grpc.NodeServiceStub, float], Awaitable[T]]
 
 
 class Fanout:
-    """Holds one channel per member (created lazily, reused) and fans calls out over them."""
+    """Holds one channel per member (created lazily, reused) and fans calls out over them.
 
-    def __init__(self, members: Sequence[Member]) -> None:
+    With `credentials` every channel is mutual TLS and the node's certificate must be issued
+    to the member's name in the network file (hostname verification against that name, not
+    the address), so a node answering at a member's address as someone else is refused.
+    Without, channels are plain text (the caller has checked that this is allowed).
+    """
+
+    def __init__(self, members: Sequence[Member],
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.members = tuple(members)
+        self.credentials = credentials
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.NodeServiceStub]] = {}
 
     def _stub(self, member: Member) -> pb_grpc.NodeServiceStub:
         if member.name not in self._stubs:
-            channel = grpc.aio.insecure_channel(member.address)
+            channel = self._channel(member)
             self._stubs[member.name] = (channel, pb_grpc.NodeServiceStub(channel))
         return self._stubs[member.name][1]
+
+    def _channel(self, member: Member) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(member.address)
+        return grpc.aio.secure_channel(member.address, self.credentials,
+                                       options=[("grpc.ssl_target_name_override", member.name)])
 
     async def _one(self, member: Member, call: Call[T], timeout: float) -> Success[T] | Failure:
         try:
             return Success(member.name, await call(self._stub(member), timeout))
         except grpc.aio.AioRpcError as exc:
-            return Failure(member.name, exc.code().name, exc.details() or "")
+            return Failure(member.name, exc.code().name, self._explain(member, exc))
+
+    def _explain(self, member: Member, exc: grpc.aio.AioRpcError) -> str:
+        """The status details, with the identity problem spelled out for a TLS failure."""
+        details = exc.details() or ""
+        if self.credentials is not None and "Hostname Verification" in details:
+            return (f"the node at {member.address} does not have a certificate for "
+                    f"{member.name} (refused: identity mismatch); {details}")
+        return details
 
     async def call_all(self, call: Call[T], timeout: float = 10.0) -> list[Success[T] | Failure]:
         """Run `call` against every member concurrently; results in member order."""

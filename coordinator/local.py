@@ -1,7 +1,10 @@
 """A local network on loopback: node configs for a synthetic network, and node processes.
 
 Used by `bridgestat synth`, `make demo` and the end-to-end tests. It starts real
-`bridgestat-node serve` processes; it never imports the node package.
+`bridgestat-node serve` processes; it never imports the node package. By default the
+network runs over mutual TLS like a real one: `write_configs` makes a CA in <root>/ca, a
+certificate per member (beside its node.yaml) and one for the coordinator
+(<root>/coordinator); `tls=False` writes plain-text configs (nodes started with --insecure).
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bridgestat.coordinator import ca
+from bridgestat.coordinator.network import TlsFiles
+
 
 @dataclass(frozen=True)
 class LocalMember:
     name: str
     config: Path
     address: str
+    client_tls: TlsFiles | None = None  # the coordinator's identity; None: plain text
 
 
 def free_port() -> int:
@@ -35,10 +42,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float = 2.5
-                  ) -> list[LocalMember]:
-    """Write node.yaml per member of a synthetic network in `root`, and network.yaml."""
+def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float = 2.5,
+                  *, tls: bool = True) -> list[LocalMember]:
+    """Write node.yaml per member of a synthetic network in `root`, and network.yaml; with
+    `tls`, also the network's CA and every certificate (see the module docstring)."""
     truth = json.loads((root / "truth.json").read_text())
+    client = _coordinator_identity(root) if tls else None
     members = []
     for member in truth["members"]:
         name = member["name"]
@@ -48,12 +57,33 @@ def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float 
                   "listen": address, "ledger": "ledger.sqlite",
                   "budget": {"dataset": f"{name}-synthetic", "total_epsilon": total_epsilon,
                              "max_epsilon_per_query": max_per_query}}
+        if client is not None:
+            config["tls"] = _node_tls(root, name)
         path = root / name / "node.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        members.append(LocalMember(name, path, address))
-    network = {"members": [{"name": m.name, "address": m.address} for m in members]}
+        members.append(LocalMember(name, path, address, client))
+    network: dict[str, object] = {}
+    if client is not None:
+        network["tls"] = {k: os.path.relpath(getattr(client, k), root)
+                          for k in ("ca", "cert", "key")}
+    network["members"] = [{"name": m.name, "address": m.address} for m in members]
     (root / "network.yaml").write_text(yaml.safe_dump(network, sort_keys=False))
     return members
+
+
+def _coordinator_identity(root: Path) -> TlsFiles:
+    """A fresh CA in <root>/ca (or the one there) and the coordinator's certificate."""
+    if not (root / "ca" / ca.CA_KEY).exists():
+        ca.init_ca(root / "ca")
+    issued = ca.issue(root / "ca", ca.COORDINATOR, root / "coordinator")
+    return TlsFiles(root / "ca" / ca.CA_CERT, issued.cert, issued.key)
+
+
+def _node_tls(root: Path, name: str) -> dict[str, object]:
+    """The member's certificate beside its node.yaml; only the coordinator may call."""
+    issued = ca.issue(root / "ca", name, root / name)
+    return {"ca": f"../ca/{ca.CA_CERT}", "cert": issued.cert.name, "key": issued.key.name,
+            "allow": [ca.COORDINATOR]}
 
 
 def node_command() -> list[str]:
@@ -66,12 +96,14 @@ def start_nodes(members: list[LocalMember], log_dir: Path) -> list[subprocess.Po
     processes = []
     for member in members:
         log = (log_dir / f"{member.name}.log").open("wb")
+        plain = [] if member.client_tls else ["--insecure"]
         processes.append(subprocess.Popen(
-            [*node_command(), "serve", "--config", str(member.config)],
+            [*node_command(), "serve", "--config", str(member.config), *plain],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
     try:
         for member, process in zip(members, processes, strict=True):
-            wait_serving(member.address, process, log_dir / f"{member.name}.log")
+            wait_serving(member.address, process, log_dir / f"{member.name}.log",
+                         tls=member.client_tls, name=member.name)
     except BaseException:
         stop_nodes(processes)
         raise
@@ -79,9 +111,11 @@ def start_nodes(members: list[LocalMember], log_dir: Path) -> list[subprocess.Po
 
 
 def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, *, tls: TlsFiles | None = None, name: str = "") -> None:
+    """Wait until the node answers grpc.health.v1 with SERVING (over mTLS with `tls`,
+    checking that its certificate is for `name`)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with _channel(address, tls, name) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -93,6 +127,13 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path,
             except grpc.RpcError:
                 time.sleep(0.2)
     raise TimeoutError(f"node at {address} not serving after {timeout:.0f} s")
+
+
+def _channel(address: str, tls: TlsFiles | None, name: str) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials(),
+                               options=[("grpc.ssl_target_name_override", name)])
 
 
 def stop_nodes(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -4,6 +4,13 @@ Post-processing only. Each builder takes the raw `QueryResult` of one fanned-out
 applies the estimators of `pooling`, `effects`, `meta` and `regression`; a member that failed
 keeps its row with the reason in `status`, and an estimate that a noisy release cannot give
 is named "not estimable" with the reason instead of stopping the table.
+
+Members' policies are honoured here: a release marked `pooled_only` is pooled into NETWORK
+but its member's row shows no estimate ("withheld by member policy"), and NETWORK itself is
+withheld when that member is all it pools. Differencing the NETWORK row against the rows
+shown can still reveal a withheld member when few members pool: the flag keeps members out of
+league tables, it is not secrecy. A cell the member suppressed (noisy count under its
+`min_group_size`) has no values; its row says so and it is left out of NETWORK.
 """
 
 from __future__ import annotations
@@ -28,7 +35,19 @@ NETWORK = "NETWORK"
 MISSING = "(missing)"
 MIN_ARM_N = 20.0  # a member's arm with a smaller noisy count is "no comparison arm"
 MEASURES = ("risk_difference", "log_risk_ratio", "log_odds_ratio")
+WITHHELD = "withheld by member policy (pooled only)"
+WITHHELD_NETWORK = "withheld by member policy (pools one member, which allows only pooling)"
 Group = tuple[tuple[str, str], ...]
+
+
+def suppressed_status(release: MemberRelease) -> str:
+    return (f"suppressed by member policy (noisy n < {release.min_group_size:g}; "
+            "not pooled)")
+
+
+def _network_withheld(pooled: Sequence[MemberRelease]) -> bool:
+    """NETWORK would show the one member it pools, which allows only pooled answers."""
+    return len(pooled) == 1 and pooled[0].pooled_only
 
 
 @dataclass(frozen=True)
@@ -152,9 +171,16 @@ def _group_shares(result: QueryResult, member: str, categories: tuple[str, ...],
     if member in result.failures:
         fail = result.failures[member]
         return f"{fail.code}: {fail.message}"
-    members = [member] if member != NETWORK else list(result.releases)
+    if member != NETWORK and result.releases[member].pooled_only:
+        return WITHHELD
+    members = [member] if member != NETWORK else [
+        m for m, r in result.releases.items()
+        if not any(c.suppressed for c in r.cells if c.group in {((group, g),) for g in groups})]
     if not members:
-        return "no member answered"
+        return "no member answered" if not result.releases else \
+            "nothing to pool: every member's cell is suppressed"
+    if member == NETWORK and _network_withheld([result.releases[m] for m in members]):
+        return WITHHELD_NETWORK
     try:
         pairs = [tuple(pooling.pooled_proportion(
             [_split(_cell_of(result.releases[m], ((group, g),)), categories)
@@ -171,6 +197,8 @@ def _group_shares(result: QueryResult, member: str, categories: tuple[str, ...],
 def _cell_of(release: MemberRelease, group: Group) -> CellRelease:
     for cell in release.cells:
         if cell.group == group:
+            if cell.suppressed:
+                raise PoolingError(f"cell {dict(group)} {suppressed_status(release)}")
             return cell
     raise PoolingError(f"no cell {dict(group)} in the release")
 
@@ -187,6 +215,7 @@ def did_table(result: QueryResult, group: str, groups: tuple[str, str]) -> pd.Da
     NETWORK: fixed-effect pool of those members' DiDs (within-member contrasts only)."""
     rows: list[dict[str, Any]] = []
     estimates: list[Estimate] = []
+    pooled: list[MemberRelease] = []
     for member in result.members:
         failed = _failed_row(result, member)
         if failed is not None:
@@ -202,8 +231,12 @@ def did_table(result: QueryResult, group: str, groups: tuple[str, str]) -> pd.Da
         assert arms[0] is not None and arms[1] is not None
         did = effects.difference(arms[0], arms[1])
         estimates.append(did)
-        rows.append(_row(member, (), did, release.charged, "ok"))
-    rows.append(_pooled_did(estimates, _loss(result, NETWORK)))
+        pooled.append(release)
+        rows.append(_row(member, (), None, release.charged, WITHHELD) if release.pooled_only
+                    else _row(member, (), did, release.charged, "ok"))
+    rows.append(_row(NETWORK, (), None, _loss(result, NETWORK), WITHHELD_NETWORK)
+                if _network_withheld(pooled) else
+                _pooled_did(estimates, _loss(result, NETWORK)))
     return pd.DataFrame(rows)
 
 
@@ -260,18 +293,27 @@ def regression_fits(result: QueryResult, *, replicates: int = 2000, seed: int = 
     names = term_names(result.query.terms)
     fits: dict[str, RegressionResult | str] = {}
     members: list[CrossProducts] = []
+    pooled: list[MemberRelease] = []
     for member in result.members:
         if member in result.failures:
             fail = result.failures[member]
             fits[member] = f"{fail.code}: {fail.message}"
             continue
         release = result.releases[member]
+        if release.cells[0].suppressed:
+            fits[member] = suppressed_status(release)
+            continue
         try:
             cp = cross_products(release, release.cells[0], names)
             members.append(cp)
-            fits[member] = fit(cp, replicates=replicates, seed=seed)
+            pooled.append(release)
+            fits[member] = WITHHELD if release.pooled_only else \
+                fit(cp, replicates=replicates, seed=seed)
         except PoolingError as exc:
             fits[member] = f"not estimable: {exc}"
+    if _network_withheld(pooled):
+        fits[NETWORK] = WITHHELD_NETWORK
+        return fits
     try:
         fits[NETWORK] = fit(pool_cross_products(members), replicates=replicates, seed=seed)
     except PoolingError as exc:
@@ -305,11 +347,19 @@ def quantile_table(members: QueryResult, grid: QueryResult, q: float,
             continue
         release = members.releases[member]
         points = release.cells[0].points or {}
-        row = _row(member, (), None, release.charged + (_loss(grid, member) or 0.0),
-                   "ok (exponential mechanism: no closed-form SE)")
+        loss = release.charged + (_loss(grid, member) or 0.0)
+        if release.pooled_only:
+            rows.append(_row(member, (), None, loss, WITHHELD))
+            continue
+        row = _row(member, (), None, loss, "ok (exponential mechanism: no closed-form SE)")
         row["estimate"] = points.get("quantile")
         rows.append(row)
-    counts = [_bin_counts(grid.releases[m]) for m in grid.members if m in grid.releases]
+    pooled = [grid.releases[m] for m in grid.members
+              if m in grid.releases and not grid.releases[m].cells[0].suppressed]
+    if _network_withheld(pooled):
+        rows.append(_row(NETWORK, (), None, _loss(grid, NETWORK), WITHHELD_NETWORK))
+        return pd.DataFrame(rows)
+    counts = [_bin_counts(r) for r in pooled]
     try:
         rows.append(_row(NETWORK, (), _pooled_quantile(counts, q, candidates),
                          _loss(grid, NETWORK), "ok (pooled histogram)"))
@@ -384,7 +434,9 @@ def _pooled_share(category: str) -> Callable[[list[tuple[MemberRelease, CellRele
 
 def _categories(result: QueryResult) -> list[str]:
     for release in result.releases.values():
-        return [k for k in release.cells[0].values if k != MISSING]
+        for cell in release.cells:
+            if not cell.suppressed:
+                return [k for k in cell.values if k != MISSING]
     return []
 
 
@@ -404,15 +456,30 @@ def _table(result: QueryResult, member_fn: MemberFn, pooled_fn: PooledFn) -> pd.
                 continue
             release = result.releases[member]
             cell = next(c for c in release.cells if c.group == group)
+            if cell.suppressed:
+                rows.append(_row(member, group, None, release.charged,
+                                 suppressed_status(release)))
+                continue
             pairs.append((release, cell))
-            rows.append(_estimate_row(member, group, release.charged,
+            rows.append(_row(member, group, None, release.charged, WITHHELD)
+                        if release.pooled_only else
+                        _estimate_row(member, group, release.charged,
                                       partial(member_fn, release, cell)))
-        if pairs:
-            loss = max(r.charged for r, _ in pairs)
-            rows.append(_estimate_row(NETWORK, group, loss, partial(pooled_fn, pairs)))
-        else:
-            rows.append(_row(NETWORK, group, None, None, "no member answered"))
+        rows.append(_network_row(result, group, pairs, pooled_fn))
     return pd.DataFrame(rows)
+
+
+def _network_row(result: QueryResult, group: Group,
+                 pairs: list[tuple[MemberRelease, CellRelease]], pooled_fn: PooledFn
+                 ) -> dict[str, Any]:
+    loss = max((r.charged for r, _ in pairs), default=None)
+    if not pairs:
+        reason = "no member answered" if not result.releases else \
+            "nothing to pool: every member's cell is suppressed"
+        return _row(NETWORK, group, None, None, reason)
+    if _network_withheld([r for r, _ in pairs]):
+        return _row(NETWORK, group, None, loss, WITHHELD_NETWORK)
+    return _estimate_row(NETWORK, group, loss or 0.0, partial(pooled_fn, pairs))
 
 
 def _groups(result: QueryResult) -> list[Group]:

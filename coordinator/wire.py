@@ -20,6 +20,7 @@ class CellRelease:
     group: tuple[tuple[str, str], ...]
     values: dict[str, Noisy]  # a quantile (no closed-form noise variance) is in `points`
     points: dict[str, float] | None = None
+    suppressed: bool = False  # under the member's min_group_size: no values
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class MemberRelease:
     charged_rho: float = 0.0
     delta: float = 0.0  # the delta of `charged` when charged_rho > 0
     term_bounds: tuple[tuple[float, float], ...] = ()
+    pooled_only: bool = False  # the member's policy: pool it, never show it beside others
+    min_group_size: float = 0.0  # the member's suppression threshold (0: none)
 
     def mean_stats(self, cell: CellRelease) -> MeanStats:
         v = cell.values
@@ -78,7 +81,9 @@ def release_from_pb(msg: pb.RunQueryResponse) -> MemberRelease:
                          charged=msg.charged.epsilon, remaining=msg.budget.remaining.epsilon,
                          replayed=msg.replayed, mechanism=msg.release.mechanism,
                          charged_rho=msg.charged.rho, delta=msg.charged.delta,
-                         term_bounds=tuple((b.lower, b.upper) for b in msg.release.term_bounds))
+                         term_bounds=tuple((b.lower, b.upper) for b in msg.release.term_bounds),
+                         pooled_only=msg.pooled_only,
+                         min_group_size=msg.release.min_group_size)
 
 
 def _cell(cell: pb.Cell) -> CellRelease:
@@ -86,4 +91,4 @@ def _cell(cell: pb.Cell) -> CellRelease:
     noisy = {v.name: Noisy(v.value, v.noise_variance) for v in cell.values
              if not math.isnan(v.noise_variance)}
     points = {v.name: v.value for v in cell.values if math.isnan(v.noise_variance)}
-    return CellRelease(group, noisy, points or None)
+    return CellRelease(group, noisy, points or None, suppressed=cell.suppressed)

@@ -1,4 +1,5 @@
-"""Assemble a node from its config: schema, data, ledger, engine, server."""
+"""Assemble a node from its config: schema, data, ledger, engine, TLS, server, metrics,
+logs; and stop it gracefully."""
 
 from __future__ import annotations
 
@@ -6,52 +7,125 @@ import logging
 import signal
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from bridgestat.node import logs
+from bridgestat.node.audit import open_audit
 from bridgestat.node.config import NodeConfig, load_config
-from bridgestat.node.data import load_folder
 from bridgestat.node.engine import Engine
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.frames import Frames
 from bridgestat.node.ledger import Ledger
 from bridgestat.node.loss import Epsilon
-from bridgestat.node.planner import Policy
-from bridgestat.node.service import build_server
+from bridgestat.node.metrics import MetricsServer
+from bridgestat.node.policy import load_policy
+from bridgestat.node.service import NodeServer, build_node_server
+from bridgestat.node.sources import load as load_data
+from bridgestat.node.tls import ServerTls, load_server_tls
 
 log = logging.getLogger("bridgestat.node")
+GRACE_SECONDS = 30.0  # how long in-flight queries may take to finish after SIGTERM
 
 
 def open_engine(config: NodeConfig) -> Engine:
-    """Load and check the member's data and open the ledger; raise on any problem."""
+    """Read the policy, load and check the member's data, open the ledger and the audit
+    log; raise on any problem (a ConfigError naming the file and key)."""
     schema = config.schema()
-    data = load_folder(config.data_path, schema)
+    policy = load_policy(config, schema)  # before the data: a bad policy file fails fast
+    data = load_data(config.data, schema, config.source)
     try:
         ledger = Ledger(config.ledger_path, config.budget.dataset,
-                        Epsilon.of(config.budget.total_epsilon), config.budget.delta)
+                        Epsilon.of(policy.total_epsilon), config.budget.delta,
+                        period=policy.per_period)
     except (sqlite3.Error, OSError) as exc:
         raise ConfigError(config.source, "ledger",
                           f"cannot open ledger {config.ledger_path}: {exc}") from exc
-    policy = Policy(max_epsilon_per_query=config.budget.max_epsilon_per_query,
-                    delta=config.budget.delta)
-    return Engine(config.node_id, schema, Frames(dict(data.tables), schema), ledger, policy)
+    audit = open_audit(config)
+    return Engine(config.node_id, schema, Frames(dict(data.tables), schema), ledger, policy,
+                  audit)
 
 
-def serve(config_path: Path, ready: threading.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then finish in-flight queries (grace 30 s)."""
+def serve(config_path: Path, ready: threading.Event | None = None, *, insecure: bool = False,
+          grace: float = GRACE_SECONDS) -> None:
+    """Serve until SIGTERM/SIGINT, then refuse new calls and finish in-flight queries (for
+    up to `grace` seconds). Without `tls` in the config only with `insecure` (plain text,
+    local demos). Every config, certificate, data and ledger problem is raised here, at
+    start-up, as a ConfigError naming the file and key."""
     config = load_config(config_path)
+    logs.configure(config.log_format, fields={"node_id": config.node_id})
+    tls = server_tls(config, insecure)
     engine = open_engine(config)
+    node = _listen(config, engine, tls)
+    metrics = _metrics_endpoint(config, node)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        node.server.start()
+        _announce(config, node, tls is not None)
+        if ready is not None:
+            ready.set()
+        while not stop.wait(0.5):  # wake up now and then: Python runs signal handlers
+            pass                   # only in the main thread, between waits
+        log.info("stopping: refusing new calls, finishing in-flight queries (grace %g s)",
+                 grace, extra={"event": "stopping"})
+        node.stop(grace)
+    if metrics is not None:
+        metrics.close()
+    log.info("stopped", extra={"event": "stopped"})
+
+
+def server_tls(config: NodeConfig, insecure: bool) -> ServerTls | None:
+    """The checked TLS files, or None for plain text, which needs `insecure`."""
+    if config.tls is not None:
+        return load_server_tls(config)
+    if not insecure:
+        raise ConfigError(config.source, "tls", "missing: a node serves only over mutual TLS "
+                          "(tls: {ca, cert, key, allow}; certificates from `bridgestat ca`); "
+                          "for a local plain-text demo pass --insecure")
+    log.warning("serving plain text without TLS (--insecure): for local demos only")
+    return None
+
+
+def _listen(config: NodeConfig, engine: Engine, tls: ServerTls | None) -> NodeServer:
     try:
-        server, port = build_server(engine, config.listen)
+        return build_node_server(engine, config.listen, tls=tls)
     except (RuntimeError, OSError) as exc:
         raise ConfigError(config.source, "listen", f"cannot listen on {config.listen} "
                           "(address in use, or not an address of this machine)") from exc
-    server.start()
-    log.info("node %s serving on %s (port %d)", config.node_id, config.listen, port)
-    print(f"bridgestat-node {config.node_id}: serving on {config.listen}", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if ready is not None:
-        ready.set()
-    stop.wait()
-    server.stop(grace=30).wait()
+
+
+def _metrics_endpoint(config: NodeConfig, node: NodeServer) -> MetricsServer | None:
+    if config.metrics_listen is None:
+        return None
+    try:
+        return node.metrics.serve(config.metrics_listen)
+    except (OSError, ValueError) as exc:
+        node.stop(None)
+        raise ConfigError(config.source, "metrics", f"cannot serve metrics on "
+                          f"{config.metrics_listen}: {exc}") from exc
+
+
+def _announce(config: NodeConfig, node: NodeServer, secure: bool) -> None:
+    mode = "mutual TLS" if secure else "plain text (--insecure)"
+    log.info("node %s serving on %s (port %d, %s)", config.node_id, config.listen, node.port,
+             mode, extra={"event": "serving", "listen": config.listen, "port": node.port,
+                          "tls": secure})
+    if config.log_format == "text":  # with json logs, every line of output is JSON
+        print(f"bridgestat-node {config.node_id}: serving on {config.listen} ({mode})",
+              flush=True)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set `stop` on SIGTERM/SIGINT (main thread only); restore the old handlers after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

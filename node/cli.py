@@ -1,4 +1,4 @@
-"""`bridgestat-node`: the command member IT uses (check, serve, budget)."""
+"""`bridgestat-node`: the command member IT uses (check, serve, budget, audit)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from bridgestat.node.config import load_config
-from bridgestat.node.data import check_folder
+from bridgestat.node import audit, sources
+from bridgestat.node.config import NodeConfig, load_config
 from bridgestat.node.errors import NodeError
-from bridgestat.node.ledger import Ledger
+from bridgestat.node.ledger import PERIODS, Charge, Ledger
 from bridgestat.node.loss import Epsilon
+from bridgestat.node.policy import load_policy
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -19,8 +20,8 @@ def _check(args: argparse.Namespace) -> int:
     schema = config.schema()
     print(f"config {config.source}: ok (node {config.node_id}, schema {schema.name} "
           f"{schema.version})")
-    report, _ = check_folder(config.data_path, schema)
-    print(f"data {config.data_path}:")
+    print(f"data {sources.describe(config.data)}:", flush=True)
+    report = sources.check(config.data, schema, config.source)
     print(report.format(max_per_kind=args.max_per_kind))
     return 0 if report.servable else 1
 
@@ -28,22 +29,85 @@ def _check(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from bridgestat.node.app import serve  # imports grpc only when serving
 
-    serve(args.config)
+    serve(args.config, insecure=args.insecure)
     return 0
 
 
 def _budget(args: argparse.Namespace) -> int:
+    """Spent and remaining loss of the dataset, and of the current period when capped."""
     config = load_config(args.config)
-    ledger = Ledger(config.ledger_path, config.budget.dataset,
-                    Epsilon.of(config.budget.total_epsilon), config.budget.delta)
+    policy = load_policy(config, config.schema())
+    ledger = Ledger(config.ledger_path, config.budget.dataset, Epsilon.of(policy.total_epsilon),
+                    config.budget.delta, period=policy.per_period)
     state = ledger.state()
     charges = ledger.charges()
     rho = f" (of which rho {float(state.spent_loss.rho):.6g} at delta {state.delta:g})" \
         if state.spent_loss.rho else ""
     print(f"dataset {state.dataset}: spent epsilon {state.spent} of {state.total}{rho}, "
-          f"remaining {state.remaining}; largest per query "
-          f"{config.budget.max_epsilon_per_query:g}; {len(charges)} queries charged")
+          f"remaining {state.total_remaining}; largest per query "
+          f"{policy.max_epsilon_per_query:g}; {len(charges)} queries charged")
+    if state.period is not None:
+        print(f"{state.period.period} {state.period_name} (UTC): spent epsilon "
+              f"{state.period_spent} of {state.period.epsilon}, remaining "
+              f"{state.period_remaining}")
+    if policy.source:
+        print(f"policy {policy.source}")
     return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0 when the chain (and the ledger check) holds, 1 naming the first bad line."""
+    config = load_config(args.config)
+    path = audit.audit_path(config)
+    charges = None if args.no_ledger else _ledger_history(config)
+    result = audit.verify(path, charges, config.budget.dataset, args.anchor)
+    if not result.ok:
+        print(f"audit log {path}: {result.problem} ({result.count} entries verified before "
+              f"it; last good hash {result.last_hash})")
+        return 1
+    checked = "" if charges is None else \
+        f"; every committed charge of ledger {config.ledger_path} is logged"
+    print(f"audit log {path}: {result.count} entries, chain intact, last hash "
+          f"{result.last_hash}{checked}")
+    return 0
+
+
+def _ledger_history(config: NodeConfig) -> list[Charge] | None:
+    if not config.ledger_path.exists():
+        return None
+    return Ledger(config.ledger_path, config.budget.dataset,
+                  Epsilon.of(config.budget.total_epsilon), config.budget.delta).history()
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = audit.audit_path(config)
+    result = audit.verify(path)
+    chain = "intact" if result.ok else f"BROKEN ({result.problem}; run audit verify)"
+    print(f"audit log {path}: {result.count} entries verified, chain {chain}")
+    print(audit.format_summary(audit.summarize(audit.entries(path), args.period)))
+    return 0
+
+
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "verify or summarize the audit log of every query received"
+    actions = sub.add_parser("audit", help=text, description=text).add_subparsers(
+        dest="action", required=True)
+    verify = actions.add_parser("verify", help="check the hash chain and the ledger",
+                                description="Recompute the hash chain; name the first edited, "
+                                "removed or reordered entry; check every committed ledger "
+                                "charge has its entry.")
+    verify.add_argument("--no-ledger", action="store_true",
+                        help="do not check the log against the budget ledger")
+    verify.add_argument("--anchor", default="", help="a hash printed by an earlier verify and "
+                        "kept elsewhere; it must still be in the chain")
+    show = actions.add_parser("show", help="queries and loss per caller and period",
+                              description="Queries released, replayed, refused and failed, "
+                              "and the loss charged, per caller and period (UTC).")
+    show.add_argument("--period", choices=PERIODS, default="month")
+    for cmd, func in ((verify, _audit_verify), (show, _audit_show)):
+        cmd.add_argument("--config", type=Path, required=True, help="node config (YAML)")
+        cmd.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", type=Path, required=True, help="node config (YAML)")
         cmd.set_defaults(func=func)
+        if name == "serve":
+            cmd.add_argument("--insecure", action="store_true",
+                             help="serve plain text when the config has no tls (local demos "
+                             "only; with tls in the config, mutual TLS is used regardless)")
         if name == "check":
             cmd.add_argument("--max-per-kind", type=int, default=20,
                              help="problems printed per file, column and kind")
+    _add_audit(sub)
     return parser
 
 

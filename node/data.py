@@ -1,16 +1,18 @@
 """A member's data: read a CSV folder, check it against the schema, convert it to typed frames.
 
 Member IT points the node at a folder with one CSV file per schema table. `read_csv_folder`
-reads the files as text (later sources such as Excel or PostgreSQL produce the same raw
-frames); `check_tables` checks every cell against the public schema and converts the tables
-to the typed frames the query engine uses, in one vectorised pass; `load_folder` refuses data
-with errors. Every problem names the file, line, column and value found, so that member IT
-can fix the export without reading the code; bad values are reported, never coerced.
+reads the files as text; the other sources (Parquet, Excel, PostgreSQL: `sources.py`) produce
+the same raw text frames, so that every source is checked alike. `check_tables` checks every
+cell against the public schema and converts the tables to the typed frames the query engine
+uses, in one vectorised pass; `load_folder` refuses data with errors. Every problem names the
+file, line, column and value found, so that member IT can fix the export without reading the
+code; bad values are reported, never coerced.
 
 Line numbers: the header is line 1 and the first data row line 2. A raw frame's integer
 index is the 0-based data-row number in its source, so a row's line is its index + 2
 (`read_csv_folder` drops blank lines but keeps the index). A quoted cell spanning several
-lines shifts the physical line numbers after it; the numbers then count records.
+lines shifts the physical line numbers after it; the numbers then count records. Sources
+without a header line (Parquet, a database) number rows from 1 (`RawTables.first_rows`).
 
 Conversion (what the query engine relies on): only schema columns are kept, in schema order;
 integer and real columns are float64 with NaN for missing; categorical and boolean columns
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -54,10 +56,14 @@ __all__ = [
     "CheckReport",
     "MemberData",
     "Problem",
+    "RawTables",
     "check_folder",
+    "check_raw",
     "check_tables",
     "load_folder",
     "read_csv_folder",
+    "read_csv_table",
+    "servable_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +83,7 @@ MAX_STORED_PER_KIND = 1000
 # Accepted boolean spellings (lower-cased); position % 2 is the code in BOOLEAN_CATEGORIES.
 _BOOLEAN_WORDS = pd.Index([*BOOLEAN_CATEGORIES, "0", "1"], dtype=object)
 _SHOWN_VALUES = 20  # distinct values listed in a suggested node-config line
+_FIRST_DATA_LINE = 2  # a CSV's or sheet's first data row: the line below the header
 # Whitespace at either end of a value, in the values joined by NUL.
 _EDGE_SPACE = re.compile(r"(?:^|\x00)\s|\s(?:\x00|$)")
 _ASCII_SPACE = np.array([chr(i).isspace() for i in range(256)], dtype=bool)
@@ -98,7 +105,9 @@ class Problem:
     """One thing wrong with the member's data, located as precisely as possible."""
 
     file: str
-    row: int | None  # line number in the file (header = 1); None for file/column problems
+    # line number in the file or sheet (header = 1), or 1-based row position in a source
+    # without a header line (Parquet, a database); None for file and column problems
+    row: int | None
     column: str | None
     kind: str  # one of PROBLEM_KINDS
     message: str  # names the value found and what is allowed
@@ -190,6 +199,22 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+@dataclass(frozen=True)
+class RawTables:
+    """What a source read: raw text frames per schema table, before any checking.
+
+    Every source (CSV, Parquet, Excel, PostgreSQL) produces this, so that `check_raw` applies
+    the same checks with the same problem kinds whatever the source.
+    """
+
+    tables: Mapping[str, pd.DataFrame]  # table -> cells as text ("" = missing)
+    problems: tuple[Problem, ...]  # found while reading: missing_file, unreadable_file, ...
+    files: Mapping[str, str]  # table -> its name in problems ('goal.csv', 'sheet goal', ...)
+    where: str  # the whole source, for messages ("'/data/export'", "workbook ...")
+    # table -> row number of the frame's index 0 (default 2: below a header line)
+    first_rows: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -216,7 +241,7 @@ def read_csv_folder(
             problems.append(_problem(name, None, None, "missing_file",
                                      _missing_file_message(folder, name, present)))
             continue
-        frame, file_problems = _read_csv(path, name)
+        frame, file_problems = read_csv_table(path, name)
         problems.extend(file_problems)
         if frame is not None:
             raw[table.name] = frame
@@ -236,8 +261,14 @@ def _missing_file_message(folder: Path, name: str, present: list[str]) -> str:
     return f"{message} (CSV files there: {found})"
 
 
-def _read_csv(path: Path, name: str) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one CSV as strings; a file pandas cannot parse becomes an unreadable_file problem."""
+def read_csv_table(path: Path | BinaryIO, name: str, *, drop_blank: bool = True
+                   ) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Read one CSV (a file, or CSV bytes from a database) as strings, `name` naming it in
+    problems; what pandas cannot parse becomes an unreadable_file problem.
+
+    `drop_blank` drops lines whose cells are all empty (blank lines of an export); a database
+    row whose values are all NULL is a row, and kept.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         try:
@@ -261,7 +292,7 @@ def _read_csv(path: Path, name: str) -> tuple[pd.DataFrame | None, list[Problem]
                                      "the extra fields are ignored"))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return _drop_blank_lines(frame), problems[:1]
+    return (_drop_blank_lines(frame) if drop_blank else frame), problems[:1]
 
 
 def _drop_blank_lines(frame: pd.DataFrame) -> pd.DataFrame:
@@ -287,11 +318,13 @@ def check_tables(
     schema: Schema,
     *,
     files: Mapping[str, str] | None = None,
+    first_rows: Mapping[str, int] | None = None,
 ) -> tuple[CheckReport, MemberData]:
     """Check raw string frames against the schema and convert them, in one vectorised pass.
 
-    `files` names each table's source in problems (default '<table>.csv'). The typed data is
-    returned even when the report is not servable; callers must not serve it then.
+    `files` names each table's source in problems (default '<table>.csv'); `first_rows` gives
+    the row number of a frame's index 0 (default 2, the line below a header). The typed data
+    is returned even when the report is not servable; callers must not serve it then.
     """
     names = {t.name: (files or {}).get(t.name, _csv_name(t.name)) for t in schema.tables}
     sink = _Sink()
@@ -304,7 +337,8 @@ def check_tables(
             sink.add(names[spec.name], None, None, "missing_file",
                      f"no data for table {spec.name!r}")
             continue
-        table = _Table(spec, names[spec.name], _strip_header(frame), _line_numbers(frame))
+        first = (first_rows or {}).get(spec.name, _FIRST_DATA_LINE)
+        table = _Table(spec, names[spec.name], _strip_header(frame), _line_numbers(frame, first))
         checked[spec.name] = _check_table(table, people, sink)
         if spec is person_spec and spec.key in table.frame.columns:
             people = _People(checked[spec.name].ids)
@@ -319,26 +353,40 @@ def check_tables(
     return report, MemberData(tables=MappingProxyType(frames))
 
 
+def check_raw(raw: RawTables, schema: Schema) -> tuple[CheckReport, MemberData]:
+    """Check what a source read: its read problems, then `check_tables` on its frames.
+
+    A table the source could not read is reported once, by the source's own problem.
+    """
+    files = {t.name: raw.files.get(t.name, _csv_name(t.name)) for t in schema.tables}
+    report, data = check_tables(raw.tables, schema, files=files, first_rows=raw.first_rows)
+    unread = {p.file for p in raw.problems if p.kind in ("missing_file", "unreadable_file")}
+    checked = [p for p in report.problems if not (p.kind == "missing_file" and p.file in unread)]
+    problems = tuple(_in_file_order([*raw.problems, *checked], list(files.values())))
+    return replace(report, problems=problems), data
+
+
+def servable_data(report: CheckReport, data: MemberData, where: str) -> MemberData:
+    """The data if it can be served (warnings logged); else DataError listing the problems."""
+    if not report.servable:
+        raise DataError(f"the data in {where} cannot be served:\n"
+                        f"{report.format(max_per_kind=20)}")
+    if report.warning_count:
+        logger.warning("the data in %s is served with warnings:\n%s", where, report.format())
+    return data
+
+
 def check_folder(folder: Path, schema: Schema) -> tuple[CheckReport, MemberData]:
     """Read and check a CSV folder: `read_csv_folder` then `check_tables`."""
-    raw, read_problems = read_csv_folder(folder, schema)
-    report, data = check_tables(raw, schema)
-    unread = {p.file for p in read_problems if p.kind in ("missing_file", "unreadable_file")}
-    checked = [p for p in report.problems if not (p.kind == "missing_file" and p.file in unread)]
-    order = [_csv_name(t.name) for t in schema.tables]
-    problems = tuple(_in_file_order([*read_problems, *checked], order))
-    return replace(report, problems=problems), data
+    tables, problems = read_csv_folder(folder, schema)
+    files = {t.name: _csv_name(t.name) for t in schema.tables}
+    return check_raw(RawTables(tables, tuple(problems), files, repr(str(folder))), schema)
 
 
 def load_folder(folder: Path, schema: Schema) -> MemberData:
     """Load a CSV folder for serving; raise DataError listing the problems if it has errors."""
     report, data = check_folder(folder, schema)
-    if not report.servable:
-        raise DataError(f"the data in {str(folder)!r} cannot be served:\n"
-                        f"{report.format(max_per_kind=20)}")
-    if report.warning_count:
-        logger.warning("the data in %s is served with warnings:\n%s", folder, report.format())
-    return data
+    return servable_data(report, data, repr(str(folder)))
 
 
 def _in_file_order(problems: list[Problem], files: list[str]) -> list[Problem]:
@@ -440,10 +488,11 @@ def _strip_header(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.set_axis(names, axis=1)
 
 
-def _line_numbers(frame: pd.DataFrame) -> IntArray:
+def _line_numbers(frame: pd.DataFrame, first: int = _FIRST_DATA_LINE) -> IntArray:
+    """Each row's number in its source: its integer index (0 = first data row) + `first`."""
     if pd.api.types.is_integer_dtype(frame.index.dtype):
-        return frame.index.to_numpy(dtype=np.intp) + 2
-    return np.arange(len(frame), dtype=np.intp) + 2
+        return frame.index.to_numpy(dtype=np.intp) + first
+    return np.arange(len(frame), dtype=np.intp) + first
 
 
 def _text(column: pd.Series) -> _Text:
@@ -501,7 +550,7 @@ def _check_table(table: _Table, people: _People | None, sink: _Sink) -> _Checked
             continue
         if col.name not in table.frame.columns:
             sink.add(table.file, None, col.name, "missing_column",
-                     f"required column {col.name!r} is missing from the header")
+                     f"required column {col.name!r} is missing")
             columns[col.name] = _missing_values(col, n)
             continue
         text = _text(table.frame[col.name])

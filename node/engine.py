@@ -2,23 +2,30 @@
 
 `Engine.run` is the only path from a query to a release: it compiles the query (refusals
 depend only on the query, the public schema and the policy), charges the plan's loss to
-the ledger in one transaction, computes the release with OpenDP, stores it with the
-idempotency key, and only then returns it.
+the ledger in one transaction, computes the release with OpenDP, suppresses the cells whose
+noisy count is under the policy's `min_group_size` (post-processing), stores it with the
+idempotency key, writes the audit entry, and only then returns it. Every request that
+reaches `run`, released, replayed, refused or failed, gets exactly one audit entry, written
+before the answer or the refusal leaves the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from bridgestat.node.errors import QueryError
+from bridgestat.node.audit import AuditLog, Record, measurement
+from bridgestat.node.errors import NodeError, QueryError
 from bridgestat.node.frames import CellRows, Frames
 from bridgestat.node.ledger import BudgetState, Ledger, Replay
+from bridgestat.node.loss import Loss
 from bridgestat.node.mechanisms import FIXED_POINT, Component, fixed_point
-from bridgestat.node.planner import Plan, Policy, compile_query
+from bridgestat.node.planner import MISSING, Plan, compile_query
+from bridgestat.node.policy import Policy
 from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.node.release import NoisyValue, Release, ReleasedCell
 from bridgestat.node.schema import Schema
@@ -34,6 +41,7 @@ class Answer:
     release: Release
     budget: BudgetState
     replayed: bool
+    pooled_only: bool = False  # the member's policy allows this answer only for pooling
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,14 @@ class Engine:
     """Answers typed queries about one member's data with DP releases."""
 
     def __init__(self, node_id: str, schema: Schema, frames: Frames, ledger: Ledger,
-                 policy: Policy) -> None:
+                 policy: Policy, audit: AuditLog | None = None) -> None:
         self.node_id, self.schema, self.frames = node_id, schema, frames
-        self.ledger, self.policy = ledger, policy
+        self.ledger, self.policy, self.audit = ledger, policy, audit
         # Plans depend only on the query, schema and policy, and OpenDP measurements are
-        # stateless, so a repeated query reuses its compiled measurements.
+        # stateless, so a repeated query reuses its compiled measurements (and their
+        # serialized form for the audit log).
         self._compile = lru_cache(maxsize=512)(self._compile_uncached)
+        self._serialized = lru_cache(maxsize=512)(self._serialize_uncached)
 
     def info(self) -> NodeInfo:
         return NodeInfo(self.node_id, self.schema, self.ledger.state(), self.policy)
@@ -64,17 +74,52 @@ class Engine:
     def _compile_uncached(self, query: QuerySpec) -> Plan:
         return compile_query(query, self.schema, self.policy)
 
+    def _serialize_uncached(self, query: QuerySpec) -> tuple[tuple[tuple[str, ...], str], ...]:
+        return tuple((tuple(m["components"]), m["opendp"])
+                     for m in measurement(self.plan(query).components))
+
     def run(self, key: str, query: QuerySpec, caller: str = "anonymous") -> Answer:
         """Charge and release `query` once per idempotency key. `caller` is the identity the
         transport authenticated (a certificate's common name), for the audit log."""
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise QueryError("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
-        plan = self.plan(query)
+        plan: Plan | None = None
+        try:
+            if not key or len(key) > MAX_KEY_LENGTH:
+                raise QueryError("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
+            plan = self.plan(query)
+            answer = self._run(key, query, plan)
+        except Exception as exc:
+            self.refused(key, query, exc, caller, plan)
+            raise
+        self._record(Record(caller, self.ledger.dataset, key, query,
+                            "replayed" if answer.replayed else "released",
+                            self._measurement(query), Loss() if answer.replayed else plan.loss,
+                            answer.release, pooled_only=answer.pooled_only))
+        return answer
+
+    def refused(self, key: str, query: QuerySpec | None, exc: BaseException,
+                caller: str = "anonymous", plan: Plan | None = None) -> None:
+        """Audit a request that is not answered: a NodeError is refused, anything else
+        failed. Transports call this for a request they cannot even decode."""
+        outcome = "refused" if isinstance(exc, NodeError) else "failed"
+        shown = self._measurement(query) if plan is not None and query is not None else []
+        self._record(Record(caller, self.ledger.dataset, key, query, outcome, shown,
+                            error=exc))
+
+    def _record(self, record: Record) -> None:
+        if self.audit is not None:
+            self.audit.append(record)
+
+    def _measurement(self, query: QuerySpec) -> list[dict[str, Any]]:
+        return [{"components": list(names), "opendp": text}
+                for names, text in self._serialized(query)]
+
+    def _run(self, key: str, query: QuerySpec, plan: Plan) -> Answer:
         outcome = self.ledger.reserve(key, query.fingerprint(), plan.loss)
         if isinstance(outcome, Replay):
             return self._answer(key, query, Release.decode(outcome.release), replayed=True)
         try:
-            release = self._release(plan)
+            release = _suppress(self._release(plan), plan.query.statistic,
+                                self.policy.min_group_size)
         except BaseException:
             self.ledger.cancel(key)  # nothing left the node: refund
             raise
@@ -82,7 +127,8 @@ class Engine:
         return self._answer(key, query, release, replayed=False)
 
     def _answer(self, key: str, query: QuerySpec, release: Release, replayed: bool) -> Answer:
-        return Answer(self.node_id, key, query, release, self.ledger.state(), replayed)
+        return Answer(self.node_id, key, query, release, self.ledger.state(), replayed,
+                      pooled_only=not self.policy.comparison)
 
     def _release(self, plan: Plan) -> Release:
         cells = tuple(self._cell(plan, rows) for rows in self.frames.cells(plan))
@@ -107,6 +153,31 @@ class Engine:
         count, total, squares = plan.components
         return ReleasedCell(rows.group, (_scalar(count, z), _scalar(total, z),
                                          _scalar(squares, w)))
+
+
+def _suppress(release: Release, statistic: Statistic, min_group_size: float) -> Release:
+    """Suppress the cells whose noisy count is under `min_group_size`: post-processing of
+    the noisy release, so the privacy guarantee (and the loss charged) are unchanged."""
+    if min_group_size <= 0:
+        return release
+    cells = tuple(ReleasedCell(cell.group, (), suppressed=True)
+                  if noisy_size(cell, statistic) < min_group_size else cell
+                  for cell in release.cells)
+    return replace(release, cells=cells, min_group_size=min_group_size)
+
+
+def noisy_size(cell: ReleasedCell, statistic: Statistic) -> float:
+    """A cell's noisy number of participants: its count (count, mean, paired change), the
+    sum of its histogram's non-missing cells, or a regression's complete cases (zz[0,0]).
+    A quantile has none (inf: never suppressed; policies with a min_group_size refuse it)."""
+    values = {v.name: v.value for v in cell.values}
+    if statistic is Statistic.HISTOGRAM:
+        return sum(value for name, value in values.items() if name != MISSING)
+    if statistic is Statistic.CROSS_PRODUCTS:
+        return values["zz[0,0]"]
+    if statistic is Statistic.QUANTILE:
+        return math.inf
+    return values["count"]
 
 
 def _scalar(component: Component, data: np.ndarray[Any, Any]) -> NoisyValue:

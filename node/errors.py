@@ -49,3 +49,9 @@ class IdempotencyConflict(NodeError):
 
 class QueryInProgress(NodeError):
     """A query with the same idempotency key is being answered right now; retry later."""
+
+
+class AuditError(NodeError):
+    """The audit log cannot be appended to (unwritable, or its last line is incomplete).
+
+    The node fails closed: a query whose audit entry cannot be written is not answered."""

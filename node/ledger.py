@@ -19,6 +19,11 @@ WAL journal. The commit runs with synchronous=FULL, so when it returns the WAL (
 reservation's frames and the commit's) is on disk and the charge survives a power cut; the
 reservation itself runs with synchronous=NORMAL, since a reservation lost in a crash means
 no release left the node either. One fsync per query.
+
+Period cap (optional, from the member's policy): the loss charged within the current calendar
+period (year, quarter or month, UTC) is capped too. Each charge is stamped with the ledger's
+clock when it is reserved, and `reserve` checks the total and the period cap in the same
+`BEGIN IMMEDIATE` transaction; a charge stands in the period in which it was reserved.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bridgestat.node.errors import BudgetExhausted, IdempotencyConflict, QueryInProgress
@@ -51,7 +57,60 @@ CREATE TABLE IF NOT EXISTS charge (
     committed_at TEXT,
     PRIMARY KEY (dataset, query_key)
 );
+CREATE INDEX IF NOT EXISTS charge_time ON charge (dataset, created_at);
 """
+PERIODS = ("year", "quarter", "month")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp(when: datetime) -> str:
+    """UTC time in the ledger's text form (SQLite's strftime('%Y-%m-%dT%H:%M:%fZ')), which
+    sorts as text in time order."""
+    utc = when.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def period_start(period: str, when: datetime) -> datetime:
+    """The start (UTC) of the calendar period containing `when`."""
+    utc = when.astimezone(UTC)
+    if period == "year":
+        return datetime(utc.year, 1, 1, tzinfo=UTC)
+    if period == "quarter":
+        return datetime(utc.year, 3 * ((utc.month - 1) // 3) + 1, 1, tzinfo=UTC)
+    if period == "month":
+        return datetime(utc.year, utc.month, 1, tzinfo=UTC)
+    raise ValueError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+
+
+def period_label(period: str, when: datetime) -> str:
+    """A readable name of the period containing `when`: 2026, 2026-Q2 or 2026-05."""
+    start = period_start(period, when)
+    if period == "year":
+        return f"{start.year}"
+    if period == "quarter":
+        return f"{start.year}-Q{(start.month - 1) // 3 + 1}"
+    return f"{start.year}-{start.month:02d}"
+
+
+@dataclass(frozen=True)
+class PeriodCap:
+    """A cap on the (epsilon, delta) guarantee of what is charged within one calendar
+    period (UTC), on top of the dataset's total."""
+
+    period: str  # one of PERIODS
+    epsilon: Epsilon
+
+    def __post_init__(self) -> None:
+        if self.period not in PERIODS:
+            raise ValueError(f"period must be one of {', '.join(PERIODS)}, got {self.period!r}")
 
 
 @dataclass(frozen=True)
@@ -70,11 +129,25 @@ class Reserved:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """One row of the ledger, for audits."""
+
+    key: str
+    loss: Loss
+    state: str  # reserved | committed
+    created_at: str  # when it was reserved (the ledger's timestamp form)
+    committed_at: str | None
+
+
+@dataclass(frozen=True)
 class BudgetState:
     dataset: str
     total: Epsilon  # cap on the (epsilon, delta) guarantee
     spent_loss: Loss  # pure epsilon and rho, summed separately
     delta: float
+    period: PeriodCap | None = None
+    period_spent_loss: Loss = Loss()  # charged within the current period
+    period_name: str = ""  # e.g. 2026 (the current period)
 
     @property
     def spent(self) -> Epsilon:
@@ -82,17 +155,34 @@ class BudgetState:
         return self.spent_loss.epsilon_at(self.delta)
 
     @property
-    def remaining(self) -> Epsilon:
+    def total_remaining(self) -> Epsilon:
         return self.total - self.spent
+
+    @property
+    def period_spent(self) -> Epsilon:
+        return self.period_spent_loss.epsilon_at(self.delta)
+
+    @property
+    def period_remaining(self) -> Epsilon | None:
+        return None if self.period is None else self.period.epsilon - self.period_spent
+
+    @property
+    def remaining(self) -> Epsilon:
+        """What can still be spent now: the total's rest, or the period's when smaller."""
+        period = self.period_remaining
+        total = self.total_remaining
+        return total if period is None else min(total, period)
 
 
 class Ledger:
     """SQLite ledger of one dataset's privacy budget; safe across threads and processes."""
 
-    def __init__(self, path: Path, dataset: str, total: Epsilon, delta: float = 1e-6) -> None:
+    def __init__(self, path: Path, dataset: str, total: Epsilon, delta: float = 1e-6,
+                 period: PeriodCap | None = None, clock: Clock = utc_now) -> None:
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
         self.path, self.dataset, self.total, self.delta = Path(path), dataset, total, delta
+        self.period, self.clock = period, clock
         self.owner = uuid.uuid4().hex  # this process's identity for its reservations
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -126,7 +216,21 @@ class Ledger:
 
     def state(self) -> BudgetState:
         with self._connect() as db:
-            return BudgetState(self.dataset, self.total, self._spent(db), self.delta)
+            spent = self._spent(db)
+            if self.period is None:
+                return BudgetState(self.dataset, self.total, spent, self.delta)
+            now = self.clock()
+            return BudgetState(self.dataset, self.total, spent, self.delta, self.period,
+                               self._period_spent(db, now),
+                               period_label(self.period.period, now))
+
+    def _period_spent(self, db: sqlite3.Connection, now: datetime) -> Loss:
+        """Loss of the charges (reserved or committed) stamped in the period of `now`."""
+        assert self.period is not None
+        since = timestamp(period_start(self.period.period, now))
+        rows = db.execute("SELECT loss FROM charge WHERE dataset = ? AND created_at >= ?",
+                          (self.dataset, since)).fetchall()
+        return sum((Loss.decode(row[0]) for row in rows), Loss())
 
     def _spent(self, db: sqlite3.Connection) -> Loss:
         row = db.execute("SELECT spent FROM budget WHERE dataset = ?", (self.dataset,)).fetchone()
@@ -147,12 +251,30 @@ class Ledger:
                     f"budget of dataset {self.dataset!r} exhausted: spent epsilon {before} of "
                     f"{self.total}, this query ({loss}) would bring it to {after} "
                     f"(delta {self.delta:g}; remaining {self.total - before})")
+            now = self.clock()
+            if self.period is not None:
+                self._check_period(db, loss, now)
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
                        ((spent + loss).encode(), self.dataset))
-            db.execute("INSERT INTO charge (dataset, query_key, fingerprint, loss, state, owner)"
-                       " VALUES (?, ?, ?, ?, 'reserved', ?)",
-                       (self.dataset, key, fingerprint, loss.encode(), self.owner))
+            db.execute("INSERT INTO charge (dataset, query_key, fingerprint, loss, state, owner,"
+                       " created_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
+                       (self.dataset, key, fingerprint, loss.encode(), self.owner,
+                        timestamp(now)))
             return Reserved(key)
+
+    def _check_period(self, db: sqlite3.Connection, loss: Loss, now: datetime) -> None:
+        """Refuse a charge that would take the current period over its cap."""
+        assert self.period is not None
+        spent = self._period_spent(db, now)
+        before, after = spent.epsilon_at(self.delta), (spent + loss).epsilon_at(self.delta)
+        cap = self.period.epsilon
+        if after > cap:
+            raise BudgetExhausted(
+                f"policy rule budget.per_period: the {self.period.period} "
+                f"{period_label(self.period.period, now)} of dataset {self.dataset!r} is "
+                f"exhausted: spent epsilon {before} of {cap}, this query ({loss}) would bring it "
+                f"to {after} (remaining {cap - before}; the next {self.period.period} starts "
+                f"afresh)")
 
     def _existing(self, db: sqlite3.Connection, key: str, fingerprint: str,
                   row: tuple[str, str, str, str | None]) -> Replay | Reserved:
@@ -195,7 +317,12 @@ class Ledger:
 
     def charges(self) -> list[tuple[str, Loss, str]]:
         """Every charge of this dataset: (key, loss, state), oldest first."""
+        return [(c.key, c.loss, c.state) for c in self.history()]
+
+    def history(self) -> list[Charge]:
+        """Every charge of this dataset with its timestamps, oldest first."""
         with self._connect() as db:
-            rows = db.execute("SELECT query_key, loss, state FROM charge WHERE dataset = ? "
-                              "ORDER BY rowid", (self.dataset,)).fetchall()
-        return [(k, Loss.decode(e), s) for k, e, s in rows]
+            rows = db.execute("SELECT query_key, loss, state, created_at, committed_at "
+                              "FROM charge WHERE dataset = ? ORDER BY rowid",
+                              (self.dataset,)).fetchall()
+        return [Charge(k, Loss.decode(e), s, c, t) for k, e, s, c, t in rows]

@@ -1,7 +1,9 @@
 """Compile a query into a plan of OpenDP measurements, refusing what does not fit.
 
 Everything here depends only on the query, the public schema and the node's policy,
-never on the data: a refusal reveals nothing about any participant.
+never on the data: a refusal reveals nothing about any participant. A query is first checked
+against the per-query loss cap, then against the schema (QueryError), and only a well-formed
+query against the member's other policy rules (PolicyError naming the rule, see `policy`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from bridgestat.node import mechanisms
 from bridgestat.node.errors import PolicyError, QueryError
 from bridgestat.node.loss import Loss
 from bridgestat.node.mechanisms import Component
+from bridgestat.node.policy import Policy as Policy  # re-exported: callers import it here
 from bridgestat.node.query import (INTAKE, CategoryFilter, Occasion, QuerySpec, RangeFilter,
                                    Statistic, Term)
 from bridgestat.node.schema import ColumnSpec, ColumnType, Schema, TableSpec
@@ -26,14 +29,6 @@ MAX_TERMS = 10  # regressors + response of a cross-products query
 MAX_CANDIDATES = 10_000  # quantile candidates
 SIGN_LABELS = ("decreased", "unchanged", "increased")
 MIN_LOSS = 1e-6  # below this the noise is astronomically large and its variance overflows
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The budget rules the planner enforces (the ledger enforces the total)."""
-
-    max_epsilon_per_query: float  # on the (epsilon, delta) guarantee of one query
-    delta: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -87,6 +82,7 @@ def compile_query(query: QuerySpec, schema: Schema, policy: Policy) -> Plan:
     for i, flt in enumerate(query.filters):
         _check_filter(flt, schema, table, f"query.filters[{i}]")
     cells = _cells(query, schema, table)
+    policy.check(query)  # well formed; now the member's rules (statistics, columns)
     return _build(query, table, column, cells, occasion, baseline, terms)
 
 
@@ -107,8 +103,9 @@ def _check_loss(query: QuerySpec, policy: Policy) -> None:
         shown = f"rho {value:g} (epsilon {guarantee:.4g} at delta {policy.delta:g})" \
             if gaussian else f"{value:g}"
         raise PolicyError(f"query.loss.{used}",
-                          f"{shown} exceeds this node's largest loss per query "
-                          f"(epsilon {policy.max_epsilon_per_query:g})")
+                          f"policy rule budget.max_epsilon_per_query: {shown} exceeds this "
+                          f"node's largest loss per query (epsilon "
+                          f"{policy.max_epsilon_per_query:g})")
 
 
 def _check_table(query: QuerySpec, schema: Schema) -> TableSpec:

@@ -20,6 +20,7 @@ class NoisyValue:
 class ReleasedCell:
     group: tuple[tuple[str, str], ...]
     values: tuple[NoisyValue, ...]
+    suppressed: bool = False  # noisy count under the policy's min_group_size: no values
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Release:
     charged: float  # the epsilon charged for the query (OpenDP's maps)
     charged_rho: float = 0.0  # the rho charged (Gaussian releases)
     term_bounds: tuple[tuple[float, float], ...] = ()  # cross products: bounds per term
+    min_group_size: float = 0.0  # the policy's suppression threshold applied (0: none)
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -41,7 +43,8 @@ class Release:
         doc = json.loads(text)
         cells = tuple(
             ReleasedCell(group=tuple((c, v) for c, v in cell["group"]),
-                         values=tuple(NoisyValue(**value) for value in cell["values"]))
+                         values=tuple(NoisyValue(**value) for value in cell["values"]),
+                         suppressed=cell.get("suppressed", False))
             for cell in doc.pop("cells"))
         bounds = tuple((lo, hi) for lo, hi in doc.pop("term_bounds", ()))
         return cls(cells=cells, term_bounds=bounds, **doc)

@@ -157,7 +157,7 @@ def answer_to_pb(answer: Answer, max_per_query: float) -> pb.RunQueryResponse:
         release=release_to_pb(answer.release),
         charged=charged_to_pb(answer.release, answer.budget.delta),
         budget=budget_to_pb(answer.budget, max_per_query),
-        replayed=answer.replayed, node_id=answer.node_id)
+        replayed=answer.replayed, node_id=answer.node_id, pooled_only=answer.pooled_only)
 
 
 def release_to_pb(release: Release) -> pb.Release:
@@ -167,8 +167,10 @@ def release_to_pb(release: Release) -> pb.Release:
                                              noise_scale=v.noise_scale,
                                              noise_variance=v.noise_variance,
                                              epsilon=v.epsilon, rho=v.rho)
-                               for v in cell.values])
+                               for v in cell.values],
+                       suppressed=cell.suppressed)
                for cell in release.cells],
         center=release.center, lower=release.lower, upper=release.upper,
         mechanism=release.mechanism,
-        term_bounds=[pb.Bounds(lower=lo, upper=hi) for lo, hi in release.term_bounds])
+        term_bounds=[pb.Bounds(lower=lo, upper=hi) for lo, hi in release.term_bounds],
+        min_group_size=release.min_group_size)

@@ -240,31 +240,35 @@ class GroupValue(_message.Message):
     def __init__(self, column: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
 
 class Cell(_message.Message):
-    __slots__ = ("group", "values")
+    __slots__ = ("group", "values", "suppressed")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     group: _containers.RepeatedCompositeFieldContainer[GroupValue]
     values: _containers.RepeatedCompositeFieldContainer[NoisyValue]
-    def __init__(self, group: _Optional[_Iterable[_Union[GroupValue, _Mapping]]] = ..., values: _Optional[_Iterable[_Union[NoisyValue, _Mapping]]] = ...) -> None: ...
+    suppressed: bool
+    def __init__(self, group: _Optional[_Iterable[_Union[GroupValue, _Mapping]]] = ..., values: _Optional[_Iterable[_Union[NoisyValue, _Mapping]]] = ..., suppressed: _Optional[bool] = ...) -> None: ...
 
 class Release(_message.Message):
-    __slots__ = ("cells", "center", "lower", "upper", "mechanism", "term_bounds")
+    __slots__ = ("cells", "center", "lower", "upper", "mechanism", "term_bounds", "min_group_size")
     CELLS_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
     TERM_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     cells: _containers.RepeatedCompositeFieldContainer[Cell]
     center: float
     lower: float
     upper: float
     mechanism: str
     term_bounds: _containers.RepeatedCompositeFieldContainer[Bounds]
-    def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., mechanism: _Optional[str] = ..., term_bounds: _Optional[_Iterable[_Union[Bounds, _Mapping]]] = ...) -> None: ...
+    min_group_size: float
+    def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., mechanism: _Optional[str] = ..., term_bounds: _Optional[_Iterable[_Union[Bounds, _Mapping]]] = ..., min_group_size: _Optional[float] = ...) -> None: ...
 
 class RunQueryResponse(_message.Message):
-    __slots__ = ("idempotency_key", "query", "release", "charged", "budget", "replayed", "node_id")
+    __slots__ = ("idempotency_key", "query", "release", "charged", "budget", "replayed", "node_id", "pooled_only")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +276,7 @@ class RunQueryResponse(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    POOLED_ONLY_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     query: Query
     release: Release
@@ -279,4 +284,5 @@ class RunQueryResponse(_message.Message):
     budget: Budget
     replayed: bool
     node_id: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., charged: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., replayed: _Optional[bool] = ..., node_id: _Optional[str] = ...) -> None: ...
+    pooled_only: bool
+    def __init__(self, idempotency_key: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., charged: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., replayed: _Optional[bool] = ..., node_id: _Optional[str] = ..., pooled_only: _Optional[bool] = ...) -> None: ...

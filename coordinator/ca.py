@@ -1,0 +1,282 @@
+"""The network's certificate authority: the identities behind mutual TLS.
+
+The coordinator's operator keeps the CA (`bridgestat ca init`). Every member's node and the
+coordinator get a certificate whose common name and DNS subject alternative name is their
+name in the network file, so a node can check who calls it (its allow-list) and the
+coordinator can check that the node at a member's address is that member.
+
+Two ways to a member certificate:
+
+- `issue`: the CA makes key and certificate (local demos, tests, the coordinator itself);
+- `make_csr` at the member, `sign_csr` at the CA: the member's private key never leaves it.
+
+Keys are EC P-256, written unencrypted with mode 0600; certificates carry serverAuth and
+clientAuth, since a node is a server and the coordinator a client of the same CA.
+`check_identity` validates a certificate, key and CA triple before first use, naming the
+file that is wrong. (The node restates these checks in `node/tls.py`: the node never imports
+the coordinator.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_NAME = "bridgestat network CA"
+CA_KEY = "ca.key"
+CA_CERT = "ca.pem"
+CA_DAYS = 3650
+MEMBER_DAYS = 730
+COORDINATOR = "coordinator"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as a node_id
+
+PrivateKey = ec.EllipticCurvePrivateKey
+SubjectKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+
+class CaError(ValueError):
+    """A CA operation or certificate check failed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A certificate and its private key on disk."""
+
+    name: str
+    cert: Path
+    key: Path
+
+
+def init_ca(directory: Path, *, days: int = CA_DAYS) -> Path:
+    """Create the CA key and self-signed certificate in `directory`; refuse to overwrite."""
+    directory = Path(directory)
+    if (directory / CA_KEY).exists():
+        raise CaError(f"{directory / CA_KEY}: a CA already exists here; not overwritten")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    start = _now() - dt.timedelta(minutes=5)  # tolerate small clock skew between machines
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_key(directory / CA_KEY, key)
+    _write(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    return directory / CA_CERT
+
+
+def issue(directory: Path, name: str, out: Path | None = None, *, days: int = MEMBER_DAYS,
+          valid_from: dt.datetime | None = None) -> Identity:
+    """Make a key and a certificate for `name` signed by the CA in `directory`; write
+    <out>/<name>.key and <out>/<name>.pem (out defaults to the CA directory)."""
+    _check_name(name)
+    key = ec.generate_private_key(ec.SECP256R1())
+    out = Path(out or directory)
+    out.mkdir(parents=True, exist_ok=True)
+    cert = _sign(Path(directory), name, key.public_key(), days, valid_from)
+    _write_key(out / f"{name}.key", key)
+    _write(out / f"{name}.pem", cert)
+    return Identity(name, out / f"{name}.pem", out / f"{name}.key")
+
+
+def make_csr(name: str, out: Path) -> tuple[Path, Path]:
+    """At the member: a new key and a certificate signing request for `name`; returns
+    (key, csr). Send only the .csr to the CA; the key stays."""
+    _check_name(name)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+           .sign(key, hashes.SHA256()))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_key(out / f"{name}.key", key)
+    _write(out / f"{name}.csr", csr.public_bytes(serialization.Encoding.PEM))
+    return out / f"{name}.key", out / f"{name}.csr"
+
+
+def sign_csr(directory: Path, csr_path: Path, out: Path | None = None, *,
+             days: int = MEMBER_DAYS) -> Path:
+    """At the CA: sign a member's request; the certificate names the request's common name
+    (the CA sets every extension itself). Writes <out>/<name>.pem beside the .csr by default."""
+    csr_path = Path(csr_path)
+    try:
+        csr = x509.load_pem_x509_csr(csr_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CaError(f"{csr_path}: not a readable PEM certificate signing request: "
+                      f"{exc}") from exc
+    if not csr.is_signature_valid:
+        raise CaError(f"{csr_path}: the request's signature is invalid")
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise CaError(f"{csr_path}: the request has no common name")
+    name = str(names[0].value)
+    _check_name(name)
+    public = csr.public_key()
+    if not isinstance(public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
+        raise CaError(f"{csr_path}: the request's key must be an EC or RSA key")
+    cert_path = Path(out or csr_path.parent) / f"{name}.pem"
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    _write(cert_path, _sign(Path(directory), name, public, days, None))
+    return cert_path
+
+
+def check_identity(ca: Path, cert: Path, key: Path) -> tuple[str, str] | None:
+    """The first problem of a CA, certificate and key triple as (role, message), role one of
+    "ca", "cert", "key"; None when the certificate is valid now, signed by the CA and
+    matches the key."""
+    try:
+        ca_cert = _load_cert(ca)
+    except CaError as exc:
+        return "ca", str(exc)
+    if problem := _validity(ca_cert, ca, "CA certificate"):
+        return "ca", problem
+    try:
+        own = _load_cert(cert)
+    except CaError as exc:
+        return "cert", str(exc)
+    for role, text in (("cert", _validity(own, cert, "certificate")),
+                       ("cert", _issued_by(own, cert, ca_cert, ca)),
+                       ("key", _matches(key, own, cert))):
+        if text:
+            return role, text
+    return None
+
+
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _sign(directory: Path, name: str, public: SubjectKey, days: int,
+          valid_from: dt.datetime | None) -> bytes:
+    ca_key, ca_cert = _load_ca(directory)
+    start = valid_from or _now() - dt.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(_key_usage(digital_signature=True, key_agreement=True),
+                           critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """KeyUsage with the named uses on and every other off."""
+    uses = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+            "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{use: allowed.get(use, False) for use in uses})
+
+
+def _load_ca(directory: Path) -> tuple[PrivateKey, x509.Certificate]:
+    key_path, cert_path = directory / CA_KEY, directory / CA_CERT
+    if not key_path.is_file():
+        raise CaError(f"{key_path}: no CA here; create one with `bridgestat ca init --dir "
+                      f"{directory}`")
+    key = _load_key(key_path)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CaError(f"{key_path}: the CA key must be an EC key")
+    return key, _load_cert(cert_path)
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CaError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError as exc:
+        raise CaError(f"{path} is not a PEM certificate") from exc
+
+
+def _load_key(path: Path) -> PrivateKeyTypes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CaError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CaError(f"{path} is not an unencrypted PEM private key") from exc
+    return key
+
+
+def _validity(cert: x509.Certificate, path: Path, what: str) -> str:
+    now = _now()
+    if now < cert.not_valid_before_utc:
+        return f"{what} {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    if now > cert.not_valid_after_utc:
+        return f"{what} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    return ""
+
+
+def _issued_by(cert: x509.Certificate, path: Path, ca_cert: x509.Certificate,
+               ca_path: Path) -> str:
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return f"certificate {path} is not signed by the CA in {ca_path}"
+    return ""
+
+
+def _matches(key_path: Path, cert: x509.Certificate, cert_path: Path) -> str:
+    try:
+        key = _load_key(key_path)
+    except CaError as exc:
+        return str(exc)
+    if _spki(key.public_key()) != _spki(cert.public_key()):
+        return f"key {key_path} does not match the certificate {cert_path}"
+    return ""
+
+
+def _spki(public: object) -> bytes:
+    return public.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise CaError(f"name {name!r}: use letters, digits, '.', '_' or '-' (max 64), as in "
+                      "the network file")
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
+    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

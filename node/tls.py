@@ -1,0 +1,191 @@
+"""Mutual TLS for the node: start-up checks of the `tls` files, server credentials, and the
+allow-list of caller identities.
+
+Every problem with `tls.ca`, `tls.cert` or `tls.key` (unreadable, not PEM, expired or not
+yet valid, not signed by the network CA, key and certificate apart, certificate for another
+name than `node_id`) is a `ConfigError` naming the config file and key at start-up, not a
+handshake failure on the first query. The server then requires a client certificate from
+the network CA (`require_client_auth`), and `AllowList` refuses, before any handler runs,
+every call whose certificate's common name is not in `tls.allow`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import NameOID
+
+from bridgestat.node.config import NodeConfig, TlsConfig
+from bridgestat.node.errors import ConfigError
+
+ANONYMOUS = "anonymous"  # the caller of a plain-text (--insecure) node
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The checked PEM bytes the server needs, and who may call it."""
+
+    key: bytes
+    cert: bytes
+    ca: bytes
+    allow: tuple[str, ...]
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Server credentials that demand a client certificate signed by the network CA."""
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
+                                           require_client_auth=True)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The same identity as a client (a node dialling out in connect mode)."""
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+def load_server_tls(config: NodeConfig) -> ServerTls:
+    """Read and check the node's `tls` files; raise ConfigError naming file and key."""
+    if config.tls is None:
+        raise ConfigError(config.source, "tls", "no tls section")
+    tls: TlsConfig = config.tls
+    ca_pem, cert_pem, key_pem = (_read(config.source, f"tls.{k}", getattr(tls, k))
+                                 for k in ("ca", "cert", "key"))
+    ca = _certificate(config.source, "tls.ca", tls.ca, ca_pem, "CA certificate")
+    cert = _certificate(config.source, "tls.cert", tls.cert, cert_pem, "certificate")
+    _check_issuer(config.source, tls, cert, ca)
+    _check_key(config.source, tls, cert, key_pem)
+    _check_name(config.source, config.node_id, tls, cert)
+    return ServerTls(key_pem, cert_pem, ca_pem, tls.allow)
+
+
+def caller_identity(context: grpc.ServicerContext) -> str:
+    """The common name of the caller's verified certificate; ANONYMOUS without TLS."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode("utf-8", "replace") if names else ANONYMOUS
+
+
+# -- start-up checks --------------------------------------------------------------------------
+
+def _read(source: str, key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, key, f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _certificate(source: str, key: str, path: Path, pem: bytes,
+                 what: str) -> x509.Certificate:
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        raise ConfigError(source, key, f"{path} is not a PEM certificate") from exc
+    now = dt.datetime.now(dt.UTC)
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(source, key, f"{what} {path} is not valid before "
+                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if now > cert.not_valid_after_utc:
+        raise ConfigError(source, key, f"{what} {path} expired on "
+                          f"{cert.not_valid_after_utc:%Y-%m-%d}")
+    return cert
+
+
+def _check_issuer(source: str, tls: TlsConfig, cert: x509.Certificate,
+                  ca: x509.Certificate) -> None:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ConfigError(source, "tls.cert", f"certificate {tls.cert} is not signed by the "
+                          f"CA in tls.ca ({tls.ca})") from exc
+
+
+def _check_key(source: str, tls: TlsConfig, cert: x509.Certificate, pem: bytes) -> None:
+    try:
+        key: PrivateKeyTypes = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(source, "tls.key", f"{tls.key} is not an unencrypted PEM "
+                          "private key") from exc
+    if _spki(key.public_key()) != _spki(cert.public_key()):
+        raise ConfigError(source, "tls.key", f"key {tls.key} does not match the "
+                          f"certificate in tls.cert ({tls.cert})")
+
+
+def _check_name(source: str, node_id: str, tls: TlsConfig, cert: x509.Certificate) -> None:
+    """The coordinator checks the node's certificate against the member's name in the
+    network file, which is the node_id: a certificate for another name would be refused."""
+    names = _dns_names(cert) or [str(a.value) for a in
+                                 cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if node_id not in names:
+        raise ConfigError(source, "tls.cert", f"certificate {tls.cert} is for "
+                          f"{', '.join(names) or 'no name'}, not node_id {node_id}")
+
+
+def _dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.value.get_values_for_type(x509.DNSName))
+
+
+def _spki(public: Any) -> bytes:
+    return bytes(public.public_bytes(serialization.Encoding.DER,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+# -- allow-list ------------------------------------------------------------------------------
+
+Refused = Callable[[str], None]
+
+
+class AllowList(grpc.ServerInterceptor):
+    """Refuses (PERMISSION_DENIED, naming the identity) every call whose client certificate's
+    common name is not allowed, before the handler runs: nothing is read or spent."""
+
+    def __init__(self, allow: tuple[str, ...], on_refusal: Refused | None = None) -> None:
+        self.allow = frozenset(allow)
+        self.on_refusal = on_refusal
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                       grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails
+                          ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _guarded(handler, self._check)
+
+    def _check(self, context: grpc.ServicerContext) -> None:
+        caller = caller_identity(context)
+        if caller not in self.allow:
+            if self.on_refusal is not None:
+                self.on_refusal(caller)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"caller {caller!r} is not on this node's allow-list (tls.allow)")
+
+
+def _guarded(handler: grpc.RpcMethodHandler,
+             check: Callable[[grpc.ServicerContext], None]) -> grpc.RpcMethodHandler:
+    """The same handler with `check(context)` run before its behaviour, for all four kinds."""
+    def wrap(behaviour: Callable[[Any, grpc.ServicerContext], Any]
+             ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            check(context)
+            return behaviour(request, context)
+        return checked
+
+    kinds = (("unary_unary", grpc.unary_unary_rpc_method_handler),
+             ("unary_stream", grpc.unary_stream_rpc_method_handler),
+             ("stream_unary", grpc.stream_unary_rpc_method_handler),
+             ("stream_stream", grpc.stream_stream_rpc_method_handler))
+    for attribute, make in kinds:
+        behaviour = getattr(handler, attribute)
+        if behaviour is not None:
+            return make(wrap(behaviour), request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+    return handler

@@ -1,0 +1,219 @@
+"""The audit log: the hash chain (every edit, removal, reordering and truncation named by its
+line), appends from many threads and processes, start-up checks, the ledger cross-check,
+OpenDP's serialized measurements and the per-caller, per-period summary."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import opendp.prelude as dp
+import pytest
+
+from bridgestat.node import mechanisms
+from bridgestat.node.audit import (GENESIS, AuditLog, Record, entry_hash, format_summary,
+                                   measurement, summarize, verify)
+from bridgestat.node.errors import AuditError, PolicyError
+from bridgestat.node.ledger import Ledger
+from bridgestat.node.loss import Epsilon, Loss
+from bridgestat.node.query import QuerySpec, Statistic
+
+QUERY = QuerySpec(Statistic.COUNT, "participant", "", 0.5)
+
+
+class Clock:
+    """Ticks one day per call from a fixed start, so entries span months."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(days=1)
+        return self.now
+
+
+def _record(key: str, caller: str = "coordinator", outcome: str = "released",
+            epsilon: float = 0.5) -> Record:
+    error = PolicyError("query.statistic", "policy rule statistics: no") \
+        if outcome == "refused" else None
+    return Record(caller, "ds", key, QUERY, outcome,
+                  charged=Loss.of(epsilon) if outcome == "released" else Loss(), error=error)
+
+
+def _log(tmp_path: Path, n: int = 5) -> Path:
+    log = AuditLog(tmp_path / "audit.jsonl", Clock(datetime(2026, 1, 1, tzinfo=UTC)))
+    for i in range(n):
+        log.append(_record(f"k{i + 1}"))
+    return log.path
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_entries_are_chained_from_genesis(tmp_path: Path) -> None:
+    path = _log(tmp_path, 3)
+    entries = [json.loads(line) for line in _lines(path)]
+    assert [e["seq"] for e in entries] == [1, 2, 3]
+    assert entries[0]["prev_hash"] == GENESIS
+    assert [e["prev_hash"] for e in entries[1:]] == [e["hash"] for e in entries[:-1]]
+    assert all(entry_hash(e) == e["hash"] for e in entries)
+    assert entries[0]["caller"] == "coordinator" and entries[0]["key"] == "k1"
+    assert entries[0]["query"]["statistic"] == "count"
+    assert entries[0]["charged"] == {"epsilon": 0.5, "rho": 0.0, "exact": "1/2;0"}
+    result = verify(path)
+    assert result.ok and result.count == 3 and result.last_hash == entries[-1]["hash"]
+
+
+def _edit_byte(lines: list[bytes]) -> list[bytes]:
+    lines[2] = lines[2].replace(b'"k3"', b'"k9"')  # still valid JSON
+    return lines
+
+
+def _corrupt(lines: list[bytes]) -> list[bytes]:
+    lines[3] = b"#" + lines[3][1:]  # the opening brace
+    return lines
+
+
+def _swap(lines: list[bytes]) -> list[bytes]:
+    lines[1], lines[2] = lines[2], lines[1]
+    return lines
+
+
+def _truncate(lines: list[bytes]) -> list[bytes]:
+    lines[-1] = lines[-1][:40]
+    return lines
+
+
+def _insert(lines: list[bytes]) -> list[bytes]:
+    return [*lines[:2], lines[1], *lines[2:]]  # a copy of line 2 as line 3
+
+
+def _refit(lines: list[bytes]) -> list[bytes]:
+    """Remove line 2 and recompute its successor's hash (an editor who knows the scheme)."""
+    entry = json.loads(lines[2])
+    entry["seq"] = 2
+    entry["hash"] = entry_hash(entry)
+    return [lines[0], json.dumps(entry, separators=(",", ":")).encode() + b"\n", *lines[3:]]
+
+
+TAMPERING: list[tuple[str, Callable[[list[bytes]], list[bytes]], int, str]] = [
+    ("edited byte", _edit_byte, 3, "hash mismatch: the entry was edited"),
+    ("corrupted line", _corrupt, 4, "not valid JSON"),
+    ("removed line", lambda lines: [lines[0], *lines[2:]], 2, "seq 3 where 2 was expected"),
+    ("removed first line", lambda lines: lines[1:], 1, "seq 2 where 1 was expected"),
+    ("swapped lines", _swap, 2, "seq 3 where 2 was expected"),
+    ("truncated last line", _truncate, 5, "incomplete entry"),
+    ("inserted copy", _insert, 3, "seq 2 where 3 was expected"),
+    ("removed and re-hashed", _refit, 2, "prev_hash does not match the hash of line 1"),
+]
+
+
+@pytest.mark.parametrize(("case", "tamper", "line", "reason"), TAMPERING,
+                         ids=[t[0] for t in TAMPERING])
+def test_tampering_is_named_by_its_first_line(
+        tmp_path: Path, case: str, tamper: Callable[[list[bytes]], list[bytes]], line: int,
+        reason: str) -> None:
+    path = _log(tmp_path)
+    path.write_bytes(b"".join(tamper(_lines(path))))
+    result = verify(path)
+    assert not result.ok, case
+    assert result.line == line, result.problem
+    assert result.problem is not None and result.problem.startswith(f"line {line}: {reason}"), \
+        result.problem
+
+
+def test_cut_off_entries_are_caught_by_the_ledger_and_by_an_anchor(tmp_path: Path) -> None:
+    path = _log(tmp_path, 0)
+    log = AuditLog(path)
+    ledger = Ledger(tmp_path / "ledger.sqlite", "ds", Epsilon.of(10))
+    for key in ("a", "b", "c"):
+        ledger.reserve(key, key, Loss.of(0.5))
+        ledger.commit(key, "{}")
+        log.append(_record(key))
+    anchor = verify(path).last_hash
+    assert verify(path, ledger.history(), "ds", anchor).ok
+    path.write_bytes(b"".join(_lines(path)[:2]))  # a clean cut: the chain itself is intact
+    assert verify(path).ok
+    by_ledger = verify(path, ledger.history(), "ds")
+    assert by_ledger.problem is not None and "ledger charge 'c'" in by_ledger.problem
+    by_anchor = verify(path, anchor=anchor)
+    assert by_anchor.problem is not None and "anchor" in by_anchor.problem
+
+
+def test_ledger_check_compares_the_exact_loss(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    ledger = Ledger(tmp_path / "ledger.sqlite", "ds", Epsilon.of(10))
+    ledger.reserve("a", "a", Loss.of(0.25))
+    ledger.commit("a", "{}")
+    AuditLog(path).append(_record("a", epsilon=0.5))
+    result = verify(path, ledger.history(), "ds")
+    assert result.problem is not None and "the ledger charged 1/4;0" in result.problem
+
+
+def test_appends_from_threads_and_processes_interleave_whole(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    logs = [AuditLog(path), AuditLog(path)]  # separate locks, like two processes: flock
+
+    def writer(i: int) -> None:
+        for j in range(15):
+            logs[i % 2].append(_record(f"t{i}-{j}"))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result = verify(path)
+    assert result.ok, result.problem
+    assert result.count == 90
+
+
+def test_a_torn_last_line_stops_start_up(tmp_path: Path) -> None:
+    path = _log(tmp_path, 2)
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(AuditError, match="incomplete entry"):
+        AuditLog(path)
+
+
+def test_refusal_records_error_and_no_loss(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    entry = log.append(_record("r", outcome="refused"))
+    assert entry["outcome"] == "refused" and entry["charged"]["exact"] == "0;0"
+    assert entry["error"] == {"code": "PolicyError",
+                              "message": "query.statistic: policy rule statistics: no"}
+    assert entry["release"] is None
+
+
+def test_measurements_are_openDP_serialized_and_deserialize_to_the_same_map() -> None:
+    components = [mechanisms.count_component(0.5), mechanisms.histogram_component(4, 0.3),
+                  *mechanisms.cross_product_components(2, 0.06)]
+    shown = measurement(components)
+    assert [m["components"] for m in shown][:2] == [["count"], ["histogram"]]
+    assert len(shown[2]["components"]) == 6  # identical regression entries written once
+    for item, component in zip(shown, components[:3], strict=True):
+        rebuilt = dp.deserialize(item["opendp"])  # type: ignore[no-untyped-call]
+        assert rebuilt.map(1) == component.measurement.map(1)  # type: ignore[no-untyped-call]
+
+
+def test_summary_per_caller_and_period(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", Clock(datetime(2026, 1, 29, tzinfo=UTC)))
+    log.append(_record("a"))  # 2026-01-30
+    log.append(_record("b", caller="analyst", outcome="refused"))  # 2026-01-31
+    log.append(_record("c"))  # 2026-02-01
+    log.append(_record("c", outcome="replayed"))  # 2026-02-02
+    entries = [json.loads(line) for line in _lines(log.path)]
+    rows = summarize(entries, "month")
+    table = {(r.period, r.caller): r for r in rows}
+    assert set(table) == {("2026-01", "analyst"), ("2026-01", "coordinator"),
+                          ("2026-02", "coordinator")}
+    assert table[("2026-02", "coordinator")].counts["replayed"] == 1
+    assert float(table[("2026-02", "coordinator")].epsilon) == 0.5
+    assert table[("2026-01", "analyst")].counts["refused"] == 1
+    yearly = summarize(entries, "year")
+    assert [(r.period, r.caller, float(r.epsilon)) for r in yearly] == [
+        ("2026", "analyst", 0.0), ("2026", "coordinator", 1.0)]
+    assert "coordinator" in format_summary(yearly).splitlines()[2]

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test chromium postgresql protos check-protos clean
+.PHONY: install demo test chromium postgresql containers protos check-protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ chromium:
 postgresql:
 	sh scripts/ensure-postgresql
 
-test: $(STAMP) chromium postgresql
+# The container test builds the node image with podman/buildah and a debootstrap base.
+containers:
+	sh scripts/ensure-containers
+
+test: $(STAMP) chromium postgresql containers
 	$(PY) -m pytest -q -ra
 
 protos: $(STAMP)

@@ -1,0 +1,33 @@
+# The bridgestat node: answers the network's typed queries with DP releases from the
+# member's own data. Build from the repository root after `pip wheel -w build/wheels .`:
+#   docker build -f deploy/node.Dockerfile -t bridgestat-node .
+# The base is a build argument so an air-gapped member can use its own (see
+# README "For member IT"); a base without Python gets Debian's python3.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+
+RUN if ! command -v python3 >/dev/null 2>&1; then \
+        apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           python3 python3-venv ca-certificates \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+# Wheels built on the host: no PyPI access is needed inside the build.
+COPY build/wheels /tmp/wheels
+RUN python3 -m venv /opt/bridgestat \
+    && /opt/bridgestat/bin/pip install --no-index --find-links /tmp/wheels bridgestat \
+    && rm -rf /tmp/wheels \
+    && (getent passwd bridgestat >/dev/null || useradd --system --uid 10001 --home-dir /var/lib/bridgestat bridgestat) \
+    && mkdir -p /var/lib/bridgestat /etc/bridgestat /data \
+    && chown bridgestat /var/lib/bridgestat
+
+ENV PATH=/opt/bridgestat/bin:$PATH PYTHONUNBUFFERED=1
+USER bridgestat
+WORKDIR /var/lib/bridgestat
+# /etc/bridgestat: node.yaml, certificates, policy (read-only); /data: the member's export
+# (read-only); /var/lib/bridgestat: ledger and audit log (the only writable state).
+VOLUME ["/var/lib/bridgestat"]
+EXPOSE 50051 9464
+ENTRYPOINT ["bridgestat-node"]
+CMD ["serve", "--config", "/etc/bridgestat/node.yaml"]

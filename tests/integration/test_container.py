@@ -1,0 +1,137 @@
+"""The node image, built and run the way ../shared/containers.md found to work without a
+Docker engine: a debootstrap base imported into podman, `podman build` with chroot isolation,
+and the node started inside with `buildah run` (host network); the test queries it over mTLS
+from the host with the coordinator's API. Slow (about 1-2 minutes), and run in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridgestat.coordinator import ca, local, synth
+from bridgestat.coordinator.api import Network
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "localhost/debian-min:bookworm"
+IMAGE = "localhost/bridgestat-node:test"
+CONTAINER_UID = 10001  # the image's bridgestat user (deploy/node.Dockerfile)
+pytestmark = pytest.mark.slow
+
+
+def _run(*cmd: str, timeout: float = 600, cwd: Path = ROOT) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def _require_tools() -> None:
+    missing = [t for t in ("podman", "buildah", "debootstrap") if shutil.which(t) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{', '.join(missing)} missing under CI: scripts/ensure-containers "
+                        "should have installed them")
+        pytest.skip(f"{', '.join(missing)} not installed (scripts/ensure-containers)")
+
+
+def _base_image(tmp: Path) -> None:
+    """Debian minbase imported as an image, once per machine (no registry is reachable)."""
+    if subprocess.run(["podman", "image", "exists", BASE]).returncode == 0:
+        return
+    rootfs = tmp / "rootfs"
+    _run("debootstrap", "--variant=minbase", "bookworm", str(rootfs),
+         "http://deb.debian.org/debian")
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    _run_stdin = subprocess.run(["podman", "import", "-", BASE], stdin=tar.stdout,
+                                capture_output=True, text=True, timeout=300)
+    tar.wait()
+    assert _run_stdin.returncode == 0, _run_stdin.stderr
+
+
+@pytest.fixture(scope="module")
+def node_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    _require_tools()
+    _base_image(tmp_path_factory.mktemp("base"))
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "-w", "build/wheels", ".")
+    _run("podman", "build", "--isolation", "chroot", "--cgroup-manager", "cgroupfs",
+         "--build-arg", f"BASE={BASE}", "-f", "deploy/node.Dockerfile", "-t", IMAGE, ".")
+    return IMAGE
+
+
+def _member(root: Path, port: int) -> tuple[Path, Path]:
+    """A synthetic member's data, its certificates and a node.yaml with container paths."""
+    synth.write_network(root / "net", members=1, seed=9, sizes=[300])
+    local.write_configs(root / "net", total_epsilon=10.0, max_per_query=1.0)
+    data = root / "net" / "member-01"
+    generated = yaml.safe_load((data / "node.yaml").read_text())
+    etc = root / "etc"
+    ca.init_ca(root / "ca")
+    for name in ("member-01", "coordinator"):
+        ca.issue(root / "ca", name, etc if name == "member-01" else root / "client")
+    shutil.copy(root / "ca" / "ca.pem", etc / "ca.pem")
+    os.chown(etc / "member-01.key", CONTAINER_UID, CONTAINER_UID)  # readable by the node
+    config = {
+        "node_id": "member-01", "data": {"source": "csv", "path": "/data"},
+        "categories": generated["categories"], "listen": f"127.0.0.1:{port}",
+        "ledger": "/var/lib/bridgestat/ledger.sqlite",
+        "budget": generated["budget"],
+        "tls": {"ca": "ca.pem", "cert": "member-01.pem", "key": "member-01.key",
+                "allow": ["coordinator"]},
+    }
+    (etc / "node.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return data, etc
+
+
+def _network(root: Path, port: int) -> Path:
+    doc = {"tls": {"ca": "ca/ca.pem", "cert": "client/coordinator.pem",
+                   "key": "client/coordinator.key"},
+           "members": [{"name": "member-01", "address": f"127.0.0.1:{port}"}]}
+    path = root / "network.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def running(node_image: str, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    port = local.free_port()
+    data, etc = _member(tmp_path, port)
+    container = _run("buildah", "from", node_image).strip()
+    process = subprocess.Popen(
+        ["buildah", "run", "--isolation", "chroot", "-v", f"{data}:/data:ro",
+         "-v", f"{etc}:/etc/bridgestat:ro", container, "--",
+         "bridgestat-node", "serve", "--config", "/etc/bridgestat/node.yaml"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield _network(tmp_path, port), process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+
+
+def test_the_node_image_serves_queries_over_mtls(
+        running: tuple[Path, subprocess.Popen[str]]) -> None:
+    network, process = running
+    deadline = time.monotonic() + 90
+    with Network.from_file(network, timeout=5.0) as net:
+        while True:
+            info = net.info()
+            if bool(info.reachable.all()) or time.monotonic() > deadline:
+                break
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            time.sleep(1)
+        assert bool(info.reachable.all()), info.to_dict("records")
+        frame = net.count("participant", epsilon=0.5)
+    row = frame[frame.member == "member-01"].iloc[0]
+    assert row.status == "ok" and abs(row.estimate - 300) < 60  # Laplace scale 2

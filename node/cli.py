@@ -13,6 +13,23 @@ from bridgestat.node.errors import NodeError
 from bridgestat.node.ledger import PERIODS, Charge, Ledger
 from bridgestat.node.loss import Epsilon
 from bridgestat.node.policy import load_policy
+from bridgestat.node.schema import Schema
+
+
+def _check_start_up(config: NodeConfig, schema: Schema) -> None:
+    """What `serve` checks before it loads data: the policy file and the certificates
+    (each raises ConfigError naming file and key)."""
+    from bridgestat.node.tls import load_server_tls  # imports grpc only when needed
+
+    if config.policy_path is not None:
+        load_policy(config, schema)
+        print(f"policy {config.policy_path}: ok")
+    if config.tls is None:
+        print("tls: not configured (serve needs --insecure: plain text, local demos only)")
+        return
+    load_server_tls(config)
+    print(f"tls {config.tls.cert}: ok (signed by {config.tls.ca.name}, callers allowed: "
+          f"{', '.join(config.tls.allow)})")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -20,6 +37,7 @@ def _check(args: argparse.Namespace) -> int:
     schema = config.schema()
     print(f"config {config.source}: ok (node {config.node_id}, schema {schema.name} "
           f"{schema.version})")
+    _check_start_up(config, schema)
     print(f"data {sources.describe(config.data)}:", flush=True)
     report = sources.check(config.data, schema, config.source)
     print(report.format(max_per_kind=args.max_per_kind))

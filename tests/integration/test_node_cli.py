@@ -111,3 +111,36 @@ def test_unwritable_ledger_names_the_ledger_key(tmp_path: Path) -> None:
     result = _run("serve", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert ": ledger: cannot open ledger" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_reports_certificates_and_policy_before_the_data(tmp_path: Path) -> None:
+    """`check` runs the start-up checks of `serve`: a good member passes with its TLS named,
+    an expired certificate or a policy with an unknown key fails naming file and key."""
+    import datetime as dt
+
+    import yaml
+
+    from bridgestat.coordinator import ca
+
+    config, folder = _member(tmp_path)
+    result = _run("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tls " in result.stdout and "callers allowed: coordinator" in result.stdout
+
+    doc = yaml.safe_load(config.read_text())
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    ca.issue(tmp_path / "ca", "member-01", folder / "expired", days=2, valid_from=old)
+    doc["tls"].update(cert="expired/member-01.pem", key="expired/member-01.key")
+    config.write_text(yaml.safe_dump(doc))
+    expired = _run("check", "--config", str(config))
+    assert expired.returncode == 2
+    assert "tls.cert" in expired.stderr and "expired" in expired.stderr, expired.stderr
+
+    doc = yaml.safe_load(config.read_text())
+    doc["tls"].update(cert="member-01.pem", key="member-01.key")
+    (folder / "policy.yaml").write_text("statistics: [count]\nmax_cells: 3\n")
+    doc["policy"] = "policy.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    bad_policy = _run("check", "--config", str(config))
+    assert bad_policy.returncode == 2
+    assert "policy.yaml" in bad_policy.stderr and "max_cells" in bad_policy.stderr

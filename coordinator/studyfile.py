@@ -128,7 +128,7 @@ def load_study(path: Path) -> Study:
     source = str(path)
     try:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise StudyError(f"{source}: cannot read the study file: {exc}") from exc
     except yaml.YAMLError as exc:
         raise StudyError(f"{source}: not valid YAML: {exc}") from exc
@@ -194,10 +194,19 @@ def _int(doc: Mapping[str, Any], key: str, where: str, default: int | None = Non
     return value
 
 
+def _finite(value: Any) -> bool:
+    """A finite int or float (a huge YAML integer overflows float: not finite here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _number(doc: Mapping[str, Any], key: str, where: str, positive: bool = True) -> float:
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or (positive and value <= 0):
+    if not _finite(value) or (positive and value <= 0):
         raise StudyError(f"{where}.{key}: must be a number{' > 0' if positive else ''}, "
                          f"got {value!r}")
     return float(value)
@@ -312,9 +321,7 @@ def _pair(value: Any, where: str) -> tuple[float, float]:
 
 
 def _numbers(value: Any, where: str) -> list[float]:
-    if not isinstance(value, list) or any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-            for v in value):
+    if not isinstance(value, list) or not all(_finite(v) for v in value):
         raise StudyError(f"{where}: must be a list of numbers, got {value!r}")
     return [float(v) for v in value]
 

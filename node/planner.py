@@ -97,8 +97,11 @@ def _check_loss(query: QuerySpec, policy: Policy) -> None:
     if other != 0:
         raise QueryError(f"query.loss.{unused}", f"a {query.statistic.value} spends {used} "
                          f"only; leave {unused} unset")
-    guarantee = float((Loss.of(rho=value) if gaussian else Loss.of(value))
-                      .epsilon_at(policy.delta))
+    try:
+        guarantee = float((Loss.of(rho=value) if gaussian else Loss.of(value))
+                          .epsilon_at(policy.delta))
+    except Exception:  # OpenDP's conversion overflows for absurd rho: beyond any cap
+        guarantee = math.inf
     if guarantee > policy.max_epsilon_per_query:
         shown = f"rho {value:g} (epsilon {guarantee:.4g} at delta {policy.delta:g})" \
             if gaussian else f"{value:g}"
@@ -383,7 +386,8 @@ def _bounds_inside(clip: tuple[float, float] | None, lower: float, upper: float,
     if clip is None:
         return lower, upper
     lo, hi = clip
-    if not (math.isfinite(lo) and math.isfinite(hi) and lower <= lo < hi <= upper):
+    if not (math.isfinite(lo) and math.isfinite(hi) and lower <= lo < hi <= upper
+            and (hi - lo) / 2 > 0):
         raise QueryError(field_name, f"must satisfy {lower:g} <= lower < upper <= {upper:g}, "
                          f"got [{lo:g}, {hi:g}]")
     return lo, hi

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridgestat.coordinator.pooling import MeanStats, Noisy
+from bridgestat.coordinator.pooling import MeanStats, Noisy, PoolingError
 import math
 
 from bridgestat.coordinator.query import Occasion, Query
@@ -92,3 +92,25 @@ def _cell(cell: pb.Cell) -> CellRelease:
              if not math.isnan(v.noise_variance)}
     points = {v.name: v.value for v in cell.values if math.isnan(v.noise_variance)}
     return CellRelease(group, noisy, points or None, suppressed=cell.suppressed)
+
+
+_REQUIRED = {"count": ("count",), "mean": ("count", "sum", "sum_squares"),
+             "paired_change": ("count", "sum", "sum_squares")}
+
+
+def check_release(query: Query, release: MemberRelease) -> None:
+    """Refuse a release that does not have the shape its query asks for (a member answering
+    garbage): no cells, a non-quantile value without a finite noise variance, or a missing
+    statistic. Raises PoolingError naming what is wrong."""
+    if not release.cells:
+        raise PoolingError("the release has no cells")
+    for cell in release.cells:
+        if cell.suppressed:
+            continue
+        if cell.points and query.statistic != "quantile":
+            raise PoolingError(f"values {sorted(cell.points)} have no finite noise variance")
+        missing = [n for n in _REQUIRED.get(query.statistic, ()) if n not in cell.values]
+        if missing:
+            raise PoolingError(f"cell {dict(cell.group)} lacks {', '.join(missing)}")
+        if not cell.values and not cell.points:
+            raise PoolingError(f"cell {dict(cell.group)} has no values")

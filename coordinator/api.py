@@ -21,6 +21,7 @@ import pandas as pd
 
 from bridgestat.coordinator.fanout import Failure, Fanout, Success
 from bridgestat.coordinator.network import Member, TlsFiles, load_network, require_tls
+from bridgestat.coordinator.pooling import PoolingError
 from bridgestat.coordinator.query import INTAKE, Occasion, Query, Term
 from bridgestat.coordinator.regression import RegressionResult
 from bridgestat.coordinator.tables import (NETWORK, QueryResult, compare_table, count_table,
@@ -28,7 +29,8 @@ from bridgestat.coordinator.tables import (NETWORK, QueryResult, compare_table, 
                                            meta_from_table, paired_change_table,
                                            proportion_table, quantile_table, regression_fits,
                                            share_improved_table)
-from bridgestat.coordinator.wire import query_to_pb, release_from_pb
+from bridgestat.coordinator.wire import (MemberRelease, check_release, query_to_pb,
+                                        release_from_pb)
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -103,9 +105,18 @@ class Network:
         async def call(stub: pb_grpc.NodeServiceStub, timeout: float) -> pb.RunQueryResponse:
             return await stub.RunQuery(request, timeout=timeout)
         outcomes = self._loop.run_until_complete(self._fanout.call_all(call, self.timeout))
-        releases = {o.member: release_from_pb(o.value) for o in outcomes
-                    if isinstance(o, Success)}
+        releases: dict[str, MemberRelease] = {}
         failures = {o.member: o for o in outcomes if isinstance(o, Failure)}
+        for outcome in outcomes:
+            if isinstance(outcome, Success):
+                try:
+                    release = release_from_pb(outcome.value)
+                    check_release(query, release)
+                except PoolingError as exc:  # a member answering garbage fails alone
+                    failures[outcome.member] = Failure(outcome.member, "INVALID_RESPONSE",
+                                                       f"malformed release: {exc}")
+                    continue
+                releases[outcome.member] = release
         return QueryResult(query, key, tuple(m.name for m in self.members), releases, failures)
 
     # -- statistics ------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -126,10 +128,22 @@ def _demo(args: argparse.Namespace) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="bridgestat-demo-"))
     print(f"== Writing a synthetic network of {args.members} members to {out}")
     synth.write_network(out, members=args.members, seed=args.seed)
-    members = local.write_configs(out, tls=not args.insecure)
+    names = [m["name"] for m in json.loads((out / "truth.json").read_text())["members"]]
+    connect = names[1::2] if args.mixed else []  # every second member dials out
+    members = local.write_configs(out, tls=not args.insecure, connect=connect)
     mode = "plain text, --insecure" if args.insecure else "mutual TLS"
+    processes = []
+    if connect:
+        hub = next(m.address for m in members if m.connect)
+        print(f"== Starting the coordinator on {hub} for {', '.join(connect)} (connect mode)")
+        processes.append(local.start_hub(out, hub, out / "coordinator.log",
+                                         tls=not args.insecure))
     print(f"== Starting {len(members)} nodes on loopback ({mode})")
-    processes = local.start_nodes(members, out)
+    try:
+        processes += local.start_nodes(members, out)
+    except BaseException:
+        local.stop_nodes(processes)
+        raise
     try:
         standard = load_study(study.STANDARD_STUDY)
         with Network.from_file(out / "network.yaml", insecure=args.insecure) as net:
@@ -140,7 +154,8 @@ def _demo(args: argparse.Namespace) -> int:
                     index=False))
     finally:
         local.stop_nodes(processes)
-        print(f"\n== Stopped {len(processes)} nodes; data and ledgers are in {out}")
+        hub = " and the coordinator" if connect else ""
+        print(f"\n== Stopped {len(members)} nodes{hub}; data and ledgers are in {out}")
     report = _report_from(out / "study" / "results.json", out / "study" / "report.html")
     print(f"== Report: {report}\nEvery number carries differentially private noise; the "
           "standard errors and intervals include it.")
@@ -208,9 +223,44 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path)
     demo.add_argument("--insecure", action="store_true",
                       help="run the demo in plain text instead of mutual TLS")
+    demo.add_argument("--mixed", action="store_true",
+                      help="every second member's node connects out to `bridgestat "
+                      "coordinator serve` instead of listening")
     demo.set_defaults(func=_demo)
     _ca_parsers(sub)
+    _coordinator_parsers(sub)
     return parser
+
+
+def _coordinator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`bridgestat coordinator serve`: the service that connect-mode nodes dial."""
+    text = ("serve the coordinator for members whose nodes connect out (via: hub in the "
+            "network file); researchers' clients reach those members through it")
+    serve = sub.add_parser("coordinator", help="the coordinator's service").add_subparsers(
+        dest="coordinator_command", required=True).add_parser("serve", help=text,
+                                                              description=text)
+    serve.add_argument("--network", type=Path, required=True,
+                       help="network file: its tls is the coordinator's identity, its "
+                       "members via hub may connect")
+    serve.add_argument("--listen", help="host:port to listen on (default: every interface, "
+                       "at the port of the network file's hub)")
+    serve.add_argument("--allow", action="append", metavar="NAME",
+                       help="a certificate name (researcher identity) that may query members "
+                       "through this coordinator; repeat for several (default: coordinator)")
+    serve.add_argument("--grace", type=float, default=30.0,
+                       help="seconds to finish replies still owed after SIGTERM")
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve plain text when the network file has no tls (local demos)")
+    serve.set_defaults(func=_coordinator_serve)
+
+
+def _coordinator_serve(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import hub  # the asyncio server only when serving
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    hub.serve(args.network, args.listen, tuple(args.allow or hub.DEFAULT_ALLOW),
+              insecure=args.insecure, grace=args.grace)
+    return 0
 
 
 def _insecure_flag(cmd: argparse.ArgumentParser) -> None:

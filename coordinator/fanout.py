@@ -1,7 +1,10 @@
 """Concurrent fan-out of one request to every member, each call with its own deadline.
 
 A member that is down, slow or refuses yields a `Failure` naming it and why; the others'
-answers are kept, so pooling can go on with the rest.
+answers are kept, so pooling can go on with the rest. A connect-mode member's calls go to the
+coordinator's hub, which forwards them on the member's own stream: its channel adds the
+`bridgestat-member` metadata to every call and checks the hub's certificate name, so the
+callers above see one kind of member.
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
-from bridgestat.coordinator.network import Member
+from bridgestat.coordinator.network import MEMBER_HEADER, Member
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
@@ -34,6 +37,20 @@ class Success(Generic[T]):
 
 Outcome = Success[T] | Failure
 Call = Callable[[pb_grpc.NodeServiceStub, float], Awaitable[T]]
+
+
+class MemberHeader(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Names the member in every call's metadata, for the hub to route it."""
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+
+    async def intercept_unary_unary(self, continuation: Callable[..., Any],
+                                    client_call_details: grpc.aio.ClientCallDetails,
+                                    request: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+        metadata.add(MEMBER_HEADER, self.member)
+        return await continuation(client_call_details._replace(metadata=metadata), request)
 
 
 class Fanout:
@@ -58,10 +75,14 @@ class Fanout:
         return self._stubs[member.name][1]
 
     def _channel(self, member: Member) -> grpc.aio.Channel:
+        """The node's own channel, or (connect mode) one to the hub naming the member."""
+        name = member.hub.name if member.hub else member.name
+        interceptors = [MemberHeader(member.name)] if member.hub else None
         if self.credentials is None:
-            return grpc.aio.insecure_channel(member.address)
+            return grpc.aio.insecure_channel(member.address, interceptors=interceptors)
         return grpc.aio.secure_channel(member.address, self.credentials,
-                                       options=[("grpc.ssl_target_name_override", member.name)])
+                                       options=[("grpc.ssl_target_name_override", name)],
+                                       interceptors=interceptors)
 
     async def _one(self, member: Member, call: Call[T], timeout: float) -> Success[T] | Failure:
         try:
@@ -72,6 +93,14 @@ class Fanout:
     def _explain(self, member: Member, exc: grpc.aio.AioRpcError) -> str:
         """The status details, with the identity problem spelled out for a TLS failure."""
         details = exc.details() or ""
+        if member.hub is not None:
+            if self.credentials is not None and "Hostname Verification" in details:
+                return (f"the coordinator at {member.address} does not have a certificate "
+                        f"for {member.hub.name} (refused: identity mismatch); {details}")
+            if member.name not in details:
+                return (f"{member.name} is reached through the coordinator at "
+                        f"{member.address}: {details}")
+            return details
         if self.credentials is not None and "Hostname Verification" in details:
             return (f"the node at {member.address} does not have a certificate for "
                     f"{member.name} (refused: identity mismatch); {details}")

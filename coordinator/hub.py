@@ -4,30 +4,63 @@ Nodes behind firewalls dial in on `CoordinatorService.Connect` and keep one stre
 Researchers' clients keep calling `NodeService` (GetNodeInfo, RunQuery) on the coordinator,
 naming the member in the `bridgestat-member` metadata; the hub forwards the request on that
 member's stream and returns its reply, or the node's own status code. So the API and CLI work
-the same whichever mode a member uses. Over mTLS a node's Hello must name the identity of its
-certificate, so one member cannot take another's place.
+the same whichever mode a member uses.
+
+Who may do what, over mutual TLS (every caller needs a certificate from the network CA):
+
+- `Connect`: a node whose certificate is for the name in its Hello (one member cannot take
+  another's place), and that the network file lists `via: hub`;
+- the NodeService proxy: the identities on the `allow` list (`coordinator serve --allow`,
+  default `coordinator`, the identity researchers use from the network file). The hub relays
+  the caller's identity, and the node applies its own `tls.allow` to it as if called
+  directly, so a member's allow-list means the same in both modes;
+- health and reflection: any certificate from the network CA.
+
+Stopping (SIGTERM/SIGINT) reports NOT_SERVING, refuses new calls, waits (up to the grace) for
+the replies still owed, then ends every node's stream cleanly; the nodes reconnect with
+backoff to the coordinator's next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+from bridgestat.coordinator.ca import common_name
+from bridgestat.coordinator.network import (HUB_NAME, MEMBER_HEADER, NetworkFileError,
+                                            NetworkSpec, load_network, require_tls)
 from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
+__all__ = ["MEMBER_HEADER", "Hub", "serve", "start_hub"]
 log = logging.getLogger("bridgestat.coordinator.hub")
-MEMBER_HEADER = "bridgestat-member"
 HELLO_TIMEOUT = 10.0
+GRACE_SECONDS = 30.0
+# Initial metadata sent once a Hello is accepted: the node counts itself connected only then
+# (the same constant is in node/connect.py).
+SESSION_HEADER = "bridgestat-session"
+DEFAULT_ALLOW = (HUB_NAME,)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),  # notice a node that vanished (half-open TCP)
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # nodes ping every 20 s
+]
+COORDINATOR_SERVICE = cpb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+NODE_SERVICE = pb.DESCRIPTOR.services_by_name["NodeService"].full_name
 
 
 @dataclass
@@ -37,6 +70,7 @@ class Session:
     member: str
     outgoing: asyncio.Queue[cpb.CoordinatorRequest] = field(default_factory=asyncio.Queue)
     pending: dict[str, asyncio.Future[cpb.NodeReply]] = field(default_factory=dict)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # set: end the stream
 
     def fail_pending(self, reason: str) -> None:
         for future in self.pending.values():
@@ -46,16 +80,21 @@ class Session:
 
 
 class Hub:
-    """The registry of connected members, shared by both services."""
+    """The registry of connected members, shared by both services.
 
-    def __init__(self) -> None:
+    `members`: the names that may connect (None: any, for in-process tests)."""
+
+    def __init__(self, members: Sequence[str] | None = None) -> None:
+        self.members = None if members is None else frozenset(members)
         self.sessions: dict[str, Session] = {}
         self.changed = asyncio.Condition()
+        self.closing = False
+        self.health: health.aio.HealthServicer | None = None
 
     async def ask(self, member: str, request: cpb.CoordinatorRequest,
                   timeout: float | None) -> cpb.NodeReply:
         session = self.sessions.get(member)
-        if session is None:
+        if session is None or session.ended.is_set():
             raise LookupError(f"member {member!r} is not connected to this coordinator")
         future: asyncio.Future[cpb.NodeReply] = asyncio.get_running_loop().create_future()
         session.pending[request.request_id] = future
@@ -71,6 +110,21 @@ class Hub:
             await asyncio.wait_for(self.changed.wait_for(lambda: member in self.sessions),
                                    timeout)
 
+    async def shutdown(self, server: grpc.aio.Server, grace: float) -> None:
+        """NOT_SERVING; refuse new calls; wait up to `grace` for the replies still owed;
+        end every node's stream cleanly (so the nodes reconnect later); stop."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        self.closing = True
+        stopping = asyncio.create_task(server.stop(grace))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(s.pending for s in self.sessions.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions.values()):
+            session.ended.set()
+        await stopping
+
 
 def _peer_identity(context: grpc.aio.ServicerContext) -> str:
     names = context.auth_context().get("x509_common_name", [])
@@ -84,6 +138,31 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
     async def Connect(self, request_iterator: AsyncIterator[cpb.NodeMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.CoordinatorRequest]:
         incoming = request_iterator.__aiter__()
+        member = await self._hello(incoming, context)
+        if self.hub.closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the coordinator is stopping")
+        session = await self._register(member)
+        reader = asyncio.create_task(self._read(session, incoming))
+        ended = asyncio.create_task(session.ended.wait())
+        get: asyncio.Task[cpb.CoordinatorRequest] | None = None
+        try:
+            await context.send_initial_metadata(((SESSION_HEADER, "accepted"),))
+            while not reader.done() and not ended.done():
+                get = asyncio.create_task(session.outgoing.get())
+                await asyncio.wait({get, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                    get = None
+        finally:
+            for task in (get, reader, ended):
+                if task is not None:
+                    task.cancel()
+            await self._unregister(session)
+
+    async def _hello(self, incoming: AsyncIterator[cpb.NodeMessage],
+                     context: grpc.aio.ServicerContext) -> str:
+        """The member a new stream is for: its Hello, checked against the certificate and
+        the network file; aborts the stream otherwise."""
         try:
             first = await asyncio.wait_for(incoming.__anext__(), HELLO_TIMEOUT)
         except (StopAsyncIteration, TimeoutError):
@@ -93,23 +172,16 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node must say Hello first")
         identity = _peer_identity(context)
         if identity and identity != member:
+            log.warning("refused a node: certificate identity %r cannot connect as %r",
+                        identity, member)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"certificate identity {identity!r} cannot connect as {member!r}")
-        session = await self._register(member)
-        reader = asyncio.create_task(self._read(session, incoming))
-        get: asyncio.Task[cpb.CoordinatorRequest] | None = None
-        try:
-            while not reader.done():
-                get = asyncio.create_task(session.outgoing.get())
-                await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if get.done():
-                    yield get.result()
-                    get = None
-        finally:
-            for task in (get, reader):
-                if task is not None:
-                    task.cancel()
-            await self._unregister(session)
+        if self.hub.members is not None and member not in self.hub.members:
+            log.warning("refused a node: %r is not a member via hub in the network file", member)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{member!r} is not a member via hub in this coordinator's "
+                                "network file")
+        return member
 
     async def _register(self, member: str) -> Session:
         session = Session(member)
@@ -117,6 +189,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             old = self.hub.sessions.get(member)
             if old is not None:  # a reconnect replaces a stale stream
                 old.fail_pending("the node reconnected")
+                old.ended.set()
             self.hub.sessions[member] = session
             self.hub.changed.notify_all()
         log.info("member %s connected", member)
@@ -140,10 +213,13 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
 
 
 class ProxyServicer(pb_grpc.NodeServiceServicer):
-    """NodeService for connect-mode members, chosen by the `bridgestat-member` metadata."""
+    """NodeService for connect-mode members, chosen by the `bridgestat-member` metadata.
 
-    def __init__(self, hub: Hub) -> None:
+    `allow`: the caller identities that may use it (None: no check, plain text)."""
+
+    def __init__(self, hub: Hub, allow: Sequence[str] | None = None) -> None:
         self.hub = hub
+        self.allow = None if allow is None else frozenset(allow)
 
     async def GetNodeInfo(self, request: pb.GetNodeInfoRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetNodeInfoResponse:
@@ -157,14 +233,20 @@ class ProxyServicer(pb_grpc.NodeServiceServicer):
 
     async def _forward(self, context: grpc.aio.ServicerContext,
                        request: cpb.CoordinatorRequest) -> cpb.NodeReply:
-        member = dict(context.invocation_metadata()).get(MEMBER_HEADER, "")
+        caller = _peer_identity(context)
+        if self.allow is not None and caller not in self.allow:
+            log.warning("refused caller %r: not on the coordinator's allow list", caller)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"caller {caller!r} may not query members through this "
+                                "coordinator (coordinator serve --allow)")
+        member = dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, "")
         if not member:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"name the member in the {MEMBER_HEADER!r} metadata")
         request.request_id = uuid.uuid4().hex
-        request.caller = _peer_identity(context)
+        request.caller = caller
         try:
-            reply = await self.hub.ask(member, request, context.time_remaining())
+            reply = await self.hub.ask(str(member), request, context.time_remaining())
         except LookupError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except ConnectionError as exc:
@@ -178,22 +260,91 @@ class ProxyServicer(pb_grpc.NodeServiceServicer):
         return reply
 
 
-async def start_hub(address: str, credentials: grpc.ServerCredentials | None
-                    ) -> tuple[grpc.aio.Server, Hub, int]:
-    """Start the coordinator's server: CoordinatorService, the NodeService proxy and
-    grpc.health.v1 (SERVING once listening); returns (server, hub, port)."""
-    hub = Hub()
-    server = grpc.aio.server()
+async def start_hub(address: str, credentials: grpc.ServerCredentials | None, *,
+                    members: Sequence[str] | None = None,
+                    allow: Sequence[str] | None = None) -> tuple[grpc.aio.Server, Hub, int]:
+    """Start the coordinator's server: CoordinatorService, the NodeService proxy,
+    grpc.health.v1 (SERVING once listening) and server reflection; returns (server, hub,
+    port). `members` may connect (None: any); `allow` may use the proxy (None: anyone)."""
+    hub = Hub(members)
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
     cpb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(hub), server)
-    pb_grpc.add_NodeServiceServicer_to_server(ProxyServicer(hub), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    pb_grpc.add_NodeServiceServicer_to_server(ProxyServicer(hub, allow), server)
+    hub.health = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hub.health, server)
+    reflection.enable_server_reflection(
+        (COORDINATOR_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server)
     port = (server.add_insecure_port(address) if credentials is None
             else server.add_secure_port(address, credentials))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    for name in ("", cpb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
-                 pb.DESCRIPTOR.services_by_name["NodeService"].full_name):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for name in ("", COORDINATOR_SERVICE, NODE_SERVICE):
+        await hub.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, hub, port
+
+
+# -- `bridgestat coordinator serve` -------------------------------------------------------------
+
+def serve(network: Path, listen: str | None = None, allow: Sequence[str] = DEFAULT_ALLOW, *,
+          insecure: bool = False, grace: float = GRACE_SECONDS) -> None:
+    """Serve the hub for the network file's `via: hub` members until SIGTERM/SIGINT, over
+    mutual TLS with the file's `tls` identity (plain text only with `insecure`). Listens on
+    `listen`, by default on every interface at the port of the file's `hub`."""
+    spec = load_network(network)
+    require_tls(spec.tls, insecure, str(network))
+    address = listen or _default_listen(spec, network)
+    if spec.tls is not None:
+        _check_hub_certificate(spec, network)
+    asyncio.run(_serve(spec, address, tuple(allow), grace))
+
+
+def _default_listen(spec: NetworkSpec, network: Path) -> str:
+    if spec.hub is None:
+        raise NetworkFileError(f"{network}: hub: missing; add hub: host:port (where nodes in "
+                               "connect mode dial) or pass --listen")
+    return f"0.0.0.0:{spec.hub.address.rpartition(':')[2]}"
+
+
+def _check_hub_certificate(spec: NetworkSpec, network: Path) -> None:
+    """The nodes check the hub's certificate against the hub's name: refuse to start with a
+    certificate they would refuse."""
+    assert spec.tls is not None
+    name = spec.hub.name if spec.hub is not None else HUB_NAME
+    cert = x509.load_pem_x509_certificate(spec.tls.cert.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = list(san.value.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = [common_name(cert)]
+    if name not in names:
+        raise NetworkFileError(f"{network}: tls.cert: certificate {spec.tls.cert} is for "
+                               f"{', '.join(names) or 'no name'}, but nodes expect the hub to "
+                               f"be {name!r} (hub.name)")
+
+
+async def _serve(spec: NetworkSpec, address: str, allow: tuple[str, ...], grace: float) -> None:
+    secure = spec.tls is not None
+    credentials = spec.tls.server_credentials() if spec.tls is not None else None
+    server, hub, port = await start_hub(address, credentials, members=spec.connect_members,
+                                        allow=allow if secure else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    mode = "mutual TLS" if secure else "plain text (--insecure)"
+    who = f"; researchers allowed: {', '.join(allow)}" if secure else ""
+    log.info("coordinator serving on %s (port %d, %s) for %d members via hub", address, port,
+             mode, len(spec.connect_members))
+    print(f"bridgestat coordinator: serving on {address} (port {port}, {mode}) for "
+          f"{', '.join(spec.connect_members) or 'no members via hub'}{who}", flush=True)
+    try:
+        await stop.wait()
+        log.info("stopping: refusing new calls, finishing the replies still owed (grace %g s)",
+                 grace)
+        await hub.shutdown(server, grace)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")

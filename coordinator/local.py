@@ -5,6 +5,11 @@ Used by `bridgestat synth`, `make demo` and the end-to-end tests. It starts real
 network runs over mutual TLS like a real one: `write_configs` makes a CA in <root>/ca, a
 certificate per member (beside its node.yaml) and one for the coordinator
 (<root>/coordinator); `tls=False` writes plain-text configs (nodes started with --insecure).
+
+Mixed networks: the members named in `connect` run their nodes in connect mode (no `listen`;
+`connect: {coordinator: <hub>}`) and are written `via: hub` in network.yaml; `start_hub`
+starts `bridgestat coordinator serve` for them. Start the hub before the nodes:
+`start_nodes` waits until every connect-mode node is reachable through it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +31,18 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridgestat.coordinator import ca
-from bridgestat.coordinator.network import TlsFiles
+from bridgestat.coordinator.network import HUB_NAME, MEMBER_HEADER, TlsFiles
+from bridgestat.v1 import node_service_pb2 as pb
+from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 
 @dataclass(frozen=True)
 class LocalMember:
     name: str
     config: Path
-    address: str
+    address: str  # the node's, or the hub's for a connect-mode member
     client_tls: TlsFiles | None = None  # the coordinator's identity; None: plain text
+    connect: bool = False  # the node dials the hub at `address`
 
 
 def free_port() -> int:
@@ -43,30 +52,45 @@ def free_port() -> int:
 
 
 def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float = 2.5,
-                  *, tls: bool = True) -> list[LocalMember]:
+                  *, tls: bool = True, connect: Sequence[str] = (),
+                  hub: str | None = None) -> list[LocalMember]:
     """Write node.yaml per member of a synthetic network in `root`, and network.yaml; with
-    `tls`, also the network's CA and every certificate (see the module docstring)."""
+    `tls`, also the network's CA and every certificate (see the module docstring). The
+    members in `connect` dial the hub at `hub` (default: a free loopback port)."""
     truth = json.loads((root / "truth.json").read_text())
+    names = [member["name"] for member in truth["members"]]
+    unknown = sorted(set(connect) - set(names))
+    if unknown:
+        raise ValueError(f"connect: no member {unknown[0]!r} in {root / 'truth.json'}")
+    hub = hub or (f"127.0.0.1:{free_port()}" if connect else None)
     client = _coordinator_identity(root) if tls else None
     members = []
     for member in truth["members"]:
         name = member["name"]
-        address = f"127.0.0.1:{free_port()}"
-        config = {"node_id": name, "data": {"source": "csv", "path": "."},
-                  "schema": "default", "categories": {"participant.team": member["teams"]},
-                  "listen": address, "ledger": "ledger.sqlite",
-                  "budget": {"dataset": f"{name}-synthetic", "total_epsilon": total_epsilon,
-                             "max_epsilon_per_query": max_per_query}}
+        outbound = name in connect
+        address = hub if outbound and hub else f"127.0.0.1:{free_port()}"
+        config: dict[str, object] = {
+            "node_id": name, "data": {"source": "csv", "path": "."}, "schema": "default",
+            "categories": {"participant.team": member["teams"]}}
+        config.update({"connect": {"coordinator": address, "server_name": HUB_NAME}}
+                      if outbound else {"listen": address})
+        config.update({"ledger": "ledger.sqlite",
+                       "budget": {"dataset": f"{name}-synthetic",
+                                  "total_epsilon": total_epsilon,
+                                  "max_epsilon_per_query": max_per_query}})
         if client is not None:
             config["tls"] = _node_tls(root, name)
         path = root / name / "node.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        members.append(LocalMember(name, path, address, client))
+        members.append(LocalMember(name, path, address, client, outbound))
     network: dict[str, object] = {}
     if client is not None:
         network["tls"] = {k: os.path.relpath(getattr(client, k), root)
                           for k in ("ca", "cert", "key")}
-    network["members"] = [{"name": m.name, "address": m.address} for m in members]
+    if hub:
+        network["hub"] = hub
+    network["members"] = [{"name": m.name, "via": "hub"} if m.connect
+                          else {"name": m.name, "address": m.address} for m in members]
     (root / "network.yaml").write_text(yaml.safe_dump(network, sort_keys=False))
     return members
 
@@ -91,6 +115,31 @@ def node_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "bridgestat.node.cli"]
 
 
+def coordinator_command() -> list[str]:
+    exe = shutil.which("bridgestat", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "bridgestat.coordinator.cli"]
+
+
+def start_hub(root: Path, address: str, log: Path, *, tls: bool = True,
+              timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """Start `bridgestat coordinator serve` for <root>/network.yaml on `address` (appending
+    to the `log` file) and wait until it reports SERVING."""
+    plain = [] if tls else ["--insecure"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*coordinator_command(), "coordinator", "serve", "--network",
+             str(root / "network.yaml"), "--listen", address, *plain],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    client = TlsFiles(root / "ca" / ca.CA_CERT, root / "coordinator" / f"{ca.COORDINATOR}.pem",
+                      root / "coordinator" / f"{ca.COORDINATOR}.key") if tls else None
+    try:
+        wait_serving(address, process, log, timeout, tls=client, name=HUB_NAME)
+    except BaseException:
+        stop_nodes([process])
+        raise
+    return process
+
+
 def start_nodes(members: list[LocalMember], log_dir: Path) -> list[subprocess.Popen[bytes]]:
     """Start one node process per member and wait until each reports SERVING."""
     processes = []
@@ -102,8 +151,12 @@ def start_nodes(members: list[LocalMember], log_dir: Path) -> list[subprocess.Po
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
     try:
         for member, process in zip(members, processes, strict=True):
-            wait_serving(member.address, process, log_dir / f"{member.name}.log",
-                         tls=member.client_tls, name=member.name)
+            log = log_dir / f"{member.name}.log"
+            if member.connect:
+                wait_connected(member, process, log)
+            else:
+                wait_serving(member.address, process, log, tls=member.client_tls,
+                             name=member.name)
     except BaseException:
         stop_nodes(processes)
         raise
@@ -127,6 +180,25 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path,
             except grpc.RpcError:
                 time.sleep(0.2)
     raise TimeoutError(f"node at {address} not serving after {timeout:.0f} s")
+
+
+def wait_connected(member: LocalMember, process: subprocess.Popen[bytes], log: Path,
+                   timeout: float = 60.0) -> None:
+    """Wait until a connect-mode node answers GetNodeInfo through the hub."""
+    deadline = time.monotonic() + timeout
+    with _channel(member.address, member.client_tls, HUB_NAME) as channel:
+        stub = pb_grpc.NodeServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"node {member.name} exited:\n{log.read_text()[-2000:]}")
+            try:
+                stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=2,
+                                 metadata=((MEMBER_HEADER, member.name),))
+                return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"node {member.name} not connected to the hub at {member.address} "
+                       f"after {timeout:.0f} s")
 
 
 def _channel(address: str, tls: TlsFiles | None, name: str) -> grpc.Channel:

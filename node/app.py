@@ -1,5 +1,11 @@
-"""Assemble a node from its config: schema, data, ledger, engine, TLS, server, metrics,
-logs; and stop it gracefully."""
+"""Assemble a node from its config: schema, data, ledger, engine, TLS, server and/or
+connector, metrics, logs; and stop it gracefully.
+
+Inbound mode (`listen`) serves NodeService; connect mode (`connect`) runs a `Connector` in a
+thread that dials out to the coordinator with the node's own certificate. Both share the
+engine, the allow-list and the metrics, so a query is treated the same whichever way it
+comes; a node may run both.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +20,13 @@ from pathlib import Path
 from bridgestat.node import logs
 from bridgestat.node.audit import open_audit
 from bridgestat.node.config import NodeConfig, load_config
+from bridgestat.node.connect import Connector
 from bridgestat.node.engine import Engine
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.frames import Frames
 from bridgestat.node.ledger import Ledger
 from bridgestat.node.loss import Epsilon
-from bridgestat.node.metrics import MetricsServer
+from bridgestat.node.metrics import MetricsServer, NodeMetrics
 from bridgestat.node.policy import load_policy
 from bridgestat.node.service import NodeServer, build_node_server
 from bridgestat.node.sources import load as load_data
@@ -57,19 +64,28 @@ def serve(config_path: Path, ready: threading.Event | None = None, *, insecure: 
     logs.configure(config.log_format, fields={"node_id": config.node_id})
     tls = server_tls(config, insecure)
     engine = open_engine(config)
-    node = _listen(config, engine, tls)
-    metrics = _metrics_endpoint(config, node)
+    counters = NodeMetrics(engine.ledger.state)
+    node = _listen(config, engine, tls, counters) if config.listen is not None else None
+    metrics = _metrics_endpoint(config, counters, node)
+    connector = _connector(config, engine, tls, counters)
     stop = threading.Event()
     with _stop_on_signals(stop):
-        node.server.start()
-        _announce(config, node, tls is not None)
+        if node is not None:
+            node.server.start()
+            _announce(config, node, tls is not None)
+        thread = _start_connector(config, connector, tls is not None)
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):  # wake up now and then: Python runs signal handlers
             pass                   # only in the main thread, between waits
         log.info("stopping: refusing new calls, finishing in-flight queries (grace %g s)",
                  grace, extra={"event": "stopping"})
-        node.stop(grace)
+        if connector is not None:
+            connector.stop(grace)  # drains in its own thread while the server drains here
+        if node is not None:
+            node.stop(grace)
+        if thread is not None:
+            thread.join(grace + 5)
     if metrics is not None:
         metrics.close()
     log.info("stopped", extra={"event": "stopped"})
@@ -87,21 +103,54 @@ def server_tls(config: NodeConfig, insecure: bool) -> ServerTls | None:
     return None
 
 
-def _listen(config: NodeConfig, engine: Engine, tls: ServerTls | None) -> NodeServer:
+def _listen(config: NodeConfig, engine: Engine, tls: ServerTls | None,
+            metrics: NodeMetrics) -> NodeServer:
+    assert config.listen is not None
     try:
-        return build_node_server(engine, config.listen, tls=tls)
+        return build_node_server(engine, config.listen, tls=tls, metrics=metrics)
     except (RuntimeError, OSError) as exc:
         raise ConfigError(config.source, "listen", f"cannot listen on {config.listen} "
                           "(address in use, or not an address of this machine)") from exc
 
 
-def _metrics_endpoint(config: NodeConfig, node: NodeServer) -> MetricsServer | None:
+def _connector(config: NodeConfig, engine: Engine, tls: ServerTls | None,
+               metrics: NodeMetrics) -> Connector | None:
+    """Connect mode: the node's own certificate as client identity, the coordinator's
+    checked against `connect.server_name`, and the node's allow-list for the researchers
+    the coordinator relays. Plain text only when `tls` is absent (--insecure)."""
+    if config.connect is None:
+        return None
+    if tls is None:
+        return Connector(engine, config.connect.coordinator, None, metrics=metrics)
+    return Connector(engine, config.connect.coordinator, tls.channel_credentials(),
+                     server_name=config.connect.server_name, metrics=metrics, allow=tls.allow)
+
+
+def _start_connector(config: NodeConfig, connector: Connector | None,
+                     secure: bool) -> threading.Thread | None:
+    if connector is None or config.connect is None:
+        return None
+    thread = threading.Thread(target=connector.run, name="connector", daemon=True)
+    thread.start()
+    mode = "mutual TLS" if secure else "plain text (--insecure)"
+    target = config.connect.coordinator
+    log.info("node %s connecting out to coordinator %s (%s)", config.node_id, target, mode,
+             extra={"event": "connecting", "coordinator": target, "tls": secure})
+    if config.log_format == "text":
+        print(f"bridgestat-node {config.node_id}: connecting to coordinator {target} ({mode})",
+              flush=True)
+    return thread
+
+
+def _metrics_endpoint(config: NodeConfig, metrics: NodeMetrics,
+                      node: NodeServer | None) -> MetricsServer | None:
     if config.metrics_listen is None:
         return None
     try:
-        return node.metrics.serve(config.metrics_listen)
+        return metrics.serve(config.metrics_listen)
     except (OSError, ValueError) as exc:
-        node.stop(None)
+        if node is not None:
+            node.stop(None)
         raise ConfigError(config.source, "metrics", f"cannot serve metrics on "
                           f"{config.metrics_listen}: {exc}") from exc
 

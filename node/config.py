@@ -6,7 +6,8 @@ Example:
     data: {source: csv, path: ./data}      # relative paths are relative to this file
     schema: default                         # or a path to a network's own schema file
     categories: {participant.team: [team_1, team_2]}
-    listen: 127.0.0.1:50051
+    listen: 127.0.0.1:50051                 # inbound mode: the coordinator calls the node
+    connect: {coordinator: coord.example.org:50100, server_name: coordinator}  # connect mode
     budget: {dataset: extract-2026, total_epsilon: 10.0, max_epsilon_per_query: 1.0}
     ledger: ./ledger.sqlite
     tls: {ca: ca.pem, cert: member-01.pem, key: member-01.key, allow: [coordinator]}
@@ -19,6 +20,13 @@ Data sources: `csv` (a folder of <table>.csv), `parquet` (a folder of <table>.pa
 `excel` (one workbook, one sheet per table), `postgresql` (`dsn`, the password from the
 environment variable named by `password_env`, and `tables` mapping schema tables to the
 member's tables or views).
+
+Inbound and connect mode: `listen` is where the node accepts the coordinator's calls;
+`connect` makes the node dial out to `bridgestat coordinator serve` instead (one long-lived
+stream; the member's firewall needs no inbound rule) and verify that the coordinator's
+certificate is for `server_name` (default `coordinator`). A node with `connect` and no
+`listen` opens no port at all; with both it serves both ways; with neither it listens on
+127.0.0.1:50051 as before.
 """
 
 from __future__ import annotations
@@ -35,8 +43,11 @@ import yaml
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, Schema, load_schema
 
-_TOP_KEYS = {"node_id", "data", "schema", "categories", "listen", "budget", "ledger", "tls",
-             "policy", "audit", "metrics", "log_format"}
+_TOP_KEYS = {"node_id", "data", "schema", "categories", "listen", "connect", "budget",
+             "ledger", "tls", "policy", "audit", "metrics", "log_format"}
+_CONNECT_KEYS = {"coordinator", "server_name"}
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_SERVER_NAME = "coordinator"  # the coordinator's certificate name (`bridgestat ca`)
 _DATA_KEYS = {"source", "path", "dsn", "password_env", "tables"}
 _TLS_KEYS = {"ca", "cert", "key", "allow"}
 _LOG_FORMATS = ("text", "json")
@@ -76,13 +87,22 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ConnectConfig:
+    """Connect mode: the coordinator's service address, and the name its certificate must
+    carry (checked instead of the host name, as the coordinator checks a node's)."""
+
+    coordinator: str  # host:port of `bridgestat coordinator serve`
+    server_name: str = DEFAULT_SERVER_NAME
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     source: str  # the config file, for messages
     node_id: str
     data: DataConfig
     schema_path: Path
     categories: Mapping[str, tuple[str, ...]]
-    listen: str
+    listen: str | None  # None: no inbound port (connect mode only)
     budget: BudgetConfig
     ledger_path: Path
     tls: TlsConfig | None = None  # None: plain text, only with --insecure
@@ -90,6 +110,7 @@ class NodeConfig:
     audit_path: Path | None = None
     metrics_listen: str | None = None
     log_format: str = "text"
+    connect: ConnectConfig | None = None  # None: inbound mode only
 
     @property
     def data_source(self) -> str:
@@ -125,7 +146,7 @@ def load_config(path: Path) -> NodeConfig:
     source = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(source, "(file)", f"cannot read config: {exc}") from exc
     doc = _mapping(raw, source, "(top level)", _TOP_KEYS)
     base = Path(path).resolve().parent
@@ -140,7 +161,7 @@ def load_config(path: Path) -> NodeConfig:
         source=source, node_id=node_id, data=_data(doc.get("data"), base, source),
         schema_path=_schema_path(doc.get("schema", "default"), base, source),
         categories=_categories(doc.get("categories", {}), source),
-        listen=_listen(doc.get("listen", "127.0.0.1:50051"), source),
+        listen=_inbound(doc, source),
         budget=_budget(doc.get("budget"), source, node_id),
         ledger_path=ledger,
         tls=_tls(doc["tls"], base, source) if "tls" in doc else None,
@@ -149,6 +170,7 @@ def load_config(path: Path) -> NodeConfig:
         else ledger.with_name("audit.jsonl"),
         metrics_listen=_listen(doc["metrics"], source, "metrics") if "metrics" in doc else None,
         log_format=str(log_format),
+        connect=_connect(doc["connect"], source) if "connect" in doc else None,
     )
 
 
@@ -175,6 +197,24 @@ def _data(value: Any, base: Path, source: str) -> DataConfig:
                       password_env=password_env, tables=dict(tables))
 
 
+def _inbound(doc: Mapping[str, Any], source: str) -> str | None:
+    """The `listen` address; without one, the default unless the node connects out."""
+    if "listen" in doc:
+        return _listen(doc["listen"], source)
+    return None if "connect" in doc else DEFAULT_LISTEN
+
+
+def _connect(value: Any, source: str) -> ConnectConfig:
+    doc = _mapping(value, source, "connect", _CONNECT_KEYS)
+    coordinator = _listen(_string(doc, "coordinator", source, "connect."), source,
+                          "connect.coordinator")
+    server_name = doc.get("server_name", DEFAULT_SERVER_NAME)
+    if not isinstance(server_name, str) or not _NAME.match(server_name):
+        raise ConfigError(source, "connect.server_name", "must be the name on the "
+                          f"coordinator's certificate, e.g. {DEFAULT_SERVER_NAME}")
+    return ConnectConfig(coordinator, server_name)
+
+
 def _tls(value: Any, base: Path, source: str) -> TlsConfig:
     doc = _mapping(value, source, "tls", _TLS_KEYS)
     allow = doc.get("allow")
@@ -196,10 +236,11 @@ def _file(doc: Mapping[str, Any], key: str, base: Path, source: str, prefix: str
 def _mapping(value: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(source, key, "must be a mapping")
-    unknown = sorted(set(value) - allowed)
+    unknown = sorted(set(value) - allowed, key=str)  # YAML keys need not be strings
     if unknown:
         prefix = "" if key == "(top level)" else f"{key}."
-        raise ConfigError(source, f"{prefix}{unknown[0]}",
+        name = str(unknown[0]) if str(unknown[0]).strip() else repr(unknown[0])
+        raise ConfigError(source, f"{prefix}{name}",
                           f"unknown key (allowed: {', '.join(sorted(allowed))})")
     return value
 
@@ -243,10 +284,19 @@ def _listen(value: Any, source: str, key: str = "listen") -> str:
     return str(value)
 
 
+def _finite(value: Any) -> bool:
+    """A finite int or float (a huge YAML integer overflows float: not finite here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _positive(doc: Mapping[str, Any], key: str, source: str) -> float:
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value <= 0:
+    if not _finite(value) or value <= 0:
         raise ConfigError(source, f"budget.{key}", f"must be a number > 0, got {value!r}")
     return float(value)
 

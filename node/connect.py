@@ -1,11 +1,14 @@
 """Connect mode: the node dials out to the coordinator and answers requests on one stream.
 
 Members' firewalls usually allow no inbound connections. In connect mode the node opens a
-long-lived bidirectional `CoordinatorService.Connect` stream (mTLS like every other call),
-says Hello with its node id, and answers each `CoordinatorRequest` with the same engine, the
-same serialisation and the same status codes as the NodeService server. A dropped stream is
-re-opened with exponential backoff and jitter; a request whose answer could not be sent is
-simply asked again by the coordinator, and its idempotency key makes the retry free.
+long-lived bidirectional `CoordinatorService.Connect` stream (mTLS like every other call:
+the node presents its own certificate and checks that the coordinator's is for
+`connect.server_name`), says Hello with its node id, and answers each `CoordinatorRequest`
+exactly as the NodeService server would: the same allow-list (applied to the researcher the
+coordinator relays), the same decoding, engine and audit log, the same metrics and log
+lines, the same status codes. A dropped stream is re-opened with exponential backoff and
+jitter; a request whose answer could not be sent is simply asked again by the coordinator,
+and its idempotency key makes the retry free.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -22,13 +26,24 @@ import grpc
 
 from bridgestat.node import serde
 from bridgestat.node.engine import Engine
-from bridgestat.node.errors import NodeError
-from bridgestat.node.service import STATUS, software_version
+from bridgestat.node.metrics import NodeMetrics
+from bridgestat.node.service import (decode_query, record_answered, record_refused,
+                                     software_version, statistic_label, status_of)
+from bridgestat.node.tls import ANONYMOUS
 from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
+from bridgestat.v1 import node_service_pb2 as pb
 
 log = logging.getLogger("bridgestat.node.connect")
+# Initial metadata the coordinator sends once it has accepted the Hello (the same constant
+# is in coordinator/hub.py: the node never imports the coordinator).
+SESSION_HEADER = "bridgestat-session"
 _CLOSE = object()
+_CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
+    ("grpc.keepalive_time_ms", 20_000),  # notice a dead coordinator or NAT within ~30 s
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),  # the stream is mostly idle: keep pinging
+]
 
 
 @dataclass(frozen=True)
@@ -45,29 +60,51 @@ class Backoff:
             delay = min(self.maximum, delay * 2)
 
 
-def answer(engine: Engine, request: cpb.CoordinatorRequest) -> cpb.NodeReply:
-    """One request to one reply; refusals become an ErrorStatus with the server's code."""
+def answer(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics | None = None,
+           allow: tuple[str, ...] | None = None) -> cpb.NodeReply:
+    """One request to one reply, as the NodeService server answers it: a caller not in
+    `allow` (None: no allow-list, plain text) is refused before anything runs; refusals
+    become an ErrorStatus with the server's code and message."""
     reply = cpb.NodeReply(request_id=request.request_id)
+    caller = request.caller or ANONYMOUS
+    if allow is not None and caller not in allow:
+        if metrics is not None:
+            metrics.caller_refused(caller)
+        log.warning("refused caller %s (via the coordinator): not on the allow-list "
+                    "(tls.allow)", caller, extra={"caller": caller,
+                                                  "outcome": "PERMISSION_DENIED"})
+        _error(reply, grpc.StatusCode.PERMISSION_DENIED,
+               f"caller {caller!r} is not on this node's allow-list (tls.allow)")
+        return reply
+    kind = request.WhichOneof("kind")
     try:
-        kind = request.WhichOneof("kind")
         if kind == "get_node_info":
             reply.node_info.CopyFrom(serde.info_to_pb(engine.info(), software_version()))
         elif kind == "run_query":
-            run = request.run_query
-            caller = f"coordinator (for {request.caller})" if request.caller else "coordinator"
-            result = engine.run(run.idempotency_key, serde.query_from_pb(run.query), caller)
-            reply.run_query.CopyFrom(
-                serde.answer_to_pb(result, engine.policy.max_epsilon_per_query))
+            _run_query(engine, request.run_query, caller, metrics or NodeMetrics(), reply)
         else:
             _error(reply, grpc.StatusCode.UNIMPLEMENTED, f"unknown request kind {kind!r}")
-    except NodeError as exc:
-        code = next((c for t, c in STATUS.items() if isinstance(exc, t)),
-                    grpc.StatusCode.FAILED_PRECONDITION)
-        _error(reply, code, str(exc))
-    except Exception:
-        log.exception("internal error while answering request %s", request.request_id)
-        _error(reply, grpc.StatusCode.INTERNAL, "internal error in the node; see its log")
+    except Exception as exc:
+        _error(reply, *status_of(exc))
     return reply
+
+
+def _run_query(engine: Engine, request: pb.RunQueryRequest, caller: str, metrics: NodeMetrics,
+               reply: cpb.NodeReply) -> None:
+    """RunQuery with the servicer's metrics and log line (node/service.py)."""
+    started = time.perf_counter()
+    statistic = statistic_label(request.query.statistic)
+    try:
+        result = engine.run(request.idempotency_key, decode_query(engine, request, caller),
+                            caller)
+        response = serde.answer_to_pb(result, engine.policy.max_epsilon_per_query)
+    except Exception as exc:
+        code, message = status_of(exc)
+        record_refused(metrics, request, statistic, caller, started, code, message)
+        _error(reply, code, message)
+        return
+    record_answered(metrics, result, statistic, caller, started)
+    reply.run_query.CopyFrom(response)
 
 
 def _error(reply: cpb.NodeReply, code: grpc.StatusCode, message: str) -> None:
@@ -75,20 +112,35 @@ def _error(reply: cpb.NodeReply, code: grpc.StatusCode, message: str) -> None:
 
 
 class Connector:
-    """Keeps one stream to the coordinator open until `stop` is called."""
+    """Keeps one stream to the coordinator open until `stop` is called.
+
+    `run` blocks (give it a thread). `connected` is set while the coordinator has accepted
+    this node's Hello; `last_error` is the status that ended the last stream (e.g. the
+    coordinator's refusal of a certificate that does not match the node id).
+    """
 
     def __init__(self, engine: Engine, target: str,
                  credentials: grpc.ChannelCredentials | None,
                  server_name: str = "", workers: int = 4,
-                 backoff: Backoff = Backoff()) -> None:
+                 backoff: Backoff = Backoff(), *, metrics: NodeMetrics | None = None,
+                 allow: tuple[str, ...] | None = None) -> None:
         self.engine, self.target, self.credentials = engine, target, credentials
         self.server_name, self.backoff = server_name, backoff
+        self.metrics = metrics or NodeMetrics(engine.ledger.state)
+        self.allow = allow
         self._pool = futures.ThreadPoolExecutor(max_workers=workers)
         self._stop = threading.Event()
+        self._grace = 0.0
+        self._idle = threading.Condition()
+        self._in_flight = 0
         self.connected = threading.Event()  # set while a stream is open (for tests, health)
-        self.sessions = 0  # streams opened so far
+        self.sessions = 0  # streams the coordinator accepted so far
+        self.last_error = ""
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop: answer new requests UNAVAILABLE, let those under way finish and send their
+        replies for up to `grace` seconds, then close the stream (0: cancel it now)."""
+        self._grace = grace
         self._stop.set()
 
     def run(self) -> None:
@@ -97,17 +149,33 @@ class Connector:
         while not self._stop.is_set():
             try:
                 self._session()
+                if not self._stop.is_set():
+                    log.info("the coordinator %s closed the stream; reconnecting", self.target)
                 delays = self.backoff.delays()  # a clean end: start the backoff afresh
             except grpc.RpcError as exc:
-                log.warning("stream to %s ended: %s %s", self.target, exc.code(),
-                            exc.details())
+                self._ended(exc)
             finally:
                 self.connected.clear()
+                self.metrics.connected.set(0)
             self._stop.wait(next(delays))
         self._pool.shutdown(wait=True)
 
+    def _ended(self, exc: grpc.RpcError) -> None:
+        if self._stop.is_set():
+            return
+        code: grpc.StatusCode = exc.code()
+        details = exc.details() or ""
+        self.last_error = f"{code.name}: {details}"
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            log.error("the coordinator %s refused this node: %s (check node_id, the "
+                      "certificate and the network file); retrying", self.target,
+                      self.last_error, extra={"event": "refused", "outcome": code.name})
+        else:
+            log.warning("stream to %s ended: %s", self.target, self.last_error,
+                        extra={"event": "disconnected", "outcome": code.name})
+
     def _channel(self) -> grpc.Channel:
-        options = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        options = list(_CHANNEL_OPTIONS)
         if self.server_name:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         if self.credentials is None:
@@ -121,28 +189,61 @@ class Connector:
         with self._channel() as channel:
             stream = cpb_grpc.CoordinatorServiceStub(channel).Connect(_drain(outgoing))
             done = threading.Event()
-            watcher = threading.Thread(target=self._cancel_on_stop, args=(stream, done),
-                                       daemon=True)
+            watcher = threading.Thread(target=self._close_on_stop,
+                                       args=(stream, outgoing, done), daemon=True)
             watcher.start()
-            self.sessions += 1
-            self.connected.set()
-            log.info("connected to coordinator %s as %s", self.target, self.engine.node_id)
             try:
+                # blocks until the coordinator accepts the Hello, or the call ends
+                if SESSION_HEADER in dict(stream.initial_metadata() or ()):
+                    self._accepted()
                 for request in stream:
+                    if self._stop.is_set():
+                        outgoing.put(cpb.NodeMessage(reply=_stopping(request)))
+                        continue
+                    with self._idle:
+                        self._in_flight += 1
                     self._pool.submit(self._reply, request, outgoing)
             finally:
                 done.set()
                 outgoing.put(_CLOSE)
 
-    def _cancel_on_stop(self, stream: grpc.Future, done: threading.Event) -> None:
-        """Cancel the stream when the connector stops; end with the session otherwise."""
+    def _accepted(self) -> None:
+        self.sessions += 1
+        self.last_error = ""
+        self.connected.set()
+        self.metrics.connected.set(1)
+        log.info("connected to coordinator %s as %s", self.target, self.engine.node_id,
+                 extra={"event": "connected", "coordinator": self.target})
+
+    def _close_on_stop(self, stream: grpc.Future, outgoing: queue.Queue[object],
+                       done: threading.Event) -> None:
+        """When the connector stops: wait for the replies under way (up to the grace),
+        half-close so the coordinator ends the stream cleanly, and cancel it if it does not.
+        Ends with the session otherwise."""
         while not done.is_set():
             if self._stop.wait(0.2):
+                if self._grace > 0:
+                    with self._idle:
+                        self._idle.wait_for(lambda: self._in_flight == 0, self._grace)
+                    outgoing.put(_CLOSE)
+                    done.wait(2.0)
                 stream.cancel()
                 return
 
     def _reply(self, request: cpb.CoordinatorRequest, outgoing: queue.Queue[object]) -> None:
-        outgoing.put(cpb.NodeMessage(reply=answer(self.engine, request)))
+        try:
+            outgoing.put(cpb.NodeMessage(reply=answer(self.engine, request, self.metrics,
+                                                      self.allow)))
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+
+def _stopping(request: cpb.CoordinatorRequest) -> cpb.NodeReply:
+    reply = cpb.NodeReply(request_id=request.request_id)
+    _error(reply, grpc.StatusCode.UNAVAILABLE, "the node is stopping; retry later")
+    return reply
 
 
 def _drain(outgoing: queue.Queue[object]) -> Iterator[cpb.NodeMessage]:

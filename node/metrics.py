@@ -54,6 +54,8 @@ class NodeMetrics:
                            "since start", registry=self.registry)
         self.seconds = Histogram(f"{PREFIX}_query_seconds", "RunQuery latency by statistic",
                                  ["statistic"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.connected = Gauge(f"{PREFIX}_connected", "Connect mode: 1 while the coordinator "
+                               "has accepted this node's stream, else 0", registry=self.registry)
         if budget is not None:
             self._budget_gauges(budget)
 

@@ -4,6 +4,8 @@ The one table `STATUS` maps the node's exceptions to gRPC status codes; anything
 internal error, logged here and answered without details. The servicer passes the caller's
 authenticated identity (its certificate's common name) to the engine, and records every
 query in the metrics and the log (statistic, outcome, caller, duration; never data values).
+A request whose query cannot even be decoded is audited as refused too (`decode_query`).
+Connect mode (`node/connect.py`) uses the same decoding and recording.
 
 The server also offers grpc.health.v1 and server reflection; with TLS it requires a client
 certificate from the network CA and refuses callers not on the allow-list (`node/tls.py`).
@@ -28,6 +30,7 @@ from bridgestat.node.engine import Answer, Engine
 from bridgestat.node.errors import (BudgetExhausted, IdempotencyConflict, NodeError,
                                     PolicyError, QueryError, QueryInProgress)
 from bridgestat.node.metrics import NodeMetrics
+from bridgestat.node.query import QuerySpec
 from bridgestat.node.tls import AllowList, ServerTls, caller_identity
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
@@ -82,6 +85,46 @@ def statistic_label(value: int) -> str:
     return name.removeprefix("STATISTIC_").lower()
 
 
+def decode_query(engine: Engine, request: pb.RunQueryRequest, caller: str) -> QuerySpec:
+    """The request's query as a QuerySpec. One that cannot be decoded (an unknown statistic
+    or filter kind) never reaches `Engine.run`, so it is audited as refused here: every
+    request the node receives has its audit entry, whatever the transport."""
+    try:
+        return serde.query_from_pb(request.query)
+    except Exception as exc:
+        engine.refused(request.idempotency_key, None, exc, caller)
+        raise
+
+
+def record_answered(metrics: NodeMetrics, answer: Answer, statistic: str, caller: str,
+                    started: float) -> None:
+    """Metrics and one log line for an answered query (released or replayed)."""
+    seconds = time.perf_counter() - started
+    release = answer.release
+    metrics.answered(statistic, seconds, release.charged, release.charged_rho, answer.replayed)
+    outcome = "replayed" if answer.replayed else "ok"
+    log.info("query %s (%s on %s) by %s: %s, charged epsilon %.6g rho %.6g",
+             answer.key, statistic, answer.query.table, caller, outcome, release.charged,
+             release.charged_rho,
+             extra={"key": answer.key, "statistic": statistic, "table": answer.query.table,
+                    "outcome": outcome, "caller": caller,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "epsilon": 0.0 if answer.replayed else release.charged,
+                    "rho": 0.0 if answer.replayed else release.charged_rho})
+
+
+def record_refused(metrics: NodeMetrics, request: pb.RunQueryRequest, statistic: str,
+                   caller: str, started: float, code: grpc.StatusCode, message: str) -> None:
+    """Metrics and one log line for a refused (or failed) query."""
+    seconds = time.perf_counter() - started
+    metrics.refused(statistic, code.name, seconds)
+    log.info("query %s (%s) by %s refused: %s: %s", request.idempotency_key, statistic,
+             caller, code.name, message,
+             extra={"key": request.idempotency_key, "statistic": statistic,
+                    "table": request.query.table, "outcome": code.name, "caller": caller,
+                    "duration_ms": round(seconds * 1000, 3), "reason": message})
+
+
 class NodeServicer(pb_grpc.NodeServiceServicer):
     def __init__(self, engine: Engine, metrics: NodeMetrics | None = None) -> None:
         self.engine = engine
@@ -99,39 +142,14 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
         statistic = statistic_label(request.query.statistic)
         try:
             answer = self.engine.run(request.idempotency_key,
-                                     serde.query_from_pb(request.query), caller)
+                                     decode_query(self.engine, request, caller), caller)
             response = serde.answer_to_pb(answer, self.engine.policy.max_epsilon_per_query)
         except Exception as exc:
             code, message = status_of(exc)
-            self._refused(request, statistic, caller, started, code, message)
+            record_refused(self.metrics, request, statistic, caller, started, code, message)
             context.abort(code, message)
-        self._answered(answer, statistic, caller, started)
+        record_answered(self.metrics, answer, statistic, caller, started)
         return response
-
-    def _answered(self, answer: Answer, statistic: str, caller: str, started: float) -> None:
-        seconds = time.perf_counter() - started
-        release = answer.release
-        self.metrics.answered(statistic, seconds, release.charged, release.charged_rho,
-                              answer.replayed)
-        outcome = "replayed" if answer.replayed else "ok"
-        log.info("query %s (%s on %s) by %s: %s, charged epsilon %.6g rho %.6g",
-                 answer.key, statistic, answer.query.table, caller, outcome, release.charged,
-                 release.charged_rho,
-                 extra={"key": answer.key, "statistic": statistic, "table": answer.query.table,
-                        "outcome": outcome, "caller": caller,
-                        "duration_ms": round(seconds * 1000, 3),
-                        "epsilon": 0.0 if answer.replayed else release.charged,
-                        "rho": 0.0 if answer.replayed else release.charged_rho})
-
-    def _refused(self, request: pb.RunQueryRequest, statistic: str, caller: str,
-                 started: float, code: grpc.StatusCode, message: str) -> None:
-        seconds = time.perf_counter() - started
-        self.metrics.refused(statistic, code.name, seconds)
-        log.info("query %s (%s) by %s refused: %s: %s", request.idempotency_key, statistic,
-                 caller, code.name, message,
-                 extra={"key": request.idempotency_key, "statistic": statistic,
-                        "table": request.query.table, "outcome": code.name, "caller": caller,
-                        "duration_ms": round(seconds * 1000, 3), "reason": message})
 
 
 @dataclass
@@ -156,8 +174,10 @@ def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = N
     mutual TLS when `tls` is given, else plain text. Raises OSError if it cannot listen."""
     metrics = metrics or NodeMetrics(engine.ledger.state)
     interceptors = [] if tls is None else [AllowList(tls.allow, _refused_caller(metrics))]
+    # No SO_REUSEPORT: a second node on an address in use must fail to start, not silently
+    # split the coordinator's connections with the first.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                         interceptors=interceptors)
+                         interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_NodeServiceServicer_to_server(NodeServicer(engine, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

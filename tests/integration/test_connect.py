@@ -19,12 +19,16 @@ import pytest
 
 from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.hub import MEMBER_HEADER, start_hub
+from bridgestat.node import audit
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
-from bridgestat.node.connect import Backoff, Connector
+from bridgestat.node.connect import Backoff, Connector, answer
 from bridgestat.node.engine import Engine
+from bridgestat.node.metrics import NodeMetrics
+from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
+from tests.integration.conftest import RunningNode
 
 COUNT = pb.Query(statistic=pb.STATISTIC_COUNT, table="participant",
                  loss=pb.PrivacyLoss(epsilon=0.5))
@@ -69,6 +73,7 @@ def member(tmp_path: Path) -> Iterator[tuple[HubThread, Member]]:
     thread = threading.Thread(target=connector.run, daemon=True)
     thread.start()
     hub.wait_connected(engine.node_id)
+    assert connector.connected.wait(10)  # and the node has seen the hub accept it
     yield hub, Member(engine, connector, thread)
     connector.stop()
     thread.join(timeout=10)
@@ -85,6 +90,7 @@ def test_queries_reach_a_connected_node_through_the_coordinator(
     hub, node = member
     channel, stub = _stub(hub.port)
     metadata = ((MEMBER_HEADER, node.engine.node_id),)
+    assert node.connector.metrics.registry.get_sample_value("bridgestat_node_connected") == 1
     with channel:
         info = stub.GetNodeInfo(pb.GetNodeInfoRequest(), metadata=metadata, timeout=10)
         assert info.node_id == node.engine.node_id
@@ -133,6 +139,7 @@ def test_the_node_reconnects_after_the_coordinator_restarts_and_a_retry_is_free(
     restarted = HubThread(port)  # same address: the node's backoff finds it again
     try:
         restarted.wait_connected(node.engine.node_id)
+        assert node.connector.connected.wait(10)  # the node has seen the hub accept it
         assert node.connector.sessions >= 2
         channel, stub = _stub(port)
         with channel:
@@ -177,3 +184,82 @@ def test_a_stream_dropped_during_a_query_never_charges_twice(
     finally:
         restarted.stop()
         hub.stop = lambda: None  # type: ignore[method-assign]  # already stopped
+
+
+# -- the same treatment as inbound queries: allow-list, metrics, audit --------------------------
+
+def _entries(engine: Engine) -> list[dict[str, object]]:
+    assert engine.audit is not None
+    return list(audit.entries(engine.audit.path))
+
+
+def test_the_node_applies_its_allow_list_to_the_caller_the_coordinator_relays(
+        node: RunningNode) -> None:
+    metrics = NodeMetrics()
+    request = cpb.CoordinatorRequest(request_id="r", caller="researcher-x",
+                                     run_query=pb.RunQueryRequest(idempotency_key="a1",
+                                                                  query=COUNT))
+    reply = answer(node.engine, request, metrics, allow=("coordinator",))
+    assert reply.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert "'researcher-x'" in reply.error.message and "tls.allow" in reply.error.message
+    assert node.engine.ledger.charges() == []
+    assert metrics.registry.get_sample_value("bridgestat_node_refusals_total",
+                                             {"code": "PERMISSION_DENIED"}) == 1
+    request.caller = "coordinator"
+    reply = answer(node.engine, request, metrics, allow=("coordinator",))
+    assert reply.WhichOneof("kind") == "run_query"
+    assert metrics.registry.get_sample_value(
+        "bridgestat_node_queries_total", {"statistic": "count", "outcome": "ok"}) == 1
+    assert _entries(node.engine)[-1]["caller"] == "coordinator"
+
+
+def test_an_undecodable_query_is_audited_as_refused_in_both_modes(node: RunningNode) -> None:
+    bad = pb.Query(statistic=99, table="participant", loss=pb.PrivacyLoss(epsilon=0.5))
+    with pytest.raises(grpc.RpcError) as inbound:
+        node.stub.RunQuery(pb.RunQueryRequest(idempotency_key="bad-in", query=bad), timeout=10)
+    assert inbound.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    metrics = NodeMetrics()
+    reply = answer(node.engine, cpb.CoordinatorRequest(
+        request_id="r", caller="coordinator",
+        run_query=pb.RunQueryRequest(idempotency_key="bad-out", query=bad)), metrics)
+    assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.error.message.startswith("query.statistic")
+    assert metrics.registry.get_sample_value(
+        "bridgestat_node_queries_total", {"statistic": "unknown",
+                                          "outcome": "INVALID_ARGUMENT"}) == 1
+    refused = {e["key"]: e for e in _entries(node.engine) if e["outcome"] == "refused"}
+    assert set(refused) == {"bad-in", "bad-out"}
+    assert refused["bad-out"]["caller"] == "coordinator" and refused["bad-in"]["query"] is None
+    assert node.engine.ledger.charges() == []
+
+
+def test_stopping_the_connector_delivers_the_reply_under_way(
+        member: tuple[HubThread, Member], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM's path in connect mode: new requests are refused, the query under way is
+    answered on the stream, then the node closes the stream cleanly."""
+    hub, node = member
+    entered, release = threading.Event(), threading.Event()
+    run = node.engine.run
+
+    def held(key: str, query: object, caller: str = "anonymous") -> object:
+        entered.set()
+        release.wait(30)
+        return run(key, query, caller)  # type: ignore[arg-type]
+    monkeypatch.setattr(node.engine, "run", held)
+    channel, stub = _stub(hub.port)
+    metadata = ((MEMBER_HEADER, node.engine.node_id),)
+    with channel:
+        in_flight = stub.RunQuery.future(pb.RunQueryRequest(idempotency_key="g1", query=COUNT),
+                                         metadata=metadata, timeout=20)
+        assert entered.wait(10)
+        node.connector.stop(grace=10)
+        time.sleep(0.3)  # the connector has seen the stop
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetNodeInfo(pb.GetNodeInfoRequest(), metadata=metadata, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        release.set()
+        answered = in_flight.result()
+    assert answered.idempotency_key == "g1" and not answered.replayed
+    node.thread.join(timeout=10)
+    assert not node.thread.is_alive()
+    assert node.connector.metrics.registry.get_sample_value("bridgestat_node_connected") == 0

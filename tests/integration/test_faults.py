@@ -50,7 +50,6 @@ import yaml
 from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import NETWORK, Network
 from bridgestat.coordinator.network import Member
-from bridgestat.coordinator.pooling import PoolingError
 from bridgestat.coordinator.query import Occasion, Query, Term
 from bridgestat.coordinator.tables import (QueryResult, cross_products, mean_table,
                                            regression_fits, term_names)

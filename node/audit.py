@@ -40,7 +40,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from bridgestat.node.errors import AuditError, ConfigError, NodeError
 from bridgestat.node.ledger import Charge, Clock, parse_timestamp, period_label, timestamp, utc_now
 from bridgestat.node.loss import Loss
 from bridgestat.node.mechanisms import Component
-from bridgestat.node.query import QuerySpec
+from bridgestat.node.query import QuerySpec, query_doc
 from bridgestat.node.release import Release
 
 GENESIS = "0" * 64
@@ -74,14 +74,6 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 # --- what an entry says ----------------------------------------------------------------
-
-
-def query_doc(query: QuerySpec) -> dict[str, Any]:
-    """The query as plain JSON values (the form its fingerprint is computed from)."""
-    doc = asdict(query)
-    doc["statistic"] = query.statistic.value
-    doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in query.filters]
-    return doc
 
 
 class _TypesAsText(_Encoder):
@@ -144,7 +136,7 @@ class Record:
                 "error": error_doc(self.error) if self.error is not None else None,
                 "measurement": self.measurement, "charged": charged_doc(self.charged),
                 "pooled_only": self.pooled_only,
-                "release": json.loads(self.release.encode()) if self.release else None}
+                "release": self.release.doc() if self.release else None}
 
 
 # --- appending -------------------------------------------------------------------------

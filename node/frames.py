@@ -125,7 +125,9 @@ class Frames:
         return values.astype(np.float64)
 
     def rows(self, plan: Plan) -> pd.DataFrame:
-        """One row per participant taking part, with a `_value` column when measured."""
+        """One row per participant taking part; the measured column is `value_column(plan)`.
+        Plain measurements are read from the table's own column, not copied into a new one:
+        a copy of a million-row frame per query is the slowest step of a small release."""
         table: TableSpec = plan.table
         if plan.query.statistic is Statistic.CROSS_PRODUCTS:
             occasion = plan.occasion or INTAKE
@@ -137,18 +139,12 @@ class Frames:
             return self._transitions(table.name, plan.baseline, plan.occasion,
                                      plan.column.name, plan.query.bin_edges)
         if not table.has_occasions:
-            frame = self.participants
-            if plan.column is not None:
-                frame = frame.assign(_value=frame[plan.column.name])
-            return frame
+            return self.participants
         if plan.query.statistic is Statistic.PAIRED_CHANGE:
             assert plan.baseline is not None and plan.occasion is not None and plan.column
             return self._paired(table.name, plan.baseline, plan.occasion, plan.column.name)
         assert plan.occasion is not None
-        frame = self._joined(table.name, plan.occasion)
-        if plan.column is not None:
-            frame = frame.assign(_value=frame[plan.column.name])
-        return frame
+        return self._joined(table.name, plan.occasion)
 
     def cells(self, plan: Plan) -> Iterator[CellRows]:
         frame = _filtered(self.rows(plan), plan)
@@ -180,6 +176,15 @@ def _filtered(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
     return frame[keep]
 
 
+def value_column(plan: Plan) -> str:
+    """The frame column a plan measures: `_value` where `rows` derives it (a change, a
+    transition), else the table's own column."""
+    if plan.transition or plan.query.statistic is Statistic.PAIRED_CHANGE:
+        return "_value"
+    assert plan.column is not None
+    return plan.column.name
+
+
 def _measured(frame: pd.DataFrame, plan: Plan) -> FloatArray | IntArray:
     stat = plan.query.statistic
     if stat is Statistic.COUNT:
@@ -187,7 +192,7 @@ def _measured(frame: pd.DataFrame, plan: Plan) -> FloatArray | IntArray:
     if stat is Statistic.CROSS_PRODUCTS:
         matrix = frame[[f"_t{i}" for i in range(len(plan.terms))]].to_numpy(dtype=np.float64)
         return matrix  # incomplete rows are dropped per cell by the engine
-    column = frame["_value"]
+    column = frame[value_column(plan)]
     if plan.transition:
         return column.to_numpy(dtype=np.int64)
     if stat is Statistic.HISTOGRAM:

@@ -6,6 +6,8 @@ import enum
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
 
 
 class Statistic(enum.Enum):
@@ -75,8 +77,15 @@ class QuerySpec:
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""
-        doc = asdict(self)
-        doc["statistic"] = self.statistic.value
-        doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in self.filters]
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(query_doc(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1024)
+def query_doc(query: QuerySpec) -> dict[str, Any]:
+    """The query as plain JSON values, for its fingerprint and the audit log. Cached (a
+    coordinator repeats its queries, and `asdict` deep-copies): callers must not mutate it."""
+    doc = asdict(query)
+    doc["statistic"] = query.statistic.value
+    doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in query.filters]
+    return doc

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,18 @@ class Release:
     term_bounds: tuple[tuple[float, float], ...] = ()  # cross products: bounds per term
     min_group_size: float = 0.0  # the policy's suppression threshold applied (0: none)
 
+    def doc(self) -> dict[str, Any]:
+        """The release as plain JSON values (what `encode` writes). Built field by field:
+        `asdict` deep-copies every value and was a tenth of a small release's time."""
+        doc = dict(vars(self))
+        doc["cells"] = [{"group": [list(pair) for pair in cell.group],
+                         "values": [dict(vars(value)) for value in cell.values],
+                         "suppressed": cell.suppressed} for cell in self.cells]
+        doc["term_bounds"] = [list(bounds) for bounds in self.term_bounds]
+        return doc
+
     def encode(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(self.doc(), separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> Release:

@@ -51,6 +51,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: the kernel hands a released port out again, so
+    one network's members would sometimes share one (seen at a thousand members)."""
+    ports: dict[int, None] = {}
+    while len(ports) < count:
+        ports[free_port()] = None
+    return list(ports)
+
+
 def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float = 2.5,
                   *, tls: bool = True, connect: Sequence[str] = (),
                   hub: str | None = None) -> list[LocalMember]:
@@ -62,13 +71,14 @@ def write_configs(root: Path, total_epsilon: float = 50.0, max_per_query: float 
     unknown = sorted(set(connect) - set(names))
     if unknown:
         raise ValueError(f"connect: no member {unknown[0]!r} in {root / 'truth.json'}")
-    hub = hub or (f"127.0.0.1:{free_port()}" if connect else None)
+    *ports, spare = free_ports(len(names) + 1)
+    hub = hub or (f"127.0.0.1:{spare}" if connect else None)
     client = _coordinator_identity(root) if tls else None
     members = []
-    for member in truth["members"]:
+    for member, port in zip(truth["members"], ports, strict=True):
         name = member["name"]
         outbound = name in connect
-        address = hub if outbound and hub else f"127.0.0.1:{free_port()}"
+        address = hub if outbound and hub else f"127.0.0.1:{port}"
         config: dict[str, object] = {
             "node_id": name, "data": {"source": "csv", "path": "."}, "schema": "default",
             "categories": {"participant.team": member["teams"]}}

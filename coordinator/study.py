@@ -16,7 +16,7 @@ import json
 import math
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,9 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         echo: Printer = print) -> dict[str, Any]:
     """Run every analysis; refuse first if anything does not fit or cannot be afforded."""
     checked = plan(study, net)
-    check_affordable(study, checked.costs)
+    saved = _saved_analyses(out, run_id, study)  # the nodes replay these for free
+    pending = replace(study, analyses=tuple(a for a in study.analyses if a.id not in saved))
+    check_affordable(pending, plan_costs(pending, checked.budgets))
     run_id = run_id or uuid.uuid4().hex[:12]
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
@@ -129,6 +131,26 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
     save(doc, out)
     echo(f"\n== Saved {out / 'results.json'}")
     return doc
+
+
+def _saved_analyses(out: Path, run_id: str | None, study: Study) -> set[str]:
+    """The analyses an earlier (killed) run of this study with this run id saved in `out`.
+    Their queries are replayed by the nodes for free, so resuming a run needs budget only for
+    the rest. The analysis that was in flight at the kill is not among them: its cost is
+    still counted, so the check can only be cautious, never short."""
+    if run_id is None:
+        return set()
+    try:
+        doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if (not isinstance(doc, dict) or doc.get("format") != FORMAT
+            or doc.get("run_id") != run_id
+            or not isinstance(doc.get("study"), dict)
+            or doc["study"].get("name") != study.name
+            or not isinstance(doc.get("analyses"), list)):
+        return set()
+    return {a["id"] for a in doc["analyses"] if isinstance(a, dict) and "id" in a}
 
 
 def save(doc: dict[str, Any], out: Path) -> Path:

@@ -10,6 +10,7 @@ callers above see one kind of member.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -20,6 +21,7 @@ from bridgestat.coordinator.network import MEMBER_HEADER, Member
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
+ABORTED_PAUSE = 0.05  # first pause before retrying a key the node is still answering
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,21 @@ class Fanout:
                                        interceptors=interceptors)
 
     async def _one(self, member: Member, call: Call[T], timeout: float) -> Success[T] | Failure:
-        try:
-            return Success(member.name, await call(self._stub(member), timeout))
-        except grpc.aio.AioRpcError as exc:
-            return Failure(member.name, exc.code().name, self._explain(member, exc))
+        """One member's outcome. ABORTED (the node is still answering the same key, e.g. for
+        a coordinator that crashed and was restarted) is retried until the deadline: the
+        node then replays what it released, so the retry costs nothing."""
+        deadline = time.monotonic() + timeout
+        pause = ABORTED_PAUSE
+        while True:
+            try:
+                left = max(deadline - time.monotonic(), 0.001)
+                return Success(member.name, await call(self._stub(member), left))
+            except grpc.aio.AioRpcError as exc:
+                if (exc.code() is not grpc.StatusCode.ABORTED
+                        or time.monotonic() + pause >= deadline):
+                    return Failure(member.name, exc.code().name, self._explain(member, exc))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     def _explain(self, member: Member, exc: grpc.aio.AioRpcError) -> str:
         """The status details, with the identity problem spelled out for a TLS failure."""

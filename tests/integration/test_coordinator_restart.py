@@ -31,8 +31,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -487,6 +489,47 @@ def test_api_coordinator_killed_mid_query_and_its_retry_is_charged_once(
         seen = _audit_outcomes(member)[key]
         assert seen.count("released") == 1 and set(seen) <= {"released", "replayed"}, seen
         assert ("replayed" in seen) == release["replayed"]
+
+
+def test_a_retry_arriving_while_the_node_still_answers_waits_for_the_replay(
+        big_member_network: LocalNetwork) -> None:
+    """Two coordinators send the same key at once (as a restarted coordinator does while its
+    predecessor's query is still at the nodes). The node answers the later one ABORTED (the
+    same query is being answered); the coordinator retries until its deadline and gets the
+    replay: both succeed with the very same values, and the key is charged once. The race is
+    forced: the slow member needs tens of ms per answer, and both calls leave together, so
+    the audit log must show the node refusing the second at least once in a few keys."""
+    net, slow = big_member_network, big_member_network.members[2]
+    refused_in_progress = 0
+    for attempt in range(5):
+        key = f"concurrent-{attempt}"
+        before = _ledger(slow)
+        start = threading.Barrier(2)
+
+        def send(key: str = key, start: threading.Barrier = start) -> Any:
+            with Network.from_file(net.network, timeout=60.0) as client:
+                client.info()  # channels up before the race
+                start.wait()
+                return client.run(_regression(), key)
+        with ThreadPoolExecutor(2) as pool:
+            first, second = (f.result() for f in [pool.submit(send), pool.submit(send)])
+        assert first.failures == {} and second.failures == {}, (first.failures,
+                                                                second.failures)
+        for member in net.members:
+            a, b = first.releases[member.name], second.releases[member.name]
+            assert {a.replayed, b.replayed} == {False, True}, member.name
+            assert _reported_values(asdict(a)) == _reported_values(asdict(b))
+        after = _ledger(slow)
+        assert after.spent == before.spent + after.charges[key].loss  # charged once
+        entries = [e for e in audit.entries(slow.config.parent / "audit.jsonl")
+                   if e["key"] == key]
+        assert [e["outcome"] for e in entries].count("released") == 1
+        refused_in_progress += sum(
+            e["outcome"] == "refused" and e["error"]["code"] == "QueryInProgress"
+            for e in entries)
+        if refused_in_progress:
+            return
+    pytest.fail("the node never saw the second call while answering the first")
 
 
 if __name__ == "__main__":  # the child coordinator of the API test

@@ -1,0 +1,80 @@
+"""Node memory: resident set size of a real `bridgestat-node serve` process, idle after
+start-up and after a round of queries, at 10k, 100k and 1M participants.
+
+Each size is a synthetic member (participants plus their assessments, as CSV) served over
+mutual TLS; RSS and its peak (VmHWM) are read from /proc. Start-up time (load, validation
+against the data matrix, ledger and audit log) is printed beside them. The queries cover the
+node's caches: a mean, a histogram, a paired change, a transition table and a quantile.
+Usage: python benchmarks/node_memory.py [--sizes 10000 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.query import INTAKE, Occasion
+
+TWELVE_MONTHS = Occasion(12, 9, 15)
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MiB, from /proc/<pid>/status."""
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def query_round(net: Network) -> None:
+    """One of each kind of query whose data the node caches."""
+    net.mean("assessment", "bridge_total", epsilon=0.5)
+    net.histogram("participant", "household_type", epsilon=0.5)
+    net.paired_change("assessment", "bridge_total", occasion=TWELVE_MONTHS, epsilon=0.5,
+                      clip=(-40.0, 40.0))
+    net.transition("assessment", "work_status", occasion=TWELVE_MONTHS, baseline=INTAKE,
+                   epsilon=0.5)
+    net.quantile("assessment", "total_debt", 0.5,
+                 [float(x) for x in range(0, 100_001, 500)], epsilon=0.5)
+
+
+def measure(n: int, workdir: Path) -> str:
+    root = workdir / f"n{n}"
+    synth.write_network(root, members=1, seed=3, sizes=[n])
+    member = local.write_configs(root, total_epsilon=1e6, max_per_query=1.0)[0]
+    log = root / "node.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen([*local.node_command(), "serve", "--config",
+                                    str(member.config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        local.wait_serving(member.address, process, log, timeout=900,
+                           tls=member.client_tls, name=member.name)
+        ready = time.perf_counter() - started
+        time.sleep(2)  # let start-up garbage settle
+        idle, _ = rss_mib(process.pid)
+        with Network.from_file(root / "network.yaml", timeout=120) as net:
+            for _ in range(3):
+                query_round(net)
+        busy, peak = rss_mib(process.pid)
+    finally:
+        local.stop_nodes([process])
+    return (f"{n:>9,} | {ready:8.1f} | {idle:8.0f} | {busy:8.0f} | {peak:8.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    args = parser.parse_args()
+    print("participants | start s | idle MiB | after queries MiB | peak MiB")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            print(measure(n, Path(tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

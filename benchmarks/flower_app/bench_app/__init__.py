@@ -1,0 +1,1 @@
+"""Flower App for benchmarks/flower_compare.py: a pooled histogram and mean, no DP."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +66,10 @@ class LocalNetwork:
 
 @contextmanager
 def local_network(root: Path, members: int, seed: int, total_epsilon: float,
-                  max_per_query: float) -> Iterator[LocalNetwork]:
+                  max_per_query: float,
+                  sizes: Sequence[int] | None = None) -> Iterator[LocalNetwork]:
     """Write the network, start its nodes, stop them afterwards whatever happens."""
-    synth.write_network(root, members=members, seed=seed)
+    synth.write_network(root, members=members, seed=seed, sizes=sizes)
     configs = local.write_configs(root, total_epsilon=total_epsilon, max_per_query=max_per_query)
     processes = local.start_nodes(configs, root)
     try:

@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from bridgestat.coordinator import local, study, synth
+from bridgestat.coordinator import local, study
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.query import Occasion, Query, Term
 from bridgestat.coordinator.study import STANDARD_STUDY
@@ -412,15 +412,9 @@ def _wait_at_node(member: local.LocalMember, key: str, process: subprocess.Popen
 @pytest.fixture
 def big_member_network(tmp_path: Path) -> Iterator[LocalNetwork]:
     """Three node processes over mTLS; member-03 has 20 000 participants (slow to answer)."""
-    root = tmp_path / "network"
-    synth.write_network(root, members=3, seed=5, sizes=(300, 300, 20000))
-    members = local.write_configs(root, total_epsilon=100.0, max_per_query=3.0)
-    processes = local.start_nodes(members, root)
-    try:
-        yield LocalNetwork(root, json.loads((root / "truth.json").read_text()), members,
-                           processes)
-    finally:
-        local.stop_nodes(processes)
+    with local_network(tmp_path / "network", members=3, seed=5, total_epsilon=100.0,
+                       max_per_query=3.0, sizes=(300, 300, 20000)) as running:
+        yield running
 
 
 @pytest.mark.parametrize("kill_at", ["sending", "at_nodes", "answered"])

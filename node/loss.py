@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 
 @dataclass(frozen=True, order=True)
@@ -93,8 +94,11 @@ class Loss:
         return f"epsilon {float(self.epsilon):.6g} + rho {float(self.rho):.6g}"
 
 
+@lru_cache(maxsize=256)
 def rho_to_epsilon(rho: float, delta: float) -> float:
-    """OpenDP's zCDP -> (epsilon, delta) conversion of a rho-zCDP release.
+    """OpenDP's zCDP -> (epsilon, delta) conversion of a rho-zCDP release. Cached: the
+    ledger converts the spent rho before and after each charge, and one query's "after" is
+    the next one's "before" (each conversion builds an OpenDP measurement, ~2 ms).
 
     Evaluated on a Gaussian measurement whose privacy map is at least rho (its scale is
     nudged down), so the epsilon returned is never below the true conversion.

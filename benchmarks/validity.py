@@ -516,8 +516,8 @@ def main_outcomes(releases: dict[str, list[MemberRelease]], truth: Truth, n: int
         mse = oracle_mse(truth, n, len(stats_k), eps)
         out += [replace(found[0], oracle_mse=mse), found[1]]
     change = mean_stats(releases["change"])
-    out += from_estimate("change", truth.change,
-                         lambda: pooling.pooled_change(change).change, contrast=False)
+    out += from_estimate("change", truth.change,  # as the product reports it: the change
+                         lambda: pooling.pooled_mean(change), contrast=False)  # without d_z
     out += from_estimate("d_z", truth.d_z, lambda: pooling.pooled_change(change).d_z)
     return out + paid_outcomes(releases, truth, settings)
 

@@ -148,7 +148,7 @@ def load_config(path: Path) -> NodeConfig:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(source, "(file)", f"cannot read config: {exc}") from exc
-    doc = _mapping(raw, source, "(top level)", _TOP_KEYS)
+    doc = mapping(raw, source, "(top level)", _TOP_KEYS)
     base = Path(path).resolve().parent
     node_id = _string(doc, "node_id", source)
     if not _NAME.match(node_id):
@@ -175,7 +175,7 @@ def load_config(path: Path) -> NodeConfig:
 
 
 def _data(value: Any, base: Path, source: str) -> DataConfig:
-    data = _mapping(value, source, "data", _DATA_KEYS)
+    data = mapping(value, source, "data", _DATA_KEYS)
     kind = str(data.get("source", "csv"))
     if kind not in _SOURCES:
         raise ConfigError(source, "data.source", f"must be one of {', '.join(_SOURCES)}")
@@ -205,7 +205,7 @@ def _inbound(doc: Mapping[str, Any], source: str) -> str | None:
 
 
 def _connect(value: Any, source: str) -> ConnectConfig:
-    doc = _mapping(value, source, "connect", _CONNECT_KEYS)
+    doc = mapping(value, source, "connect", _CONNECT_KEYS)
     coordinator = _listen(_string(doc, "coordinator", source, "connect."), source,
                           "connect.coordinator")
     server_name = doc.get("server_name", DEFAULT_SERVER_NAME)
@@ -216,7 +216,7 @@ def _connect(value: Any, source: str) -> ConnectConfig:
 
 
 def _tls(value: Any, base: Path, source: str) -> TlsConfig:
-    doc = _mapping(value, source, "tls", _TLS_KEYS)
+    doc = mapping(value, source, "tls", _TLS_KEYS)
     allow = doc.get("allow")
     if not isinstance(allow, list) or not allow or not all(
             isinstance(a, str) and a for a in allow):
@@ -233,7 +233,9 @@ def _file(doc: Mapping[str, Any], key: str, base: Path, source: str, prefix: str
     return path
 
 
-def _mapping(value: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
+def mapping(value: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
+    """`value` as a mapping with only `allowed` keys, else a ConfigError naming the key
+    (config and policy files share this check)."""
     if not isinstance(value, dict):
         raise ConfigError(source, key, "must be a mapping")
     unknown = sorted(set(value) - allowed, key=str)  # YAML keys need not be strings
@@ -284,7 +286,7 @@ def _listen(value: Any, source: str, key: str = "listen") -> str:
     return str(value)
 
 
-def _finite(value: Any) -> bool:
+def finite(value: Any) -> bool:
     """A finite int or float (a huge YAML integer overflows float: not finite here)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -296,13 +298,13 @@ def _finite(value: Any) -> bool:
 
 def _positive(doc: Mapping[str, Any], key: str, source: str) -> float:
     value = doc.get(key)
-    if not _finite(value) or value <= 0:
+    if not finite(value) or value <= 0:
         raise ConfigError(source, f"budget.{key}", f"must be a number > 0, got {value!r}")
     return float(value)
 
 
 def _budget(value: Any, source: str, node_id: str) -> BudgetConfig:
-    doc = _mapping(value, source, "budget", _BUDGET_KEYS)
+    doc = mapping(value, source, "budget", _BUDGET_KEYS)
     total = _positive(doc, "total_epsilon", source)
     per_query = _positive(doc, "max_epsilon_per_query", source)
     if per_query > total:

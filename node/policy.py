@@ -48,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from bridgestat.node.config import NodeConfig
+from bridgestat.node.config import NodeConfig, finite, mapping
 from bridgestat.node.errors import ConfigError, PolicyError
 from bridgestat.node.ledger import PERIODS, PeriodCap
 from bridgestat.node.loss import Epsilon
@@ -123,7 +123,7 @@ def load_policy(config: NodeConfig, schema: Schema) -> Policy:
     if config.policy_path is None:
         return base
     source = str(config.policy_path)
-    doc = _mapping(_read(config.policy_path), source, "", _KEYS)
+    doc = mapping(_read(config.policy_path), source, "(top level)", _KEYS)
     total, per_query, period = _budget(doc.get("budget", {}), source, config)
     statistics = _statistics(doc, source)
     min_group_size = _min_group_size(doc, source)
@@ -144,26 +144,15 @@ def load_policy(config: NodeConfig, schema: Schema) -> Policy:
 def _read(path: Path) -> Any:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(str(path), "(file)", f"cannot read policy: {exc}") from exc
     return {} if raw is None else raw
-
-
-def _mapping(value: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(source, key or "(top level)", "must be a mapping")
-    unknown = sorted(str(k) for k in set(value) - allowed)
-    if unknown:
-        raise ConfigError(source, f"{key}.{unknown[0]}" if key else unknown[0],
-                          f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    return value
 
 
 def _positive(doc: Mapping[str, Any], key: str, source: str, default: float) -> float:
     """doc's value of the last part of `key` (the dotted name for messages), > 0."""
     value = doc.get(key.rpartition(".")[2], default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value <= 0:
+    if not finite(value) or value <= 0:
         raise ConfigError(source, key, f"must be a number > 0, got {value!r}")
     return float(value)
 
@@ -171,7 +160,7 @@ def _positive(doc: Mapping[str, Any], key: str, source: str, default: float) -> 
 def _budget(value: Any, source: str, config: NodeConfig
             ) -> tuple[float, float, PeriodCap | None]:
     """(total, per query, period cap), each at most what the config allows."""
-    doc = _mapping(value, source, "budget", _BUDGET_KEYS)
+    doc = mapping(value, source, "budget", _BUDGET_KEYS)
     ceiling = config.budget
     total = _positive(doc, "budget.total_epsilon", source, ceiling.total_epsilon)
     if total > ceiling.total_epsilon:
@@ -195,7 +184,7 @@ def _budget(value: Any, source: str, config: NodeConfig
 
 
 def _period(value: Any, source: str, total: float, per_query: float) -> PeriodCap:
-    doc = _mapping(value, source, "budget.per_period", _PERIOD_KEYS)
+    doc = mapping(value, source, "budget.per_period", _PERIOD_KEYS)
     period = doc.get("period")
     if period not in PERIODS:
         raise ConfigError(source, "budget.per_period.period",
@@ -256,8 +245,7 @@ def _columns(doc: Mapping[str, Any], key: str, source: str, schema: Schema,
 
 def _min_group_size(doc: Mapping[str, Any], source: str) -> float:
     value = doc.get("min_group_size", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value < 0:
+    if not finite(value) or value < 0:
         raise ConfigError(source, "min_group_size",
                           f"must be a number >= 0 (0: no suppression), got {value!r}")
     return float(value)

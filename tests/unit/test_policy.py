@@ -109,6 +109,9 @@ BAD = [
     ("negative group size", "min_group_size: -3", "min_group_size", ">= 0"),
     ("quantile with group size", "statistics: [quantile]\nmin_group_size: 5", "min_group_size",
      "a quantile releases no noisy count"),
+    ("huge integer group size", f"min_group_size: {10**400}", "min_group_size", ">= 0"),
+    ("huge integer total", f"budget: {{total_epsilon: {10**400}}}", "budget.total_epsilon",
+     "> 0"),
 ]
 
 
@@ -120,6 +123,14 @@ def test_bad_policy_names_file_and_key(tmp_path: Path, case: str, text: str, key
     assert caught.value.source == str(tmp_path / "policy.yaml"), case
     assert caught.value.key == key, caught.value
     assert problem in caught.value.problem, caught.value
+
+
+def test_policy_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, "")
+    (tmp_path / "policy.yaml").write_bytes(b"min_group_size: \xff\xfe\n")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(config, config.schema())
+    assert caught.value.key == "(file)" and "cannot read policy" in caught.value.problem
 
 
 def test_missing_policy_file_is_a_config_error(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import Member, TlsFiles
+from bridgestat.coordinator.network import Member, TlsFiles, load_network
 
 HOST = Path(__file__).with_name("node_host.py")
 
@@ -174,8 +174,7 @@ def main() -> None:
         print(f"wrote {largest} members x {args.participants} participants "
               f"({'mutual TLS' if tls else 'plain text'}, {args.hosts} host processes) "
               f"in {time.perf_counter() - started:.0f} s", flush=True)
-        spec = Network.from_file(root / "network.yaml", insecure=not tls)
-        spec.close()
+        spec = load_network(root / "network.yaml")
         print("nodes |   p50 ms |   p95 ms | floor 1 ms | floor N ms | p50/floor N | "
               "coord CPU ms | node CPU ms (per member)")
         for n in args.nodes:

@@ -13,7 +13,9 @@ One JSON object per line (JSON Lines) at the config's `audit` path:
   charged), refused (a NodeError: the query, the policy or the budget did not allow it) or
   failed (an internal error; nothing left the node).
 - `measurement`: OpenDP's serialized form of every measurement the query runs (or would have
-  run, for a budget refusal), identical components listed once with their names.
+  run, for a budget refusal), identical components listed once with their names; `input`
+  says what a measurement is applied to when that step is not OpenDP's (a regression's
+  clamped integer sums).
 - `hash` = sha256(prev_hash + canonical JSON of the entry without `hash`), canonical meaning
   sorted keys and no spaces; the first entry's prev_hash is GENESIS. Editing, removing or
   reordering entries therefore breaks the chain at the first affected line, which
@@ -98,10 +100,12 @@ def serialize_measurement(component: Component) -> str:
 def measurement(components: Sequence[Component]) -> list[dict[str, Any]]:
     """Serialized measurements, each distinct one once with the components that run it (a
     regression's entries share one measurement)."""
-    grouped: dict[str, list[str]] = {}
+    grouped: dict[tuple[str, str], list[str]] = {}
     for component in components:
-        grouped.setdefault(serialize_measurement(component), []).append(component.name)
-    return [{"components": names, "opendp": text} for text, names in grouped.items()]
+        key = (serialize_measurement(component), component.input_doc())
+        grouped.setdefault(key, []).append(component.name)
+    return [{"components": names, "opendp": text, **({"input": given} if given else {})}
+            for (text, given), names in grouped.items()]
 
 
 def charged_doc(loss: Loss) -> dict[str, Any]:

@@ -52,7 +52,9 @@ def test_regression_entries_are_zcdp_and_their_rho_adds_to_the_charge() -> None:
     assert len(plan.components) == 10  # (3 terms + 1)(3 terms + 2) / 2 entries of U'U
     for component in plan.components:
         assert str(component.measurement.output_measure).startswith("ZeroConcentrated")
-        assert component.measurement.map(1) <= component.rho
+        # the measurement takes a sum of integers in [-F, F]: d_in = F per added row
+        assert component.sum_bound == mechanisms.FIXED_POINT
+        assert component.measurement.map(mechanisms.FIXED_POINT) <= component.rho
         # discrete Gaussian: rho = F^2 / (2 sigma^2) per entry, rho split evenly
         sigma = mechanisms.FIXED_POINT / math.sqrt(2 * REGRESSION.rho / 10)
         assert component.scale == pytest.approx(sigma, rel=1e-9)
@@ -68,6 +70,20 @@ def test_empirical_noise_variance_of_a_gaussian_entry() -> None:
     draws = np.array([float(component.release(data)) * component.unit
                       for _ in range(2000)]) - exact
     assert abs(draws.var(ddof=1) / component.noise_variance - 1) < 4 * math.sqrt(2 / 2000)
+
+
+def test_bounded_sum_clamps_and_one_row_moves_it_by_at_most_the_bound() -> None:
+    bound = mechanisms.FIXED_POINT
+    data = np.array([bound + 5, -3 * bound, 7, bound], dtype=np.int64)
+    assert mechanisms.bounded_sum(data, bound) == bound - bound + 7 + bound
+    for extra in (-10 * bound, -bound, 0, 12, 3 * bound):
+        grown = np.append(data, np.int64(extra))
+        shift = mechanisms.bounded_sum(grown, bound) - mechanisms.bounded_sum(data, bound)
+        assert abs(shift) <= bound
+    assert mechanisms.bounded_sum(np.array([], dtype=np.int64), bound) == 0
+    with pytest.raises(ValueError, match="overflow"):
+        # a view of 2^40 rows without the memory: the check comes before any pass over the data
+        mechanisms.bounded_sum(np.broadcast_to(np.int64(0), (2**40,)), 2**22)
 
 
 def test_noise_metadata_follows_the_discrete_laplace_formula() -> None:

@@ -196,7 +196,12 @@ def test_measurements_are_openDP_serialized_and_deserialize_to_the_same_map() ->
     assert len(shown[2]["components"]) == 6  # identical regression entries written once
     for item, component in zip(shown, components[:3], strict=True):
         rebuilt = dp.deserialize(item["opendp"])  # type: ignore[no-untyped-call]
-        assert rebuilt.map(1) == component.measurement.map(1)  # type: ignore[no-untyped-call]
+        d_in = component.sum_bound or 1
+        assert rebuilt.map(d_in) == component.measurement.map(d_in)  # type: ignore[no-untyped-call]
+    # the regression's sums are taken outside OpenDP, and the entry says so
+    assert "input" not in shown[0] and "input" not in shown[1]
+    assert f"d_in = {mechanisms.FIXED_POINT}" in shown[2]["input"]
+    assert shown[2]["input"].startswith("exact int64 sum")
 
 
 def test_summary_per_caller_and_period(tmp_path: Path) -> None:

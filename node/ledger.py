@@ -23,7 +23,11 @@ no release left the node either. One fsync per query.
 Period cap (optional, from the member's policy): the loss charged within the current calendar
 period (year, quarter or month, UTC) is capped too. Each charge is stamped with the ledger's
 clock when it is reserved, and `reserve` checks the total and the period cap in the same
-`BEGIN IMMEDIATE` transaction; a charge stands in the period in which it was reserved.
+`BEGIN IMMEDIATE` transaction; a charge stands in the period in which it was reserved. The
+loss per period is kept as a running total (table `period_spent`) for every kind of period,
+whether or not a cap is set, so a cap added to the policy later counts what was already
+charged, and checking it costs the same after a million charges as after one. A ledger from
+before that table is summed once from its charges when opened.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ CREATE TABLE IF NOT EXISTS charge (
     PRIMARY KEY (dataset, query_key)
 );
 CREATE INDEX IF NOT EXISTS charge_time ON charge (dataset, created_at);
+CREATE TABLE IF NOT EXISTS period_spent (
+    dataset TEXT NOT NULL,
+    period TEXT NOT NULL,
+    label TEXT NOT NULL,
+    spent TEXT NOT NULL,
+    PRIMARY KEY (dataset, period, label)
+);
 """
 PERIODS = ("year", "quarter", "month")
 Clock = Callable[[], datetime]
@@ -191,6 +202,7 @@ class Ledger:
                 db.execute(statement)
             db.execute("INSERT OR IGNORE INTO budget (dataset, spent) VALUES (?, ?)",
                        (dataset, Loss().encode()))
+            self._fill_period_totals(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -227,10 +239,38 @@ class Ledger:
     def _period_spent(self, db: sqlite3.Connection, now: datetime) -> Loss:
         """Loss of the charges (reserved or committed) stamped in the period of `now`."""
         assert self.period is not None
-        since = timestamp(period_start(self.period.period, now))
-        rows = db.execute("SELECT loss FROM charge WHERE dataset = ? AND created_at >= ?",
-                          (self.dataset, since)).fetchall()
-        return sum((Loss.decode(row[0]) for row in rows), Loss())
+        row = db.execute("SELECT spent FROM period_spent WHERE dataset = ? AND period = ? "
+                         "AND label = ?", (self.dataset, self.period.period,
+                                           period_label(self.period.period, now))).fetchone()
+        return Loss() if row is None else Loss.decode(row[0])
+
+    def _add_to_periods(self, db: sqlite3.Connection, loss: Loss, when: datetime,
+                        refund: bool = False) -> None:
+        """Add `loss` to (or take a refund from) the running total of each period of `when`."""
+        for period in PERIODS:
+            label = period_label(period, when)
+            row = db.execute("SELECT spent FROM period_spent WHERE dataset = ? AND period = ? "
+                             "AND label = ?", (self.dataset, period, label)).fetchone()
+            before = Loss() if row is None else Loss.decode(row[0])
+            spent = before - loss if refund else before + loss
+            db.execute("INSERT OR REPLACE INTO period_spent (dataset, period, label, spent) "
+                       "VALUES (?, ?, ?, ?)", (self.dataset, period, label, spent.encode()))
+
+    def _fill_period_totals(self, db: sqlite3.Connection) -> None:
+        """Sum the period totals from the charges of a ledger written before they were kept."""
+        if db.execute("SELECT 1 FROM period_spent WHERE dataset = ? LIMIT 1",
+                      (self.dataset,)).fetchone() is not None:
+            return
+        totals: dict[tuple[str, str], Loss] = {}
+        for loss, created in db.execute("SELECT loss, created_at FROM charge WHERE dataset = ?",
+                                        (self.dataset,)):
+            when = parse_timestamp(created)
+            for period in PERIODS:
+                key = (period, period_label(period, when))
+                totals[key] = totals.get(key, Loss()) + Loss.decode(loss)
+        db.executemany("INSERT INTO period_spent (dataset, period, label, spent) "
+                       "VALUES (?, ?, ?, ?)", [(self.dataset, period, label, loss.encode())
+                                               for (period, label), loss in totals.items()])
 
     def _spent(self, db: sqlite3.Connection) -> Loss:
         row = db.execute("SELECT spent FROM budget WHERE dataset = ?", (self.dataset,)).fetchone()
@@ -256,6 +296,7 @@ class Ledger:
                 self._check_period(db, loss, now)
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
                        ((spent + loss).encode(), self.dataset))
+            self._add_to_periods(db, loss, now)
             db.execute("INSERT INTO charge (dataset, query_key, fingerprint, loss, state, owner,"
                        " created_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
                        (self.dataset, key, fingerprint, loss.encode(), self.owner,
@@ -305,13 +346,14 @@ class Ledger:
         """Refund a reservation whose computation failed before producing any output."""
         with self._transaction(durable=False) as db:
             row = db.execute(
-                "SELECT loss FROM charge WHERE dataset = ? AND query_key = ? "
+                "SELECT loss, created_at FROM charge WHERE dataset = ? AND query_key = ? "
                 "AND state = 'reserved' AND owner = ?", (self.dataset, key, self.owner)).fetchone()
             if row is None:
                 return
-            spent = self._spent(db) - Loss.decode(row[0])
+            refund = Loss.decode(row[0])
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
-                       (spent.encode(), self.dataset))
+                       ((self._spent(db) - refund).encode(), self.dataset))
+            self._add_to_periods(db, refund, parse_timestamp(row[1]), refund=True)
             db.execute("DELETE FROM charge WHERE dataset = ? AND query_key = ?",
                        (self.dataset, key))
 

@@ -3,6 +3,7 @@ enforces (refusals name field and rule), and the ledger's per-period cap."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from fractions import Fraction
@@ -296,3 +297,44 @@ def test_concurrent_reservations_never_exceed_the_period_cap(tmp_path: Path) -> 
         thread.join()
     assert outcomes.count(True) == 3  # floor(1.0 / 0.3)
     assert _ledger(tmp_path, clock).state().period_spent == Epsilon.of(Fraction(0.3) * 3)
+
+
+def test_a_cap_added_later_counts_what_was_charged_before(tmp_path: Path) -> None:
+    clock = Clock(datetime(2026, 5, 1, tzinfo=UTC))
+    uncapped = Ledger(tmp_path / "ledger.sqlite", "ds", Epsilon.of(2.0), clock=clock)
+    uncapped.reserve("a", "a", Loss.of(0.25))
+    uncapped.commit("a", "{}")
+    clock.when = datetime(2026, 5, 20, tzinfo=UTC)
+    monthly = _ledger(tmp_path, clock, period="month", cap=0.5)
+    assert monthly.state().period_spent == Epsilon.of(0.25)
+    with pytest.raises(BudgetExhausted, match="the month 2026-05"):
+        monthly.reserve("b", "b", Loss.of(0.3))
+    quarterly = _ledger(tmp_path, clock, period="quarter", cap=0.5)
+    assert quarterly.state().period_name == "2026-Q2"
+    assert quarterly.state().period_spent == Epsilon.of(0.25)
+
+
+def test_a_ledger_without_period_totals_is_summed_from_its_charges_when_opened(
+        tmp_path: Path) -> None:
+    clock = Clock(datetime(2025, 12, 31, tzinfo=UTC))
+    ledger = _ledger(tmp_path, clock)
+    _charge(ledger, "old", 0.5)
+    clock.when = datetime(2026, 2, 1, tzinfo=UTC)
+    _charge(ledger, "a", 0.25)
+    _charge(ledger, "b", 0.125)
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as db:  # as a ledger from before the table
+        db.execute("DELETE FROM period_spent")
+    reopened = _ledger(tmp_path, clock)
+    assert reopened.state().period_spent == Epsilon.of(0.375)
+    assert _ledger(tmp_path, clock, period="month").state().period_spent == Epsilon.of(0.375)
+    clock.when = datetime(2025, 12, 1, tzinfo=UTC)
+    assert _ledger(tmp_path, clock).state().period_spent == Epsilon.of(0.5)
+
+
+def test_a_refund_leaves_the_period_total_as_before(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, Clock(datetime(2026, 5, 1, tzinfo=UTC)), period="quarter")
+    _charge(ledger, "a", 0.25)
+    ledger.reserve("b", "b", Loss.of(0.5))
+    assert ledger.state().period_spent == Epsilon.of(0.75)
+    ledger.cancel("b")
+    assert ledger.state().period_spent == Epsilon.of(0.25)

@@ -335,10 +335,9 @@ class Ledger:
         """Store the release with its charge; only after this may it leave the node."""
         with self._transaction(durable=True) as db:
             cur = db.execute(
-                "UPDATE charge SET state = 'committed', release = ?, "
-                "committed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                "UPDATE charge SET state = 'committed', release = ?, committed_at = ? "
                 "WHERE dataset = ? AND query_key = ? AND state = 'reserved' AND owner = ?",
-                (release, self.dataset, key, self.owner))
+                (release, timestamp(self.clock()), self.dataset, key, self.owner))
             if cur.rowcount != 1:
                 raise RuntimeError(f"ledger: no reservation of ours for key {key!r}")
 

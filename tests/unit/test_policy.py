@@ -338,3 +338,14 @@ def test_a_refund_leaves_the_period_total_as_before(tmp_path: Path) -> None:
     assert ledger.state().period_spent == Epsilon.of(0.75)
     ledger.cancel("b")
     assert ledger.state().period_spent == Epsilon.of(0.25)
+
+
+def test_both_timestamps_of_a_charge_come_from_the_ledger_clock(tmp_path: Path) -> None:
+    clock = Clock(datetime(2026, 5, 1, 9, tzinfo=UTC))
+    ledger = _ledger(tmp_path, clock)
+    ledger.reserve("a", "a", Loss.of(0.25))
+    clock.when = datetime(2026, 5, 1, 9, 0, 2, 500_000, tzinfo=UTC)
+    ledger.commit("a", "{}")
+    [charge] = ledger.history()
+    assert (charge.created_at, charge.committed_at) == ("2026-05-01T09:00:00.000Z",
+                                                        "2026-05-01T09:00:02.500Z")

@@ -247,14 +247,19 @@ class Ledger:
     def _add_to_periods(self, db: sqlite3.Connection, loss: Loss, when: datetime,
                         refund: bool = False) -> None:
         """Add `loss` to (or take a refund from) the running total of each period of `when`."""
-        for period in PERIODS:
-            label = period_label(period, when)
-            row = db.execute("SELECT spent FROM period_spent WHERE dataset = ? AND period = ? "
-                             "AND label = ?", (self.dataset, period, label)).fetchone()
-            before = Loss() if row is None else Loss.decode(row[0])
-            spent = before - loss if refund else before + loss
-            db.execute("INSERT OR REPLACE INTO period_spent (dataset, period, label, spent) "
-                       "VALUES (?, ?, ?, ?)", (self.dataset, period, label, spent.encode()))
+        labels = {period: period_label(period, when) for period in PERIODS}
+        pairs = ", ".join("(?, ?)" for _ in labels)
+        rows = db.execute("SELECT period, label, spent FROM period_spent WHERE dataset = ? AND "
+                          f"(period, label) IN (VALUES {pairs})",
+                          (self.dataset, *(x for item in labels.items() for x in item)))
+        before = {period: Loss.decode(spent) for period, label, spent in rows
+                  if labels[period] == label}
+        totals = {period: (before.get(period, Loss()) - loss if refund
+                           else before.get(period, Loss()) + loss) for period in PERIODS}
+        db.executemany("INSERT OR REPLACE INTO period_spent (dataset, period, label, spent) "
+                       "VALUES (?, ?, ?, ?)", [(self.dataset, period, labels[period],
+                                                total.encode())
+                                               for period, total in totals.items()])
 
     def _fill_period_totals(self, db: sqlite3.Connection) -> None:
         """Sum the period totals from the charges of a ledger written before they were kept."""

@@ -107,21 +107,10 @@ class NodeConfig:
     ledger_path: Path
     tls: TlsConfig | None = None  # None: plain text, only with --insecure
     policy_path: Path | None = None
-    audit_path: Path | None = None
+    audit_path: Path | None = None  # None: the default, audit.audit_path(config)
     metrics_listen: str | None = None
     log_format: str = "text"
     connect: ConnectConfig | None = None  # None: inbound mode only
-
-    @property
-    def data_source(self) -> str:
-        return self.data.source
-
-    @property
-    def data_path(self) -> Path:
-        """The folder or workbook of a file source."""
-        if self.data.path is None:
-            raise ConfigError(self.source, "data.path", f"a {self.data.source} source has no path")
-        return self.data.path
 
     def schema(self) -> Schema:
         """The schema with node-declared categories filled in, checked against it."""
@@ -166,8 +155,7 @@ def load_config(path: Path) -> NodeConfig:
         ledger_path=ledger,
         tls=_tls(doc["tls"], base, source) if "tls" in doc else None,
         policy_path=_file(doc, "policy", base, source) if "policy" in doc else None,
-        audit_path=base / _string(doc, "audit", source) if "audit" in doc
-        else ledger.with_name("audit.jsonl"),
+        audit_path=base / _string(doc, "audit", source) if "audit" in doc else None,
         metrics_listen=_listen(doc["metrics"], source, "metrics") if "metrics" in doc else None,
         log_format=str(log_format),
         connect=_connect(doc["connect"], source) if "connect" in doc else None,

@@ -17,18 +17,16 @@ import logging
 import queue
 import random
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 
-from bridgestat.node import serde
 from bridgestat.node.engine import Engine
 from bridgestat.node.metrics import NodeMetrics
-from bridgestat.node.service import (decode_query, record_answered, record_refused,
-                                     software_version, statistic_label, status_of)
+from bridgestat.node.service import (Status, node_info, refuse_caller, run_query,
+                                     software_version, status_of)
 from bridgestat.node.tls import ANONYMOUS
 from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
@@ -39,6 +37,7 @@ log = logging.getLogger("bridgestat.node.connect")
 # is in coordinator/hub.py: the node never imports the coordinator).
 SESSION_HEADER = "bridgestat-session"
 _CLOSE = object()
+_VIA = " (via the coordinator)"  # in the log line of a refused caller
 _CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
     ("grpc.keepalive_time_ms", 20_000),  # notice a dead coordinator or NAT within ~30 s
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -62,53 +61,41 @@ class Backoff:
 
 def answer(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics | None = None,
            allow: tuple[str, ...] | None = None) -> cpb.NodeReply:
-    """One request to one reply, as the NodeService server answers it: a caller not in
-    `allow` (None: no allow-list, plain text) is refused before anything runs; refusals
-    become an ErrorStatus with the server's code and message."""
+    """One request to one reply, answered as the NodeService server answers it (service.py):
+    a caller not in `allow` (None: no allow-list, plain text) is refused before anything
+    runs; refusals become an ErrorStatus with the server's code and message. Every request
+    gets its reply, even when answering it fails unexpectedly (INTERNAL)."""
     reply = cpb.NodeReply(request_id=request.request_id)
-    caller = request.caller or ANONYMOUS
-    if allow is not None and caller not in allow:
-        if metrics is not None:
-            metrics.caller_refused(caller)
-        log.warning("refused caller %s (via the coordinator): not on the allow-list "
-                    "(tls.allow)", caller, extra={"caller": caller,
-                                                  "outcome": "PERMISSION_DENIED"})
-        _error(reply, grpc.StatusCode.PERMISSION_DENIED,
-               f"caller {caller!r} is not on this node's allow-list (tls.allow)")
-        return reply
-    kind = request.WhichOneof("kind")
     try:
-        if kind == "get_node_info":
-            reply.node_info.CopyFrom(serde.info_to_pb(engine.info(), software_version()))
-        elif kind == "run_query":
-            _run_query(engine, request.run_query, caller, metrics or NodeMetrics(), reply)
-        else:
-            _error(reply, grpc.StatusCode.UNIMPLEMENTED, f"unknown request kind {kind!r}")
+        result = _result(engine, request, metrics or NodeMetrics(), allow)
     except Exception as exc:
-        _error(reply, *status_of(exc))
+        result = status_of(exc)
+    if isinstance(result, Status):
+        reply.error.CopyFrom(_error(result))
+    elif isinstance(result, pb.GetNodeInfoResponse):
+        reply.node_info.CopyFrom(result)
+    else:
+        reply.run_query.CopyFrom(result)
     return reply
 
 
-def _run_query(engine: Engine, request: pb.RunQueryRequest, caller: str, metrics: NodeMetrics,
-               reply: cpb.NodeReply) -> None:
-    """RunQuery with the servicer's metrics and log line (node/service.py)."""
-    started = time.perf_counter()
-    statistic = statistic_label(request.query.statistic)
-    try:
-        result = engine.run(request.idempotency_key, decode_query(engine, request, caller),
-                            caller)
-        response = serde.answer_to_pb(result, engine.policy.max_epsilon_per_query)
-    except Exception as exc:
-        code, message = status_of(exc)
-        record_refused(metrics, request, statistic, caller, started, code, message)
-        _error(reply, code, message)
-        return
-    record_answered(metrics, result, statistic, caller, started)
-    reply.run_query.CopyFrom(response)
+def _result(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics,
+            allow: tuple[str, ...] | None
+            ) -> pb.GetNodeInfoResponse | pb.RunQueryResponse | Status:
+    """The relayed caller checked against `allow`, then the call it asks for."""
+    caller = request.caller or ANONYMOUS
+    if allow is not None and caller not in allow:
+        return refuse_caller(metrics, caller, _VIA)
+    kind = request.WhichOneof("kind")
+    if kind == "get_node_info":
+        return node_info(engine, software_version())
+    if kind == "run_query":
+        return run_query(engine, metrics, request.run_query, caller)
+    return Status(grpc.StatusCode.UNIMPLEMENTED, f"unknown request kind {kind!r}")
 
 
-def _error(reply: cpb.NodeReply, code: grpc.StatusCode, message: str) -> None:
-    reply.error.CopyFrom(cpb.ErrorStatus(code=code.value[0], message=message))
+def _error(status: Status) -> cpb.ErrorStatus:
+    return cpb.ErrorStatus(code=status.code.value[0], message=status.message)
 
 
 class Connector:
@@ -241,9 +228,8 @@ class Connector:
 
 
 def _stopping(request: cpb.CoordinatorRequest) -> cpb.NodeReply:
-    reply = cpb.NodeReply(request_id=request.request_id)
-    _error(reply, grpc.StatusCode.UNAVAILABLE, "the node is stopping; retry later")
-    return reply
+    return cpb.NodeReply(request_id=request.request_id, error=_error(
+        Status(grpc.StatusCode.UNAVAILABLE, "the node is stopping; retry later")))
 
 
 def _drain(outgoing: queue.Queue[object]) -> Iterator[cpb.NodeMessage]:

@@ -218,14 +218,21 @@ class RawTables:
 # --------------------------------------------------------------------------- reading
 
 
-def read_csv_folder(
-    folder: Path, schema: Schema
-) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
+def read_csv_folder(folder: Path, schema: Schema) -> RawTables:
     """Read `<table>.csv` for every schema table as text; an empty cell means missing.
 
-    Kept apart from checking so that other sources can produce the same raw frames.
+    Kept apart from checking, as the other sources are (`sources.py`): `check_raw` checks
+    what any of them read.
     """
     folder = Path(folder)
+    files = {t.name: _csv_name(t.name) for t in schema.tables}
+    tables, problems = _read_csv_files(folder, schema)
+    return RawTables(tables, tuple(problems), files, repr(str(folder)))
+
+
+def _read_csv_files(folder: Path, schema: Schema
+                    ) -> tuple[dict[str, pd.DataFrame], list[Problem]]:
+    """The frames read, and the problems found reading the files (missing, unreadable, ...)."""
     raw: dict[str, pd.DataFrame] = {}
     problems: list[Problem] = []
     if not folder.is_dir():
@@ -377,10 +384,8 @@ def servable_data(report: CheckReport, data: MemberData, where: str) -> MemberDa
 
 
 def check_folder(folder: Path, schema: Schema) -> tuple[CheckReport, MemberData]:
-    """Read and check a CSV folder: `read_csv_folder` then `check_tables`."""
-    tables, problems = read_csv_folder(folder, schema)
-    files = {t.name: _csv_name(t.name) for t in schema.tables}
-    return check_raw(RawTables(tables, tuple(problems), files, repr(str(folder))), schema)
+    """Read and check a CSV folder: `read_csv_folder` then `check_raw`."""
+    return check_raw(read_csv_folder(folder, schema), schema)
 
 
 def load_folder(folder: Path, schema: Schema) -> MemberData:

@@ -75,10 +75,17 @@ class Loss:
                     max(Fraction(0), self.rho - other.rho))
 
     def epsilon_at(self, delta: float) -> Epsilon:
-        """The (epsilon, delta) guarantee's epsilon; exact when there is no rho."""
+        """The (epsilon, delta) guarantee's epsilon; exact when there is no rho.
+
+        OverflowError when the rho is too large for OpenDP to bound (see rho_to_epsilon).
+        """
         if self.rho == 0:
             return Epsilon(self.epsilon)
-        return Epsilon(self.epsilon + Fraction(rho_to_epsilon(float(self.rho), delta)))
+        converted = rho_to_epsilon(float(self.rho), delta)
+        if math.isinf(converted):
+            raise OverflowError(f"rho {float(self.rho):g} has no finite epsilon at delta "
+                                f"{delta:g}")
+        return Epsilon(self.epsilon + Fraction(converted))
 
     def encode(self) -> str:
         return f"{self.epsilon};{self.rho}"
@@ -101,7 +108,9 @@ def rho_to_epsilon(rho: float, delta: float) -> float:
     the next one's "before" (each conversion builds an OpenDP measurement, ~2 ms).
 
     Evaluated on a Gaussian measurement whose privacy map is at least rho (its scale is
-    nudged down), so the epsilon returned is never below the true conversion.
+    nudged down), so the epsilon returned is never below the true conversion. For rho above
+    ~70283 (whatever the delta) OpenDP's conversion overflows: the result is then math.inf,
+    an upper bound that every loss cap refuses.
     """
     if rho <= 0:
         return 0.0
@@ -112,4 +121,9 @@ def rho_to_epsilon(rho: float, delta: float) -> float:
     gaussian = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False),
                                   dp.absolute_distance(T=float), scale)
     profile = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)
-    return float(profile.epsilon(delta))
+    try:
+        return float(profile.epsilon(delta))
+    except dp.OpenDPException as exc:
+        if exc.variant != "Overflow":
+            raise
+        return math.inf

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from bridgestat.node import mechanisms
 from bridgestat.node.errors import PolicyError, QueryError
-from bridgestat.node.loss import Loss
+from bridgestat.node.loss import Loss, rho_to_epsilon
 from bridgestat.node.mechanisms import Component
 from bridgestat.node.policy import Policy as Policy  # re-exported: callers import it here
 from bridgestat.node.query import (INTAKE, CategoryFilter, Occasion, QuerySpec, RangeFilter,
@@ -97,11 +97,8 @@ def _check_loss(query: QuerySpec, policy: Policy) -> None:
     if other != 0:
         raise QueryError(f"query.loss.{unused}", f"a {query.statistic.value} spends {used} "
                          f"only; leave {unused} unset")
-    try:
-        guarantee = float((Loss.of(rho=value) if gaussian else Loss.of(value))
-                          .epsilon_at(policy.delta))
-    except Exception:  # OpenDP's conversion overflows for absurd rho: beyond any cap
-        guarantee = math.inf
+    # the query's own (epsilon, delta) guarantee; inf for a rho too large for OpenDP to bound
+    guarantee = rho_to_epsilon(value, policy.delta) if gaussian else value
     if guarantee > policy.max_epsilon_per_query:
         shown = f"rho {value:g} (epsilon {guarantee:.4g} at delta {policy.delta:g})" \
             if gaussian else f"{value:g}"

@@ -1,14 +1,19 @@
 """The node's gRPC service: a thin servicer over the engine, and the server around it.
 
+The calls themselves are answered here once for both transports: `run_query` and `node_info`
+for the NodeService server, and `connect.answer` for requests relayed by the coordinator in
+connect mode. The transports differ only at the edges: how the caller's identity is
+obtained (its certificate's common name, or the caller the coordinator names) and how a
+`Status` goes back (an aborted call, or an error in the stream's reply).
+
 The one table `STATUS` maps the node's exceptions to gRPC status codes; anything else is an
-internal error, logged here and answered without details. The servicer passes the caller's
-authenticated identity (its certificate's common name) to the engine, and records every
-query in the metrics and the log (statistic, outcome, caller, duration; never data values).
-A request whose query cannot even be decoded is audited as refused too (`decode_query`).
-Connect mode (`node/connect.py`) uses the same decoding and recording.
+internal error, logged here and answered without details. Every query is recorded in the
+metrics and the log (statistic, outcome, caller, duration; never data values), and one whose
+query cannot even be decoded is audited as refused too.
 
 The server also offers grpc.health.v1 and server reflection; with TLS it requires a client
-certificate from the network CA and refuses callers not on the allow-list (`node/tls.py`).
+certificate from the network CA and refuses callers not on the allow-list (`node/tls.py`),
+counted and logged by `refuse_caller` as connect mode does.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from bridgestat.node.errors import (BudgetExhausted, IdempotencyConflict, NodeEr
                                     PolicyError, QueryError, QueryInProgress)
 from bridgestat.node.metrics import NodeMetrics
 from bridgestat.node.query import QuerySpec
-from bridgestat.node.tls import AllowList, ServerTls, caller_identity
+from bridgestat.node.tls import AllowList, ServerTls, caller_identity, not_allowed
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -47,7 +52,15 @@ STATUS: dict[type[NodeError], grpc.StatusCode] = {
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NodeService"].full_name
 INTERNAL_MESSAGE = "internal error in the node; see its log"
 
-T = TypeVar("T")
+R = TypeVar("R")  # a call's response message
+
+
+@dataclass(frozen=True)
+class Status:
+    """A call's answer when it is not a response: the gRPC status code and its message."""
+
+    code: grpc.StatusCode
+    message: str
 
 
 def software_version() -> str:
@@ -57,23 +70,14 @@ def software_version() -> str:
         return "unknown"
 
 
-def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status and message answering `exc`; unexpected errors are logged here."""
+def status_of(exc: Exception) -> Status:
+    """The gRPC status answering `exc`; unexpected errors are logged here."""
     if isinstance(exc, NodeError):
         code = next((c for t, c in STATUS.items() if isinstance(exc, t)),
                     grpc.StatusCode.FAILED_PRECONDITION)
-        return code, str(exc)
+        return Status(code, str(exc))
     log.error("internal error while answering a query", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-
-
-def _guard(context: grpc.ServicerContext, call: Callable[[], T]) -> T:
-    """Run `call`, turning node errors into gRPC statuses (abort raises)."""
-    try:
-        return call()
-    except Exception as exc:
-        context.abort(*status_of(exc))
-    raise AssertionError("unreachable")  # context.abort always raises
+    return Status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def statistic_label(value: int) -> str:
@@ -85,7 +89,45 @@ def statistic_label(value: int) -> str:
     return name.removeprefix("STATISTIC_").lower()
 
 
-def decode_query(engine: Engine, request: pb.RunQueryRequest, caller: str) -> QuerySpec:
+# -- the calls, for both transports --------------------------------------------------------
+
+def node_info(engine: Engine, software: str) -> pb.GetNodeInfoResponse | Status:
+    """GetNodeInfo: the node's public description, or the status of its failure."""
+    try:
+        return serde.info_to_pb(engine.info(), software)
+    except Exception as exc:
+        return status_of(exc)
+
+
+def run_query(engine: Engine, metrics: NodeMetrics, request: pb.RunQueryRequest,
+              caller: str) -> pb.RunQueryResponse | Status:
+    """RunQuery for `caller`: decode the query, run it on the engine (which plans, charges
+    and audits it), record it in the metrics and the log; a refusal or failure is returned
+    as its Status, never raised."""
+    started = time.perf_counter()
+    statistic = statistic_label(request.query.statistic)
+    try:
+        answer = engine.run(request.idempotency_key, _decode_query(engine, request, caller),
+                            caller)
+        response = serde.answer_to_pb(answer, engine.policy.max_epsilon_per_query)
+    except Exception as exc:
+        status = status_of(exc)
+        _record_refused(metrics, request, statistic, caller, started, status)
+        return status
+    _record_answered(metrics, answer, statistic, caller, started)
+    return response
+
+
+def refuse_caller(metrics: NodeMetrics, caller: str, via: str = "") -> Status:
+    """A caller not on the allow-list (tls.allow), refused before anything runs: counted,
+    logged (`via` says how the call came, if not directly) and answered PERMISSION_DENIED."""
+    metrics.caller_refused(caller)
+    log.warning("refused caller %s%s: not on the allow-list (tls.allow)", caller, via,
+                extra={"caller": caller, "outcome": "PERMISSION_DENIED"})
+    return Status(grpc.StatusCode.PERMISSION_DENIED, not_allowed(caller))
+
+
+def _decode_query(engine: Engine, request: pb.RunQueryRequest, caller: str) -> QuerySpec:
     """The request's query as a QuerySpec. One that cannot be decoded (an unknown statistic
     or filter kind) never reaches `Engine.run`, so it is audited as refused here: every
     request the node receives has its audit entry, whatever the transport."""
@@ -96,8 +138,8 @@ def decode_query(engine: Engine, request: pb.RunQueryRequest, caller: str) -> Qu
         raise
 
 
-def record_answered(metrics: NodeMetrics, answer: Answer, statistic: str, caller: str,
-                    started: float) -> None:
+def _record_answered(metrics: NodeMetrics, answer: Answer, statistic: str, caller: str,
+                     started: float) -> None:
     """Metrics and one log line for an answered query (released or replayed)."""
     seconds = time.perf_counter() - started
     release = answer.release
@@ -113,19 +155,25 @@ def record_answered(metrics: NodeMetrics, answer: Answer, statistic: str, caller
                     "rho": 0.0 if answer.replayed else release.charged_rho})
 
 
-def record_refused(metrics: NodeMetrics, request: pb.RunQueryRequest, statistic: str,
-                   caller: str, started: float, code: grpc.StatusCode, message: str) -> None:
+def _record_refused(metrics: NodeMetrics, request: pb.RunQueryRequest, statistic: str,
+                    caller: str, started: float, status: Status) -> None:
     """Metrics and one log line for a refused (or failed) query."""
     seconds = time.perf_counter() - started
-    metrics.refused(statistic, code.name, seconds)
+    code = status.code.name
+    metrics.refused(statistic, code, seconds)
     log.info("query %s (%s) by %s refused: %s: %s", request.idempotency_key, statistic,
-             caller, code.name, message,
+             caller, code, status.message,
              extra={"key": request.idempotency_key, "statistic": statistic,
-                    "table": request.query.table, "outcome": code.name, "caller": caller,
-                    "duration_ms": round(seconds * 1000, 3), "reason": message})
+                    "table": request.query.table, "outcome": code, "caller": caller,
+                    "duration_ms": round(seconds * 1000, 3), "reason": status.message})
 
+
+# -- the NodeService server ----------------------------------------------------------------
 
 class NodeServicer(pb_grpc.NodeServiceServicer):
+    """NodeService over gRPC: the caller is the certificate's common name, and a Status
+    aborts the call."""
+
     def __init__(self, engine: Engine, metrics: NodeMetrics | None = None) -> None:
         self.engine = engine
         self.metrics = metrics or NodeMetrics()
@@ -133,23 +181,20 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
 
     def GetNodeInfo(self, request: pb.GetNodeInfoRequest,
                     context: grpc.ServicerContext) -> pb.GetNodeInfoResponse:
-        return _guard(context, lambda: serde.info_to_pb(self.engine.info(), self.version))
+        return _respond(context, node_info(self.engine, self.version))
 
     def RunQuery(self, request: pb.RunQueryRequest,
                  context: grpc.ServicerContext) -> pb.RunQueryResponse:
-        started = time.perf_counter()
-        caller = caller_identity(context)
-        statistic = statistic_label(request.query.statistic)
-        try:
-            answer = self.engine.run(request.idempotency_key,
-                                     decode_query(self.engine, request, caller), caller)
-            response = serde.answer_to_pb(answer, self.engine.policy.max_epsilon_per_query)
-        except Exception as exc:
-            code, message = status_of(exc)
-            record_refused(self.metrics, request, statistic, caller, started, code, message)
-            context.abort(code, message)
-        record_answered(self.metrics, answer, statistic, caller, started)
-        return response
+        return _respond(context, run_query(self.engine, self.metrics, request,
+                                           caller_identity(context)))
+
+
+def _respond(context: grpc.ServicerContext, result: R | Status) -> R:
+    """The response, or abort the call with the status (abort raises)."""
+    if isinstance(result, Status):
+        context.abort(result.code, result.message)
+        raise AssertionError("unreachable")  # context.abort always raises
+    return result
 
 
 @dataclass
@@ -173,7 +218,7 @@ def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = N
     """A node's gRPC server (not started): NodeService, grpc.health.v1 and reflection, over
     mutual TLS when `tls` is given, else plain text. Raises OSError if it cannot listen."""
     metrics = metrics or NodeMetrics(engine.ledger.state)
-    interceptors = [] if tls is None else [AllowList(tls.allow, _refused_caller(metrics))]
+    interceptors = [] if tls is None else [AllowList(tls.allow, _on_refusal(metrics))]
     # No SO_REUSEPORT: a second node on an address in use must fail to start, not silently
     # split the coordinator's connections with the first.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
@@ -199,9 +244,8 @@ def build_server(engine: Engine, address: str, workers: int = 8, *,
     return node.server, node.port
 
 
-def _refused_caller(metrics: NodeMetrics) -> Callable[[str], None]:
+def _on_refusal(metrics: NodeMetrics) -> Callable[[str], None]:
+    """The allow-list's callback: the interceptor aborts the call itself."""
     def refused(caller: str) -> None:
-        metrics.caller_refused(caller)
-        log.warning("refused caller %s: not on the allow-list (tls.allow)", caller,
-                    extra={"caller": caller, "outcome": "PERMISSION_DENIED"})
+        refuse_caller(metrics, caller)
     return refused

@@ -82,7 +82,7 @@ def read(data: DataConfig, schema: Schema, origin: str = "(config)") -> RawTable
     `origin` is the config file, named in a ConfigError.
     """
     readers: dict[str, Callable[[], RawTables]] = {
-        "csv": lambda: _read_csv(_path(data, origin), schema),
+        "csv": lambda: read_csv_folder(_path(data, origin), schema),
         "parquet": lambda: read_parquet_folder(_path(data, origin), schema),
         "excel": lambda: read_workbook(_path(data, origin), schema, origin),
         "postgresql": lambda: read_postgresql(data, schema, origin),
@@ -129,12 +129,6 @@ def _path(data: DataConfig, origin: str) -> Path:
     if data.path is None:
         raise ConfigError(origin, "data.path", f"a {data.source} source needs a path")
     return data.path
-
-
-def _read_csv(folder: Path, schema: Schema) -> RawTables:
-    tables, problems = read_csv_folder(folder, schema)
-    files = {t.name: f"{t.name}.csv" for t in schema.tables}
-    return RawTables(tables, tuple(problems), files, repr(str(folder)))
 
 
 # --------------------------------------------------------------------------- text

@@ -165,8 +165,13 @@ class AllowList(grpc.ServerInterceptor):
         if caller not in self.allow:
             if self.on_refusal is not None:
                 self.on_refusal(caller)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"caller {caller!r} is not on this node's allow-list (tls.allow)")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, not_allowed(caller))
+
+
+def not_allowed(caller: str) -> str:
+    """The refusal's message, the same whether the caller came directly or through the
+    coordinator (connect mode)."""
+    return f"caller {caller!r} is not on this node's allow-list (tls.allow)"
 
 
 def _guarded(handler: grpc.RpcMethodHandler,

@@ -233,6 +233,23 @@ def test_an_undecodable_query_is_audited_as_refused_in_both_modes(node: RunningN
     assert node.engine.ledger.charges() == []
 
 
+def test_both_transports_answer_alike(node: RunningNode) -> None:
+    """The server and connect mode share one implementation of the calls: the same node
+    info, and the same status code and message for a refused query."""
+    relayed = answer(node.engine, cpb.CoordinatorRequest(
+        request_id="i", caller="coordinator", get_node_info=pb.GetNodeInfoRequest()))
+    assert relayed.node_info == node.stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)
+    bad = pb.Query(statistic=pb.STATISTIC_MEAN, table="participant", column="nope",
+                   loss=pb.PrivacyLoss(epsilon=0.5))
+    with pytest.raises(grpc.RpcError) as inbound:
+        node.stub.RunQuery(pb.RunQueryRequest(idempotency_key="same-in", query=bad), timeout=10)
+    reply = answer(node.engine, cpb.CoordinatorRequest(
+        request_id="q", caller="coordinator",
+        run_query=pb.RunQueryRequest(idempotency_key="same-out", query=bad)))
+    assert (reply.error.code, reply.error.message) == (inbound.value.code().value[0],
+                                                       inbound.value.details())
+
+
 def test_stopping_the_connector_delivers_the_reply_under_way(
         member: tuple[HubThread, Member], monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM's path in connect mode: new requests are refused, the query under way is

@@ -515,10 +515,11 @@ def test_check_tables_names_sources(schema: Schema) -> None:
 
 
 def test_read_csv_folder_returns_strings(tmp_path: Path, schema: Schema) -> None:
-    raw, problems = read_csv_folder(write_folder(tmp_path, valid_tables(schema)), schema)
-    assert problems == []
-    assert raw["participant"]["n_children"].iloc[4] == ""
-    assert raw["participant"]["rollout_wave"].iloc[0] == "1"
+    raw = read_csv_folder(write_folder(tmp_path, valid_tables(schema)), schema)
+    assert raw.problems == ()
+    assert raw.files["participant"] == "participant.csv"
+    assert raw.tables["participant"]["n_children"].iloc[4] == ""
+    assert raw.tables["participant"]["rollout_wave"].iloc[0] == "1"
 
 
 # --------------------------------------------------------------------------- load_folder

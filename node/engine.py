@@ -74,9 +74,8 @@ class Engine:
     def _compile_uncached(self, query: QuerySpec) -> Plan:
         return compile_query(query, self.schema, self.policy)
 
-    def _serialize_uncached(self, query: QuerySpec) -> tuple[tuple[tuple[str, ...], str], ...]:
-        return tuple((tuple(m["components"]), m["opendp"])
-                     for m in measurement(self.plan(query).components))
+    def _serialize_uncached(self, query: QuerySpec) -> tuple[dict[str, Any], ...]:
+        return tuple(measurement(self.plan(query).components))
 
     def run(self, key: str, query: QuerySpec, caller: str = "anonymous") -> Answer:
         """Charge and release `query` once per idempotency key. `caller` is the identity the
@@ -110,8 +109,9 @@ class Engine:
             self.audit.append(record)
 
     def _measurement(self, query: QuerySpec) -> list[dict[str, Any]]:
-        return [{"components": list(names), "opendp": text}
-                for names, text in self._serialized(query)]
+        """The audit entry's measurements (copies: the cached ones are shared)."""
+        return [{**shown, "components": list(shown["components"])}
+                for shown in self._serialized(query)]
 
     def _run(self, key: str, query: QuerySpec, plan: Plan) -> Answer:
         outcome = self.ledger.reserve(key, query.fingerprint(), plan.loss)

@@ -19,6 +19,7 @@ beta = ALPHA. With about 80 checks the file fails by chance with probability und
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -376,6 +377,13 @@ def test_cross_products_recover_the_exact_gram_and_charge_rho(
     assert budget.remaining.epsilon == pytest.approx(TOTAL_EPSILON - budget.spent.epsilon,
                                                      rel=1e-12)
     assert response.budget == budget
+
+    # the audit entry names the step outside OpenDP: the sums the Gaussian is applied to
+    assert fresh_node.engine.audit is not None
+    entry = json.loads(fresh_node.engine.audit.path.read_text().splitlines()[-1])
+    [shown] = entry["measurement"]
+    assert len(shown["components"]) == 10
+    assert shown["input"].startswith("exact int64 sum") and "d_in = 1048576" in shown["input"]
 
 
 def test_cross_products_clip_each_term_to_its_own_bounds(

@@ -12,6 +12,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cached_property
 
 from bridgestat.node import mechanisms
 from bridgestat.node.errors import PolicyError, QueryError
@@ -56,9 +57,10 @@ class Plan:
     upper: float = 0.0
     terms: tuple[ResolvedTerm, ...] = ()  # cross products: regressors, then the response
 
-    @property
+    @cached_property
     def loss(self) -> Loss:
-        """Loss of one cell; cells are disjoint, so by parallel composition of the query."""
+        """Loss of one cell; cells are disjoint, so by parallel composition of the query.
+        Cached: exact Fraction sums, asked for several times per query of a cached plan."""
         return Loss(sum((Fraction(c.epsilon) for c in self.components), Fraction(0)),
                     sum((Fraction(c.rho) for c in self.components), Fraction(0)))
 

@@ -27,10 +27,10 @@ from bridgestat.node.errors import ConfigError
 from .conftest import Member, ServedNode
 from .ledger_checks import key_for, run_on_engine, run_over_grpc
 
-# planner._check_loss (node/planner.py, `guarantee = float((Loss.of(rho=value) ...`) converts
-# the query's rho to epsilon with loss.rho_to_epsilon before comparing it to the per-query
-# cap; for rho >= ~70283 (delta 1e-6) OpenDP's conversion overflows and raises
-# OpenDPException, which is no NodeError: the engine raises it and gRPC answers INTERNAL.
+# Found by fuzzing: planner._check_loss converts the query's rho to epsilon
+# (loss.rho_to_epsilon) before comparing it to the per-query cap, and for rho >= ~70283
+# OpenDP's conversion overflows. That raised an OpenDPException, no NodeError, so gRPC
+# answered INTERNAL. rho_to_epsilon now returns inf there, which every cap refuses.
 HUGE_RHO = pb.Query(statistic=pb.STATISTIC_CROSS_PRODUCTS, table="participant",
                     loss=pb.PrivacyLoss(rho=70284.0),
                     terms=[pb.Term(column="rollout_wave"), pb.Term(column="intake_year")])

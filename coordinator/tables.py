@@ -5,12 +5,14 @@ applies the estimators of `pooling`, `effects`, `meta` and `regression`; a membe
 keeps its row with the reason in `status`, and an estimate that a noisy release cannot give
 is named "not estimable" with the reason instead of stopping the table.
 
-Members' policies are honoured here: a release marked `pooled_only` is pooled into NETWORK
-but its member's row shows no estimate ("withheld by member policy"), and NETWORK itself is
-withheld when that member is all it pools. Differencing the NETWORK row against the rows
-shown can still reveal a withheld member when few members pool: the flag keeps members out of
-league tables, it is not secrecy. A cell the member suppressed (noisy count under its
-`min_group_size`) has no values; its row says so and it is left out of NETWORK.
+Members' policies are honoured here, by one rule for every builder
+(`QueryResult.member_cells`): a release marked `pooled_only` is pooled into NETWORK but its
+member's row shows no estimate ("withheld by member policy"), and NETWORK itself is withheld
+when that member is all it pools. Differencing the NETWORK row against the rows shown can
+still reveal a withheld member when few members pool: the flag keeps members out of league
+tables, it is not secrecy. A cell the member suppressed (noisy count under its
+`min_group_size`) has no values; a row that needs it says so, whatever the member's policy
+on comparison, and it is left out of NETWORK.
 """
 
 from __future__ import annotations
@@ -40,14 +42,40 @@ WITHHELD_NETWORK = "withheld by member policy (pools one member, which allows on
 Group = tuple[tuple[str, str], ...]
 
 
-def suppressed_status(release: MemberRelease) -> str:
-    return (f"suppressed by member policy (noisy n < {release.min_group_size:g}; "
+def suppressed_status(release: MemberRelease, group: Group = ()) -> str:
+    """Why a row has no estimate for a suppressed cell; `group` names the cell for a row that
+    reads several."""
+    cell = f"cell {dict(group)}: " if group else ""
+    return (f"suppressed by member policy ({cell}noisy n < {release.min_group_size:g}; "
             "not pooled)")
 
 
-def _network_withheld(pooled: Sequence[MemberRelease]) -> bool:
-    """NETWORK would show the one member it pools, which allows only pooled answers."""
-    return len(pooled) == 1 and pooled[0].pooled_only
+@dataclass(frozen=True)
+class MemberCells:
+    """One member's answer as every table may use it (see `QueryResult.member_cells`)."""
+
+    release: MemberRelease | None  # None: the member failed
+    cells: tuple[CellRelease, ...]  # the cells asked for when they are pooled, else ()
+    status: str  # the member's row: "ok" (show its estimate), WITHHELD, or why not pooled
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the cells go into NETWORK."""
+        return bool(self.cells)
+
+    @property
+    def shown(self) -> bool:
+        """Whether the member's row shows its estimate."""
+        return self.status == "ok"
+
+    @property
+    def loss(self) -> float | None:
+        """The loss the member was charged (None: it failed)."""
+        return self.release.charged if self.release is not None else None
+
+    def pairs(self) -> list[tuple[MemberRelease, CellRelease]]:
+        """(release, cell) per pooled cell, as the estimators take them."""
+        return [(self.release, cell) for cell in self.cells] if self.release else []
 
 
 @dataclass(frozen=True)
@@ -60,6 +88,38 @@ class QueryResult:
     releases: dict[str, MemberRelease]
     failures: dict[str, Failure]
 
+    def member_cells(self, member: str, groups: Sequence[Group] = ((),)) -> MemberCells:
+        """`member`'s cells `groups` (default: the one cell of an ungrouped query) under the
+        rule every table applies. A failed member's row shows its failure. If one of the
+        cells is missing or suppressed (noisy count under the member's `min_group_size`) the
+        row says so and none is pooled, whatever the member's policy on comparison. Otherwise
+        the cells are pooled into NETWORK and the row shows its estimate ("ok"), or WITHHELD
+        when the member allows pooling only."""
+        fail = self.failures.get(member)
+        if fail is not None:
+            return MemberCells(None, (), f"{fail.code}: {fail.message}")
+        release = self.releases[member]
+        found = {cell.group: cell for cell in release.cells}
+        for group in groups:
+            if group not in found:
+                return MemberCells(release, (),
+                                   f"not estimable: no cell {dict(group)} in the release")
+            if found[group].suppressed:  # a one-cell row is that cell's: no need to name it
+                named = group if len(groups) > 1 else ()
+                return MemberCells(release, (), suppressed_status(release, named))
+        return MemberCells(release, tuple(found[g] for g in groups),
+                           WITHHELD if release.pooled_only else "ok")
+
+
+def _network_withheld(pooled: Sequence[MemberCells]) -> bool:
+    """NETWORK would show the one member it pools, which allows only pooled answers."""
+    return len(pooled) == 1 and not pooled[0].shown
+
+
+def _nothing_pooled(result: QueryResult) -> str:
+    """Why NETWORK pools no member."""
+    return "no member answered" if not result.releases else \
+        "nothing to pool: every member's cell is suppressed"
 
 
 def count_table(result: QueryResult) -> pd.DataFrame:
@@ -85,9 +145,7 @@ def paired_change_table(result: QueryResult) -> pd.DataFrame:
 
 def histogram_table(result: QueryResult) -> pd.DataFrame:
     """Long form: one row per member (and NETWORK), group cell and category, with shares."""
-    frames = [_table(result, _share(c), _pooled_share(c)).assign(category=c)
-              for c in _categories(result)]
-    return pd.concat(frames, ignore_index=True) if frames else _failures_only(result)
+    return _long_table(result, "category")
 
 
 def proportion_table(result: QueryResult, wanted: tuple[str, ...]) -> pd.DataFrame:
@@ -123,9 +181,7 @@ def share_improved_table(result: QueryResult, improvement: str) -> pd.DataFrame:
 
 def transition_table(result: QueryResult) -> pd.DataFrame:
     """Long form: share of participants (with both occasions) per "before -> after" cell."""
-    frame = pd.concat([_table(result, _share(c), _pooled_share(c)).assign(transition=c)
-                       for c in _categories(result)], ignore_index=True) \
-        if result.releases else _failures_only(result)
+    frame = _long_table(result, "transition")
     if "transition" in frame:
         parts = frame.transition.str.split(effects.ARROW, n=1, expand=True, regex=False)
         frame["from"], frame["to"] = parts[0], parts[1]
@@ -168,39 +224,32 @@ def compare_table(result: QueryResult, categories: tuple[str, ...], group: str,
 def _group_shares(result: QueryResult, member: str, categories: tuple[str, ...], group: str,
                   groups: tuple[str, str]) -> tuple[Estimate, Estimate] | str:
     """The two groups' shares of one member (or pooled), or the reason there are none."""
-    if member in result.failures:
-        fail = result.failures[member]
-        return f"{fail.code}: {fail.message}"
-    if member != NETWORK and result.releases[member].pooled_only:
-        return WITHHELD
-    members = [member] if member != NETWORK else [
-        m for m, r in result.releases.items()
-        if not any(c.suppressed for c in r.cells if c.group in {((group, g),) for g in groups})]
-    if not members:
-        return "no member answered" if not result.releases else \
-            "nothing to pool: every member's cell is suppressed"
-    if member == NETWORK and _network_withheld([result.releases[m] for m in members]):
-        return WITHHELD_NETWORK
+    cells = [((group, g),) for g in groups]
+    if member != NETWORK:
+        answer = result.member_cells(member, cells)
+        if not answer.shown:
+            return answer.status
+        pooled = [answer]
+    else:
+        pooled = _pooled(result, cells)
+        if not pooled:
+            return _nothing_pooled(result)
+        if _network_withheld(pooled):
+            return WITHHELD_NETWORK
     try:
-        pairs = [tuple(pooling.pooled_proportion(
-            [_split(_cell_of(result.releases[m], ((group, g),)), categories)
-             for m in members]) for g in groups)]
+        a, b = (pooling.pooled_proportion([_split(p.cells[i], categories) for p in pooled])
+                for i in range(len(groups)))
     except PoolingError as exc:
         return f"not estimable: {exc}"
-    a, b = pairs[0]
     small = [g for g, e in zip(groups, (a, b), strict=True) if e.n < MIN_ARM_N]
     if small and member != NETWORK:  # decided on the noisy count, like did_table
         return f"no {small[0]} group (noisy n < {MIN_ARM_N:g})"
     return a, b
 
 
-def _cell_of(release: MemberRelease, group: Group) -> CellRelease:
-    for cell in release.cells:
-        if cell.group == group:
-            if cell.suppressed:
-                raise PoolingError(f"cell {dict(group)} {suppressed_status(release)}")
-            return cell
-    raise PoolingError(f"no cell {dict(group)} in the release")
+def _pooled(result: QueryResult, groups: Sequence[Group] = ((),)) -> list[MemberCells]:
+    """The members' answers that NETWORK pools, in network order."""
+    return [a for a in (result.member_cells(m, groups) for m in result.members) if a.pooled]
 
 
 def _loss(result: QueryResult, member: str) -> float | None:
@@ -215,35 +264,38 @@ def did_table(result: QueryResult, group: str, groups: tuple[str, str]) -> pd.Da
     NETWORK: fixed-effect pool of those members' DiDs (within-member contrasts only)."""
     rows: list[dict[str, Any]] = []
     estimates: list[Estimate] = []
-    pooled: list[MemberRelease] = []
+    pooled: list[MemberCells] = []
     for member in result.members:
-        failed = _failed_row(result, member)
-        if failed is not None:
-            rows.append(failed)
+        answer = result.member_cells(member, [((group, g),) for g in groups])
+        did = _member_did(answer, groups)
+        if isinstance(did, str):
+            rows.append(_row(member, (), None, answer.loss, did))
             continue
-        release = result.releases[member]
-        arms = [_arm_change(release, group, g) for g in groups]
-        missing = [g for g, arm in zip(groups, arms, strict=True) if arm is None]
-        if missing:
-            rows.append(_row(member, (), None, release.charged,
-                             f"no {missing[0]} arm (noisy n < {MIN_ARM_N:g} or none)"))
-            continue
-        assert arms[0] is not None and arms[1] is not None
-        did = effects.difference(arms[0], arms[1])
         estimates.append(did)
-        pooled.append(release)
-        rows.append(_row(member, (), None, release.charged, WITHHELD) if release.pooled_only
-                    else _row(member, (), did, release.charged, "ok"))
+        pooled.append(answer)
+        rows.append(_row(member, (), did if answer.shown else None, answer.loss, answer.status))
     rows.append(_row(NETWORK, (), None, _loss(result, NETWORK), WITHHELD_NETWORK)
                 if _network_withheld(pooled) else
                 _pooled_did(estimates, _loss(result, NETWORK)))
     return pd.DataFrame(rows)
 
 
-def _arm_change(release: MemberRelease, group: str, arm: str) -> Estimate | None:
-    """One arm's mean change, or None when the arm is absent (decided on the noisy count)."""
+def _member_did(answer: MemberCells, groups: tuple[str, str]) -> Estimate | str:
+    """A member's difference in differences, or why it has none (and is not pooled)."""
+    if not answer.pooled:
+        return answer.status
+    arms = [_arm_change(release, cell) for release, cell in answer.pairs()]
+    missing = [g for g, arm in zip(groups, arms, strict=True) if arm is None]
+    if missing:
+        return f"no {missing[0]} arm (noisy n < {MIN_ARM_N:g} or none)"
+    assert arms[0] is not None and arms[1] is not None
+    return effects.difference(arms[0], arms[1])
+
+
+def _arm_change(release: MemberRelease, cell: CellRelease) -> Estimate | None:
+    """One arm's mean change, or None when it has too few (decided on the noisy count)."""
     try:
-        change = pooling.member_mean(release.mean_stats(_cell_of(release, ((group, arm),))))
+        change = pooling.member_mean(release.mean_stats(cell))
     except PoolingError:
         return None
     return change if change.n >= MIN_ARM_N else None
@@ -293,22 +345,19 @@ def regression_fits(result: QueryResult, *, replicates: int = 2000, seed: int = 
     names = term_names(result.query.terms)
     fits: dict[str, RegressionResult | str] = {}
     members: list[CrossProducts] = []
-    pooled: list[MemberRelease] = []
+    pooled: list[MemberCells] = []
     for member in result.members:
-        if member in result.failures:
-            fail = result.failures[member]
-            fits[member] = f"{fail.code}: {fail.message}"
-            continue
-        release = result.releases[member]
-        if release.cells[0].suppressed:
-            fits[member] = suppressed_status(release)
+        answer = result.member_cells(member)
+        if not answer.pooled:
+            fits[member] = answer.status
             continue
         try:
-            cp = cross_products(release, release.cells[0], names)
+            [(release, cell)] = answer.pairs()
+            cp = cross_products(release, cell, names)
             members.append(cp)
-            pooled.append(release)
-            fits[member] = WITHHELD if release.pooled_only else \
-                fit(cp, replicates=replicates, seed=seed)
+            pooled.append(answer)
+            fits[member] = fit(cp, replicates=replicates, seed=seed) if answer.shown \
+                else answer.status
         except PoolingError as exc:
             fits[member] = f"not estimable: {exc}"
     if _network_withheld(pooled):
@@ -341,25 +390,19 @@ def quantile_table(members: QueryResult, grid: QueryResult, q: float,
     """Members' OpenDP quantiles, and the NETWORK quantile from the pooled histogram."""
     rows: list[dict[str, Any]] = []
     for member in members.members:
-        failed = _failed_row(members, member)
-        if failed is not None:
-            rows.append(failed)
-            continue
-        release = members.releases[member]
-        points = release.cells[0].points or {}
-        loss = release.charged + (_loss(grid, member) or 0.0)
-        if release.pooled_only:
-            rows.append(_row(member, (), None, loss, WITHHELD))
+        answer = members.member_cells(member)
+        loss = None if answer.loss is None else answer.loss + (_loss(grid, member) or 0.0)
+        if not answer.shown:
+            rows.append(_row(member, (), None, loss, answer.status))
             continue
         row = _row(member, (), None, loss, "ok (exponential mechanism: no closed-form SE)")
-        row["estimate"] = points.get("quantile")
+        row["estimate"] = (answer.cells[0].points or {}).get("quantile")
         rows.append(row)
-    pooled = [grid.releases[m] for m in grid.members
-              if m in grid.releases and not grid.releases[m].cells[0].suppressed]
+    pooled = _pooled(grid)
     if _network_withheld(pooled):
         rows.append(_row(NETWORK, (), None, _loss(grid, NETWORK), WITHHELD_NETWORK))
         return pd.DataFrame(rows)
-    counts = [_bin_counts(r) for r in pooled]
+    counts = [_bin_counts(a.cells[0]) for a in pooled]
     try:
         rows.append(_row(NETWORK, (), _pooled_quantile(counts, q, candidates),
                          _loss(grid, NETWORK), "ok (pooled histogram)"))
@@ -368,8 +411,8 @@ def quantile_table(members: QueryResult, grid: QueryResult, q: float,
     return pd.DataFrame(rows)
 
 
-def _bin_counts(release: MemberRelease) -> list[Noisy]:
-    return [v for k, v in release.cells[0].values.items() if k != MISSING]
+def _bin_counts(cell: CellRelease) -> list[Noisy]:
+    return [v for k, v in cell.values.items() if k != MISSING]
 
 
 def _pooled_quantile(counts: list[list[Noisy]], q: float, candidates: tuple[float, ...]
@@ -440,6 +483,19 @@ def _categories(result: QueryResult) -> list[str]:
     return []
 
 
+def _long_table(result: QueryResult, column: str) -> pd.DataFrame:
+    """Shares per category, one `_table` per category named in `column`. With no category to
+    read (every cell suppressed) the member and NETWORK rows still say why; with no member
+    answering, only the failures."""
+    if not result.releases:
+        return _failures_only(result)
+    categories = _categories(result)
+    if not categories:  # every cell suppressed: no estimator is called
+        return _table(result, _share(""), _pooled_share(""))
+    return pd.concat([_table(result, _share(c), _pooled_share(c)).assign(**{column: c})
+                      for c in categories], ignore_index=True)
+
+
 MemberFn = Callable[[MemberRelease, CellRelease], Estimate]
 PooledFn = Callable[[list[tuple[MemberRelease, CellRelease]]], Estimate]
 
@@ -448,47 +504,41 @@ def _table(result: QueryResult, member_fn: MemberFn, pooled_fn: PooledFn) -> pd.
     """Per-member rows and a NETWORK row per group cell, failures named in `status`."""
     rows: list[dict[str, Any]] = []
     for group in _groups(result):
-        pairs = []
-        for member in result.members:
-            if member in result.failures:
-                fail = result.failures[member]
-                rows.append(_row(member, group, None, None, f"{fail.code}: {fail.message}"))
-                continue
-            release = result.releases[member]
-            cell = next(c for c in release.cells if c.group == group)
-            if cell.suppressed:
-                rows.append(_row(member, group, None, release.charged,
-                                 suppressed_status(release)))
-                continue
-            pairs.append((release, cell))
-            rows.append(_row(member, group, None, release.charged, WITHHELD)
-                        if release.pooled_only else
-                        _estimate_row(member, group, release.charged,
-                                      partial(member_fn, release, cell)))
-        rows.append(_network_row(result, group, pairs, pooled_fn))
+        answers = [result.member_cells(member, (group,)) for member in result.members]
+        rows += [_member_row(member, group, answer, member_fn)
+                 for member, answer in zip(result.members, answers, strict=True)]
+        rows.append(_network_row(result, group, [a for a in answers if a.pooled], pooled_fn))
     return pd.DataFrame(rows)
 
 
-def _network_row(result: QueryResult, group: Group,
-                 pairs: list[tuple[MemberRelease, CellRelease]], pooled_fn: PooledFn
-                 ) -> dict[str, Any]:
+def _member_row(member: str, group: Group, answer: MemberCells, member_fn: MemberFn
+                ) -> dict[str, Any]:
+    """A member's row of one group cell: its estimate, or why it shows none."""
+    if not answer.shown:
+        return _row(member, group, None, answer.loss, answer.status)
+    [(release, cell)] = answer.pairs()
+    return _estimate_row(member, group, release.charged, partial(member_fn, release, cell))
+
+
+def _network_row(result: QueryResult, group: Group, pooled: list[MemberCells],
+                 pooled_fn: PooledFn) -> dict[str, Any]:
+    """NETWORK's row of one group cell, from the members' answers it pools."""
+    pairs = [pair for answer in pooled for pair in answer.pairs()]
     loss = max((r.charged for r, _ in pairs), default=None)
     if not pairs:
-        reason = "no member answered" if not result.releases else \
-            "nothing to pool: every member's cell is suppressed"
-        return _row(NETWORK, group, None, None, reason)
-    if _network_withheld([r for r, _ in pairs]):
+        return _row(NETWORK, group, None, None, _nothing_pooled(result))
+    if _network_withheld(pooled):
         return _row(NETWORK, group, None, loss, WITHHELD_NETWORK)
-    return _estimate_row(NETWORK, group, loss or 0.0, partial(pooled_fn, pairs))
+    return _estimate_row(NETWORK, group, loss, partial(pooled_fn, pairs))
 
 
 def _groups(result: QueryResult) -> list[Group]:
-    for release in result.releases.values():
-        return [c.group for c in release.cells]
-    return [()]
+    """Every group cell any member released, in the order first seen ([()] if none)."""
+    groups = dict.fromkeys(c.group for r in result.releases.values() for c in r.cells)
+    return list(groups) or [()]
 
 
-def _estimate_row(member: str, group: Group, loss: float,
+def _estimate_row(member: str, group: Group, loss: float | None,
                   compute: Callable[[], Estimate]) -> dict[str, Any]:
     try:
         return _row(member, group, compute(), loss, "ok")
@@ -505,13 +555,6 @@ def _row(member: str, group: Group, est: Estimate | None, loss: float | None,
     row["loss"] = loss
     row["status"] = status
     return row
-
-
-def _failed_row(result: QueryResult, member: str) -> dict[str, Any] | None:
-    """The row naming a member's failure, or None when it answered."""
-    fail = result.failures.get(member)
-    return None if fail is None else _row(member, (), None, None,
-                                          f"{fail.code}: {fail.message}")
 
 
 def _failures_only(result: QueryResult) -> pd.DataFrame:

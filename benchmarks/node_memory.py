@@ -11,7 +11,6 @@ Usage: python benchmarks/node_memory.py [--sizes 10000 100000 1000000]
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.query import INTAKE, Occasion
 
 TWELVE_MONTHS = Occasion(12, 9, 15)
+START_TIMEOUT = 900.0  # seconds; a 1M-participant node starts in about two minutes
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -46,14 +46,9 @@ def measure(n: int, workdir: Path) -> str:
     root = workdir / f"n{n}"
     synth.write_network(root, members=1, seed=3, sizes=[n])
     member = local.write_configs(root, total_epsilon=1e6, max_per_query=1.0)[0]
-    log = root / "node.log"
     started = time.perf_counter()
-    with log.open("wb") as out:
-        process = subprocess.Popen([*local.node_command(), "serve", "--config",
-                                    str(member.config)], stdout=out, stderr=subprocess.STDOUT)
+    [process] = local.start_nodes([member], root, timeout=START_TIMEOUT)
     try:
-        local.wait_serving(member.address, process, log, timeout=900,
-                           tls=member.client_tls, name=member.name)
         ready = time.perf_counter() - started
         time.sleep(2)  # let start-up garbage settle
         idle, _ = rss_mib(process.pid)

@@ -14,6 +14,7 @@ starts `bridgestat coordinator serve` for them. Start the hub before the nodes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridgestat.coordinator import ca
-from bridgestat.coordinator.network import HUB_NAME, MEMBER_HEADER, TlsFiles
+from bridgestat.coordinator.network import HUB_NAME, MEMBER_HEADER, TlsFiles, load_network
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -134,14 +135,14 @@ def start_hub(root: Path, address: str, log: Path, *, tls: bool = True,
               timeout: float = 60.0) -> subprocess.Popen[bytes]:
     """Start `bridgestat coordinator serve` for <root>/network.yaml on `address` (appending
     to the `log` file) and wait until it reports SERVING."""
+    network = root / "network.yaml"
+    client = load_network(network).tls if tls else None  # the identity the hub serves with
     plain = [] if tls else ["--insecure"]
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [*coordinator_command(), "coordinator", "serve", "--network",
-             str(root / "network.yaml"), "--listen", address, *plain],
+            [*coordinator_command(), "coordinator", "serve", "--network", str(network),
+             "--listen", address, *plain],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    client = TlsFiles(root / "ca" / ca.CA_CERT, root / "coordinator" / f"{ca.COORDINATOR}.pem",
-                      root / "coordinator" / f"{ca.COORDINATOR}.key") if tls else None
     try:
         wait_serving(address, process, log, timeout, tls=client, name=HUB_NAME)
     except BaseException:
@@ -150,22 +151,26 @@ def start_hub(root: Path, address: str, log: Path, *, tls: bool = True,
     return process
 
 
-def start_nodes(members: list[LocalMember], log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """Start one node process per member and wait until each reports SERVING."""
+def start_nodes(members: list[LocalMember], log_dir: Path, timeout: float = 60.0
+                ) -> list[subprocess.Popen[bytes]]:
+    """Start one node process per member (logging to <log_dir>/<name>.log) and wait up to
+    `timeout` s for each to report SERVING (a connect-mode node: reachable through the hub).
+    A large member needs longer: one of a million participants loads in about two minutes."""
     processes = []
     for member in members:
-        log = (log_dir / f"{member.name}.log").open("wb")
         plain = [] if member.client_tls else ["--insecure"]
-        processes.append(subprocess.Popen(
-            [*node_command(), "serve", "--config", str(member.config), *plain],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        with (log_dir / f"{member.name}.log").open("wb") as out:
+            processes.append(subprocess.Popen(
+                [*node_command(), "serve", "--config", str(member.config), *plain],
+                stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}))
     try:
         for member, process in zip(members, processes, strict=True):
             log = log_dir / f"{member.name}.log"
             if member.connect:
-                wait_connected(member, process, log)
+                wait_connected(member, process, log, timeout)
             else:
-                wait_serving(member.address, process, log, tls=member.client_tls,
+                wait_serving(member.address, process, log, timeout, tls=member.client_tls,
                              name=member.name)
     except BaseException:
         stop_nodes(processes)
@@ -177,38 +182,43 @@ def wait_serving(address: str, process: subprocess.Popen[bytes], log: Path,
                  timeout: float = 60.0, *, tls: TlsFiles | None = None, name: str = "") -> None:
     """Wait until the node answers grpc.health.v1 with SERVING (over mTLS with `tls`,
     checking that its certificate is for `name`)."""
-    deadline = time.monotonic() + timeout
     with _channel(address, tls, name) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"node at {address} exited:\n{log.read_text()[-2000:]}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)
-    raise TimeoutError(f"node at {address} not serving after {timeout:.0f} s")
+
+        def serving() -> bool:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        _poll(serving, process, log, timeout, f"node at {address}", "not serving", pause=0.2)
 
 
 def wait_connected(member: LocalMember, process: subprocess.Popen[bytes], log: Path,
                    timeout: float = 60.0) -> None:
     """Wait until a connect-mode node answers GetNodeInfo through the hub."""
-    deadline = time.monotonic() + timeout
     with _channel(member.address, member.client_tls, HUB_NAME) as channel:
         stub = pb_grpc.NodeServiceStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"node {member.name} exited:\n{log.read_text()[-2000:]}")
-            try:
-                stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=2,
-                                 metadata=((MEMBER_HEADER, member.name),))
+
+        def answers() -> bool:
+            stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=2,
+                             metadata=((MEMBER_HEADER, member.name),))
+            return True
+        _poll(answers, process, log, timeout, f"node {member.name}",
+              f"not connected to the hub at {member.address}", pause=0.1)
+
+
+def _poll(ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path,
+          timeout: float, node: str, waiting: str, *, pause: float) -> None:
+    """Call `ready` until it returns True, pausing `pause` s after a False or a gRPC error
+    (the node is still starting); raise with the log's tail if the process exits first, or
+    TimeoutError ("<node> <waiting> after <timeout> s") when time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{node} exited:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(grpc.RpcError):
+            if ready():
                 return
-            except grpc.RpcError:
-                time.sleep(0.1)
-    raise TimeoutError(f"node {member.name} not connected to the hub at {member.address} "
-                       f"after {timeout:.0f} s")
+        time.sleep(pause)
+    raise TimeoutError(f"{node} {waiting} after {timeout:.0f} s")
 
 
 def _channel(address: str, tls: TlsFiles | None, name: str) -> grpc.Channel:

@@ -7,9 +7,11 @@ SQLite ledger; `--hosts` processes share them, since 1,000 node processes do not
 cores). The researcher's whole call `Network.mean(...)` is timed: fan-out over grpc.aio, N node
 releases with their ledger charges, pooling, the DataFrame. Two floors are printed beside it:
 one raw gRPC round trip to one node (grpc.health.v1 Check), and the same raw call fanned out to
-all N. The coordinator's own CPU time per query is printed too: on a real network, where every
-node has its own machine, that part is what grows with N; here the nodes' work also shares
-the machine's two cores, so the p50 is the sum of all members' work, not the slowest one's.
+all N. CPU per query is printed for the pooled mean and for the raw fan-out (the transport's
+share): the coordinator's own, and the nodes' per member (from /proc). On a real network,
+where every node has its own machine, the coordinator's part is what grows with N; here the
+nodes' work also shares the machine's two cores, so the p50 is the sum of all members' work,
+not the slowest one's.
 Mutual TLS as deployed, unless `--insecure`.
 Usage: python benchmarks/fanout_scale.py [--nodes 1 10 25 100 1000] [--participants 500]
        [--queries 50] [--hosts 2] [--insecure]
@@ -153,7 +155,8 @@ def report(n: int, times: dict[str, Timing]) -> str:
     return (f"{n:>5} | {p50:8.1f} | {percentile(pooled.wall_ms, 0.95):8.1f} | "
             f"{statistics.median(times['floor_one'].wall_ms):10.2f} | {floor:10.1f} | "
             f"{p50 / floor:11.2f} | {pooled.coordinator_cpu_ms:12.1f} | "
-            f"{pooled.nodes_cpu_ms / n:10.2f}")
+            f"{pooled.nodes_cpu_ms / n:10.2f} | {times['floor_all'].coordinator_cpu_ms:12.1f} | "
+            f"{times['floor_all'].nodes_cpu_ms / n:10.2f}")
 
 
 def main() -> None:
@@ -176,7 +179,8 @@ def main() -> None:
               f"in {time.perf_counter() - started:.0f} s", flush=True)
         spec = load_network(root / "network.yaml")
         print("nodes |   p50 ms |   p95 ms | floor 1 ms | floor N ms | p50/floor N | "
-              "coord CPU ms | node CPU ms (per member)")
+              "coord CPU ms | node CPU ms (per member) | floor N: coord CPU ms | node CPU ms "
+              "(per member)")
         for n in args.nodes:
             with open(root / f"hosts-{n}.log", "w") as log, \
                     hosted(members[:n], args.hosts, tls, log) as pids, \

@@ -151,10 +151,11 @@ def _hub(value: Any, path: Path) -> Hub:
 
 
 def _is_address(value: Any) -> bool:
+    """host:port with a port number gRPC can dial (1-65535)."""
     if not isinstance(value, str):
         return False
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit())
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _member(item: Any, path: Path, index: int, hub: Hub | None) -> Member:
@@ -177,6 +178,7 @@ def _member(item: Any, path: Path, index: int, hub: Hub | None) -> Member:
                                    "hub: host:port (where `bridgestat coordinator serve` "
                                    "listens)")
         return Member(name, hub.address, hub)
-    if not isinstance(address, str) or ":" not in address:
-        raise NetworkFileError(f"{where}.address: must be host:port, got {address!r}")
+    if not _is_address(address):
+        raise NetworkFileError(f"{where}.address: must be host:port (port 1-65535), got "
+                               f"{address!r}")
     return Member(name, address)

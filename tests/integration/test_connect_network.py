@@ -197,12 +197,21 @@ NETWORK_PROBLEMS = [
     ({"hub": "nohost", "members": [{"name": "m", "via": "hub"}]}, "hub", "host:port"),
     ({"hub": {"address": "h:1", "name": ""}, "members": [{"name": "m", "via": "hub"}]},
      "hub.name", "certificate"),
+    ({"hub": "h:70000", "members": [{"name": "m", "via": "hub"}]}, "hub", "host:port"),
+    ({"members": [{"name": "m", "address": "10.0.0.11:"}]}, "members[0].address",
+     "must be host:port"),
+    ({"members": [{"name": "m", "address": ":50051"}]}, "members[0].address",
+     "must be host:port"),
+    ({"members": [{"name": "m", "address": "node.example.org:5o051"}]}, "members[0].address",
+     "port 1-65535"),
+    ({"members": [{"name": "m", "address": "10.0.0.11:0"}]}, "members[0].address",
+     "port 1-65535"),
 ]
 
 
 @pytest.mark.parametrize(("doc", "key", "problem"), NETWORK_PROBLEMS,
                          ids=[p[1] + "-" + p[2] for p in NETWORK_PROBLEMS])
-def test_a_bad_hub_member_names_file_and_key(tmp_path: Path, doc: dict[str, Any], key: str,
+def test_a_bad_network_entry_names_file_and_key(tmp_path: Path, doc: dict[str, Any], key: str,
                                              problem: str) -> None:
     path = tmp_path / "network.yaml"
     path.write_text(yaml.safe_dump(doc))

@@ -106,17 +106,14 @@ class Fanout:
     def _explain(self, member: Member, exc: grpc.aio.AioRpcError) -> str:
         """The status details, with the identity problem spelled out for a TLS failure."""
         details = exc.details() or ""
-        if member.hub is not None:
-            if self.credentials is not None and "Hostname Verification" in details:
-                return (f"the coordinator at {member.address} does not have a certificate "
-                        f"for {member.hub.name} (refused: identity mismatch); {details}")
-            if member.name not in details:
-                return (f"{member.name} is reached through the coordinator at "
-                        f"{member.address}: {details}")
-            return details
+        peer, identity = (("the coordinator", member.hub.name) if member.hub is not None
+                          else ("the node", member.name))
         if self.credentials is not None and "Hostname Verification" in details:
-            return (f"the node at {member.address} does not have a certificate for "
-                    f"{member.name} (refused: identity mismatch); {details}")
+            return (f"{peer} at {member.address} does not have a certificate for {identity} "
+                    f"(refused: identity mismatch); {details}")
+        if member.hub is not None and member.name not in details:
+            return f"{member.name} is reached through the coordinator at {member.address}: " \
+                f"{details}"
         return details
 
     async def call_all(self, call: Call[T], timeout: float = 10.0) -> list[Success[T] | Failure]:

@@ -39,11 +39,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import sys
-import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -58,10 +55,7 @@ if str(ROOT) not in sys.path:  # run as a script: import benchmarks.* from the c
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import privacy_audit, validity  # noqa: E402
-from bridgestat.node.engine import Engine  # noqa: E402
 from bridgestat.node.frames import CellRows  # noqa: E402
-from bridgestat.node.ledger import Ledger  # noqa: E402
-from bridgestat.node.loss import Epsilon  # noqa: E402
 from bridgestat.node.mechanisms import Component  # noqa: E402
 from bridgestat.node.planner import Plan, Policy, compile_query  # noqa: E402
 from bridgestat.node.query import INTAKE, QuerySpec, Statistic, Term  # noqa: E402
@@ -75,7 +69,6 @@ QUERY = QuerySpec(Statistic.CROSS_PRODUCTS, "assessment", "", 0.0, rho=RHO,
                   terms=(Term("total_sessions", clip=validity.SESSIONS_CLIP),
                          Term("bridge_total", occasion=validity.TWELVE_MONTHS,
                               baseline=INTAKE, clip=validity.CHANGE_CLIP)))
-CHUNK = 2500  # releases per worker task
 
 
 def under_noised(component: Component) -> Component:
@@ -113,15 +106,7 @@ def release_values(neighbour: bool, broken: bool, n: int) -> Floats:
 
 def charged_rho() -> float:
     """The rho `Engine.run` charges for the query (one real run, temporary ledger)."""
-    with tempfile.TemporaryDirectory(prefix="gaussian-audit-") as tmp:
-        ledger = Ledger(Path(tmp) / "ledger.sqlite", "audit", Epsilon.of(100), POLICY.delta)
-        node = Engine("audit", validity.SCHEMA, privacy_audit.frames(False), ledger, POLICY)
-        answer = node.run("audit-charge", QUERY)
-        spent = float(ledger.state().spent_loss.rho)
-    if not math.isclose(spent, answer.release.charged_rho, rel_tol=1e-12):
-        raise AssertionError(f"ledger spent rho {spent}, release says "
-                             f"{answer.release.charged_rho}")
-    return answer.release.charged_rho
+    return privacy_audit.charged_loss(QUERY, POLICY)[1]
 
 
 @dataclass(frozen=True)
@@ -159,21 +144,9 @@ def _task(args: tuple[bool, bool, int]) -> Floats:
 def sample(releases: int, control_releases: int, workers: int
            ) -> dict[tuple[bool, bool], Floats]:
     """Releases per (neighbour, broken), in `workers` spawned processes."""
-    keys = [(neighbour, broken) for neighbour in (False, True) for broken in (False, True)]
-    tasks = [(key, min(CHUNK, total - start)) for key in keys
-             for total in [control_releases if key[1] else releases]
-             for start in range(0, total, CHUNK)]
-    arguments = [(*key, n) for key, n in tasks]
-    if workers <= 1:
-        parts = [_task(a) for a in arguments]
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            parts = list(pool.map(_task, arguments))
-    out: dict[tuple[bool, bool], list[Floats]] = {key: [] for key in keys}
-    for (key, _), part in zip(tasks, parts, strict=True):
-        out[key].append(part)
-    return {key: np.concatenate(chunks) for key, chunks in out.items()}
+    counts = {(neighbour, broken): control_releases if broken else releases
+              for neighbour in (False, True) for broken in (False, True)}
+    return privacy_audit.sample_in_pool(_task, counts, workers)
 
 
 @dataclass(frozen=True)

@@ -63,12 +63,12 @@ import math
 import multiprocessing
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +90,7 @@ from bridgestat.node.planner import Plan, Policy, compile_query  # noqa: E402
 from bridgestat.node.query import INTAKE, QuerySpec, Statistic  # noqa: E402
 
 Floats = npt.NDArray[np.float64]
+Key = TypeVar("Key", bound=tuple[Any, ...])
 
 EPSILON = 1.0
 ALPHA = 0.001  # one-sided, per probability
@@ -205,16 +206,24 @@ def release_values(name: str, neighbour: bool, broken: bool, n: int) -> Floats:
 
 
 def charged(name: str) -> float:
-    """The loss `Engine.run` charges for the query (one real run, temporary ledger)."""
+    """The epsilon `Engine.run` charges for the query."""
+    return charged_loss(QUERIES[name], POLICY)[0]
+
+
+def charged_loss(query: QuerySpec, policy: Policy) -> tuple[float, float]:
+    """The (epsilon, rho) `Engine.run` charges for `query` (one real run, temporary ledger);
+    the ledger and the release must agree."""
     with tempfile.TemporaryDirectory(prefix="privacy-audit-") as tmp:
-        ledger = Ledger(Path(tmp) / "ledger.sqlite", "audit", Epsilon.of(100), POLICY.delta)
-        node = Engine("audit", SCHEMA, frames(False), ledger, POLICY)
-        answer = node.run("audit-charge", QUERIES[name])
-        spent = float(ledger.state().spent_loss.epsilon)
-    if not math.isclose(spent, answer.release.charged, rel_tol=1e-12):
-        raise AssertionError(f"{name}: ledger spent {spent}, release says "
-                             f"{answer.release.charged}")
-    return answer.release.charged
+        ledger = Ledger(Path(tmp) / "ledger.sqlite", "audit", Epsilon.of(100), policy.delta)
+        node = Engine("audit", SCHEMA, frames(False), ledger, policy)
+        release = node.run("audit-charge", query).release
+        spent = ledger.state().spent_loss
+    for what, booked, said in (("epsilon", spent.epsilon, release.charged),
+                               ("rho", spent.rho, release.charged_rho)):
+        if not math.isclose(float(booked), said, rel_tol=1e-12, abs_tol=1e-15):
+            raise AssertionError(f"{query.statistic.value}: ledger spent {what} {booked}, "
+                                 f"release says {said}")
+    return release.charged, release.charged_rho
 
 
 # --------------------------------------------------------------------------- audited scalar
@@ -359,26 +368,31 @@ def _task(args: tuple[str, bool, bool, int]) -> Floats:
     return release_values(*args)
 
 
-def sample(releases: int, control_releases: int, workers: int
-           ) -> dict[tuple[str, bool, bool], Floats]:
-    """Releases per (statistic, neighbour, broken), in `workers` spawned processes."""
-    keys = [(name, neighbour, broken) for name in QUERIES for neighbour in (False, True)
-            for broken in (False, True)]
-    tasks = [(key, min(CHUNK, total - start))
-             for key in keys
-             for total in [control_releases if key[2] else releases]
+def sample_in_pool(task: Callable[[tuple[Any, ...]], Floats], counts: dict[Key, int],
+                   workers: int) -> dict[Key, Floats]:
+    """`counts[key]` releases per key: `task((*key, n))` returns n of them, run in chunks of
+    CHUNK in `workers` spawned processes (`task` must be a module-level function)."""
+    tasks = [(key, min(CHUNK, total - start)) for key, total in counts.items()
              for start in range(0, total, CHUNK)]
     arguments = [(*key, n) for key, n in tasks]
     if workers <= 1:
-        parts = [_task(a) for a in arguments]
+        parts = [task(a) for a in arguments]
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            parts = list(pool.map(_task, arguments))
-    out: dict[tuple[str, bool, bool], list[Floats]] = {key: [] for key in keys}
+            parts = list(pool.map(task, arguments))
+    out: dict[Key, list[Floats]] = {key: [] for key in counts}
     for (key, _), part in zip(tasks, parts, strict=True):
         out[key].append(part)
     return {key: np.concatenate(chunks) for key, chunks in out.items()}
+
+
+def sample(releases: int, control_releases: int, workers: int
+           ) -> dict[tuple[str, bool, bool], Floats]:
+    """Releases per (statistic, neighbour, broken), in `workers` spawned processes."""
+    counts = {(name, neighbour, broken): control_releases if broken else releases
+              for name in QUERIES for neighbour in (False, True) for broken in (False, True)}
+    return sample_in_pool(_task, counts, workers)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaError
 from bridgestat.coordinator.query import Query
 from bridgestat.coordinator.regression import RegressionResult
+from bridgestat.coordinator.results_doc import is_number
 from bridgestat.coordinator.studyfile import (Analysis, MemberBudget, MemberCost, Study,
                                               StudyError, check_affordable, check_against,
                                               check_per_query, plan_costs, schema_tables)
@@ -108,7 +109,8 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         echo: Printer = print) -> dict[str, Any]:
     """Run every analysis; refuse first if anything does not fit or cannot be afforded."""
     checked = plan(study, net)
-    saved = _saved_analyses(out, run_id, study)  # the nodes replay these for free
+    earlier = _earlier_run(out, run_id, study)
+    saved = _saved_analyses(earlier)  # the nodes replay these for free
     pending = replace(study, analyses=tuple(a for a in study.analyses if a.id not in saved))
     check_affordable(pending, plan_costs(pending, checked.budgets))
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -118,7 +120,8 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         "study": {"name": study.name, "title": study.title,
                   "description": study.description, "file": study.source},
         "created": _now(), "members": [m.name for m in net.members], "analyses": [],
-        "budget": []}
+        "budget": [], "budget_before": _budget_before(checked, earlier)}
+    save(doc, out)  # before any query: a resumed run counts the whole study's spending
     echo(f"== Study {study.name} (run {run_id}): {len(study.analyses)} analyses, "
          f"{len(net.members)} members")
     for a in study.analyses:
@@ -127,30 +130,48 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         _progress(output, echo)
         doc["analyses"].append(_analysis_doc(a, output, doc["members"]))
         save(doc, out)
-    doc["budget"] = _budget(checked, net)
+    doc["budget"] = _budget(checked, net, doc["budget_before"])
     save(doc, out)
     echo(f"\n== Saved {out / 'results.json'}")
     return doc
 
 
-def _saved_analyses(out: Path, run_id: str | None, study: Study) -> set[str]:
-    """The analyses an earlier (killed) run of this study with this run id saved in `out`.
-    Their queries are replayed by the nodes for free, so resuming a run needs budget only for
-    the rest. The analysis that was in flight at the kill is not among them: its cost is
-    still counted, so the check can only be cautious, never short."""
+def _earlier_run(out: Path, run_id: str | None, study: Study) -> dict[str, Any] | None:
+    """What an earlier (killed) run of this study with this run id saved in `out`, if any."""
     if run_id is None:
-        return set()
+        return None
     try:
         doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
+        return None
     if (not isinstance(doc, dict) or doc.get("format") != FORMAT
             or doc.get("run_id") != run_id
             or not isinstance(doc.get("study"), dict)
             or doc["study"].get("name") != study.name
             or not isinstance(doc.get("analyses"), list)):
+        return None
+    return doc
+
+
+def _saved_analyses(earlier: dict[str, Any] | None) -> set[str]:
+    """The analyses the earlier run saved. Their queries are replayed by the nodes for free,
+    so resuming a run needs budget only for the rest. The analysis that was in flight at the
+    kill is not among them: its cost is still counted, so the check can only be cautious,
+    never short."""
+    if earlier is None:
         return set()
-    return {a["id"] for a in doc["analyses"] if isinstance(a, dict) and "id" in a}
+    return {a["id"] for a in earlier["analyses"] if isinstance(a, dict) and "id" in a}
+
+
+def _budget_before(checked: StudyPlan, earlier: dict[str, Any] | None) -> dict[str, float]:
+    """Each member's spent epsilon before the study: as the earlier run found it when this
+    run resumes one (what it charged is the study's too), else as the plan found it now."""
+    found = earlier.get("budget_before") if earlier is not None else None
+    before = {b.member: b.spent for b in checked.budgets}
+    if isinstance(found, dict):
+        before.update({m: float(v) for m, v in found.items()
+                       if m in before and is_number(v) and math.isfinite(v)})
+    return before
 
 
 def save(doc: dict[str, Any], out: Path) -> Path:
@@ -196,15 +217,16 @@ def _short(frame: pd.DataFrame) -> str:
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3g}")
 
 
-def _budget(checked: StudyPlan, net: Network) -> list[dict[str, Any]]:
+def _budget(checked: StudyPlan, net: Network, before: dict[str, float]
+            ) -> list[dict[str, Any]]:
     after = {m: i for m, i in net.node_infos().items() if not isinstance(i, Failure)}
     rows = []
     for b in checked.budgets:
         info = after.get(b.member)
         spent = info.budget.spent.epsilon if info is not None else math.nan
-        rows.append({"member": b.member, "epsilon_before": b.spent, "epsilon_after": spent,
-                     "epsilon_study": spent - b.spent, "epsilon_total": b.total,
-                     "delta": b.delta})
+        rows.append({"member": b.member, "epsilon_before": before[b.member],
+                     "epsilon_after": spent, "epsilon_study": spent - before[b.member],
+                     "epsilon_total": b.total, "delta": b.delta})
     return rows
 
 

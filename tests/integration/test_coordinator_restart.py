@@ -306,6 +306,9 @@ def test_study_run_killed_then_rerun_with_its_run_id_charges_every_query_once(
         epsilon = _epsilon(final.spent)  # straight from the ledger file
         assert spent[member.name] == epsilon  # and as the node reports it
         assert budget[member.name]["epsilon_after"] == epsilon
+        # the budget table counts the whole study, the killed run's charges included
+        assert budget[member.name]["epsilon_before"] == 0.0
+        assert budget[member.name]["epsilon_study"] == epsilon
         # the plan's cost, to float rounding (the plan sums floats, the node exact rationals)
         assert epsilon == pytest.approx(planned[member.name], rel=0, abs=1e-9)
         assert epsilon == pytest.approx(planned_cli[member.name], rel=1e-3)

@@ -19,17 +19,10 @@ control (sd halved: true rho 12) gives rho_lb ~ 10.5 at n = 2,500. The sharpness
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is not installed; import it from the checkout
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import gaussian_audit as audit  # noqa: E402
+from benchmarks import gaussian_audit as audit
 
 RELEASES = 10_000
 CONTROL_RELEASES = 2_500

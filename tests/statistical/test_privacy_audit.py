@@ -40,17 +40,10 @@ regression test, not a proof: it can only catch leaks large enough to show on th
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is not installed; import it from the checkout
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import privacy_audit as audit  # noqa: E402
+from benchmarks import privacy_audit as audit
 
 RELEASES = 20_000
 CONTROL_RELEASES = 5_000

@@ -32,20 +32,14 @@ held to that band:
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is not installed; import it from the checkout
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import validity  # noqa: E402
-from bridgestat.node.data import check_tables  # noqa: E402
+from benchmarks import validity
+from bridgestat.node.data import check_tables
 
 NETWORKS = 300
 TOLERANCE = 4 * math.sqrt(0.95 * 0.05 / NETWORKS)

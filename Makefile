@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test chromium postgresql containers protos check-protos clean
+.PHONY: install lint demo test chromium postgresql containers protos check-protos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ postgresql:
 # The container test builds the node image with podman/buildah and a debootstrap base.
 containers:
 	sh scripts/ensure-containers
+
+# ruff and mypy (strict) on the hand-written code; generated stubs are excluded.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	PYTHON=$(PY) sh scripts/typecheck
 
 test: $(STAMP) chromium postgresql containers
 	$(PY) -m pytest -q -ra

@@ -208,8 +208,8 @@ def ensure_flower_venv() -> str:
 def _flwr_version(python: Path) -> str | None:
     if not python.exists():
         return None
-    probe = subprocess.run([str(python), "-c", "import importlib.metadata as m;"
-                            "print(m.version('flwr'))"], capture_output=True, text=True)
+    probe = subprocess.run([str(python), "-c", ("import importlib.metadata as m;"
+                            "print(m.version('flwr'))")], capture_output=True, text=True)
     return probe.stdout.strip() if probe.returncode == 0 else None
 
 

@@ -54,11 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import benchmarks.* from the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import privacy_audit, validity  # noqa: E402
-from bridgestat.node.frames import CellRows  # noqa: E402
-from bridgestat.node.mechanisms import Component  # noqa: E402
-from bridgestat.node.planner import Plan, Policy, compile_query  # noqa: E402
-from bridgestat.node.query import INTAKE, QuerySpec, Statistic, Term  # noqa: E402
+from benchmarks import privacy_audit, validity
+from bridgestat.node.frames import CellRows
+from bridgestat.node.mechanisms import Component
+from bridgestat.node.planner import Plan, Policy, compile_query
+from bridgestat.node.query import INTAKE, QuerySpec, Statistic, Term
 
 Floats = npt.NDArray[np.float64]
 
@@ -99,7 +99,7 @@ def release_values(neighbour: bool, broken: bool, n: int) -> Floats:
     p, rows, node = plan(broken), cell_rows(neighbour), privacy_audit.engine()
     out = np.empty((n, len(p.components)))
     for i in range(n):
-        cell = node._cell(p, rows)  # noqa: SLF001 - the node's own per-cell release
+        cell = node._cell(p, rows)
         out[i] = [v.value for v in cell.values]
     return out
 

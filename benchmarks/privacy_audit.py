@@ -80,14 +80,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import benchmarks.validity from the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import validity  # noqa: E402
-from bridgestat.node.engine import Engine  # noqa: E402
-from bridgestat.node.frames import CellRows, Frames  # noqa: E402
-from bridgestat.node.ledger import Ledger  # noqa: E402
-from bridgestat.node.loss import Epsilon  # noqa: E402
-from bridgestat.node.mechanisms import FIXED_POINT, Component, fixed_point  # noqa: E402
-from bridgestat.node.planner import Plan, Policy, compile_query  # noqa: E402
-from bridgestat.node.query import INTAKE, QuerySpec, Statistic  # noqa: E402
+from benchmarks import validity
+from bridgestat.node.engine import Engine
+from bridgestat.node.frames import CellRows, Frames
+from bridgestat.node.ledger import Ledger
+from bridgestat.node.loss import Epsilon
+from bridgestat.node.mechanisms import FIXED_POINT, Component, fixed_point
+from bridgestat.node.planner import Plan, Policy, compile_query
+from bridgestat.node.query import INTAKE, QuerySpec, Statistic
 
 Floats = npt.NDArray[np.float64]
 Key = TypeVar("Key", bound=tuple[Any, ...])
@@ -200,7 +200,7 @@ def release_values(name: str, neighbour: bool, broken: bool, n: int) -> Floats:
     p, rows, node = plan(name, broken), cell_rows(name, neighbour), engine()
     out = np.empty((n, len(p.labels) or len(p.components)))
     for i in range(n):
-        cell = node._cell(p, rows)  # noqa: SLF001 - the node's own per-cell release
+        cell = node._cell(p, rows)
         out[i] = [v.value for v in cell.values]
     return out
 

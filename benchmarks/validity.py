@@ -77,6 +77,7 @@ MSE) over networks.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import multiprocessing
 import os
@@ -102,8 +103,13 @@ from bridgestat.coordinator.meta import MetaError, Pooled, meta_analysis
 from bridgestat.coordinator.pooling import Z95, Estimate, PoolingError
 from bridgestat.coordinator.regression import Coefficient, fit, pool_cross_products
 from bridgestat.coordinator.synth import PAID_WORK
-from bridgestat.coordinator.tables import (NETWORK, QueryResult, compare_table, cross_products,
-                                           proportion_table)
+from bridgestat.coordinator.tables import (
+    NETWORK,
+    QueryResult,
+    compare_table,
+    cross_products,
+    proportion_table,
+)
 from bridgestat.coordinator.wire import MemberRelease, release_from_pb
 from bridgestat.node.engine import Engine
 from bridgestat.node.frames import Frames
@@ -601,7 +607,7 @@ def simulate_network(index: int, settings: Settings, workdir: Path | None = None
 def _chunks(indices: range, parts: int) -> list[range]:
     """`indices` cut into `parts` contiguous ranges (some may be empty)."""
     bounds = np.linspace(indices.start, indices.stop, parts + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _workdir() -> Path | None:

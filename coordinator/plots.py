@@ -240,8 +240,8 @@ def _plot_forest(ctx: _Context) -> Drawn:
                                 ("Random effects (HKSJ)", meta["hksj"], fg.NETWORK_COLOR)):
         _diamond(ax, y, result, color)
         labels.append(name)
-        right.append((f"{fmt_number(result['estimate'])} "
-                      f"{fmt_interval(result['ci_low'], result['ci_high'])}", ""))
+        right.append(((f"{fmt_number(result['estimate'])} "
+                      f"{fmt_interval(result['ci_low'], result['ci_high'])}"), ""))
         ys.append(y)
         y -= 1
     if prediction:

@@ -405,7 +405,8 @@ def _robust_sd(replicates: np.ndarray) -> np.ndarray:
     replicates whose noisy design is nearly singular (seen in real studies: one such
     replicate in 1,000 turned an SE of 0.5 into 1e6)."""
     q75, q25 = np.percentile(replicates, [75, 25], axis=0)
-    return (q75 - q25) / (2 * NormalDist().inv_cdf(0.75))
+    spread: np.ndarray = (q75 - q25) / (2 * NormalDist().inv_cdf(0.75))
+    return spread
 
 
 def _result(

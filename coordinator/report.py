@@ -227,9 +227,9 @@ def budget_html(results: Mapping[str, Any], members: Sequence[str]) -> str:
     """The 'Privacy loss spent' section: table and chart per member, spend per analysis."""
     budget = results.get("budget") or []
     parts = ['<section class="analysis" id="privacy-loss">', "<h2>Privacy loss spent</h2>",
-             '<p class="description">How much of each member\'s differential-privacy budget '
+             ('<p class="description">How much of each member\'s differential-privacy budget '
              "(ε, lower is more private) this study used, what earlier studies had used, and "
-             "what is left for future studies.</p>"]
+             "what is left for future studies.</p>")]
     if budget:
         parts.append(plot_html(render_budget_plot(budget), "privacy-loss"))
         parts.append(table_html(_budget_table(budget), BUDGET_HEADERS, labels=["member"]))

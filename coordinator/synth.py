@@ -753,7 +753,9 @@ def _draw_rows(rng: np.random.Generator, table: Floats, row: Ints) -> Ints:
 
 
 def _categorical(codes: Ints, categories: Sequence[str]) -> pd.Categorical:
-    return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), categories=categories)
+    labels = pd.Index(list(categories), dtype=object)
+    out: pd.Categorical = pd.Categorical.from_codes(codes, categories=labels)
+    return out
 
 
 def _money(values: Floats, upper: float = 6000.0) -> Floats:

@@ -54,13 +54,17 @@ class Frames:
     def _select_occasion(self, table_name: str, occ: Occasion) -> pd.DataFrame:
         table = self.schema.table(table_name)
         rows = self.tables[table_name]
-        month = rows[table.month_column]
+        month_column = table.month_column
+        if month_column is None:
+            raise ValueError(f"table {table_name} has no month column: no occasions")
+        month = rows[month_column]
         rows = rows[(month >= occ.window_lower) & (month <= occ.window_upper)]
-        distance = (rows[table.month_column] - occ.target_month).abs()
+        distance = (rows[month_column] - occ.target_month).abs()
         ordered = rows.assign(_distance=distance).sort_values(
-            [table.key, "_distance", table.month_column], kind="stable")
+            [table.key, "_distance", month_column], kind="stable")
         first = ordered.drop_duplicates(subset=table.key, keep="first")
-        return first.drop(columns="_distance").set_index(table.key, drop=True)
+        selected: pd.DataFrame = first.drop(columns="_distance").set_index(table.key, drop=True)
+        return selected
 
     def _join(self, table_name: str, occ: Occasion) -> pd.DataFrame:
         """Participant columns plus the table's columns at the occasion (inner join)."""
@@ -197,9 +201,11 @@ def _measured(frame: pd.DataFrame, plan: Plan) -> FloatArray | IntArray:
         return column.to_numpy(dtype=np.int64)
     if stat is Statistic.HISTOGRAM:
         if isinstance(column.dtype, pd.CategoricalDtype):
-            return column.cat.codes.to_numpy(dtype=np.int64)
+            category_codes: IntArray = np.asarray(column.cat.codes, dtype=np.int64)
+            return category_codes
         numbers = column.to_numpy(dtype=np.float64)
-        codes = np.searchsorted(np.asarray(plan.query.bin_edges), numbers, side="right")
+        codes: IntArray = np.searchsorted(np.asarray(plan.query.bin_edges), numbers,
+                                          side="right").astype(np.int64)
         return np.where(np.isnan(numbers), -1, codes).astype(np.int64)
     return column.to_numpy(dtype=np.float64)
 

@@ -10,8 +10,13 @@ import grpc
 
 from bridgestat.node import serde
 from bridgestat.node.engine import Engine
-from bridgestat.node.errors import (BudgetExhausted, IdempotencyConflict, NodeError,
-                                    PolicyError, QueryError)
+from bridgestat.node.errors import (
+    BudgetExhausted,
+    IdempotencyConflict,
+    NodeError,
+    PolicyError,
+    QueryError,
+)
 from bridgestat.node.loss import Loss
 from bridgestat.v1 import node_service_pb2 as pb
 

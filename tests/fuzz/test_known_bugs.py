@@ -15,14 +15,13 @@ import grpc
 import pytest
 import yaml
 
-from bridgestat.node.engine import Engine
-from bridgestat.v1 import node_service_pb2 as pb
-
 from bridgestat.coordinator.network import NetworkFileError, load_network
 from bridgestat.coordinator.study import STANDARD_STUDY
 from bridgestat.coordinator.studyfile import StudyError, parse_study
 from bridgestat.node.config import load_config
+from bridgestat.node.engine import Engine
 from bridgestat.node.errors import ConfigError
+from bridgestat.v1 import node_service_pb2 as pb
 
 from .conftest import Member, ServedNode
 from .ledger_checks import key_for, run_on_engine, run_over_grpc

@@ -223,7 +223,7 @@ def _client(member: LocalMember, ready: threading.Event, gate: Gate,
             results["new_call"] = _refused_after_stop(stub)
             gate.release.set()
             results["in_flight"] = future.result()
-    except BaseException as exc:  # reported by the test, not lost in this thread
+    except BaseException as exc:  # noqa: BLE001  # reported by the test, not lost here
         results["error"] = exc
     finally:
         gate.release.set()

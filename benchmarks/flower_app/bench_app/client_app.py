@@ -36,7 +36,7 @@ def intake_sum_count(frame: pd.DataFrame, column: str) -> tuple[float, int]:
     intake = frame[frame["months_since_intake"] == 0]
     values = intake.sort_values("assessment_seq").drop_duplicates("participant_id")[column]
     values = values.dropna()
-    return float(values.sum()), int(len(values))
+    return float(values.sum()), len(values)
 
 
 @app.query()

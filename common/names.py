@@ -6,6 +6,7 @@ import re
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_RULE = "use letters, digits, '.', '_' or '-' (max 64, starting with a letter or digit)"
+COORDINATOR = "coordinator"  # the coordinator's (and its hub's) certificate name by default
 
 
 def is_name(value: object) -> bool:

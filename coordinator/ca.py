@@ -12,33 +12,45 @@ Two ways to a member certificate:
 
 Keys are EC P-256, written unencrypted with mode 0600; certificates carry serverAuth and
 clientAuth, since a node is a server and the coordinator a client of the same CA.
-`check_identity` validates a certificate, key and CA triple before first use, naming the
-file that is wrong. (The node restates these checks in `node/tls.py`: the node never imports
-the coordinator.)
+`check_identity` (from `bridgestat.common.certs`, shared with the node) validates a
+certificate, key and CA triple before first use, naming the file that is wrong.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from bridgestat.common import names
+from bridgestat.common.certs import (
+    CertificateError,
+    check_identity,
+    common_name,
+    load_certificate,
+    load_private_key,
+)
+from bridgestat.common.names import NAME_RULE, is_name
+
+# check_identity and common_name are the shared checks (bridgestat.common.certs), re-exported
+# here for the callers that import them from the CA module.
+__all__ = ["CA_CERT", "CA_DAYS", "CA_KEY", "CA_NAME", "COORDINATOR", "MEMBER_DAYS", "CaError",
+           "Identity", "check_identity", "common_name", "init_ca", "issue", "make_csr",
+           "sign_csr"]
 
 CA_NAME = "bridgestat network CA"
 CA_KEY = "ca.key"
 CA_CERT = "ca.pem"
 CA_DAYS = 3650
 MEMBER_DAYS = 730
-COORDINATOR = "coordinator"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as a node_id
+COORDINATOR = names.COORDINATOR
 
 PrivateKey = ec.EllipticCurvePrivateKey
 SubjectKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -135,33 +147,6 @@ def sign_csr(directory: Path, csr_path: Path, out: Path | None = None, *,
     return cert_path
 
 
-def check_identity(ca: Path, cert: Path, key: Path) -> tuple[str, str] | None:
-    """The first problem of a CA, certificate and key triple as (role, message), role one of
-    "ca", "cert", "key"; None when the certificate is valid now, signed by the CA and
-    matches the key."""
-    try:
-        ca_cert = _load_cert(ca)
-    except CaError as exc:
-        return "ca", str(exc)
-    if problem := _validity(ca_cert, ca, "CA certificate"):
-        return "ca", problem
-    try:
-        own = _load_cert(cert)
-    except CaError as exc:
-        return "cert", str(exc)
-    for role, text in (("cert", _validity(own, cert, "certificate")),
-                       ("cert", _issued_by(own, cert, ca_cert, ca)),
-                       ("key", _matches(key, own, cert))):
-        if text:
-            return role, text
-    return None
-
-
-def common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
-
-
 # -- helpers ---------------------------------------------------------------------------------
 
 def _sign(directory: Path, name: str, public: SubjectKey, days: int,
@@ -206,64 +191,21 @@ def _load_ca(directory: Path) -> tuple[PrivateKey, x509.Certificate]:
 
 def _load_cert(path: Path) -> x509.Certificate:
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CaError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise CaError(f"{path} is not a PEM certificate") from exc
+        return load_certificate(path)
+    except CertificateError as exc:
+        raise CaError(str(exc)) from exc
 
 
 def _load_key(path: Path) -> PrivateKeyTypes:
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CaError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise CaError(f"{path} is not an unencrypted PEM private key") from exc
-    return key
-
-
-def _validity(cert: x509.Certificate, path: Path, what: str) -> str:
-    now = _now()
-    if now < cert.not_valid_before_utc:
-        return f"{what} {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-    if now > cert.not_valid_after_utc:
-        return f"{what} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d}"
-    return ""
-
-
-def _issued_by(cert: x509.Certificate, path: Path, ca_cert: x509.Certificate,
-               ca_path: Path) -> str:
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return f"certificate {path} is not signed by the CA in {ca_path}"
-    return ""
-
-
-def _matches(key_path: Path, cert: x509.Certificate, cert_path: Path) -> str:
-    try:
-        key = _load_key(key_path)
-    except CaError as exc:
-        return str(exc)
-    if _spki(key.public_key()) != _spki(cert.public_key()):
-        return f"key {key_path} does not match the certificate {cert_path}"
-    return ""
-
-
-def _spki(public: object) -> bytes:
-    return public.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return load_private_key(path)
+    except CertificateError as exc:
+        raise CaError(str(exc)) from exc
 
 
 def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise CaError(f"name {name!r}: use letters, digits, '.', '_' or '-' (max 64), as in "
-                      "the network file")
+    if not is_name(name):
+        raise CaError(f"name {name!r}: {NAME_RULE}, as in the network file")
 
 
 def _write_key(path: Path, key: PrivateKey) -> None:

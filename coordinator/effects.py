@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 
+from bridgestat.common import labels
+from bridgestat.common.labels import MISSING
 from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError, make_estimate, sum_noisy
 
-ARROW = " -> "
-MISSING = "(missing)"
+ARROW = labels.ARROW  # "before -> after" of a transition cell (tables splits on it too)
 
 
 def _components(e: Estimate) -> tuple[float, float]:

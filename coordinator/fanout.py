@@ -17,7 +17,8 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from bridgestat.coordinator.network import MEMBER_HEADER, Member
+from bridgestat.common.headers import MEMBER_HEADER
+from bridgestat.coordinator.network import Member
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")

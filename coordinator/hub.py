@@ -32,13 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bridgestat.coordinator.ca import common_name
-from bridgestat.coordinator.network import (HUB_NAME, MEMBER_HEADER, NetworkFileError,
-                                            NetworkSpec, load_network, require_tls)
+from bridgestat.common.certs import CertificateError, load_certificate, name_problem
+from bridgestat.common.headers import MEMBER_HEADER, SESSION_ACCEPTED, SESSION_HEADER
+from bridgestat.coordinator.network import (
+    HUB_NAME,
+    NetworkFileError,
+    NetworkSpec,
+    load_network,
+    require_tls,
+)
 from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
 from bridgestat.v1 import node_service_pb2 as pb
@@ -48,9 +53,6 @@ __all__ = ["MEMBER_HEADER", "Hub", "serve", "start_hub"]
 log = logging.getLogger("bridgestat.coordinator.hub")
 HELLO_TIMEOUT = 10.0
 GRACE_SECONDS = 30.0
-# Initial metadata sent once a Hello is accepted: the node counts itself connected only then
-# (the same constant is in node/connect.py).
-SESSION_HEADER = "bridgestat-session"
 DEFAULT_ALLOW = (HUB_NAME,)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _SERVER_OPTIONS = [
@@ -146,7 +148,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         ended = asyncio.create_task(session.ended.wait())
         get: asyncio.Task[cpb.CoordinatorRequest] | None = None
         try:
-            await context.send_initial_metadata(((SESSION_HEADER, "accepted"),))
+            await context.send_initial_metadata(((SESSION_HEADER, SESSION_ACCEPTED),))
             while not reader.done() and not ended.done():
                 get = asyncio.create_task(session.outgoing.get())
                 await asyncio.wait({get, reader, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -312,16 +314,13 @@ def _check_hub_certificate(spec: NetworkSpec, network: Path) -> None:
     certificate they would refuse."""
     assert spec.tls is not None
     name = spec.hub.name if spec.hub is not None else HUB_NAME
-    cert = x509.load_pem_x509_certificate(spec.tls.cert.read_bytes())
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = list(san.value.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        names = [common_name(cert)]
-    if name not in names:
-        raise NetworkFileError(f"{network}: tls.cert: certificate {spec.tls.cert} is for "
-                               f"{', '.join(names) or 'no name'}, but nodes expect the hub to "
-                               f"be {name!r} (hub.name)")
+        problem = name_problem(load_certificate(spec.tls.cert), spec.tls.cert, name,
+                               "the hub's name (hub.name)")
+    except CertificateError as exc:
+        problem = str(exc)
+    if problem:
+        raise NetworkFileError(f"{network}: tls.cert: {problem}")
 
 
 async def _serve(spec: NetworkSpec, address: str, allow: tuple[str, ...], grace: float) -> None:

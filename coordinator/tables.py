@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from bridgestat.common.labels import MISSING
 from bridgestat.coordinator import effects, pooling
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaResult, meta_analysis
@@ -34,7 +35,6 @@ from bridgestat.coordinator.regression import (CrossProducts, RegressionResult, 
 from bridgestat.coordinator.wire import CellRelease, MemberRelease
 
 NETWORK = "NETWORK"
-MISSING = "(missing)"
 MIN_ARM_N = 20.0  # a member's arm with a smaller noisy count is "no comparison arm"
 MEASURES = ("risk_difference", "log_risk_ratio", "log_odds_ratio")
 WITHHELD = "withheld by member policy (pooled only)"

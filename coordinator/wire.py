@@ -1,18 +1,21 @@
-"""The coordinator's one meeting point of protobuf and its own values."""
+"""The coordinator's one meeting point of protobuf and its own values.
+
+Queries are encoded by the shared encoder (`bridgestat.common.wire.query_to_pb`, re-exported
+here), the one the node decodes with; releases are decoded here.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from bridgestat.common.labels import COUNT, SUM, SUM_SQUARES
+from bridgestat.common.wire import query_to_pb
 from bridgestat.coordinator.pooling import MeanStats, Noisy, PoolingError
-import math
-
-from bridgestat.coordinator.query import Occasion, Query
+from bridgestat.coordinator.query import Query, Statistic
 from bridgestat.v1 import node_service_pb2 as pb
 
-_STATISTICS = {"count": pb.STATISTIC_COUNT, "mean": pb.STATISTIC_MEAN,
-               "histogram": pb.STATISTIC_HISTOGRAM, "paired_change": pb.STATISTIC_PAIRED_CHANGE,
-               "quantile": pb.STATISTIC_QUANTILE, "cross_products": pb.STATISTIC_CROSS_PRODUCTS}
+__all__ = ["CellRelease", "MemberRelease", "check_release", "query_to_pb", "release_from_pb"]
 
 
 @dataclass(frozen=True)
@@ -40,39 +43,7 @@ class MemberRelease:
 
     def mean_stats(self, cell: CellRelease) -> MeanStats:
         v = cell.values
-        return MeanStats(v["count"], v["sum"], v["sum_squares"], self.center)
-
-
-def query_to_pb(query: Query) -> pb.Query:
-    if query.statistic not in _STATISTICS:
-        raise ValueError(f"statistic must be one of {', '.join(_STATISTICS)}, "
-                         f"got {query.statistic!r}")
-    msg = pb.Query(statistic=_STATISTICS[query.statistic], table=query.table,
-                   column=query.column, group_by=query.group_by,
-                   loss=pb.PrivacyLoss(epsilon=query.epsilon, rho=query.rho),
-                   bin_edges=query.bin_edges, quantile=query.quantile)
-    for term in query.terms:
-        added = msg.terms.add(column=term.column, category=term.category)
-        if term.clip is not None:
-            added.clip.CopyFrom(pb.Bounds(lower=term.clip[0], upper=term.clip[1]))
-        for name, occ in (("occasion", term.occasion), ("baseline", term.baseline)):
-            if occ is not None:
-                getattr(added, name).CopyFrom(_occasion(occ))
-    for column, values in query.where:
-        msg.filters.add(category=pb.CategoryFilter(column=column, values=values))
-    for column, lower, upper in query.ranges:
-        msg.filters.add(range=pb.RangeFilter(column=column, lower=lower, upper=upper))
-    if query.clip is not None:
-        msg.clip.CopyFrom(pb.Bounds(lower=query.clip[0], upper=query.clip[1]))
-    for name, occ in (("occasion", query.occasion), ("baseline", query.baseline)):
-        if occ is not None:
-            getattr(msg, name).CopyFrom(_occasion(occ))
-    return msg
-
-
-def _occasion(occ: Occasion) -> pb.Occasion:
-    return pb.Occasion(target_month=occ.target_month, window_lower=occ.window_lower,
-                       window_upper=occ.window_upper)
+        return MeanStats(v[COUNT], v[SUM], v[SUM_SQUARES], self.center)
 
 
 def release_from_pb(msg: pb.RunQueryResponse) -> MemberRelease:
@@ -94,8 +65,8 @@ def _cell(cell: pb.Cell) -> CellRelease:
     return CellRelease(group, noisy, points or None, suppressed=cell.suppressed)
 
 
-_REQUIRED = {"count": ("count",), "mean": ("count", "sum", "sum_squares"),
-             "paired_change": ("count", "sum", "sum_squares")}
+_REQUIRED: dict[str, tuple[str, ...]] = {Statistic.COUNT: (COUNT,), Statistic.MEAN: (COUNT, SUM, SUM_SQUARES),
+                                          Statistic.PAIRED_CHANGE: (COUNT, SUM, SUM_SQUARES)}
 
 
 def check_release(query: Query, release: MemberRelease) -> None:
@@ -107,7 +78,7 @@ def check_release(query: Query, release: MemberRelease) -> None:
     for cell in release.cells:
         if cell.suppressed:
             continue
-        if cell.points and query.statistic != "quantile":
+        if cell.points and query.statistic != Statistic.QUANTILE:
             raise PoolingError(f"values {sorted(cell.points)} have no finite noise variance")
         missing = [n for n in _REQUIRED.get(query.statistic, ()) if n not in cell.values]
         if missing:

@@ -23,19 +23,23 @@ from dataclasses import dataclass
 
 import grpc
 
+from bridgestat.common.headers import SESSION_HEADER
 from bridgestat.node.engine import Engine
 from bridgestat.node.metrics import NodeMetrics
-from bridgestat.node.service import (Status, node_info, refuse_caller, run_query,
-                                     software_version, status_of)
+from bridgestat.node.service import (
+    Status,
+    node_info,
+    refuse_caller,
+    run_query,
+    software_version,
+    status_of,
+)
 from bridgestat.node.tls import ANONYMOUS
 from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
 from bridgestat.v1 import node_service_pb2 as pb
 
 log = logging.getLogger("bridgestat.node.connect")
-# Initial metadata the coordinator sends once it has accepted the Hello (the same constant
-# is in coordinator/hub.py: the node never imports the coordinator).
-SESSION_HEADER = "bridgestat-session"
 _CLOSE = object()
 _VIA = " (via the coordinator)"  # in the log line of a refused caller
 _CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
@@ -68,7 +72,7 @@ def answer(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics
     reply = cpb.NodeReply(request_id=request.request_id)
     try:
         result = _result(engine, request, metrics or NodeMetrics(), allow)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every request gets its reply (INTERNAL, logged)
         result = status_of(exc)
     if isinstance(result, Status):
         reply.error.CopyFrom(_error(result))
@@ -180,7 +184,8 @@ class Connector:
                                        args=(stream, outgoing, done), daemon=True)
             watcher.start()
             try:
-                # blocks until the coordinator accepts the Hello, or the call ends
+                # blocks until the coordinator accepts the Hello (it then sends SESSION_HEADER),
+                # or the call ends
                 if SESSION_HEADER in dict(stream.initial_metadata() or ()):
                     self._accepted()
                 for request in stream:

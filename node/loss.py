@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+
+from bridgestat.common.loss import rho_to_epsilon
+
+__all__ = ["Epsilon", "Loss", "rho_to_epsilon"]  # rho_to_epsilon: the shared conversion
 
 
 @dataclass(frozen=True, order=True)
@@ -19,7 +22,7 @@ class Epsilon:
     value: Fraction
 
     @classmethod
-    def of(cls, value: float | int | Fraction | str) -> Epsilon:
+    def of(cls, value: float | Fraction | str) -> Epsilon:
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"epsilon must be finite, got {value}")
         exact = Fraction(value)
@@ -99,31 +102,3 @@ class Loss:
         if self.rho == 0:
             return f"epsilon {float(self.epsilon):.6g}"
         return f"epsilon {float(self.epsilon):.6g} + rho {float(self.rho):.6g}"
-
-
-@lru_cache(maxsize=256)
-def rho_to_epsilon(rho: float, delta: float) -> float:
-    """OpenDP's zCDP -> (epsilon, delta) conversion of a rho-zCDP release. Cached: the
-    ledger converts the spent rho before and after each charge, and one query's "after" is
-    the next one's "before" (each conversion builds an OpenDP measurement, ~2 ms).
-
-    Evaluated on a Gaussian measurement whose privacy map is at least rho (its scale is
-    nudged down), so the epsilon returned is never below the true conversion. For rho above
-    ~70283 (whatever the delta) OpenDP's conversion overflows: the result is then math.inf,
-    an upper bound that every loss cap refuses.
-    """
-    if rho <= 0:
-        return 0.0
-    import opendp.prelude as dp  # lazily: the ledger needs it only for Gaussian releases
-
-    dp.enable_features("contrib")
-    scale = (1 - 1e-12) / math.sqrt(2 * rho)
-    gaussian = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False),
-                                  dp.absolute_distance(T=float), scale)
-    profile = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)
-    try:
-        return float(profile.epsilon(delta))
-    except dp.OpenDPException as exc:
-        if exc.variant != "Overflow":
-            raise
-        return math.inf

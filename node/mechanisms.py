@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import opendp.prelude as dp
 
+from bridgestat.common.labels import COUNT, SUM, SUM_SQUARES
+
 dp.enable_features("contrib")
 
 FIXED_POINT = 1 << 20
@@ -107,7 +109,7 @@ def _int_vectors() -> Any:
     return dp.vector_domain(dp.atom_domain(T=dp.i64))
 
 
-def count_component(epsilon: float, name: str = "count") -> Component:
+def count_component(epsilon: float, name: str = COUNT) -> Component:
     def build(scale: float) -> dp.Measurement:
         return (dp.t.make_count(_int_vectors(), dp.symmetric_distance())
                 >> dp.m.then_laplace(scale))
@@ -125,14 +127,14 @@ def _bounded_sum(lower: int, upper: int, epsilon: float) -> tuple[dp.Measurement
 def centred_sum_component(half_width: float, epsilon: float) -> Component:
     """Sum of z = F (x - c) / H; released in units of (x - c)."""
     measurement, scale = _bounded_sum(-FIXED_POINT, FIXED_POINT, epsilon)
-    return Component("sum", measurement, float(measurement.map(1)), scale,
+    return Component(SUM, measurement, float(measurement.map(1)), scale,
                      half_width / FIXED_POINT)
 
 
 def sum_squares_component(half_width: float, epsilon: float) -> Component:
     """Sum of w = F ((x - c) / H)^2; released in units of (x - c)^2."""
     measurement, scale = _bounded_sum(0, FIXED_POINT, epsilon)
-    return Component("sum_squares", measurement, float(measurement.map(1)), scale,
+    return Component(SUM_SQUARES, measurement, float(measurement.map(1)), scale,
                      half_width**2 / FIXED_POINT)
 
 

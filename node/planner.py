@@ -14,21 +14,31 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 
+from bridgestat.common.labels import MISSING, SIGN_LABELS, transition
 from bridgestat.node import mechanisms
 from bridgestat.node.errors import PolicyError, QueryError
 from bridgestat.node.loss import Loss, rho_to_epsilon
 from bridgestat.node.mechanisms import Component
-from bridgestat.node.policy import Policy as Policy  # re-exported: callers import it here
-from bridgestat.node.query import (INTAKE, CategoryFilter, Occasion, QuerySpec, RangeFilter,
-                                   Statistic, Term)
+from bridgestat.node.policy import Policy
+from bridgestat.node.query import (
+    INTAKE,
+    CategoryFilter,
+    Occasion,
+    QuerySpec,
+    RangeFilter,
+    Statistic,
+    Term,
+)
 from bridgestat.node.schema import ColumnSpec, ColumnType, Schema, TableSpec
 
-MISSING = "(missing)"
+# MISSING (the shared label) and Policy are re-exported: callers import them here.
+__all__ = ["MAX_CANDIDATES", "MAX_CELLS", "MAX_TERMS", "MIN_LOSS", "MISSING",
+           "PARTICIPANT_TABLE", "Plan", "Policy", "ResolvedTerm", "compile_query"]
+
 PARTICIPANT_TABLE = "participant"
 MAX_CELLS = 1000
 MAX_TERMS = 10  # regressors + response of a cross-products query
 MAX_CANDIDATES = 10_000  # quantile candidates
-SIGN_LABELS = ("decreased", "unchanged", "increased")
 MIN_LOSS = 1e-6  # below this the noise is astronomically large and its variance overflows
 
 
@@ -111,7 +121,7 @@ def _check_loss(query: QuerySpec, policy: Policy) -> None:
 
 
 def _check_table(query: QuerySpec, schema: Schema) -> TableSpec:
-    if query.statistic is Statistic.UNSPECIFIED:
+    if query.statistic is Statistic.UNSPECIFIED:  # the wire's unset value
         raise QueryError("query.statistic", "must be set (count, mean, histogram, "
                          "paired_change, quantile, cross_products)")
     if not query.table:
@@ -397,7 +407,7 @@ def _labels(column: ColumnSpec, edges: tuple[float, ...], paired: bool = False
     """Cell labels: categories, bins, or (paired) transitions, signs or bins of the change."""
     if column.type.categorical:
         if paired:
-            return tuple(f"{a} -> {b}" for a in column.categories for b in column.categories)
+            return tuple(transition(a, b) for a in column.categories for b in column.categories)
         return column.categories
     lower, upper = column.lower or 0.0, column.upper or 0.0
     if paired:
@@ -405,5 +415,5 @@ def _labels(column: ColumnSpec, edges: tuple[float, ...], paired: bool = False
             return SIGN_LABELS
         lower, upper = -(upper - lower), upper - lower
     points = [lower, *edges, upper]
-    labels = [f"[{a:g}, {b:g})" for a, b in zip(points[:-2], points[1:-1], strict=True)]
+    labels = [f"[{a:g}, {b:g})" for a, b in itertools.pairwise(points[:-1])]
     return (*labels, f"[{points[-2]:g}, {points[-1]:g}]")

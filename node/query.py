@@ -1,35 +1,21 @@
-"""The node's domain form of a query: immutable values decoded from the wire by `serde`."""
+"""The node's planning form of a query (QuerySpec), made from the shared query value that
+`bridgestat.common.wire` decodes. Statistic, Occasion, INTAKE and Term are the shared ones,
+re-exported here for the node's modules.
+"""
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
+from bridgestat.common.query import INTAKE, Occasion, Query, Statistic, Term
+from bridgestat.node.errors import QueryError
 
-class Statistic(enum.Enum):
-    UNSPECIFIED = "unspecified"
-    COUNT = "count"
-    MEAN = "mean"
-    HISTOGRAM = "histogram"
-    PAIRED_CHANGE = "paired_change"
-    QUANTILE = "quantile"
-    CROSS_PRODUCTS = "cross_products"
-
-
-@dataclass(frozen=True)
-class Occasion:
-    """The assessment with months in [lower, upper] nearest to target (earlier on a tie)."""
-
-    target_month: int
-    window_lower: int
-    window_upper: int
-
-
-INTAKE = Occasion(0, 0, 0)
+__all__ = ["INTAKE", "CategoryFilter", "Filter", "Occasion", "QuerySpec", "RangeFilter",
+           "Statistic", "Term", "query_doc"]
 
 
 @dataclass(frozen=True)
@@ -49,17 +35,6 @@ Filter = CategoryFilter | RangeFilter
 
 
 @dataclass(frozen=True)
-class Term:
-    """One coordinate of a regression's Z: a value, a change, or an indicator."""
-
-    column: str
-    occasion: Occasion | None = None
-    baseline: Occasion | None = None  # set: the change from baseline to occasion
-    category: str = ""  # set: indicator column == category
-    clip: tuple[float, float] | None = None
-
-
-@dataclass(frozen=True)
 class QuerySpec:
     statistic: Statistic
     table: str
@@ -74,6 +49,34 @@ class QuerySpec:
     rho: float = 0.0  # zCDP loss, for Gaussian releases (cross products) instead of epsilon
     quantile: float = 0.0  # for QUANTILE: in (0, 1)
     terms: tuple[Term, ...] = ()  # for CROSS_PRODUCTS: regressors, then the response
+
+    @classmethod
+    def of(cls, query: Query) -> QuerySpec:
+        """The planning form of a shared query: its category filters, then its ranges."""
+        try:
+            statistic = Statistic(query.statistic)
+        except ValueError:
+            raise QueryError("query.statistic", f"unknown statistic {query.statistic!r}") from None
+        filters: tuple[Filter, ...] = (
+            *(CategoryFilter(column, tuple(values)) for column, values in query.where),
+            *(RangeFilter(column, lower, upper) for column, lower, upper in query.ranges))
+        return cls(statistic=statistic, table=query.table, column=query.column,
+                   epsilon=query.epsilon, filters=filters, group_by=tuple(query.group_by),
+                   occasion=query.occasion, baseline=query.baseline,
+                   bin_edges=tuple(query.bin_edges), clip=query.clip, rho=query.rho,
+                   quantile=query.quantile, terms=tuple(query.terms))
+
+    def shared(self) -> Query:
+        """The shared query value (what goes back on the wire with an answer)."""
+        return Query(statistic=self.statistic.value, table=self.table, column=self.column,
+                     epsilon=self.epsilon,
+                     where=tuple((f.column, f.values) for f in self.filters
+                                 if isinstance(f, CategoryFilter)),
+                     ranges=tuple((f.column, f.lower, f.upper) for f in self.filters
+                                  if isinstance(f, RangeFilter)),
+                     group_by=self.group_by, occasion=self.occasion, baseline=self.baseline,
+                     bin_edges=self.bin_edges, clip=self.clip, rho=self.rho,
+                     quantile=self.quantile, terms=self.terms)
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""

@@ -1,27 +1,21 @@
-"""The node's one meeting point of protobuf and domain values (bridgestat.v1 <-> dataclasses)."""
+"""The node's one meeting point of protobuf and domain values (bridgestat.v1 <-> dataclasses).
+
+Queries go through the shared encoding (`bridgestat.common.wire`), the one the coordinator
+uses; budgets, releases and the schema only the node encodes.
+"""
 
 from __future__ import annotations
 
+from bridgestat.common import wire
+from bridgestat.common.loss import rho_to_epsilon
 from bridgestat.node.engine import Answer, NodeInfo
 from bridgestat.node.errors import QueryError
 from bridgestat.node.ledger import BudgetState
-from bridgestat.node.loss import rho_to_epsilon
-from bridgestat.node.query import (CategoryFilter, Filter, Occasion, QuerySpec, RangeFilter,
-                                   Statistic, Term)
+from bridgestat.node.query import QuerySpec
 from bridgestat.node.release import Release
 from bridgestat.node.schema import ColumnSpec, ColumnType, Schema, TableSpec
 from bridgestat.v1 import node_service_pb2 as pb
 
-_STATISTICS = {
-    pb.STATISTIC_UNSPECIFIED: Statistic.UNSPECIFIED,
-    pb.STATISTIC_COUNT: Statistic.COUNT,
-    pb.STATISTIC_MEAN: Statistic.MEAN,
-    pb.STATISTIC_HISTOGRAM: Statistic.HISTOGRAM,
-    pb.STATISTIC_PAIRED_CHANGE: Statistic.PAIRED_CHANGE,
-    pb.STATISTIC_QUANTILE: Statistic.QUANTILE,
-    pb.STATISTIC_CROSS_PRODUCTS: Statistic.CROSS_PRODUCTS,
-}
-_STATISTICS_PB = {v: k for k, v in _STATISTICS.items()}
 _COLUMN_TYPES = {
     ColumnType.KEY: pb.COLUMN_TYPE_KEY,
     ColumnType.INTEGER: pb.COLUMN_TYPE_INTEGER,
@@ -32,78 +26,17 @@ _COLUMN_TYPES = {
 
 
 def query_from_pb(msg: pb.Query) -> QuerySpec:
-    """Decode a wire query; unknown enum values are refused naming the field."""
-    if msg.statistic not in _STATISTICS:
-        raise QueryError("query.statistic", f"unknown statistic {msg.statistic}")
-    return QuerySpec(
-        statistic=_STATISTICS[msg.statistic],
-        table=msg.table,
-        column=msg.column,
-        epsilon=msg.loss.epsilon,
-        filters=tuple(_filter_from_pb(f, i) for i, f in enumerate(msg.filters)),
-        group_by=tuple(msg.group_by),
-        occasion=_occasion(msg.occasion) if msg.HasField("occasion") else None,
-        baseline=_occasion(msg.baseline) if msg.HasField("baseline") else None,
-        bin_edges=tuple(msg.bin_edges),
-        clip=(msg.clip.lower, msg.clip.upper) if msg.HasField("clip") else None,
-        rho=msg.loss.rho,
-        quantile=msg.quantile,
-        terms=tuple(_term_from_pb(t) for t in msg.terms),
-    )
-
-
-def _term_from_pb(msg: pb.Term) -> Term:
-    return Term(column=msg.column,
-                occasion=_occasion(msg.occasion) if msg.HasField("occasion") else None,
-                baseline=_occasion(msg.baseline) if msg.HasField("baseline") else None,
-                category=msg.category,
-                clip=(msg.clip.lower, msg.clip.upper) if msg.HasField("clip") else None)
-
-
-def _occasion(msg: pb.Occasion) -> Occasion:
-    return Occasion(msg.target_month, msg.window_lower, msg.window_upper)
-
-
-def _filter_from_pb(msg: pb.Filter, index: int) -> Filter:
-    kind = msg.WhichOneof("kind")
-    if kind == "category":
-        return CategoryFilter(msg.category.column, tuple(msg.category.values))
-    if kind == "range":
-        rng = msg.range
-        return RangeFilter(rng.column, rng.lower if rng.HasField("lower") else None,
-                           rng.upper if rng.HasField("upper") else None)
-    raise QueryError(f"query.filters[{index}]", "must be a category or a range filter")
+    """Decode a wire query (the shared decoder) into the node's planning form; what has no
+    shared value (an unknown statistic or filter kind) is refused naming the field."""
+    try:
+        return QuerySpec.of(wire.query_from_pb(msg))
+    except wire.WireError as exc:
+        raise QueryError(exc.field, exc.problem) from exc
 
 
 def query_to_pb(query: QuerySpec) -> pb.Query:
-    msg = pb.Query(statistic=_STATISTICS_PB[query.statistic], table=query.table,
-                   column=query.column, group_by=query.group_by,
-                   loss=pb.PrivacyLoss(epsilon=query.epsilon, rho=query.rho),
-                   bin_edges=query.bin_edges, quantile=query.quantile)
-    for term in query.terms:
-        msg.terms.add(column=term.column, category=term.category)
-        _set_occasions(msg.terms[-1], term.occasion, term.baseline)
-        if term.clip is not None:
-            msg.terms[-1].clip.CopyFrom(pb.Bounds(lower=term.clip[0], upper=term.clip[1]))
-    for flt in query.filters:
-        if isinstance(flt, CategoryFilter):
-            msg.filters.add(category=pb.CategoryFilter(column=flt.column, values=flt.values))
-        else:
-            msg.filters.add(range=pb.RangeFilter(column=flt.column, lower=flt.lower,
-                                                 upper=flt.upper))
-    if query.clip is not None:
-        msg.clip.CopyFrom(pb.Bounds(lower=query.clip[0], upper=query.clip[1]))
-    _set_occasions(msg, query.occasion, query.baseline)
-    return msg
-
-
-def _set_occasions(msg: pb.Query | pb.Term, occasion: Occasion | None,
-                   baseline: Occasion | None) -> None:
-    for name, occ in (("occasion", occasion), ("baseline", baseline)):
-        if occ is not None:
-            getattr(msg, name).CopyFrom(pb.Occasion(target_month=occ.target_month,
-                                                    window_lower=occ.window_lower,
-                                                    window_upper=occ.window_upper))
+    """The wire form of a planned query (echoed with its answer), by the shared encoder."""
+    return wire.query_to_pb(query.shared())
 
 
 def budget_to_pb(state: BudgetState, max_per_query: float) -> pb.Budget:

@@ -4,26 +4,22 @@ allow-list of caller identities.
 Every problem with `tls.ca`, `tls.cert` or `tls.key` (unreadable, not PEM, expired or not
 yet valid, not signed by the network CA, key and certificate apart, certificate for another
 name than `node_id`) is a `ConfigError` naming the config file and key at start-up, not a
-handshake failure on the first query. The server then requires a client certificate from
+handshake failure on the first query; the checks are the coordinator's too
+(`bridgestat.common.certs`). The server then requires a client certificate from
 the network CA (`require_client_auth`), and `AllowList` refuses, before any handler runs,
 every call whose certificate's common name is not in `tls.allow`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import NameOID
 
+from bridgestat.common.certs import check_identity
 from bridgestat.node.config import NodeConfig, TlsConfig
 from bridgestat.node.errors import ConfigError
 
@@ -50,18 +46,20 @@ class ServerTls:
 
 
 def load_server_tls(config: NodeConfig) -> ServerTls:
-    """Read and check the node's `tls` files; raise ConfigError naming file and key."""
+    """Read and check the node's `tls` files (the shared checks, the certificate for
+    `node_id`); raise ConfigError naming file and key."""
     if config.tls is None:
         raise ConfigError(config.source, "tls", "no tls section")
     tls: TlsConfig = config.tls
-    ca_pem, cert_pem, key_pem = (_read(config.source, f"tls.{k}", getattr(tls, k))
-                                 for k in ("ca", "cert", "key"))
-    ca = _certificate(config.source, "tls.ca", tls.ca, ca_pem, "CA certificate")
-    cert = _certificate(config.source, "tls.cert", tls.cert, cert_pem, "certificate")
-    _check_issuer(config.source, tls, cert, ca)
-    _check_key(config.source, tls, cert, key_pem)
-    _check_name(config.source, config.node_id, tls, cert)
-    return ServerTls(key_pem, cert_pem, ca_pem, tls.allow)
+    # The coordinator checks the node's certificate against the member's name in the network
+    # file, which is the node_id: a certificate for another name would be refused.
+    problem = check_identity(tls.ca, tls.cert, tls.key, config.node_id, "node_id")
+    if problem is not None:
+        role, message = problem
+        raise ConfigError(config.source, f"tls.{role}", message)
+    key, cert, ca = (_read(config.source, f"tls.{k}", getattr(tls, k))
+                     for k in ("key", "cert", "ca"))
+    return ServerTls(key, cert, ca, tls.allow)
 
 
 def caller_identity(context: grpc.ServicerContext) -> str:
@@ -77,65 +75,6 @@ def _read(source: str, key: str, path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigError(source, key, f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _certificate(source: str, key: str, path: Path, pem: bytes,
-                 what: str) -> x509.Certificate:
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError as exc:
-        raise ConfigError(source, key, f"{path} is not a PEM certificate") from exc
-    now = dt.datetime.now(dt.UTC)
-    if now < cert.not_valid_before_utc:
-        raise ConfigError(source, key, f"{what} {path} is not valid before "
-                          f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
-    if now > cert.not_valid_after_utc:
-        raise ConfigError(source, key, f"{what} {path} expired on "
-                          f"{cert.not_valid_after_utc:%Y-%m-%d}")
-    return cert
-
-
-def _check_issuer(source: str, tls: TlsConfig, cert: x509.Certificate,
-                  ca: x509.Certificate) -> None:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise ConfigError(source, "tls.cert", f"certificate {tls.cert} is not signed by the "
-                          f"CA in tls.ca ({tls.ca})") from exc
-
-
-def _check_key(source: str, tls: TlsConfig, cert: x509.Certificate, pem: bytes) -> None:
-    try:
-        key: PrivateKeyTypes = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(source, "tls.key", f"{tls.key} is not an unencrypted PEM "
-                          "private key") from exc
-    if _spki(key.public_key()) != _spki(cert.public_key()):
-        raise ConfigError(source, "tls.key", f"key {tls.key} does not match the "
-                          f"certificate in tls.cert ({tls.cert})")
-
-
-def _check_name(source: str, node_id: str, tls: TlsConfig, cert: x509.Certificate) -> None:
-    """The coordinator checks the node's certificate against the member's name in the
-    network file, which is the node_id: a certificate for another name would be refused."""
-    names = _dns_names(cert) or [str(a.value) for a in
-                                 cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if node_id not in names:
-        raise ConfigError(source, "tls.cert", f"certificate {tls.cert} is for "
-                          f"{', '.join(names) or 'no name'}, not node_id {node_id}")
-
-
-def _dns_names(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.value.get_values_for_type(x509.DNSName))
-
-
-def _spki(public: Any) -> bytes:
-    return bytes(public.public_bytes(serialization.Encoding.DER,
-                                     serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 # -- allow-list ------------------------------------------------------------------------------

@@ -1,0 +1,20 @@
+"""Labels that travel in releases: a node writes them, the coordinator reads them back.
+
+A histogram's cells are the public categories or bins, then MISSING (participants without a
+value, or without one of the two occasions of a paired histogram). A paired histogram of a
+category names its cells `transition(before, after)`; of a number without bins, SIGN_LABELS.
+A mean's (and paired change's) values are COUNT, SUM and SUM_SQUARES; a count's is COUNT.
+"""
+
+from __future__ import annotations
+
+MISSING = "(missing)"
+ARROW = " -> "
+DECREASED, UNCHANGED, INCREASED = "decreased", "unchanged", "increased"
+SIGN_LABELS = (DECREASED, UNCHANGED, INCREASED)
+COUNT, SUM, SUM_SQUARES = "count", "sum", "sum_squares"
+
+
+def transition(before: str, after: str) -> str:
+    """The cell of a paired histogram of a category: 'single -> couple'."""
+    return f"{before}{ARROW}{after}"

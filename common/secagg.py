@@ -29,6 +29,7 @@ Shamir sharing runs over the prime field GF(2^521 - 1) (a Mersenne prime, > 2^25
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import struct
@@ -162,7 +163,24 @@ def verify(public: ec.EllipticCurvePublicKey, signature: bytes, payload: bytes,
 def member_key(ca: x509.Certificate, cert_der: bytes, name: str,
                now: dt.datetime | None = None) -> ec.EllipticCurvePublicKey:
     """The EC public key of `name`'s certificate after checking it: parseable DER, issued
-    (signed) by the network CA, valid now, its common name is `name`."""
+    (signed) by the network CA, valid now, its common name is `name`. The signature check
+    is remembered per (CA, certificate, name), since certificates outlive sessions; the
+    validity period is checked on every call."""
+    public, start, end = _checked_certificate(ca, cert_der, name)
+    moment = now or dt.datetime.now(dt.UTC)
+    if not start <= moment <= end:
+        raise SecAggError(f"certificate of {name}: not valid now")
+    return public
+
+
+def forget_certificates() -> None:
+    """Drop the remembered certificate checks (a new CA, or to measure a cold start)."""
+    _checked_certificate.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_certificate(ca: x509.Certificate, cert_der: bytes, name: str
+                         ) -> tuple[ec.EllipticCurvePublicKey, dt.datetime, dt.datetime]:
     try:
         cert = x509.load_der_x509_certificate(cert_der)
     except ValueError as exc:
@@ -171,16 +189,13 @@ def member_key(ca: x509.Certificate, cert_der: bytes, name: str,
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise SecAggError(f"certificate of {name}: not issued by the network CA") from exc
-    moment = now or dt.datetime.now(dt.UTC)
-    if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
-        raise SecAggError(f"certificate of {name}: not valid now")
     names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [name]:
         raise SecAggError(f"certificate of {name}: issued for {names}, not for {name}")
     public = cert.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise SecAggError(f"certificate of {name}: not an EC key")
-    return public
+    return public, cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
 # --- key agreement, derivation, PRG, share transport -----------------------------------

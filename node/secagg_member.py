@@ -71,6 +71,7 @@ class SecAggMember:
         self._u3: frozenset[str] = frozenset()
         self._revealed_b: set[str] = set()
         self._revealed_s: set[str] = set()
+        self._transport: dict[str, bytes] = {}
 
     @property
     def aborted(self) -> str | None:
@@ -132,8 +133,7 @@ class SecAggMember:
             if v == self.name:
                 self._received[v] = (s_share, b_share)
                 continue
-            key = sa.transport_key(self.params.session, self._c_sk,
-                                   sa.x25519_public(self._peers[v].c_pk, v), self.name, v)
+            key = self._transport_key(v)
             nonce = os.urandom(sa.NONCE_BYTES)
             sealed = sa.seal(key, nonce, sa.pack_shares(s_share, b_share),
                              sa.share_aad(self.params.session, self.name, v))
@@ -177,12 +177,18 @@ class SecAggMember:
             raise SecAggError(f"{what}: addressed to {e.recipient}")
         if len(e.nonce) != sa.NONCE_BYTES:
             raise SecAggError(f"{what}: the nonce has {len(e.nonce)} bytes, not 12")
-        key = sa.transport_key(self.params.session, self._c_sk,
-                               sa.x25519_public(self._peers[e.sender].c_pk, e.sender),
-                               self.name, e.sender)
+        key = self._transport_key(e.sender)
         plain = sa.open_sealed(key, e.nonce, e.ciphertext,
                                sa.share_aad(self.params.session, e.sender, self.name), what)
         self._received[e.sender] = sa.unpack_shares(plain, what)
+
+    def _transport_key(self, peer: str) -> bytes:
+        """The AES-GCM key shared with `peer` (agreed once, used both ways)."""
+        if peer not in self._transport:
+            self._transport[peer] = sa.transport_key(
+                self.params.session, self._c_sk, sa.x25519_public(self._peers[peer].c_pk, peer),
+                self.name, peer)
+        return self._transport[peer]
 
     def _consistency(self, survivors: Sequence[str]) -> sa.ConsistencySignature:
         self._u3 = sa.check_survivors("consistency", self.name, survivors, self._u2,

@@ -29,6 +29,7 @@ Theorem 14), which is what OpenDP's integer `make_gaussian` reports.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 MIN_SIGMA = 0.5  # Proposition 14 assumes sigma >= 1/2
 _TAU_TERMS_EXACT = 10_000  # beyond this many terms the remainder is summed in closed form
@@ -92,6 +93,32 @@ def share_alone_rho(delta_l2: float, sigma_share: float) -> float:
     """rho of one share standing alone: Delta^2 / (2 sigma^2) (the discrete Gaussian)."""
     _check(sigma_share, 1)
     return delta_l2**2 / (2.0 * sigma_share**2)
+
+
+@dataclass(frozen=True)
+class NoiseAccount:
+    """What a member charges and audits for one secure release: t, c, H = t - c, the share
+    scale and sensitivity (fixed-point units), the rho of the network sum it relies on
+    (charged) and the rho it would bear if the aggregation failed and its share stood alone
+    (audited)."""
+
+    threshold: int
+    colluding: int
+    honest: int
+    sigma_share: float
+    delta_l2: float
+    dim: int
+    rho_network: float
+    rho_alone: float
+
+
+def account(threshold: int, colluding: int, delta_l2: float, sigma_share: float,
+            dim: int = 1) -> NoiseAccount:
+    """The ledger charge (`rho_network`) and audit fields of one secure release."""
+    honest = threshold - colluding
+    return NoiseAccount(threshold, colluding, honest, sigma_share, delta_l2, dim,
+                        network_rho(delta_l2, sigma_share, honest, dim=dim),
+                        share_alone_rho(delta_l2, sigma_share))
 
 
 def _check(sigma_share: float, honest: int) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import logging
 import math
 import struct
@@ -295,12 +296,20 @@ def recover_secret(points: Sequence[tuple[int, int]], threshold: int, what: str)
     """The 32-byte secret from >= `threshold` (x, share) points."""
     if len(points) < threshold:
         raise SecAggError(f"{what}: {len(points)} shares, {threshold} needed")
-    thresha, field = _mpyc()
-    chosen = sorted(points)[:threshold]
-    value = int(thresha.recombine(field, [(x, [y]) for x, y in chosen])[0]) % SHAMIR_PRIME
+    if len({x for x, _ in points}) != len(points):
+        raise SecAggError(f"{what}: two shares have the same x-coordinate")
+    ordered = sorted(points)
+    value = _recombine(ordered[:threshold])
+    if len(ordered) > threshold and _recombine(ordered[-threshold:]) != value:
+        raise SecAggError(f"{what}: the shares are inconsistent (a member sent false shares)")
     if value >= 1 << (8 * SEED_BYTES):
         raise SecAggError(f"{what}: the shares do not recombine to a 32-byte secret")
     return value.to_bytes(SEED_BYTES, "big")
+
+
+def _recombine(points: Sequence[tuple[int, int]]) -> int:
+    thresha, field = _mpyc()
+    return int(thresha.recombine(field, [(x, [y]) for x, y in points])[0]) % SHAMIR_PRIME
 
 
 _MPYC: tuple[Any, Any] | None = None
@@ -413,6 +422,12 @@ class UnmaskResponse:
     member: str
     self_mask_shares: tuple[tuple[str, int, int], ...]
     key_shares: tuple[tuple[str, int, int], ...]
+
+
+def masked_input_key(session: str, survivors: Iterable[str]) -> str:
+    """What a stored masked input may be replayed for: the session and its U2 (the masks in
+    it). A retry for another session or survivor set is a new input: new noise, new masks."""
+    return hashlib.sha256(frame(session, MASKED_INPUT, names_bytes(survivors))).hexdigest()
 
 
 def check_survivors(round_name: str, me: str, announced: Sequence[str],

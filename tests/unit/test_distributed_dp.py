@@ -10,6 +10,7 @@ import pytest
 
 from bridgestat.common.distributed_dp import (
     DistributedDpError,
+    account,
     network_rho,
     share_alone_rho,
     sigma_for_rho,
@@ -99,3 +100,11 @@ def test_refuses_outside_assumptions() -> None:
         tau(1.0, 0)
     with pytest.raises(DistributedDpError, match="rho: must be"):
         sigma_for_rho(1.0, 0.0, 3)
+
+
+def test_account_charges_the_network_bound_and_audits_the_share_alone() -> None:
+    sigma = sigma_for_rho(2.0**20, 0.05, 16)
+    entry = account(17, 1, 2.0**20, sigma)
+    assert (entry.honest, entry.dim) == (16, 1)
+    assert entry.rho_network == pytest.approx(0.05, rel=1e-9)
+    assert entry.rho_alone == pytest.approx(16 * 0.05, rel=1e-9)

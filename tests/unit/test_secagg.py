@@ -8,6 +8,8 @@ members in a round or to tamper with what the coordinator relays.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -355,3 +357,47 @@ def test_secure_input_adds_a_discrete_gaussian_share() -> None:
     assert abs(draws.mean()) < 5 * sigma / np.sqrt(n)
     vector = secure_input([10, -10], 0.5)
     assert vector.dtype == np.uint64 and vector.shape == (2,)
+
+
+def test_false_shares_are_detected_when_more_than_t_arrive() -> None:
+    secret = bytes(range(32))
+    rows = sa.share_secrets([secret], 3, 5)
+    points = [(i + 1, rows[i][0]) for i in range(5)]
+    points[4] = (5, (points[4][1] + 1) % sa.SHAMIR_PRIME)
+    with pytest.raises(SecAggError, match="inconsistent"):
+        sa.recover_secret(points, 3, "self-mask seed of m04")
+
+
+def test_garbage_certificate_is_refused(network: Network) -> None:
+    p = params(3, t=3)
+    members = make_members(network, p, random_inputs(p, seed=11))
+    adverts = [members[m].advertise() for m in p.members]
+    junk = dataclasses.replace(adverts[2], certificate=b"junk")
+    with pytest.raises(SecAggError, match="not a DER certificate"):
+        members["m00"].share_keys([*adverts[:2], junk])
+    with pytest.raises(SecAggError, match="the session was aborted"):
+        members["m00"].masked_input([])
+
+
+def test_replay_key_depends_on_session_and_survivors(network: Network) -> None:
+    p = params(5)
+    inputs = random_inputs(p, seed=12)
+    members = make_members(network, p, inputs)
+    run(network, p, inputs, members=members, drop={sa.MASKED_INPUT: {"m04"}})
+    key = sa.masked_input_key(SESSION, members["m00"].survivors)
+    assert key == sa.masked_input_key(SESSION, reversed(p.members))  # U2: all five
+    assert key != sa.masked_input_key(SESSION, p.members[:4])
+    assert key != sa.masked_input_key("session-0002", p.members)
+
+
+def test_mpyc_import_leaves_arguments_and_logging_alone(tmp_path: Path) -> None:
+    """mpyc parses sys.argv and configures the root logger on import; the shim hides both."""
+    code = ("import logging, sys; sys.argv = ['node', '--HELP', '-C', 'x'];"
+            "from bridgestat.common import secagg as sa;"
+            "assert sa.recover_secret([(1, r[0]) for r in sa.share_secrets([b'a' * 32], 1, 2)]"
+            "[:1], 1, 's') == b'a' * 32;"
+            "root = logging.getLogger(); print(len(root.handlers), root.level, sys.argv)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0 30 ['node', '--HELP', '-C', 'x']"

@@ -78,9 +78,15 @@ def number(rule: str, holds: Callable[[float], bool]) -> Callable[[object], floa
     integer (beyond float range) gets the same message as -1, not "not a valid number"."""
     def check(value: object) -> float:
         if not finite(value) or not holds(float(value)):  # type: ignore[arg-type]
-            raise ValueError(f"must be a number {rule}, got {value!r}")
+            raise ValueError(f"must be a number {rule}, got {shown(value)}")
         return float(value)  # type: ignore[arg-type]
     return check
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """repr(value) for a message, cut short (a 400-digit YAML integer is not worth quoting)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 5]}...{text[-2:]}"
 
 
 def not_null(value: object) -> object:
@@ -104,14 +110,22 @@ def _certificate_name(value: object) -> str:
     return str(value)
 
 
-def _dial(value: object) -> str:
-    parse_address(value)  # ValueError saying what is wrong
+def address(value: object, *, bind: bool = False) -> str:
+    """`value` if it is host:port (`common.names.parse_address`), else ValueError saying so."""
+    try:
+        parse_address(value, bind=bind)
+    except ValueError:
+        raise ValueError(f"must be host:port (port {0 if bind else 1}-65535), "
+                         f"got {value!r}") from None
     return str(value)
+
+
+def _dial(value: object) -> str:
+    return address(value)
 
 
 def _bind(value: object) -> str:
-    parse_address(value, bind=True)
-    return str(value)
+    return address(value, bind=True)
 
 
 def _text(value: object) -> str:
@@ -213,15 +227,15 @@ def _problem(item: Any) -> str:
     if kind == "literal_error":
         expected = str(item.get("ctx", {}).get("expected", ""))
         allowed = expected.replace("'", "").replace(" or ", ", ")
-        return f"must be one of {allowed}, got {given!r}"
+        return f"must be one of {allowed}, got {shown(given)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
                  "less_than_equal": "<="}[kind]
         limit = next(iter(item.get("ctx", {}).values()), "")
-        return f"must be {bound} {limit}, got {given!r}"
+        return f"must be {bound} {limit}, got {shown(given)}"
     message = _MESSAGES.get(kind, message.removeprefix("Value error, "))
     if kind in _MESSAGES and not isinstance(given, (dict, list)) and kind != "invalid_key":
-        message += f", got {given!r}"
+        message += f", got {shown(given)}"
     return message
 
 

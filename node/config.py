@@ -115,7 +115,12 @@ class TlsFile(FileModel):
     ca: Text
     cert: Text
     key: Text
-    allow: Annotated[list[Name], Field(min_length=1)]  # caller certificate names
+    allow: list[Name]  # caller certificate names
+
+    def check(self) -> None:
+        if not self.allow:
+            raise KeyProblem("tls.allow", "must list the caller identities allowed "
+                             "(certificate names), e.g. [coordinator]")
 
 
 class ConnectFile(FileModel):
@@ -146,6 +151,8 @@ class NodeFile(FileModel):
         """What one key cannot say alone: the data source's keys, the budget's order."""
         self.data.check()
         self.budget.check()
+        if self.tls is not None:
+            self.tls.check()
         for name, values in self.categories.items():
             if len(set(values)) != len(values):
                 raise KeyProblem(f"categories.{name}", "categories must be unique")

@@ -22,21 +22,88 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
-import yaml
+from pydantic import BeforeValidator, Field, PlainValidator, ValidationError, WithJsonSchema
 
+from bridgestat.common.files import (
+    Address,
+    CertificateName,
+    FileModel,
+    FileProblem,
+    KeyProblem,
+    Name,
+    Text,
+    address,
+    first_problem,
+    not_null,
+    read_yaml,
+)
 from bridgestat.coordinator.ca import check_identity
 
-_TLS_KEYS = ("ca", "cert", "key")
-_TOP_KEYS = {"members", "tls", "hub"}
 HUB_NAME = "coordinator"  # the name on the hub's certificate (ca.COORDINATOR)
 MEMBER_HEADER = "bridgestat-member"  # metadata naming the member a call to the hub is for
+NotNull = BeforeValidator(not_null)
 
 
 class NetworkFileError(ValueError):
     """A network file is unusable; names the file and key."""
+
+
+# -- the file, as the researcher (or the network's IT) writes it -------------------------------
+
+
+def _via(value: object) -> str:
+    if value != "hub":
+        raise ValueError(f"must be 'hub' (a member whose node connects out), got {value!r}")
+    return "hub"
+
+
+def _hub(value: object) -> object:
+    """`hub: host:port` is short for `hub: {address: host:port}`."""
+    if isinstance(value, str):
+        try:
+            address(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (where `bridgestat coordinator serve` listens)") from None
+        return {"address": value}
+    return not_null(value)
+
+
+class HubFile(FileModel):
+    """`hub`: where `bridgestat coordinator serve` listens, and its certificate's name."""
+
+    address: Address
+    name: CertificateName = HUB_NAME
+
+
+class MemberFile(FileModel):
+    """A `members` entry: its node listens at `address`, or dials the hub (`via: hub`)."""
+
+    name: Name  # the name its node's certificate carries
+    address: Annotated[Address | None, NotNull] = None
+    via: Annotated[str | None, PlainValidator(_via),
+                   WithJsonSchema({"const": "hub"})] = None
+
+
+class NetworkTlsFile(FileModel):
+    """`tls`: the network CA and the coordinator's certificate and key."""
+
+    ca: Text
+    cert: Text
+    key: Text
+
+
+class NetworkFile(FileModel):
+    """The network file (see the module docstring)."""
+
+    members: Annotated[list[MemberFile], Field(min_length=1)]
+    tls: Annotated[NetworkTlsFile | None, NotNull] = None
+    hub: Annotated[HubFile | None, BeforeValidator(_hub)] = None
+
+
+# -- the values the coordinator runs with -----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -91,38 +158,41 @@ class NetworkSpec:
 
 
 def load_network(path: Path) -> NetworkSpec:
+    """Read and validate a network file; `NetworkFileError` names the file and key path."""
     try:
-        raw: Any = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise NetworkFileError(f"{path}: cannot read network file: {exc}") from exc
-    if not isinstance(raw, dict) or set(raw) - _TOP_KEYS:
-        raise NetworkFileError(f"{path}: must be a mapping with the keys 'members' and "
-                               "(optional) 'tls' and 'hub'")
-    items = raw.get("members")
-    if not isinstance(items, list) or not items:
-        raise NetworkFileError(f"{path}: members: must be a non-empty list")
-    hub = _hub(raw["hub"], path) if "hub" in raw else None
-    members = tuple(_member(item, path, i, hub) for i, item in enumerate(items))
-    names = [m.name for m in members]
-    if len(set(names)) != len(names):
-        raise NetworkFileError(f"{path}: members: names must be unique")
-    tls = load_tls(raw["tls"], Path(path)) if "tls" in raw else None
+        raw = read_yaml(path, "network file")
+    except FileProblem as exc:
+        raise NetworkFileError(str(exc)) from exc
+    try:
+        doc = NetworkFile.model_validate(raw)
+        hub = None if doc.hub is None else Hub(doc.hub.address, doc.hub.name)
+        members = tuple(_member(item, i, hub) for i, item in enumerate(doc.members))
+        _unique(members)
+        tls = None if doc.tls is None else _tls(doc.tls, Path(path))
+    except (ValidationError, KeyProblem) as exc:
+        key, problem = first_problem(exc, NetworkFile)
+        raise NetworkFileError(f"{path}: {key}: {problem}") from None
     return NetworkSpec(members, tls, hub)
 
 
 def load_tls(value: Any, path: Path) -> TlsFiles:
     """The `tls` section of the network file at `path`, its files checked."""
-    if not isinstance(value, dict) or set(value) != set(_TLS_KEYS):
-        raise NetworkFileError(f"{path}: tls: must be a mapping with the keys ca, cert and key")
-    for key in _TLS_KEYS:
-        if not isinstance(value[key], str) or not value[key]:
-            raise NetworkFileError(f"{path}: tls.{key}: must be a path to a PEM file")
-    base = Path(path).resolve().parent
-    files = TlsFiles(*(base / value[key] for key in _TLS_KEYS))
+    try:
+        return _tls(NetworkTlsFile.model_validate(value), Path(path))
+    except (ValidationError, KeyProblem) as exc:
+        key, problem = first_problem(exc, NetworkTlsFile)
+        key = "tls" if key == "(top level)" else f"tls.{key.removeprefix('tls.')}"
+        raise NetworkFileError(f"{path}: {key}: {problem}") from None
+
+
+def _tls(doc: NetworkTlsFile, path: Path) -> TlsFiles:
+    """The files, relative to the network file, checked as a set (`ca.check_identity`)."""
+    base = path.resolve().parent
+    files = TlsFiles(base / doc.ca, base / doc.cert, base / doc.key)
     problem = check_identity(files.ca, files.cert, files.key)
     if problem is not None:
         role, message = problem
-        raise NetworkFileError(f"{path}: tls.{role}: {message}")
+        raise KeyProblem(f"tls.{role}", message)
     return files
 
 
@@ -135,50 +205,27 @@ def require_tls(tls: TlsFiles | None, insecure: bool, where: str) -> None:
                                "(insecure=True) for a local plain-text demo")
 
 
-def _hub(value: Any, path: Path) -> Hub:
-    """`hub: host:port` or `hub: {address: host:port, name: <certificate name>}`."""
-    doc = value if isinstance(value, dict) else {"address": value}
-    if set(doc) - {"address", "name"}:
-        raise NetworkFileError(f"{path}: hub: must be host:port or a mapping with the keys "
-                               "address and (optional) name")
-    address, name = doc.get("address"), doc.get("name", HUB_NAME)
-    if not _is_address(address):
-        raise NetworkFileError(f"{path}: hub: must be host:port of `bridgestat coordinator "
-                               f"serve`, got {address!r}")
-    if not isinstance(name, str) or not name:
-        raise NetworkFileError(f"{path}: hub.name: must be the name on the hub's certificate")
-    return Hub(str(address), name)
+def _unique(members: tuple[Member, ...]) -> None:
+    seen: set[str] = set()
+    for i, member in enumerate(members):
+        if member.name in seen:
+            raise KeyProblem(f"members[{i}].name", f"{member.name!r} is listed twice (names "
+                             "must be unique)")
+        seen.add(member.name)
 
 
-def _is_address(value: Any) -> bool:
-    """host:port with a port number gRPC can dial (1-65535)."""
-    if not isinstance(value, str):
-        return False
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
-
-
-def _member(item: Any, path: Path, index: int, hub: Hub | None) -> Member:
-    where = f"{path}: members[{index}]"
-    if not isinstance(item, dict) or set(item) - {"name", "address", "via"}:
-        raise NetworkFileError(f"{where}: must be a mapping with keys name and address (or "
-                               "via: hub)")
-    name, address = item.get("name"), item.get("address")
-    if not isinstance(name, str) or not name:
-        raise NetworkFileError(f"{where}.name: must be a non-empty string")
-    if "via" in item:
-        if item["via"] != "hub":
-            raise NetworkFileError(f"{where}.via: must be 'hub' (a member whose node connects "
-                                   f"out), got {item['via']!r}")
-        if "address" in item:
-            raise NetworkFileError(f"{where}.address: a member via hub has no address of its "
-                                   "own (its node dials the hub)")
-        if hub is None:
-            raise NetworkFileError(f"{where}.via: a member via hub needs the top-level key "
-                                   "hub: host:port (where `bridgestat coordinator serve` "
-                                   "listens)")
-        return Member(name, hub.address, hub)
-    if not _is_address(address):
-        raise NetworkFileError(f"{where}.address: must be host:port (port 1-65535), got "
-                               f"{address!r}")
-    return Member(name, address)
+def _member(doc: MemberFile, index: int, hub: Hub | None) -> Member:
+    """What one entry cannot say alone: a member via hub needs the hub, and no address."""
+    where = f"members[{index}]"
+    if doc.via is None:
+        if doc.address is None:
+            raise KeyProblem(f"{where}.address", "missing (host:port of the member's node, or "
+                             "via: hub for a node that connects out)")
+        return Member(doc.name, doc.address)
+    if doc.address is not None:
+        raise KeyProblem(f"{where}.address", "a member via hub has no address of its own (its "
+                         "node dials the hub)")
+    if hub is None:
+        raise KeyProblem(f"{where}.via", "a member via hub needs the top-level key hub: "
+                         "host:port (where `bridgestat coordinator serve` listens)")
+    return Member(doc.name, hub.address, hub)

@@ -13,11 +13,15 @@ that part out.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
+
+from pydantic import ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+
+from bridgestat.common.files import FileModel, KeyProblem, first_problem, shown
+from bridgestat.common.numbers import finite as is_finite
 
 FORMAT = "bridgestat-study-results/1"
 NETWORK = "NETWORK"
@@ -36,26 +40,6 @@ class ReportError(ValueError):
     """The results document cannot be rendered; the message names the analysis and key."""
 
 
-def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate a saved results document; `ReportError` names the file and key."""
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ReportError(f"{source}: cannot read results: {exc.strerror or exc}") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(
-            f"{source}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from exc
-    try:
-        validate_results(doc)
-    except ReportError as exc:
-        raise ReportError(f"{source}: {exc}") from exc
-    return dict(doc)
-
-
 def is_number(value: Any) -> bool:
     """A JSON number (bool excluded: JSON true is not 1 here)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -68,29 +52,255 @@ def is_number_or_null(value: Any) -> bool:
 
 def finite(value: Any) -> float | None:
     """A finite float, or None for null, NaN, infinities and non-numbers (drawn as missing)."""
-    if not is_number(value):
-        return None
-    x = float(value)
-    return x if math.isfinite(x) else None
+    return float(value) if is_finite(value) else None
+
+
+# -- the document, as `study.run` writes it ---------------------------------------------------
+
+
+def _analysis_id(value: object) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"must be a non-empty string without spaces, got {shown(value)}")
+    return value
+
+
+def _plot_kind(value: object) -> str:
+    if value not in PLOT_KINDS:
+        raise ValueError(f"unknown plot kind {shown(value)} (known: "
+                         f"{', '.join(sorted(PLOT_KINDS))})")
+    return str(value)
+
+
+def _format(value: object) -> str:
+    if value != FORMAT:
+        raise ValueError(f"expected {FORMAT!r}, got {shown(value)}")
+    return FORMAT
+
+
+Number = float | None  # NaN and infinities pass: `finite` draws them as missing
+AnalysisId = Annotated[str, PlainValidator(_analysis_id),
+                       WithJsonSchema({"type": "string", "pattern": r"^\S+$"})]
+PlotKind = Annotated[str, PlainValidator(_plot_kind),
+                     WithJsonSchema({"type": "string", "enum": list(PLOT_KINDS)})]
+Format = Annotated[str, PlainValidator(_format), WithJsonSchema({"const": FORMAT})]
+
+
+class DocModel(FileModel):
+    """A part of results.json: the keys `study.run` writes, nothing else."""
+
+    model_config = ConfigDict(allow_inf_nan=True)
+
+
+class StudyDoc(DocModel):
+    name: str | None = None
+    title: str | None = None
+    description: str | None = None
+    file: str | None = None
+
+
+class RowDoc(DocModel):
+    """A table row: its columns are the table's (any name); the numeric ones are numbers."""
+
+    model_config = ConfigDict(extra="allow")  # the table's own columns
+
+    estimate: Number = None
+    se: Number = None
+    ci_low: Number = None
+    ci_high: Number = None
+    n: Number = None
+
+
+class TableDoc(DocModel):
+    name: str | None = None
+    caption: str | None = None
+    columns: list[str] = Field(default_factory=list)
+    rows: list[RowDoc] = Field(default_factory=list)
+
+
+class PlotDoc(DocModel):
+    """A plot spec; `plots.render_plot` draws it from the analysis's tables, meta, fits."""
+
+    kind: PlotKind
+    table: int = 0  # index into the analysis's tables
+    meta: int = 0  # index into its meta-analyses (forest)
+    regression: str | None = None  # the fit drawn (coefficients)
+    facet: str | None = None  # the column that splits member_vs_network panels
+    category: str = "category"  # the column of shares
+    label: str | None = None
+    sharex: bool = True
+
+
+class PooledDoc(DocModel):
+    estimate: float
+    se: Number = None
+    ci_low: float
+    ci_high: float
+    method: str | None = None
+    df: Number = None
+
+
+class MetaDoc(DocModel):
+    """A meta-analysis (`meta.MetaResult.to_dict`, plus the forest plot's label)."""
+
+    k: int | None = None
+    labels: list[str]
+    estimates: list[float]
+    variances: list[float]
+    weights_fixed: list[Number] = Field(default_factory=list)
+    weights_random: list[Number] = Field(default_factory=list)
+    fixed: PooledDoc
+    random: PooledDoc | None = None
+    hksj: PooledDoc
+    q: Number = None
+    q_df: int | None = None
+    q_pvalue: Number = None
+    i2: Number = None
+    h2: Number = None
+    tau2: Number = None
+    prediction: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+    level: Number = None
+    warnings: list[str] = Field(default_factory=list)
+    label: str | None = None
+
+
+class CoefficientDoc(DocModel):
+    name: str
+    estimate: Number = None
+    se: Number = None
+    ci_low: Number = None
+    ci_high: Number = None
+    se_ols: Number = None
+
+
+class FitDoc(DocModel):
+    """A regression fit (`regression.RegressionResult.to_dict`), or a failed one's status."""
+
+    coefficients: list[CoefficientDoc] | None = None
+    names: list[str] = Field(default_factory=list)
+    n: Number = None
+    sigma: Number = None
+    r2: Number = None
+    replicates: int | None = None
+    warnings: list[str] = Field(default_factory=list)
+    level: Number = None
+    status: str | None = None  # "not estimable: ..." when the fit failed
+
+
+class LossDoc(DocModel):
+    epsilon: Number = None
+    rho: Number = None
+
+
+class QueryDoc(DocModel):
+    """One query the analysis asked: its key, the query, each member's release or failure
+    (kept for the record; the report only counts them)."""
+
+    key: str | None = None
+    query: dict[str, Any] = Field(default_factory=dict)
+    releases: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    failures: dict[str, str] = Field(default_factory=dict)
+
+
+class AnalysisDoc(DocModel):
+    id: AnalysisId
+    number: int | str | None = None
+    title: str | None = None
+    description: str | None = None
+    audience: str | None = None
+    kind: str | None = None
+    spec: dict[str, Any] = Field(default_factory=dict)  # the study file's analysis, echoed
+    tables: list[TableDoc] = Field(default_factory=list)
+    plots: list[PlotDoc] = Field(default_factory=list)
+    meta: list[MetaDoc] = Field(default_factory=list)
+    regression: dict[str, FitDoc] | None = None  # member (or NETWORK) -> fit
+    loss: dict[str, LossDoc] | None = None  # member -> privacy loss
+    notes: list[str] = Field(default_factory=list)
+    queries: list[QueryDoc] = Field(default_factory=list)
+
+
+class BudgetDoc(DocModel):
+    member: str
+    epsilon_before: Number = None
+    epsilon_after: Number = None
+    epsilon_study: Number = None
+    epsilon_total: Number = None
+    delta: Number = None
+
+
+class ResultsDoc(DocModel):
+    """results.json (format `bridgestat-study-results/1`)."""
+
+    format: Format | None = None
+    run_id: str | None = None
+    study: StudyDoc | None = None
+    created: str | None = None
+    members: list[str] = Field(default_factory=list)
+    analyses: list[AnalysisDoc]
+    budget: list[BudgetDoc] = Field(default_factory=list)
+    budget_before: dict[str, Number] | None = None  # member -> epsilon spent before the run
+
+
+# -- loading and checking ---------------------------------------------------------------------
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a saved results document; `ReportError` names the file and key."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"{source}: cannot read results: not UTF-8 text") from exc
+    except OSError as exc:
+        raise ReportError(f"{source}: cannot read results: {exc.strerror or exc}") from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(
+            f"{source}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    except RecursionError as exc:
+        raise ReportError(f"{source}: not valid JSON: nested too deeply") from exc
+    try:
+        validate_results(doc)
+    except ReportError as exc:
+        raise ReportError(f"{source}: {exc}") from exc
+    return dict(doc)
 
 
 def validate_results(results: Any) -> None:
-    """Check the structure the report relies on; raise `ReportError` naming what is wrong."""
-    doc = _mapping(results, "results", "(document)")
-    fmt = doc.get("format")
-    if fmt is not None and fmt != FORMAT:
-        _fail("results", "format", f"expected {FORMAT!r}, got {fmt!r}")
-    if "analyses" not in doc:
-        _fail("results", "analyses", "missing (a list of analyses is required)")
-    analyses = _list(doc, "analyses", "results")
-    for i, member in enumerate(_list(doc, "members", "results")):
-        if not isinstance(member, str):
-            _fail("results", f"members[{i}]", f"must be a string, got {member!r}")
-    for i, entry in enumerate(_list(doc, "budget", "results")):
-        _mapping(entry, "results", f"budget[{i}]")
+    """Check the structure the report relies on; raise `ReportError` naming what is wrong:
+    `results: <key path>: <problem>`, or `analysis '<id>': <key path>: <problem>` inside an
+    analysis."""
+    try:
+        ResultsDoc.model_validate(results)
+    except ValidationError as exc:
+        key, problem = first_problem(exc, ResultsDoc)
+        _fail(*_where(results, key), problem)
     seen: set[str] = set()
-    for i, analysis in enumerate(analyses):
-        _check_analysis(i, analysis, seen)
+    for i, analysis in enumerate(results["analyses"]):
+        if analysis["id"] in seen:
+            _fail("results", f"analyses[{i}].id", f"duplicate analysis id {analysis['id']!r}")
+        seen.add(analysis["id"])
+        where = f"analysis {analysis['id']!r}"
+        try:
+            for p, spec in enumerate(analysis.get("plots") or []):
+                _check_plot(analysis, p, spec)
+        except KeyProblem as exc:
+            _fail(where, exc.key, exc.problem)
+
+
+def _where(results: Any, key: str) -> tuple[str, str]:
+    """('results', key), or the analysis's name and the key inside it for `analyses[i]...`."""
+    head, dot, rest = key.partition("].")
+    if head.startswith("analyses[") and dot and head[9:].isdigit():
+        analyses = results.get("analyses") if isinstance(results, Mapping) else None
+        index = int(head[9:])
+        analysis = analyses[index] if isinstance(analyses, list) and index < len(analyses) \
+            else None
+        aid = analysis.get("id") if isinstance(analysis, Mapping) else None
+        if isinstance(aid, str) and aid and rest != "id":
+            return f"analysis {aid!r}", rest
+    return "results", key
 
 
 def _fail(where: str, key: str, problem: str) -> NoReturn:
@@ -98,118 +308,47 @@ def _fail(where: str, key: str, problem: str) -> NoReturn:
     raise ReportError(f"{where}: {key}: {problem}")
 
 
-def _list(doc: Mapping[str, Any], key: str, where: str, path: str | None = None) -> list[Any]:
-    """doc[key] as a list ([] when absent or null); anything else fails naming the key."""
-    value = doc.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        _fail(where, path or key, f"must be a list, got {type(value).__name__}")
-    return value
-
-
-def _mapping(value: Any, where: str, key: str) -> Mapping[str, Any]:
-    """value if it is a JSON object, else fail naming the key."""
-    if not isinstance(value, Mapping):
-        _fail(where, key, f"must be an object, got {type(value).__name__}")
-    return value
-
-
-def _check_analysis(index: int, analysis: Any, seen: set[str]) -> None:
-    """Validate one analysis: id, tables, fits, loss, notes, plot specs and their references."""
-    doc = _mapping(analysis, "results", f"analyses[{index}]")
-    aid = doc.get("id")
-    if not isinstance(aid, str) or not aid or any(c.isspace() for c in aid):
-        _fail("results", f"analyses[{index}].id", f"must be a non-empty string without spaces, "
-              f"got {aid!r}")
-    if aid in seen:
-        _fail("results", f"analyses[{index}].id", f"duplicate analysis id {aid!r}")
-    seen.add(aid)
-    where = f"analysis {aid!r}"
-    for t, table in enumerate(_list(doc, "tables", where)):
-        _check_table(where, t, table)
-    for m, meta in enumerate(_list(doc, "meta", where)):
-        _mapping(meta, where, f"meta[{m}]")
-    if doc.get("regression") is not None:
-        for name, fit in _mapping(doc["regression"], where, "regression").items():
-            _check_fit(where, f"regression.{name}", fit)
-    if doc.get("loss") is not None:
-        for member, loss in _mapping(doc["loss"], where, "loss").items():
-            _check_loss(where, f"loss.{member}", loss)
-    for n, note in enumerate(_list(doc, "notes", where)):
-        if not isinstance(note, str):
-            _fail(where, f"notes[{n}]", f"must be a string, got {note!r}")
-    for p, spec in enumerate(_list(doc, "plots", where)):
-        _check_plot(where, doc, p, _mapping(spec, where, f"plots[{p}]"))
-
-
-def _check_loss(where: str, key: str, loss: Any) -> None:
-    """A member's loss is an object whose epsilon and rho, when given, are numbers."""
-    doc = _mapping(loss, where, key)
-    for name in ("epsilon", "rho"):
-        if not is_number_or_null(doc.get(name)):
-            _fail(where, f"{key}.{name}", f"must be a number or null, got {doc[name]!r}")
-
-
-def _check_table(where: str, index: int, table: Any) -> None:
-    """A table is an object with a list of row objects whose numeric columns are numbers."""
-    key = f"tables[{index}]"
-    doc = _mapping(table, where, key)
-    for c, column in enumerate(_list(doc, "columns", where, f"{key}.columns")):
-        if not isinstance(column, str):
-            _fail(where, f"{key}.columns[{c}]", f"must be a string, got {column!r}")
-    for r, row in enumerate(_list(doc, "rows", where, f"{key}.rows")):
-        cells = _mapping(row, where, f"{key}.rows[{r}]")
-        for name in NUMERIC_KEYS:
-            if not is_number_or_null(cells.get(name)):
-                _fail(where, f"{key}.rows[{r}].{name}",
-                      f"must be a number or null, got {cells[name]!r}")
-
-
-def _check_fit(where: str, key: str, fit: Any) -> None:
-    """A fit has a list of coefficients, each with a name and numeric fields.
-
-    A fit that failed (the study saves {"status": "not estimable: ..."}) has only a status.
-    """
-    doc = _mapping(fit, where, key)
-    coefficients = doc.get("coefficients")
-    if coefficients is None and isinstance(doc.get("status"), str):
-        return
-    if not isinstance(coefficients, list):
-        _fail(where, f"{key}.coefficients", "missing or not a list")
-    for c, coef in enumerate(coefficients):
-        item = _mapping(coef, where, f"{key}.coefficients[{c}]")
-        if not isinstance(item.get("name"), str):
-            _fail(where, f"{key}.coefficients[{c}].name", "missing or not a string")
-        for name in ("estimate", "se", "ci_low", "ci_high", "se_ols"):
-            if not is_number_or_null(item.get(name)):
-                _fail(where, f"{key}.coefficients[{c}].{name}", "must be a number or null")
-
-
-def _check_plot(where: str, analysis: Mapping[str, Any], index: int, spec: Row) -> None:
-    """Known kind, and every table/meta/regression reference it makes exists."""
+def _check_plot(analysis: Mapping[str, Any], index: int, spec: Row) -> None:
+    """Every table/meta/regression reference a (well-typed) plot spec makes exists."""
     key = f"plots[{index}]"
-    kind = spec.get("kind")
-    if kind not in PLOT_KINDS:
-        _fail(where, f"{key}.kind",
-              f"unknown plot kind {kind!r} (known: {', '.join(sorted(PLOT_KINDS))})")
+    kind = spec["kind"]
     if kind in ("member_vs_network", "shares", "transition"):
-        rows = plot_table(analysis, spec, where, key).get("rows") or []
+        rows = _table(analysis, spec, key).get("rows") or []
         needed = {"member_vs_network": [("facet", spec.get("facet"))],
                   "shares": [("category", spec.get("category", "category"))],
                   "transition": [("table", "from"), ("table", "to")]}[kind]
         for field, column in needed:
             if column is not None and rows and not any(column in row for row in rows):
-                _fail(where, f"{key}.{field}", f"column {column!r} is in no row of the table")
+                raise KeyProblem(f"{key}.{field}", f"column {column!r} is in no row of the table")
     elif kind == "forest":
-        _check_meta(where, analysis, spec, key)
+        _meta(analysis, spec, key)
     elif kind == "coefficients":
         fits = analysis.get("regression")
         if not fits:
-            _fail(where, "regression", f"missing, but {key} draws coefficients from it")
+            raise KeyProblem("regression", f"missing, but {key} draws coefficients from it")
         name = spec.get("regression")
         if name is not None and name not in fits:
-            _fail(where, f"{key}.regression", f"no fit named {name!r} in regression")
+            raise KeyProblem(f"{key}.regression", f"no fit named {name!r} in regression")
+
+
+def _table(analysis: Mapping[str, Any], spec: Row, key: str) -> Row:
+    try:
+        return plot_table(analysis, spec, key=key)
+    except ReportError as exc:
+        raise KeyProblem(f"{key}.table", str(exc).split(": ", 2)[-1]) from None
+
+
+def _meta(analysis: Mapping[str, Any], spec: Row, key: str) -> None:
+    """The meta-analysis a forest plot draws exists, its labels as long as its estimates."""
+    index = spec.get("meta", 0)
+    metas = analysis.get("meta") or []
+    if not 0 <= index < len(metas):
+        raise KeyProblem(f"{key}.meta", f"index {index!r} out of range (the analysis has "
+                         f"{len(metas)} meta-analyses)")
+    meta = metas[index]
+    if not len(meta["labels"]) == len(meta["estimates"]) == len(meta["variances"]):
+        raise KeyProblem(f"meta[{index}].labels",
+                         "must be a list as long as estimates and variances")
 
 
 def plot_table(analysis: Mapping[str, Any], spec: Row, where: str = "analysis",
@@ -222,30 +361,3 @@ def plot_table(analysis: Mapping[str, Any], spec: Row, where: str = "analysis",
               f"index {index!r} out of range (the analysis has {len(tables)} table(s))")
     table: Row = tables[index]
     return table
-
-
-def _check_meta(where: str, analysis: Mapping[str, Any], spec: Row, key: str) -> None:
-    """The meta-analysis a forest plot draws exists and has the fields the plot reads."""
-    index = spec.get("meta", 0)
-    metas = analysis.get("meta") or []
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(metas):
-        _fail(where, f"{key}.meta",
-              f"index {index!r} out of range (the analysis has {len(metas)} meta-analyses)")
-    meta = metas[index]
-    for field in ("labels", "estimates", "variances", "fixed", "hksj"):
-        if field not in meta:
-            _fail(where, f"meta[{index}].{field}", "missing (needed for the forest plot)")
-    for field in ("estimates", "variances"):
-        if not isinstance(meta[field], list) or not all(map(is_number, meta[field])):
-            _fail(where, f"meta[{index}].{field}", "must be a list of numbers")
-    if not isinstance(meta["labels"], list) or not (
-            len(meta["labels"]) == len(meta["estimates"]) == len(meta["variances"])):
-        _fail(where, f"meta[{index}].labels", "must be a list as long as estimates and variances")
-    prediction = meta.get("prediction")
-    if prediction is not None and not (isinstance(prediction, list) and len(prediction) == 2
-                                       and all(map(is_number, prediction))):
-        _fail(where, f"meta[{index}].prediction", "must be null or a list of two numbers")
-    for pooled in ("fixed", "hksj"):
-        for field in ("estimate", "ci_low", "ci_high"):
-            if not is_number(_mapping(meta[pooled], where, f"meta[{index}].{pooled}").get(field)):
-                _fail(where, f"meta[{index}].{pooled}.{field}", "missing or not a number")

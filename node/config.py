@@ -31,30 +31,134 @@ certificate is for `server_name` (default `coordinator`). A node with `connect` 
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import BeforeValidator, Field, PlainValidator, ValidationError, WithJsonSchema
 
+from bridgestat.common.files import (
+    Address,
+    BindAddress,
+    CertificateName,
+    FileModel,
+    FileProblem,
+    KeyProblem,
+    Name,
+    Positive,
+    Text,
+    first_problem,
+    not_null,
+    number,
+    read_yaml,
+)
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, Schema, load_schema
 
-_TOP_KEYS = {"node_id", "data", "schema", "categories", "listen", "connect", "budget",
-             "ledger", "tls", "policy", "audit", "metrics", "log_format"}
-_CONNECT_KEYS = {"coordinator", "server_name"}
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SERVER_NAME = "coordinator"  # the coordinator's certificate name (`bridgestat ca`)
-_DATA_KEYS = {"source", "path", "dsn", "password_env", "tables"}
-_TLS_KEYS = {"ca", "cert", "key", "allow"}
-_LOG_FORMATS = ("text", "json")
-_BUDGET_KEYS = {"dataset", "total_epsilon", "max_epsilon_per_query", "delta"}
 DEFAULT_DELTA = 1e-6
-_SOURCES = ("csv", "parquet", "excel", "postgresql")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DATABASE_KEYS = ("dsn", "password_env", "tables")
+
+Delta = Annotated[float, PlainValidator(number("in (0, 0.001)", lambda x: 0 < x < 1e-3)),
+                  WithJsonSchema({"type": "number", "exclusiveMinimum": 0,
+                                  "exclusiveMaximum": 1e-3})]
+NotNull = BeforeValidator(not_null)
+
+
+# -- the file, as the member writes it --------------------------------------------------------
+
+
+class DataFile(FileModel):
+    """`data`: a folder or workbook (`path`), or a PostgreSQL database (`dsn`, `tables`)."""
+
+    source: Literal["csv", "parquet", "excel", "postgresql"] = "csv"
+    path: Annotated[Text | None, NotNull] = None
+    dsn: Annotated[Text | None, NotNull] = None
+    password_env: str = ""  # the environment variable holding the database password
+    tables: dict[str, Text] = Field(default_factory=dict)  # schema table -> the member's table or view
+
+    def check(self) -> None:
+        """A file source has a path and nothing of a database's; a database the reverse."""
+        if self.source != "postgresql":
+            for key in _DATABASE_KEYS:
+                if key in self.model_fields_set:
+                    raise KeyProblem(f"data.{key}", f"only a postgresql source has {key}")
+            if self.path is None:
+                raise KeyProblem("data.path", "missing (required: the folder or workbook of "
+                                 f"the {self.source} source)")
+        elif self.path is not None:
+            raise KeyProblem("data.path", "a postgresql source takes dsn and tables")
+        elif self.dsn is None:
+            raise KeyProblem("data.dsn", "missing (required for a postgresql source)")
+
+
+class BudgetFile(FileModel):
+    """`budget`: the node's technical ceiling on privacy loss."""
+
+    dataset: Annotated[Text | None, NotNull] = None  # default: the node_id
+    total_epsilon: Positive
+    max_epsilon_per_query: Positive
+    delta: Delta = DEFAULT_DELTA  # of the (epsilon, delta) guarantee when rho is spent
+
+    def check(self) -> None:
+        if self.max_epsilon_per_query > self.total_epsilon:
+            raise KeyProblem("budget.max_epsilon_per_query",
+                             f"{self.max_epsilon_per_query:g} exceeds total_epsilon "
+                             f"{self.total_epsilon:g}")
+
+
+class TlsFile(FileModel):
+    """`tls`: the node's certificate and key, the network CA, and who may call it."""
+
+    ca: Text
+    cert: Text
+    key: Text
+    allow: list[Name]  # caller certificate names
+
+    def check(self) -> None:
+        if not self.allow:
+            raise KeyProblem("tls.allow", "must list the caller identities allowed "
+                             "(certificate names), e.g. [coordinator]")
+
+
+class ConnectFile(FileModel):
+    """`connect`: dial out to the coordinator's hub instead of (or besides) listening."""
+
+    coordinator: Address
+    server_name: CertificateName = DEFAULT_SERVER_NAME
+
+
+class NodeFile(FileModel):
+    """The node config file (see the module docstring)."""
+
+    node_id: Name
+    data: DataFile
+    schema_file: str = Field("default", alias="schema")  # 'default' or a path
+    categories: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(default_factory=dict)
+    listen: Annotated[BindAddress | None, NotNull] = None
+    connect: Annotated[ConnectFile | None, NotNull] = None
+    budget: BudgetFile
+    ledger: Text
+    tls: Annotated[TlsFile | None, NotNull] = None
+    policy: Annotated[Text | None, NotNull] = None
+    audit: Annotated[Text | None, NotNull] = None
+    metrics: Annotated[BindAddress | None, NotNull] = None
+    log_format: Literal["text", "json"] = "text"
+
+    def check(self) -> None:
+        """What one key cannot say alone: the data source's keys, the budget's order."""
+        self.data.check()
+        self.budget.check()
+        if self.tls is not None:
+            self.tls.check()
+        for name, values in self.categories.items():
+            if len(set(values)) != len(values):
+                raise KeyProblem(f"categories.{name}", "categories must be unique")
+
+
+# -- the values the node runs with ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -131,177 +235,63 @@ class NodeConfig:
 
 
 def load_config(path: Path) -> NodeConfig:
-    """Read and validate a node config file."""
+    """Read and validate a node config file; `ConfigError(file, key path, problem)`."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(source, "(file)", f"cannot read config: {exc}") from exc
-    doc = mapping(raw, source, "(top level)", _TOP_KEYS)
-    base = Path(path).resolve().parent
-    node_id = _string(doc, "node_id", source)
-    if not _NAME.match(node_id):
-        raise ConfigError(source, "node_id", "use letters, digits, '.', '_' or '-' (max 64)")
-    ledger = base / _string(doc, "ledger", source)
-    log_format = doc.get("log_format", "text")
-    if log_format not in _LOG_FORMATS:
-        raise ConfigError(source, "log_format", f"must be one of {', '.join(_LOG_FORMATS)}")
+        raw = read_yaml(path, "config")
+    except FileProblem as exc:
+        raise ConfigError(source, "(file)", exc.problem) from exc
+    try:
+        doc = NodeFile.model_validate(raw)
+        doc.check()
+        return _config(doc, source, Path(path).resolve().parent)
+    except (ValidationError, KeyProblem) as exc:
+        raise ConfigError(source, *first_problem(exc, NodeFile)) from None
+
+
+def _config(doc: NodeFile, source: str, base: Path) -> NodeConfig:
+    """The values a node runs with: paths resolved beside the file, files checked to exist."""
+    listen = doc.listen if doc.listen is not None or doc.connect is not None \
+        else DEFAULT_LISTEN
     return NodeConfig(
-        source=source, node_id=node_id, data=_data(doc.get("data"), base, source),
-        schema_path=_schema_path(doc.get("schema", "default"), base, source),
-        categories=_categories(doc.get("categories", {}), source),
-        listen=_inbound(doc, source),
-        budget=_budget(doc.get("budget"), source, node_id),
-        ledger_path=ledger,
-        tls=_tls(doc["tls"], base, source) if "tls" in doc else None,
-        policy_path=_file(doc, "policy", base, source) if "policy" in doc else None,
-        audit_path=base / _string(doc, "audit", source) if "audit" in doc else None,
-        metrics_listen=_listen(doc["metrics"], source, "metrics") if "metrics" in doc else None,
-        log_format=str(log_format),
-        connect=_connect(doc["connect"], source) if "connect" in doc else None,
-    )
+        source=source, node_id=doc.node_id, data=_data(doc.data, base),
+        schema_path=_schema_path(doc.schema_file, base),
+        categories={name: tuple(values) for name, values in doc.categories.items()},
+        listen=listen,
+        budget=BudgetConfig(doc.budget.dataset or doc.node_id, doc.budget.total_epsilon,
+                            doc.budget.max_epsilon_per_query, doc.budget.delta),
+        ledger_path=base / doc.ledger,
+        tls=_tls(doc.tls, base) if doc.tls is not None else None,
+        policy_path=_existing(base / doc.policy, "policy") if doc.policy is not None else None,
+        audit_path=base / doc.audit if doc.audit is not None else None,
+        metrics_listen=doc.metrics, log_format=doc.log_format,
+        connect=ConnectConfig(doc.connect.coordinator, doc.connect.server_name)
+        if doc.connect is not None else None)
 
 
-def _data(value: Any, base: Path, source: str) -> DataConfig:
-    data = mapping(value, source, "data", _DATA_KEYS)
-    kind = str(data.get("source", "csv"))
-    if kind not in _SOURCES:
-        raise ConfigError(source, "data.source", f"must be one of {', '.join(_SOURCES)}")
-    if kind != "postgresql":
-        for key in ("dsn", "password_env", "tables"):
-            if key in data:
-                raise ConfigError(source, f"data.{key}", f"only a postgresql source has {key}")
-        return DataConfig(kind, path=base / _string(data, "path", source, "data."))
-    if "path" in data:
-        raise ConfigError(source, "data.path", "a postgresql source takes dsn and tables")
-    tables = data.get("tables", {})
-    if not isinstance(tables, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in tables.items()):
-        raise ConfigError(source, "data.tables", "must map schema tables to table or view names")
-    password_env = data.get("password_env", "")
-    if not isinstance(password_env, str):
-        raise ConfigError(source, "data.password_env", "must name an environment variable")
-    return DataConfig(kind, dsn=_string(data, "dsn", source, "data."),
-                      password_env=password_env, tables=dict(tables))
+def _data(doc: DataFile, base: Path) -> DataConfig:
+    if doc.source != "postgresql":
+        return DataConfig(doc.source, path=base / str(doc.path))
+    return DataConfig(doc.source, dsn=str(doc.dsn), password_env=doc.password_env,
+                      tables=dict(doc.tables))
 
 
-def _inbound(doc: Mapping[str, Any], source: str) -> str | None:
-    """The `listen` address; without one, the default unless the node connects out."""
-    if "listen" in doc:
-        return _listen(doc["listen"], source)
-    return None if "connect" in doc else DEFAULT_LISTEN
+def _tls(doc: TlsFile, base: Path) -> TlsConfig:
+    ca, cert, key = (_existing(base / getattr(doc, k), f"tls.{k}") for k in ("ca", "cert", "key"))
+    return TlsConfig(ca, cert, key, allow=tuple(doc.allow))
 
 
-def _connect(value: Any, source: str) -> ConnectConfig:
-    doc = mapping(value, source, "connect", _CONNECT_KEYS)
-    coordinator = _listen(_string(doc, "coordinator", source, "connect."), source,
-                          "connect.coordinator")
-    server_name = doc.get("server_name", DEFAULT_SERVER_NAME)
-    if not isinstance(server_name, str) or not _NAME.match(server_name):
-        raise ConfigError(source, "connect.server_name", "must be the name on the "
-                          f"coordinator's certificate, e.g. {DEFAULT_SERVER_NAME}")
-    return ConnectConfig(coordinator, server_name)
-
-
-def _tls(value: Any, base: Path, source: str) -> TlsConfig:
-    doc = mapping(value, source, "tls", _TLS_KEYS)
-    allow = doc.get("allow")
-    if not isinstance(allow, list) or not allow or not all(
-            isinstance(a, str) and a for a in allow):
-        raise ConfigError(source, "tls.allow", "must list the caller identities allowed "
-                          "(certificate common names), e.g. [coordinator]")
-    return TlsConfig(*(_file(doc, k, base, source, "tls.") for k in ("ca", "cert", "key")),
-                     allow=tuple(allow))
-
-
-def _file(doc: Mapping[str, Any], key: str, base: Path, source: str, prefix: str = "") -> Path:
-    path = base / _string(doc, key, source, prefix)
+def _existing(path: Path, key: str) -> Path:
     if not path.is_file():
-        raise ConfigError(source, f"{prefix}{key}", f"file {path} does not exist")
+        raise KeyProblem(key, f"file {path} does not exist")
     return path
 
 
-def mapping(value: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
-    """`value` as a mapping with only `allowed` keys, else a ConfigError naming the key
-    (config and policy files share this check)."""
-    if not isinstance(value, dict):
-        raise ConfigError(source, key, "must be a mapping")
-    unknown = sorted(set(value) - allowed, key=str)  # YAML keys need not be strings
-    if unknown:
-        prefix = "" if key == "(top level)" else f"{key}."
-        name = str(unknown[0]) if str(unknown[0]).strip() else repr(unknown[0])
-        raise ConfigError(source, f"{prefix}{name}",
-                          f"unknown key (allowed: {', '.join(sorted(allowed))})")
-    return value
-
-
-def _string(doc: Mapping[str, Any], key: str, source: str, prefix: str = "") -> str:
-    value = doc.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(source, f"{prefix}{key}", "must be a non-empty string")
-    return value
-
-
-def _schema_path(value: Any, base: Path, source: str) -> Path:
+def _schema_path(value: str, base: Path) -> Path:
     if value == "default":
         return DEFAULT_SCHEMA_PATH
-    if not isinstance(value, str):
-        raise ConfigError(source, "schema", "must be 'default' or a path to a schema file")
     path = base / value
-    if not path.is_file():
-        raise ConfigError(source, "schema", f"schema file {path} does not exist")
+    if not value.strip() or not path.is_file():
+        raise KeyProblem("schema", f"must be 'default' or a path to a schema file; {path} "
+                         "does not exist")
     return path
-
-
-def _categories(value: Any, source: str) -> dict[str, tuple[str, ...]]:
-    if not isinstance(value, dict):
-        raise ConfigError(source, "categories", "must map table.column to a list of categories")
-    out = {}
-    for name, values in value.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(source, f"categories.{name}", "must be a non-empty list")
-        texts = tuple(str(v) for v in values)
-        if len(set(texts)) != len(texts):
-            raise ConfigError(source, f"categories.{name}", "categories must be unique")
-        out[str(name)] = texts
-    return out
-
-
-def _listen(value: Any, source: str, key: str = "listen") -> str:
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(source, key, f"must be host:port, got {value!r}")
-    return str(value)
-
-
-def finite(value: Any) -> bool:
-    """A finite int or float (a huge YAML integer overflows float: not finite here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _positive(doc: Mapping[str, Any], key: str, source: str) -> float:
-    value = doc.get(key)
-    if not finite(value) or value <= 0:
-        raise ConfigError(source, f"budget.{key}", f"must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _budget(value: Any, source: str, node_id: str) -> BudgetConfig:
-    doc = mapping(value, source, "budget", _BUDGET_KEYS)
-    total = _positive(doc, "total_epsilon", source)
-    per_query = _positive(doc, "max_epsilon_per_query", source)
-    if per_query > total:
-        raise ConfigError(source, "budget.max_epsilon_per_query",
-                          f"{per_query:g} exceeds total_epsilon {total:g}")
-    dataset = doc.get("dataset", node_id)
-    if not isinstance(dataset, str) or not dataset:
-        raise ConfigError(source, "budget.dataset", "must be a non-empty string")
-    delta = doc.get("delta", DEFAULT_DELTA)
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1e-3:
-        raise ConfigError(source, "budget.delta", f"must be a number in (0, 0.001), got {delta!r}")
-    return BudgetConfig(dataset, total, per_query, float(delta))

@@ -41,24 +41,90 @@ Refusals are `PolicyError`s naming the query field and the rule ("policy rule gr
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import BeforeValidator, PlainValidator, ValidationError, WithJsonSchema
 
-from bridgestat.node.config import NodeConfig, finite, mapping
+from bridgestat.common.files import (
+    FileModel,
+    FileProblem,
+    KeyProblem,
+    NonNegative,
+    Positive,
+    Text,
+    first_problem,
+    not_null,
+    read_yaml,
+)
+from bridgestat.node.config import NodeConfig
 from bridgestat.node.errors import ConfigError, PolicyError
-from bridgestat.node.ledger import PERIODS, PeriodCap
+from bridgestat.node.ledger import PeriodCap
 from bridgestat.node.loss import Epsilon
 from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.node.schema import ColumnType, Schema
 
 STATISTICS = tuple(s.value for s in Statistic if s is not Statistic.UNSPECIFIED)
-_KEYS = {"budget", "statistics", "group_by", "filter", "comparison", "min_group_size"}
-_BUDGET_KEYS = {"total_epsilon", "max_epsilon_per_query", "per_period"}
-_PERIOD_KEYS = {"period", "epsilon"}
+NotNull = BeforeValidator(not_null)
+
+
+def _statistic(value: object) -> str:
+    if value not in STATISTICS:
+        raise ValueError(f"unknown statistic {value!r} (known: {', '.join(STATISTICS)})")
+    return str(value)
+
+
+StatisticName = Annotated[str, PlainValidator(_statistic),
+                          WithJsonSchema({"type": "string", "enum": list(STATISTICS)})]
+
+
+# -- the file, as the member writes it --------------------------------------------------------
+
+
+class PeriodFile(FileModel):
+    """`budget.per_period`: a cap per calendar period (UTC)."""
+
+    period: Literal["year", "quarter", "month"]  # ledger.PERIODS
+    epsilon: Positive
+
+
+class PolicyBudgetFile(FileModel):
+    """`budget`: each key at most the node config's; a missing key keeps the config's."""
+
+    total_epsilon: Annotated[Positive | None, NotNull] = None
+    max_epsilon_per_query: Annotated[Positive | None, NotNull] = None
+    per_period: Annotated[PeriodFile | None, NotNull] = None
+
+
+class PolicyFile(FileModel):
+    """The policy file (see the module docstring); every key optional."""
+
+    budget: PolicyBudgetFile = PolicyBudgetFile()
+    statistics: Annotated[list[StatisticName] | None, NotNull] = None
+    group_by: Annotated[list[Text] | None, NotNull] = None
+    filter: Annotated[list[Text] | None, NotNull] = None
+    comparison: bool = True
+    min_group_size: NonNegative = 0.0
+
+    def check(self) -> None:
+        """What one key cannot say alone: lists without repeats, no quantile to suppress."""
+        for key in ("statistics", "group_by", "filter"):
+            names: list[str] | None = getattr(self, key)
+            duplicates = sorted({v for v in names or () if names and names.count(v) > 1})
+            if duplicates:
+                raise KeyProblem(key, f"lists {duplicates[0]!r} twice")
+        if self.statistics is not None and not self.statistics:
+            raise KeyProblem("statistics", "lists no statistic, so every query would be "
+                             "refused; list at least one (or stop the node)")
+        if self.min_group_size > 0 and self.statistics is not None \
+                and Statistic.QUANTILE.value in self.statistics:
+            raise KeyProblem("min_group_size", "a quantile releases no noisy count to suppress "
+                             "small groups on; remove quantile from statistics or set "
+                             "min_group_size to 0")
+
+
+# -- the rules the node enforces --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -123,129 +189,70 @@ def load_policy(config: NodeConfig, schema: Schema) -> Policy:
     if config.policy_path is None:
         return base
     source = str(config.policy_path)
-    doc = mapping(_read(config.policy_path), source, "(top level)", _KEYS)
-    total, per_query, period = _budget(doc.get("budget", {}), source, config)
-    statistics = _statistics(doc, source)
-    min_group_size = _min_group_size(doc, source)
-    if min_group_size > 0 and statistics is not None and Statistic.QUANTILE in statistics:
-        raise ConfigError(source, "min_group_size", "a quantile releases no noisy count to "
-                          "suppress small groups on; remove quantile from statistics or set "
-                          "min_group_size to 0")
-    comparison = doc.get("comparison", True)
-    if not isinstance(comparison, bool):
-        raise ConfigError(source, "comparison", f"must be true or false, got {comparison!r}")
-    return Policy(max_epsilon_per_query=per_query, delta=budget.delta, total_epsilon=total,
-                  per_period=period, statistics=statistics,
-                  group_by=_columns(doc, "group_by", source, schema, grouping=True),
-                  filter=_columns(doc, "filter", source, schema, grouping=False),
-                  comparison=comparison, min_group_size=min_group_size, source=source)
-
-
-def _read(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), "(file)", f"cannot read policy: {exc}") from exc
-    return {} if raw is None else raw
+        raw = read_yaml(config.policy_path, "policy")
+    except FileProblem as exc:
+        raise ConfigError(source, "(file)", exc.problem) from exc
+    try:
+        doc = PolicyFile.model_validate({} if raw is None else raw)
+        doc.check()
+        total, per_query, period = _budget(doc.budget, config)
+        return Policy(max_epsilon_per_query=per_query, delta=budget.delta, total_epsilon=total,
+                      per_period=period,
+                      statistics=None if doc.statistics is None
+                      else frozenset(Statistic(name) for name in doc.statistics),
+                      group_by=_columns(doc.group_by, "group_by", schema, grouping=True),
+                      filter=_columns(doc.filter, "filter", schema, grouping=False),
+                      comparison=doc.comparison, min_group_size=doc.min_group_size,
+                      source=source)
+    except (ValidationError, KeyProblem) as exc:
+        raise ConfigError(source, *first_problem(exc, PolicyFile)) from None
 
 
-def _positive(doc: Mapping[str, Any], key: str, source: str, default: float) -> float:
-    """doc's value of the last part of `key` (the dotted name for messages), > 0."""
-    value = doc.get(key.rpartition(".")[2], default)
-    if not finite(value) or value <= 0:
-        raise ConfigError(source, key, f"must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _budget(value: Any, source: str, config: NodeConfig
+def _budget(doc: PolicyBudgetFile, config: NodeConfig
             ) -> tuple[float, float, PeriodCap | None]:
     """(total, per query, period cap), each at most what the config allows."""
-    doc = mapping(value, source, "budget", _BUDGET_KEYS)
     ceiling = config.budget
-    total = _positive(doc, "budget.total_epsilon", source, ceiling.total_epsilon)
+    total = ceiling.total_epsilon if doc.total_epsilon is None else doc.total_epsilon
     if total > ceiling.total_epsilon:
-        raise ConfigError(source, "budget.total_epsilon",
-                          f"{total:g} exceeds the node config's budget.total_epsilon "
-                          f"{ceiling.total_epsilon:g} ({config.source}); a policy may only "
-                          "tighten the config")
-    per_query = _positive(doc, "budget.max_epsilon_per_query", source,
-                          min(ceiling.max_epsilon_per_query, total))
+        raise KeyProblem("budget.total_epsilon",
+                         f"{total:g} exceeds the node config's budget.total_epsilon "
+                         f"{ceiling.total_epsilon:g} ({config.source}); a policy may only "
+                         "tighten the config")
+    per_query = min(ceiling.max_epsilon_per_query, total) \
+        if doc.max_epsilon_per_query is None else doc.max_epsilon_per_query
     if per_query > ceiling.max_epsilon_per_query:
-        raise ConfigError(source, "budget.max_epsilon_per_query",
-                          f"{per_query:g} exceeds the node config's budget."
-                          f"max_epsilon_per_query {ceiling.max_epsilon_per_query:g} "
-                          f"({config.source}); a policy may only tighten the config")
+        raise KeyProblem("budget.max_epsilon_per_query",
+                         f"{per_query:g} exceeds the node config's budget."
+                         f"max_epsilon_per_query {ceiling.max_epsilon_per_query:g} "
+                         f"({config.source}); a policy may only tighten the config")
     if per_query > total:
-        raise ConfigError(source, "budget.max_epsilon_per_query",
-                          f"{per_query:g} exceeds the total {total:g}")
-    period = _period(doc["per_period"], source, total, per_query) \
-        if "per_period" in doc else None
-    return total, per_query, period
-
-
-def _period(value: Any, source: str, total: float, per_query: float) -> PeriodCap:
-    doc = mapping(value, source, "budget.per_period", _PERIOD_KEYS)
-    period = doc.get("period")
-    if period not in PERIODS:
-        raise ConfigError(source, "budget.per_period.period",
-                          f"must be one of {', '.join(PERIODS)}, got {period!r}")
-    if "epsilon" not in doc:
-        raise ConfigError(source, "budget.per_period.epsilon", "is required")
-    epsilon = _positive(doc, "budget.per_period.epsilon", source, 0.0)
+        raise KeyProblem("budget.max_epsilon_per_query",
+                         f"{per_query:g} exceeds the total {total:g}")
+    if doc.per_period is None:
+        return total, per_query, None
+    epsilon = doc.per_period.epsilon
     if epsilon > total:
-        raise ConfigError(source, "budget.per_period.epsilon",
-                          f"{epsilon:g} exceeds the total {total:g}")
+        raise KeyProblem("budget.per_period.epsilon", f"{epsilon:g} exceeds the total {total:g}")
     if epsilon < per_query:
-        raise ConfigError(source, "budget.per_period.epsilon",
-                          f"{epsilon:g} is below the largest loss per query {per_query:g}; "
-                          "lower budget.max_epsilon_per_query")
-    return PeriodCap(str(period), Epsilon.of(epsilon))
+        raise KeyProblem("budget.per_period.epsilon",
+                         f"{epsilon:g} is below the largest loss per query {per_query:g}; "
+                         "lower budget.max_epsilon_per_query")
+    return total, per_query, PeriodCap(doc.per_period.period, Epsilon.of(epsilon))
 
 
-def _statistics(doc: Mapping[str, Any], source: str) -> frozenset[Statistic] | None:
-    if "statistics" not in doc:
-        return None
-    names = _list(doc["statistics"], source, "statistics")
-    for i, name in enumerate(names):
-        if name not in STATISTICS:
-            raise ConfigError(source, f"statistics[{i}]", f"unknown statistic {name!r} "
-                              f"(known: {', '.join(STATISTICS)})")
-    if not names:
-        raise ConfigError(source, "statistics", "lists no statistic, so every query would be "
-                          "refused; list at least one (or stop the node)")
-    return frozenset(Statistic(name) for name in names)
-
-
-def _list(value: Any, source: str, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(source, key, f"must be a list of names, got {value!r}")
-    duplicates = sorted({v for v in value if value.count(v) > 1})
-    if duplicates:
-        raise ConfigError(source, key, f"lists {duplicates[0]!r} twice")
-    return value
-
-
-def _columns(doc: Mapping[str, Any], key: str, source: str, schema: Schema,
+def _columns(names: list[str] | None, key: str, schema: Schema,
              grouping: bool) -> frozenset[str] | None:
     """Column names the schema has (categorical ones with public categories to group by)."""
-    if key not in doc:
+    if names is None:
         return None
-    names = _list(doc[key], source, key)
     columns = {c.name: c for t in schema.tables for c in t.columns}
     for i, name in enumerate(names):
         column = columns.get(name)
         if column is None or column.type is ColumnType.KEY:
-            raise ConfigError(source, f"{key}[{i}]", f"{name!r} is not a column of schema "
-                              f"{schema.name} {schema.version} that queries may use")
+            raise KeyProblem(f"{key}[{i}]", f"{name!r} is not a column of schema "
+                             f"{schema.name} {schema.version} that queries may use")
         if grouping and not (column.type.categorical and column.categories):
-            raise ConfigError(source, f"{key}[{i}]", f"{name!r} is not a categorical column "
-                              "with public categories, so no query can group by it")
+            raise KeyProblem(f"{key}[{i}]", f"{name!r} is not a categorical column "
+                             "with public categories, so no query can group by it")
     return frozenset(names)
-
-
-def _min_group_size(doc: Mapping[str, Any], source: str) -> float:
-    value = doc.get("min_group_size", 0)
-    if not finite(value) or value < 0:
-        raise ConfigError(source, "min_group_size",
-                          f"must be a number >= 0 (0: no suppression), got {value!r}")
-    return float(value)

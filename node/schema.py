@@ -8,13 +8,24 @@ declare its own schema file; the shipped default is `schemas/data-matrix-1.0.0.y
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import BeforeValidator, Field, PlainValidator, ValidationError, WithJsonSchema
 
+from bridgestat.common.files import (
+    FileModel,
+    FileProblem,
+    KeyProblem,
+    Text,
+    first_problem,
+    not_null,
+    number,
+    read_yaml,
+)
 from bridgestat.node.errors import ConfigError, QueryError
 
 DEFAULT_SCHEMA_PATH = Path(__file__).parent / "schemas" / "data-matrix-1.0.0.yaml"
@@ -129,125 +140,149 @@ def _declare(table: TableSpec, declared: Mapping[str, tuple[str, ...]]) -> Table
     return replace(table, columns=tuple(columns))
 
 
+# -- the file, as the network writes it -------------------------------------------------------
+
+
+Bound = Annotated[float, PlainValidator(number("(finite)", math.isfinite)),
+                  WithJsonSchema({"type": "number"})]
+NotNull = BeforeValidator(not_null)
+
+
+class DerivedFile(FileModel):
+    """`derived`: a per-participant column computed from a many-rows table."""
+
+    table: Text
+    aggregate: Literal["sum", "count"]
+    column: Annotated[Text | None, NotNull] = None  # what a sum adds up
+    where: dict[str, str] = Field(default_factory=dict)  # column == category, all of them
+
+
+class ColumnFile(FileModel):
+    """One column: its type, and the public bounds or categories the node clips and counts
+    with."""
+
+    name: Text
+    type: Literal["key", "integer", "real", "boolean", "categorical"]
+    description: str = ""
+    lower: Annotated[Bound | None, NotNull] = None
+    upper: Annotated[Bound | None, NotNull] = None
+    categories: list[str] = Field(default_factory=list)
+    declared_by_node: bool = False  # categories come from each node's config
+    max_categories: Annotated[int | None, NotNull, Field(ge=1)] = None
+    derived: Annotated[DerivedFile | None, NotNull] = None
+
+
+class TableFile(FileModel):
+    """One table: its columns, the participant key and how many rows one participant has."""
+
+    name: Text
+    description: str = ""
+    key: Text
+    max_rows_per_participant: Annotated[int, Field(ge=1)]
+    sequence_column: Annotated[Text | None, NotNull] = None
+    month_column: Annotated[Text | None, NotNull] = None
+    unique: list[Text] = Field(default_factory=list)
+    columns: Annotated[list[ColumnFile], Field(min_length=1)]
+
+
+class SchemaFile(FileModel):
+    """The schema file (`schemas/data-matrix-1.0.0.yaml` is the default)."""
+
+    name: Text
+    version: str = ""
+    tables: Annotated[list[TableFile], Field(min_length=1)]
+
+
 def load_schema(path: Path = DEFAULT_SCHEMA_PATH) -> Schema:
-    """Read and validate a schema file; errors name the file and key."""
+    """Read and validate a schema file; `ConfigError(file, key path, problem)`."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(source, "(file)", f"cannot read schema: {exc}") from exc
-    doc = _mapping(raw, source, "(top level)")
-    tables_raw = doc.get("tables")
-    if not isinstance(tables_raw, list) or not tables_raw:
-        raise ConfigError(source, "tables", "must be a non-empty list")
-    tables = tuple(_table(t, source, f"tables[{i}]") for i, t in enumerate(tables_raw))
-    names = [t.name for t in tables]
+        raw = read_yaml(path, "schema")
+    except FileProblem as exc:
+        raise ConfigError(source, "(file)", exc.problem) from exc
+    try:
+        doc = SchemaFile.model_validate(raw)
+        schema = Schema(name=doc.name, version=doc.version,
+                        tables=tuple(_table(t, f"tables[{i}]") for i, t in enumerate(doc.tables)))
+        _check_references(schema, doc)
+        return schema
+    except (ValidationError, KeyProblem) as exc:
+        raise ConfigError(source, *first_problem(exc, SchemaFile)) from None
+
+
+def _table(doc: TableFile, where: str) -> TableSpec:
+    columns = tuple(_column(c, f"{where}.columns[{i}]") for i, c in enumerate(doc.columns))
+    names = [c.name for c in columns]
     if len(set(names)) != len(names):
-        raise ConfigError(source, "tables", "table names must be unique")
-    schema = Schema(name=_text(doc, "name", source, ""), version=str(doc.get("version", "")),
-                    tables=tables)
-    for table in tables:
-        for column in table.columns:
+        raise KeyProblem(f"{where}.columns", f"column names must be unique in table {doc.name!r}")
+    for key in ("key", "sequence_column", "month_column"):
+        ref = getattr(doc, key)
+        if ref is not None and ref not in names:
+            raise KeyProblem(f"{where}.{key}", f"unknown column {ref!r}")
+    for i, ref in enumerate(doc.unique):
+        if ref not in names:
+            raise KeyProblem(f"{where}.unique[{i}]", f"unknown column {ref!r}")
+    return TableSpec(name=doc.name, columns=columns, key=doc.key,
+                     max_rows_per_participant=doc.max_rows_per_participant,
+                     unique=tuple(doc.unique), sequence_column=doc.sequence_column,
+                     month_column=doc.month_column, description=doc.description)
+
+
+def _column(doc: ColumnFile, where: str) -> ColumnSpec:
+    ctype = ColumnType(doc.type)
+    what = f"column {doc.name!r}:"
+    if ctype.numeric:
+        if doc.lower is None or doc.upper is None:
+            raise KeyProblem(where, f"{what} numeric columns need lower and upper")
+        if not doc.lower < doc.upper:
+            raise KeyProblem(f"{where}.lower", f"{what} lower must be below upper")
+    elif doc.lower is not None or doc.upper is not None:
+        raise KeyProblem(f"{where}.{'lower' if doc.lower is not None else 'upper'}",
+                         f"{what} only integer and real columns have bounds")
+    categories = BOOLEAN_CATEGORIES if ctype is ColumnType.BOOLEAN else tuple(doc.categories)
+    if ctype is ColumnType.CATEGORICAL and not categories and not doc.declared_by_node:
+        raise KeyProblem(f"{where}.categories", f"{what} categorical columns need categories "
+                         "(or declared_by_node: true)")
+    if len(set(categories)) != len(categories):
+        raise KeyProblem(f"{where}.categories", f"{what} categories must be unique")
+    derived = None if doc.derived is None else _derivation(doc.derived, f"{where}.derived")
+    return ColumnSpec(name=doc.name, type=ctype, lower=doc.lower, upper=doc.upper,
+                      categories=categories, description=doc.description, derived=derived,
+                      declared_by_node=doc.declared_by_node, max_categories=doc.max_categories)
+
+
+def _derivation(doc: DerivedFile, where: str) -> Derivation:
+    if doc.aggregate == "sum" and doc.column is None:
+        raise KeyProblem(f"{where}.column", "a sum needs a column")
+    return Derivation(table=doc.table, aggregate=doc.aggregate, column=doc.column,
+                      where=tuple(doc.where.items()))
+
+
+def _check_references(schema: Schema, doc: SchemaFile) -> None:
+    """Table names are unique; a derived column refers to an existing table, a numeric
+    column and known categories."""
+    names = [t.name for t in schema.tables]
+    if len(set(names)) != len(names):
+        raise KeyProblem("tables", "table names must be unique")
+    for t, table in enumerate(schema.tables):
+        for c, column in enumerate(table.columns):
             if column.derived is not None:
-                _check_derivation(schema, f"{table.name}.{column.name}", column.derived, source)
-    return schema
+                _check_derivation(schema, f"tables[{t}].columns[{c}].derived",
+                                  f"{table.name}.{column.name}", column.derived)
 
 
-def _check_derivation(schema: Schema, name: str, derived: Derivation, source: str) -> None:
-    """A derived column must refer to an existing table, a numeric column, known categories."""
-    key = f"{name}.derived"
+def _check_derivation(schema: Schema, key: str, name: str, derived: Derivation) -> None:
+    what = f"(derives {name})"
     table = schema.find(derived.table)
     if table is None:
-        raise ConfigError(source, key, f"unknown table {derived.table!r}")
+        raise KeyProblem(f"{key}.table", f"unknown table {derived.table!r} {what}")
     if derived.column is not None:
         column = table.find(derived.column)
         if column is None or not column.type.numeric:
-            raise ConfigError(source, key, f"{derived.table}.{derived.column} must be a "
-                              "numeric column")
+            raise KeyProblem(f"{key}.column", f"{derived.table}.{derived.column} must be a "
+                             f"numeric column {what}")
     for where_column, value in derived.where:
         column = table.find(where_column)
         if column is None or value not in column.categories:
-            raise ConfigError(source, key, f"where {where_column} == {value!r} does not name "
-                              f"a category of {derived.table}")
-
-
-def _mapping(value: Any, source: str, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(source, key, "must be a mapping")
-    return value
-
-
-def _text(doc: Mapping[str, Any], key: str, source: str, prefix: str) -> str:
-    value = doc.get(key)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(source, f"{prefix}{key}", "must be a non-empty string")
-    return value
-
-
-def _table(raw: Any, source: str, where: str) -> TableSpec:
-    doc = _mapping(raw, source, where)
-    name = _text(doc, "name", source, f"{where}.")
-    cols_raw = doc.get("columns")
-    if not isinstance(cols_raw, list) or not cols_raw:
-        raise ConfigError(source, f"{where}.columns", "must be a non-empty list")
-    columns = tuple(_column(c, source, f"{where}.columns[{i}]") for i, c in enumerate(cols_raw))
-    key = _text(doc, "key", source, f"{where}.")
-    names = {c.name for c in columns}
-    for ref in (key, doc.get("sequence_column"), doc.get("month_column"), *doc.get("unique", [])):
-        if ref is not None and ref not in names:
-            raise ConfigError(source, where, f"refers to unknown column {ref!r}")
-    max_rows = doc.get("max_rows_per_participant")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise ConfigError(source, f"{where}.max_rows_per_participant", "must be an integer >= 1")
-    return TableSpec(name=name, columns=columns, key=key, max_rows_per_participant=max_rows,
-                     unique=tuple(doc.get("unique", ())),
-                     sequence_column=doc.get("sequence_column"),
-                     month_column=doc.get("month_column"),
-                     description=str(doc.get("description", "")))
-
-
-def _column(raw: Any, source: str, where: str) -> ColumnSpec:
-    doc = _mapping(raw, source, where)
-    name = _text(doc, "name", source, f"{where}.")
-    try:
-        ctype = ColumnType(doc.get("type"))
-    except ValueError:
-        allowed = ", ".join(t.value for t in ColumnType)
-        raise ConfigError(source, f"{where}.type", f"must be one of {allowed}") from None
-    lower, upper = doc.get("lower"), doc.get("upper")
-    if ctype.numeric:
-        if not isinstance(lower, (int, float)) or not isinstance(upper, (int, float)):
-            raise ConfigError(source, f"{where} ({name})", "numeric columns need lower and upper")
-        if not lower < upper:
-            raise ConfigError(source, f"{where} ({name})", "lower must be below upper")
-    categories = tuple(str(c) for c in doc.get("categories", ()))
-    if ctype is ColumnType.BOOLEAN:
-        categories = BOOLEAN_CATEGORIES
-    declared = bool(doc.get("declared_by_node", False))
-    if ctype is ColumnType.CATEGORICAL and not categories and not declared:
-        raise ConfigError(source, f"{where} ({name})", "categorical columns need categories")
-    if len(set(categories)) != len(categories):
-        raise ConfigError(source, f"{where} ({name})", "categories must be unique")
-    return ColumnSpec(
-        name=name, type=ctype,
-        lower=float(lower) if ctype.numeric else None,
-        upper=float(upper) if ctype.numeric else None,
-        categories=categories, description=str(doc.get("description", "")),
-        derived=_derivation(doc.get("derived"), source, f"{where}.derived"),
-        declared_by_node=declared, max_categories=doc.get("max_categories"),
-    )
-
-
-def _derivation(raw: Any, source: str, where: str) -> Derivation | None:
-    if raw is None:
-        return None
-    doc = _mapping(raw, source, where)
-    aggregate = doc.get("aggregate")
-    if aggregate not in ("sum", "count"):
-        raise ConfigError(source, f"{where}.aggregate", "must be sum or count")
-    if aggregate == "sum" and not doc.get("column"):
-        raise ConfigError(source, f"{where}.column", "a sum needs a column")
-    where_raw = _mapping(doc.get("where", {}), source, f"{where}.where")
-    return Derivation(table=_text(doc, "table", source, f"{where}."), aggregate=aggregate,
-                      column=doc.get("column"),
-                      where=tuple((str(k), str(v)) for k, v in where_raw.items()))
+            raise KeyProblem(f"{key}.where", f"{where_column} == {value!r} does not name a "
+                             f"category of {derived.table} {what}")

@@ -32,8 +32,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from bridgestat.coordinator import ca, cli, local, synth
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import (MEMBER_HEADER, NetworkFileError, TlsFiles,
-                                            load_network)
+from bridgestat.coordinator.network import MEMBER_HEADER, NetworkFileError, TlsFiles, load_network
 from bridgestat.coordinator.query import Query
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
@@ -158,7 +157,7 @@ def test_the_cli_works_the_same(mixed: Mixed) -> None:
 
 NODE_CONFIG_PROBLEMS = [
     ({"coordinator": "localhost"}, "connect.coordinator", "must be host:port"),
-    ({"server_name": "coordinator"}, "connect.coordinator", "non-empty string"),
+    ({"server_name": "coordinator"}, "connect.coordinator", "missing (required)"),
     ({"coordinator": "h:1", "server_name": "no spaces"}, "connect.server_name", "certificate"),
     ({"coordinator": "h:1", "retry": 3}, "connect.retry", "unknown key"),
     ("h:1", "connect", "must be a mapping"),
@@ -206,6 +205,20 @@ NETWORK_PROBLEMS = [
      "port 1-65535"),
     ({"members": [{"name": "m", "address": "10.0.0.11:0"}]}, "members[0].address",
      "port 1-65535"),
+    ({"members": [{"name": "m", "address": "h:1"}, {"name": "m", "address": "h:2"}]},
+     "members[1].name", "'m' is listed twice"),
+    ({"members": [{"name": "m b", "address": "h:1"}]}, "members[0].name", "must be a name"),
+    ({"members": [{"name": "m"}]}, "members[0].address", "missing"),
+    ({"members": []}, "members", "must not be empty"),
+    ({"members": [{"name": "m", "address": "h:1"}], "hubs": "h:2"}, "hubs",
+     "unknown key (allowed: hub, members, tls)"),
+    ({"members": [{"name": "m", "address": "h:1", "port": 1}]}, "members[0].port",
+     "unknown key (allowed: address, name, via)"),
+    ({"hub": {"address": "h:1", "port": 2}, "members": [{"name": "m", "via": "hub"}]},
+     "hub.port", "unknown key (allowed: address, name)"),
+    ({"members": [{"name": "m", "address": "h:1"}], "tls": {"ca": "ca.pem", "cert": "c.pem"}},
+     "tls.key", "missing"),
+    ({"members": [{"name": "m", "address": "h:1"}], "tls": None}, "tls", "has no value"),
 ]
 
 

@@ -206,6 +206,34 @@ def test_missing_analyses_and_regression(tmp_path: Path) -> None:
         write_report(doc, tmp_path / "r.html")
 
 
+UNKNOWN_KEYS = [
+    ((), "colour", "results: colour: unknown key (allowed: analyses, budget"),
+    (("a06_bridge_change",), "colour", "analysis 'a06_bridge_change': colour: unknown key"),
+    (("a06_bridge_change", "plots", 0), "colour",
+     "analysis 'a06_bridge_change': plots[0].colour: unknown key (allowed: category, facet"),
+    (("a06_bridge_change", "tables", 0), "colour",
+     "analysis 'a06_bridge_change': tables[0].colour: unknown key (allowed: caption"),
+    (("a06_bridge_change", "meta", 0, "fixed"), "colour",
+     "analysis 'a06_bridge_change': meta[0].fixed.colour: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("where", "key", "message"), UNKNOWN_KEYS,
+                         ids=[m.split(": unknown")[0] for _, _, m in UNKNOWN_KEYS])
+def test_an_unknown_key_anywhere_in_results_is_named(tmp_path: Path, where: tuple[Any, ...],
+                                                      key: str, message: str) -> None:
+    doc = copy.deepcopy(example_results())
+    part: Any = doc
+    if where:
+        part = next(a for a in doc["analyses"] if a["id"] == where[0])
+        for step in where[1:]:
+            part = part[step]
+    part[key] = 1
+    with pytest.raises(ReportError) as error:
+        write_report(doc, tmp_path / "r.html")
+    assert str(error.value).startswith(message), str(error.value)
+
+
 def test_load_results_names_file_and_key(results: dict[str, Any], tmp_path: Path) -> None:
     good = tmp_path / "results.json"
     good.write_text(json.dumps(results), encoding="utf-8")

@@ -614,5 +614,54 @@ def test_schema_with_a_broken_derivation_names_the_key(tmp_path: Path) -> None:
     broken = tmp_path / "schema.yaml"
     broken.write_text(DEFAULT_SCHEMA_PATH.read_text().replace("column: n_sessions",
                                                               "column: n_sesions"))
-    with pytest.raises(ConfigError, match=r"participant\.total_sessions\.derived"):
+    with pytest.raises(ConfigError, match=r"tables\[0\]\.columns\[16\]\.derived\.column: "
+                                          r".*derives participant\.total_sessions"):
         load_schema(broken)
+
+
+SCHEMA_PROBLEMS = [
+    ("unknown top-level key", ("version: 1.0.0", "version: 1.0.0\ncolour: red"), "colour",
+     "unknown key (allowed: name, tables, version)"),
+    ("unknown table key", ("    key: participant_id", "    key: participant_id\n    keys: [a]"),
+     "tables[0].keys", "unknown key"),
+    ("unknown column key", ("{name: arm, type: categorical,", "{name: arm, typ: x, type: categorical,"),
+     "tables[0].columns[1].typ", "unknown key"),
+    ("comma in an unquoted flow description", ('"timing (nominal 0, 6, 12, ...)"',
+                                               "timing (nominal 0, 6, 12, ...)"),
+     "tables[1].columns[2][6]", "keys must be strings"),
+    ("unknown column type", ("{name: arm, type: categorical,", "{name: arm, type: text,"),
+     "tables[0].columns[1].type", "must be one of key, integer, real, boolean, categorical"),
+    ("bounds as text", ("lower: 0, upper: 12,", "lower: '0', upper: 12,"),
+     "tables[0].columns[3].lower", "must be a number"),
+    ("bounds reversed", ("lower: 0, upper: 12,", "lower: 12, upper: 0,"),
+     "tables[0].columns[3].lower", "lower must be below upper"),
+    ("categories repeated", ("categories: [mobility_mentoring, comparison]",
+                             "categories: [comparison, comparison]"),
+     "tables[0].columns[1].categories", "categories must be unique"),
+    ("rows per participant zero", ("max_rows_per_participant: 1", "max_rows_per_participant: 0"),
+     "tables[0].max_rows_per_participant", ">= 1"),
+    ("unknown key column", ("    key: participant_id", "    key: person_id"), "tables[0].key",
+     "unknown column 'person_id'"),
+    ("derived from an unknown table", ("{table: goal, aggregate: count}",
+                                       "{table: goals, aggregate: count}"),
+     "tables[0].columns[17].derived.table", "unknown table 'goals'"),
+    ("null derivation", ("derived: {table: goal, aggregate: count}", "derived: null"),
+     "tables[0].columns[17].derived", "has no value"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "key", "problem"), SCHEMA_PROBLEMS,
+                         ids=[p[0] for p in SCHEMA_PROBLEMS])
+def test_a_bad_schema_names_file_and_key(tmp_path: Path, case: str, change: tuple[str, str],
+                                         key: str, problem: str) -> None:
+    from bridgestat.node.errors import ConfigError
+    from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, load_schema
+
+    text = DEFAULT_SCHEMA_PATH.read_text(encoding="utf-8")
+    assert change[0] in text, case
+    broken = tmp_path / "schema.yaml"
+    broken.write_text(text.replace(change[0], change[1], 1), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_schema(broken)
+    assert (caught.value.source, caught.value.key) == (str(broken), key), caught.value
+    assert problem in caught.value.problem, caught.value

@@ -31,8 +31,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bridgestat.common.headers import MEMBER_HEADER
 from bridgestat.coordinator import ca
-from bridgestat.coordinator.network import HUB_NAME, MEMBER_HEADER, TlsFiles, load_network
+from bridgestat.coordinator.network import HUB_NAME, TlsFiles, load_network
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 

@@ -40,10 +40,10 @@ from bridgestat.common.files import (
     not_null,
     read_yaml,
 )
+from bridgestat.common.names import COORDINATOR
 from bridgestat.coordinator.ca import check_identity
 
-HUB_NAME = "coordinator"  # the name on the hub's certificate (ca.COORDINATOR)
-MEMBER_HEADER = "bridgestat-member"  # metadata naming the member a call to the hub is for
+HUB_NAME = COORDINATOR  # the name on the hub's certificate
 NotNull = BeforeValidator(not_null)
 
 

@@ -53,11 +53,12 @@ from bridgestat.common.files import (
     number,
     read_yaml,
 )
+from bridgestat.common.names import COORDINATOR
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.schema import DEFAULT_SCHEMA_PATH, Schema, load_schema
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_SERVER_NAME = "coordinator"  # the coordinator's certificate name (`bridgestat ca`)
+DEFAULT_SERVER_NAME = COORDINATOR  # the coordinator's certificate name (`bridgestat ca`)
 DEFAULT_DELTA = 1e-6
 _DATABASE_KEYS = ("dsn", "password_env", "tables")
 

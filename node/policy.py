@@ -58,6 +58,7 @@ from bridgestat.common.files import (
     not_null,
     read_yaml,
 )
+from bridgestat.common.query import STATISTICS
 from bridgestat.node.config import NodeConfig
 from bridgestat.node.errors import ConfigError, PolicyError
 from bridgestat.node.ledger import PeriodCap
@@ -65,7 +66,6 @@ from bridgestat.node.loss import Epsilon
 from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.node.schema import ColumnType, Schema
 
-STATISTICS = tuple(s.value for s in Statistic if s is not Statistic.UNSPECIFIED)
 NotNull = BeforeValidator(not_null)
 
 

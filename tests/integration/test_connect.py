@@ -17,8 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from bridgestat.common.headers import MEMBER_HEADER
 from bridgestat.coordinator import local, synth
-from bridgestat.coordinator.hub import MEMBER_HEADER, start_hub
+from bridgestat.coordinator.hub import start_hub
 from bridgestat.node import audit
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config

@@ -29,10 +29,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from bridgestat.common.headers import MEMBER_HEADER
 from bridgestat.coordinator import ca, cli, local, synth
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import MEMBER_HEADER, NetworkFileError, TlsFiles, load_network
+from bridgestat.coordinator.network import NetworkFileError, TlsFiles, load_network
 from bridgestat.coordinator.query import Query
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config

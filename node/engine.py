@@ -158,7 +158,7 @@ class Engine:
         if not stored.logged and self.audit is not None:
             self._claim(key)
             try:
-                if not self._already_logged(key):
+                if not self._already_logged(self.audit, key):
                     self._log_release(key, query, caller, release, stored.loss,
                                       stored.charged_at)
                     return self._answer(key, query, release, replayed=True)
@@ -169,13 +169,12 @@ class Engine:
                             pooled_only=not self.policy.comparison))
         return self._answer(key, query, release, replayed=True)
 
-    def _already_logged(self, key: str) -> bool:
+    def _already_logged(self, audit: AuditLog, key: str) -> bool:
         """Whether the log holds `key`'s released entry (a kill between the append and the
         mark leaves it unmarked); marks it when found. Reads the whole log: only for keys
         whose entry was interrupted."""
-        assert self.audit is not None
         if self.ledger.is_logged(key) or \
-                self.audit.find_released(self.ledger.dataset, key) is not None:
+                audit.find_released(self.ledger.dataset, key) is not None:
             self.ledger.mark_logged(key)
             return True
         return False

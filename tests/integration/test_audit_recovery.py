@@ -5,6 +5,7 @@ ledger and audit files, the real `bridgestat-node budget` and `audit verify|show
 - A failed audit write (the log replaced by a directory): the query is refused, the ledger
   holds the charge; the retry, once the log is back, is logged as the release with the
   ledger's charge, and later retries as replays.
+- Concurrent retries of such a key in one process: one of them writes the released entry.
 - A node killed deterministically (the engine's test hook BRIDGESTAT_NODE_TEST_KILL_AT makes
   it SIGKILL itself) after the ledger's reserve, after its commit, and after the audit append
   but before the ledger's mark; then restarted and retried.
@@ -20,18 +21,22 @@ import json
 import re
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from bridgestat.coordinator import local, synth
 from bridgestat.node import audit
+from bridgestat.node.app import open_engine
+from bridgestat.node.config import load_config
 from bridgestat.node.engine import KILL_AT
+from bridgestat.node.errors import AuditError, QueryInProgress
 from bridgestat.node.loss import Loss
+from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 from tests.integration.faults_support import LedgerRow, read_ledger
@@ -210,3 +215,37 @@ def test_a_node_killed_between_the_steps_logs_the_charge_once_after_a_restart(
     _reconciled(node)
     node.stop()
     _removal_is_caught(node, "k1")
+
+
+def test_concurrent_retries_of_an_unlogged_charge_write_one_released_entry(
+        node: Node) -> None:
+    """The engine in this process (real ledger and log files): eight threads retry a key
+    whose audit write failed; one of them writes its released entry."""
+    engine = open_engine(load_config(node.member.config))
+    query = QuerySpec(Statistic.MEAN, "assessment", "bridge_total", 0.5)
+    keep = node.folder / "audit.keep"
+    node.log.rename(keep)
+    node.log.mkdir()
+    with pytest.raises(AuditError, match="Is a directory"):
+        engine.run("k1", query)
+    node.log.rmdir()
+    keep.rename(node.log)
+    outcomes: list[str] = []
+
+    def retry() -> None:
+        try:
+            outcomes.append("answered" if engine.run("k1", query).replayed else "computed")
+        except QueryInProgress:
+            outcomes.append("in progress")
+
+    threads = [threading.Thread(target=retry) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "computed" not in outcomes and "answered" in outcomes, outcomes
+    logged = [outcome for outcome, _ in node.entries("k1")]
+    assert logged.count("released") == 1, logged
+    assert logged.count("replayed") == outcomes.count("answered") - 1
+    assert logged.count("refused") == outcomes.count("in progress")
+    _reconciled(node)

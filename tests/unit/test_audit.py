@@ -17,8 +17,16 @@ import opendp.prelude as dp
 import pytest
 
 from bridgestat.node import mechanisms
-from bridgestat.node.audit import (GENESIS, AuditLog, Record, entry_hash, format_summary,
-                                   measurement, summarize, verify)
+from bridgestat.node.audit import (
+    GENESIS,
+    AuditLog,
+    Record,
+    entry_hash,
+    format_summary,
+    measurement,
+    summarize,
+    verify,
+)
 from bridgestat.node.errors import AuditError, PolicyError
 from bridgestat.node.ledger import Ledger, Reserved, period_label
 from bridgestat.node.loss import Epsilon, Loss
@@ -359,3 +367,13 @@ def test_summary_per_caller_and_period(tmp_path: Path) -> None:
     assert [(r.period, r.caller, float(r.epsilon)) for r in yearly] == [
         ("2026", "analyst", 0.0), ("2026", "coordinator", 1.0)]
     assert "coordinator" in format_summary(yearly).splitlines()[2]
+
+
+def test_a_release_counts_in_the_period_the_ledger_charged_it(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", Clock(datetime(2026, 1, 31, tzinfo=UTC)))
+    log.append(Record("coordinator", "ds", "a", QUERY, "released", charged=Loss.of(0.5),
+                      charged_at="2026-01-31T23:59:59.999Z"))  # logged on 2026-02-01
+    log.append(_record("a", outcome="replayed"))  # 2026-02-02
+    rows = summarize([json.loads(line) for line in _lines(log.path)], "month")
+    assert [(r.period, r.counts["released"], r.counts["replayed"], float(r.epsilon))
+            for r in rows] == [("2026-01", 1, 0, 0.5), ("2026-02", 0, 1, 0.0)]

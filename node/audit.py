@@ -6,12 +6,14 @@ One JSON object per line (JSON Lines) at the config's `audit` path:
      "dataset": "extract-2026", "key": "...", "outcome": "released",
      "query": {...}, "error": null, "measurement": [{"components": ["count"],
      "opendp": "<dp.serialize of the measurement>"}], "charged": {"epsilon": 0.5,
-     "rho": 0.0, "exact": "1/2;0"}, "pooled_only": false, "release": {...},
+     "rho": 0.0, "exact": "1/2;0", "at": "2026-03-01T09:59:59.990Z"}, "pooled_only": false,
+     "release": {...},
      "prev_hash": "<hash of entry 6>", "hash": "<sha256>"}
 
-- `outcome`: released (charged now), replayed (a retry answered from the ledger, nothing
-  charged), refused (a NodeError: the query, the policy or the budget did not allow it) or
-  failed (an internal error; nothing left the node).
+- `outcome`: released (the one entry of a committed ledger charge: its loss as the ledger
+  holds it, `charged.at` the ledger's time of the charge, which decides its period), replayed
+  (a later answer from the ledger, nothing charged), refused (a NodeError: the query, the
+  policy or the budget did not allow it) or failed (an internal error; nothing left the node).
 - `measurement`: OpenDP's serialized form of every measurement the query runs (or would have
   run, for a budget refusal), identical components listed once with their names; `input`
   says what a measurement is applied to when that step is not OpenDP's (a regression's
@@ -25,13 +27,16 @@ Durability and order: the engine writes a release's entry after the ledger commi
 the release is returned, and a refusal's entry before the refusal is raised; each append is
 fsync'ed under a thread lock and an exclusive `flock`, so appends from several threads and
 processes interleave whole. If an entry cannot be written the node fails closed: the query is
-not answered (a committed release is then replayed, and audited, on the caller's retry).
+not answered, and the first answer of that key that does leave the node (the caller's retry,
+after a restart if need be) is logged as its release, with the ledger's charge (see
+`engine.py`).
 
 Limits, honestly: a hash chain without a secret proves that the log is internally
 consistent, not who wrote it. Someone who can write the file can rewrite the whole chain,
-or cut entries off its end. `audit verify` therefore also checks the log against the budget
-ledger (every committed charge must have its entry) and accepts an `--anchor`: a hash printed
-by an earlier verify and kept elsewhere (a ticket, an e-mail), which must still be in the chain.
+or cut entries off its end. `audit verify` therefore also reconciles the log with the budget
+ledger (`ledger_mismatch`: per key and in total, overall and per period) and accepts an
+`--anchor`: a hash printed by an earlier verify and kept elsewhere (a ticket, an e-mail),
+which must still be in the chain.
 """
 
 from __future__ import annotations

@@ -202,6 +202,10 @@ def test_a_node_killed_between_the_steps_logs_the_charge_once_after_a_restart(
         assert before.returncode == 1 and "the node wrote none yet" in before.stdout
     else:  # a reservation (nothing released), or the entry written before the mark
         assert before.returncode == 0, before.stdout
+    if point == "after-reserve":  # listed apart: charged, nothing released, not logged
+        assert "holds 1 reservations of interrupted queries (epsilon 0.5" in before.stdout
+        budget = node.cli("budget").stdout
+        assert "spent epsilon 1 of 5" in budget and "of these, 1 interrupted" in budget, budget
 
     node.start()
     assert node.mean("k1").replayed is replayed

@@ -6,12 +6,14 @@ One JSON object per line (JSON Lines) at the config's `audit` path:
      "dataset": "extract-2026", "key": "...", "outcome": "released",
      "query": {...}, "error": null, "measurement": [{"components": ["count"],
      "opendp": "<dp.serialize of the measurement>"}], "charged": {"epsilon": 0.5,
-     "rho": 0.0, "exact": "1/2;0"}, "pooled_only": false, "release": {...},
+     "rho": 0.0, "exact": "1/2;0", "at": "2026-03-01T09:59:59.990Z"}, "pooled_only": false,
+     "release": {...},
      "prev_hash": "<hash of entry 6>", "hash": "<sha256>"}
 
-- `outcome`: released (charged now), replayed (a retry answered from the ledger, nothing
-  charged), refused (a NodeError: the query, the policy or the budget did not allow it) or
-  failed (an internal error; nothing left the node).
+- `outcome`: released (the one entry of a committed ledger charge: its loss as the ledger
+  holds it, `charged.at` the ledger's time of the charge, which decides its period), replayed
+  (a later answer from the ledger, nothing charged), refused (a NodeError: the query, the
+  policy or the budget did not allow it) or failed (an internal error; nothing left the node).
 - `measurement`: OpenDP's serialized form of every measurement the query runs (or would have
   run, for a budget refusal), identical components listed once with their names; `input`
   says what a measurement is applied to when that step is not OpenDP's (a regression's
@@ -25,13 +27,16 @@ Durability and order: the engine writes a release's entry after the ledger commi
 the release is returned, and a refusal's entry before the refusal is raised; each append is
 fsync'ed under a thread lock and an exclusive `flock`, so appends from several threads and
 processes interleave whole. If an entry cannot be written the node fails closed: the query is
-not answered (a committed release is then replayed, and audited, on the caller's retry).
+not answered, and the first answer of that key that does leave the node (the caller's retry,
+after a restart if need be) is logged as its release, with the ledger's charge (see
+`engine.py`).
 
 Limits, honestly: a hash chain without a secret proves that the log is internally
 consistent, not who wrote it. Someone who can write the file can rewrite the whole chain,
-or cut entries off its end. `audit verify` therefore also checks the log against the budget
-ledger (every committed charge must have its entry) and accepts an `--anchor`: a hash printed
-by an earlier verify and kept elsewhere (a ticket, an e-mail), which must still be in the chain.
+or cut entries off its end. `audit verify` therefore also reconciles the log with the budget
+ledger (`ledger_mismatch`: per key and in total, overall and per period) and accepts an
+`--anchor`: a hash printed by an earlier verify and kept elsewhere (a ticket, an e-mail),
+which must still be in the chain.
 """
 
 from __future__ import annotations
@@ -52,7 +57,16 @@ from opendp.mod import _Encoder
 
 from bridgestat.node.config import NodeConfig
 from bridgestat.node.errors import AuditError, ConfigError, NodeError
-from bridgestat.node.ledger import Charge, Clock, parse_timestamp, period_label, timestamp, utc_now
+from bridgestat.node.ledger import (
+    PERIODS,
+    Charge,
+    Clock,
+    Snapshot,
+    parse_timestamp,
+    period_label,
+    timestamp,
+    utc_now,
+)
 from bridgestat.node.loss import Loss
 from bridgestat.node.mechanisms import Component
 from bridgestat.node.query import QuerySpec, query_doc
@@ -108,8 +122,11 @@ def measurement(components: Sequence[Component]) -> list[dict[str, Any]]:
             for (text, given), names in grouped.items()]
 
 
-def charged_doc(loss: Loss) -> dict[str, Any]:
-    return {"epsilon": float(loss.epsilon), "rho": float(loss.rho), "exact": loss.encode()}
+def charged_doc(loss: Loss, at: str = "") -> dict[str, Any]:
+    """The loss an entry charges; a released entry adds `at`, the ledger's timestamp of the
+    charge, which decides its period (the ledger's, not the entry's time)."""
+    doc = {"epsilon": float(loss.epsilon), "rho": float(loss.rho), "exact": loss.encode()}
+    return {**doc, "at": at} if at else doc
 
 
 def error_doc(exc: BaseException) -> dict[str, Any]:
@@ -132,13 +149,15 @@ class Record:
     release: Release | None = None
     error: BaseException | None = None
     pooled_only: bool = False
+    charged_at: str = ""  # a released entry: when the ledger charged it (its timestamp form)
 
     def body(self) -> dict[str, Any]:
         return {"caller": self.caller, "dataset": self.dataset, "key": self.key,
                 "outcome": self.outcome,
                 "query": query_doc(self.query) if self.query is not None else None,
                 "error": error_doc(self.error) if self.error is not None else None,
-                "measurement": self.measurement, "charged": charged_doc(self.charged),
+                "measurement": self.measurement,
+                "charged": charged_doc(self.charged, self.charged_at),
                 "pooled_only": self.pooled_only,
                 "release": self.release.doc() if self.release else None}
 
@@ -199,6 +218,20 @@ class AuditLog:
             if created:
                 _fsync_dir(self.path.parent)
             return entry
+
+    def find_released(self, dataset: str, key: str) -> dict[str, Any] | None:
+        """The released entry of `key` in `dataset`, or None. Reads the whole log (lines
+        without the key's JSON text are skipped unparsed): for recovering interrupted
+        releases, not for every query."""
+        needle = b'"key":' + json.dumps(key, ensure_ascii=False).encode("utf-8") + b","
+        for _, raw in lines(self.path):
+            if needle not in raw:
+                continue
+            entry = _parsed(raw)
+            if entry is not None and entry.get("outcome") == "released" and \
+                    entry.get("dataset") == dataset and entry.get("key") == key:
+                return entry
+        return None
 
     def _entry(self, head: Head, record: Record) -> dict[str, Any]:
         entry = {"seq": head.seq + 1, "time": timestamp(self.clock()), **record.body(),
@@ -278,12 +311,15 @@ def open_audit(config: NodeConfig, clock: Clock = utc_now) -> AuditLog:
 
 @dataclass(frozen=True)
 class Verification:
-    """The outcome of `verify`: entries checked, the last good hash, the first problem."""
+    """The outcome of `verify`: entries checked, the last good hash, the first problem; with
+    the ledger, what reconciled: the loss the log records and the reservations it cannot."""
 
     count: int
     last_hash: str
     problem: str | None = None  # "line N: why", or a ledger mismatch
     line: int | None = None  # the first bad line, when the problem is one
+    released: Loss | None = None  # the released entries' loss (checked against the ledger)
+    held: tuple[Charge, ...] = ()  # reservations of interrupted queries: nothing released
 
     @property
     def ok(self) -> bool:
@@ -305,10 +341,10 @@ def lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield number, raw[: len(raw) - max(0, read - size)]
 
 
-def verify(path: Path, charges: Sequence[Charge] | None = None, dataset: str = "",
+def verify(path: Path, ledger: Snapshot | None = None, dataset: str = "",
            anchor: str = "") -> Verification:
-    """Recompute the chain; with `charges`, check that each committed ledger charge of
-    `dataset` has its entry (and the same loss); with `anchor`, that the hash is in it."""
+    """Recompute the chain; with `ledger`, reconcile the log with it (`ledger_mismatch`);
+    with `anchor`, check that the hash is in the chain."""
     head, entries = Head(0, GENESIS), []
     seen_anchor = not anchor
     numbered = lines(path) if path.exists() else iter([])
@@ -323,11 +359,12 @@ def verify(path: Path, charges: Sequence[Charge] | None = None, dataset: str = "
     if not seen_anchor:
         return Verification(head.seq, head.hash, f"anchor {anchor} is not in the chain: the "
                             "log was rewritten or cut back since that hash was noted")
-    if charges is not None:
-        problem = ledger_mismatch(entries, charges, dataset)
-        if problem is not None:
-            return Verification(head.seq, head.hash, problem)
-    return Verification(head.seq, head.hash)
+    if ledger is None:
+        return Verification(head.seq, head.hash)
+    problem = ledger_mismatch(entries, ledger, dataset)
+    held = tuple(c for c in ledger.charges if c.state == "reserved")
+    return Verification(head.seq, head.hash, problem, released=released_loss(entries, dataset),
+                        held=held)
 
 
 def _check_line(number: int, raw: bytes, head: Head) -> str | None:
@@ -352,26 +389,123 @@ def _check_line(number: int, raw: bytes, head: Head) -> str | None:
     return None
 
 
-def ledger_mismatch(entries: Sequence[dict[str, Any]], charges: Sequence[Charge],
+def ledger_mismatch(entries: Sequence[dict[str, Any]], ledger: Snapshot,
                     dataset: str) -> str | None:
-    """The first committed charge without its audit entry (or with another loss)."""
-    logged: dict[str, dict[str, Any]] = {}
+    """The first difference between the log and the ledger of `dataset`, per key (in the
+    ledger's order) and then in total, overall and per period: every committed charge has
+    exactly one released entry with its loss and timestamp, every released entry has its
+    charge, and the released entries add up to the ledger's running totals less the
+    reservations of interrupted queries (charged, nothing released, so never logged)."""
+    released: dict[str, list[dict[str, Any]]] = {}
+    replayed: set[str] = set()
     for entry in entries:
-        if entry.get("dataset") == dataset and entry.get("outcome") in ("released", "replayed"):
-            key = str(entry.get("key"))
-            if key not in logged or logged[key].get("outcome") == "replayed":
-                logged[key] = entry
-    for charge in charges:
-        if charge.state != "committed":
-            continue
-        found = logged.get(charge.key)
-        if found is None:
-            return (f"ledger charge {charge.key!r} of dataset {dataset!r} (committed "
-                    f"{charge.committed_at}) has no audit entry: entries were removed")
-        if found["outcome"] == "released" and found["charged"]["exact"] != charge.loss.encode():
-            return (f"line {found['seq']}: charged {found['charged']['exact']} but the ledger "
-                    f"charged {charge.loss.encode()} for key {charge.key!r}")
+        if entry.get("dataset") == dataset and entry.get("outcome") == "released":
+            released.setdefault(str(entry.get("key")), []).append(entry)
+        elif entry.get("dataset") == dataset and entry.get("outcome") == "replayed":
+            replayed.add(str(entry.get("key")))
+    for charge in ledger.charges:
+        problem = _charge_mismatch(charge, released.pop(charge.key, []), dataset,
+                                   charge.key in replayed)
+        if problem is not None:
+            return problem
+    for key, found in released.items():
+        return (f"line {found[0]['seq']}: key {key!r} is logged as released, charging "
+                f"{_charged(found[0])}, but the ledger of dataset {dataset!r} has no charge "
+                "for it: the ledger was replaced or rolled back, or the entry was made up")
+    return _totals_mismatch(entries, ledger, dataset)
+
+
+def _charge_mismatch(charge: Charge, found: list[dict[str, Any]], dataset: str,
+                     replayed: bool) -> str | None:
+    """How the released entries of one ledger charge differ from it, or None."""
+    key = charge.key
+    if len(found) > 1:
+        return (f"key {key!r} is logged as released {len(found)} times (lines "
+                f"{', '.join(str(e['seq']) for e in found)}): its loss would count "
+                f"{len(found)} times against the ledger's one charge")
+    if not found:
+        return None if charge.state == "reserved" else _missing(charge, dataset, replayed)
+    entry = found[0]
+    if charge.state == "reserved":
+        return (f"line {entry['seq']}: key {key!r} is logged as released, but the ledger holds "
+                "only its reservation: an entry is written only after the ledger's commit")
+    exact = (entry.get("charged") or {}).get("exact")
+    if exact != charge.loss.encode():
+        return (f"line {entry['seq']}: charged {exact} but the ledger charged "
+                f"{charge.loss.encode()} for key {key!r}")
+    at = (entry.get("charged") or {}).get("at")
+    if at is not None and at != charge.created_at:
+        return (f"line {entry['seq']}: key {key!r} charged at {at}, but the ledger charged it "
+                f"at {charge.created_at}")
     return None
+
+
+def _missing(charge: Charge, dataset: str, replayed: bool) -> str:
+    """Why a committed charge has no released entry, as far as the ledger can tell."""
+    head = (f"ledger charge {charge.key!r} of dataset {dataset!r} ({charge.loss}, committed "
+            f"{charge.committed_at}) has no released entry")
+    if charge.logged:
+        return f"{head}, although the node wrote one: entries were removed"
+    if replayed:
+        return (f"{head}: its answers were logged only as replays, charging nothing (a node "
+                "before this check did that after a failed audit write, or entries were "
+                "removed); the node logs the charge on the key's next answer")
+    return (f"{head}: the node wrote none yet (its audit write failed, or it stopped between "
+            "the ledger's commit and the answer, so no answer left it); it is written, with "
+            "this loss, when the caller retries the key")
+
+
+def _totals_mismatch(entries: Sequence[dict[str, Any]], ledger: Snapshot,
+                     dataset: str) -> str | None:
+    """The released entries against the ledger's running totals (the figures `budget`
+    shows), less the reservations of interrupted queries; overall, then per period."""
+    held = [c for c in ledger.charges if c.state == "reserved"]
+    logged = released_loss(entries, dataset)
+    expected = ledger.spent - sum((c.loss for c in held), Loss())
+    note = f", less {len(held)} reservations of interrupted queries," if held else ""
+    if logged != expected:
+        return (f"in total the released entries charge {logged}, but the ledger's running "
+                f"total{note} is {expected}")
+    by_period = _period_totals(entries, dataset)
+    for key in sorted(set(ledger.periods) | set(by_period)):
+        expected = ledger.periods.get(key, Loss()) - sum(
+            (c.loss for c in held if period_label(key[0], parse_timestamp(c.created_at))
+             == key[1]), Loss())
+        if by_period.get(key, Loss()) != expected:
+            return (f"{key[0]} {key[1]}: the released entries charge "
+                    f"{by_period.get(key, Loss())}, but the ledger's total for the "
+                    f"{key[0]}{note} is {expected}")
+    return None
+
+
+def _released(entries: Iterable[dict[str, Any]], dataset: str) -> Iterator[dict[str, Any]]:
+    return (e for e in entries if e.get("dataset") == dataset and e.get("outcome") == "released")
+
+
+def _charged(entry: dict[str, Any]) -> Loss:
+    return Loss.decode(str((entry.get("charged") or {}).get("exact", "0;0")))
+
+
+def _charged_at(entry: dict[str, Any]) -> str:
+    """When the entry's loss was charged: the ledger's timestamp (`charged.at`) when the
+    entry has it (released entries), else the entry's own time."""
+    return str((entry.get("charged") or {}).get("at") or entry.get("time"))
+
+
+def released_loss(entries: Iterable[dict[str, Any]], dataset: str) -> Loss:
+    """The loss the released entries of `dataset` record (replays charge nothing)."""
+    return sum((_charged(e) for e in _released(entries, dataset)), Loss())
+
+
+def _period_totals(entries: Iterable[dict[str, Any]],
+                   dataset: str) -> dict[tuple[str, str], Loss]:
+    totals: dict[tuple[str, str], Loss] = {}
+    for entry in _released(entries, dataset):
+        when = parse_timestamp(_charged_at(entry))
+        for period in PERIODS:
+            key = (period, period_label(period, when))
+            totals[key] = totals.get(key, Loss()) + _charged(entry)
+    return totals
 
 
 # --- summarizing -----------------------------------------------------------------------
@@ -393,19 +527,26 @@ def entries(path: Path) -> Iterator[dict[str, Any]]:
     if not path.exists():
         return
     for _, raw in lines(path):
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
+        entry = _parsed(raw)
+        if entry is not None:
             yield entry
 
 
+def _parsed(raw: bytes) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 def summarize(items: Iterable[dict[str, Any]], period: str = "month") -> list[Summary]:
-    """Per period (UTC) and caller: outcomes counted and the loss charged."""
+    """Per period (UTC) and caller: outcomes counted and the loss charged. A released entry
+    counts in the period in which the ledger charged it (`charged.at`), as the ledger's
+    period totals do; other entries in the period of their time."""
     table: dict[tuple[str, str], Summary] = {}
     for entry in items:
-        label = period_label(period, parse_timestamp(str(entry.get("time"))))
+        label = period_label(period, parse_timestamp(_charged_at(entry)))
         caller = str(entry.get("caller"))
         row = table.setdefault((label, caller), Summary(label, caller))
         outcome = str(entry.get("outcome"))

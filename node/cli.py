@@ -10,8 +10,8 @@ from pathlib import Path
 from bridgestat.node import audit, sources
 from bridgestat.node.config import NodeConfig, load_config
 from bridgestat.node.errors import NodeError
-from bridgestat.node.ledger import PERIODS, Charge, Ledger
-from bridgestat.node.loss import Epsilon
+from bridgestat.node.ledger import PERIODS, Charge, Ledger, Snapshot
+from bridgestat.node.loss import Epsilon, Loss
 from bridgestat.node.policy import load_policy
 from bridgestat.node.schema import Schema
 
@@ -58,12 +58,17 @@ def _budget(args: argparse.Namespace) -> int:
     ledger = Ledger(config.ledger_path, config.budget.dataset, Epsilon.of(policy.total_epsilon),
                     config.budget.delta, period=policy.per_period)
     state = ledger.state()
-    charges = ledger.charges()
+    charges = ledger.history()
     rho = f" (of which rho {float(state.spent_loss.rho):.6g} at delta {state.delta:g})" \
         if state.spent_loss.rho else ""
     print(f"dataset {state.dataset}: spent epsilon {state.spent} of {state.total}{rho}, "
           f"remaining {state.total_remaining}; largest per query "
           f"{policy.max_epsilon_per_query:g}; {len(charges)} queries charged")
+    held = [c for c in charges if c.state == "reserved"]
+    if held:
+        print(f"of these, {len(held)} interrupted before their release (charged, nothing "
+              f"released, not in the audit log; a retry with the same key answers without "
+              f"charging again): {sum((c.loss for c in held), Loss())}")
     if state.period is not None:
         print(f"{state.period.period} {state.period_name} (UTC): spent epsilon "
               f"{state.period_spent} of {state.period.epsilon}, remaining "
@@ -74,27 +79,37 @@ def _budget(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    """Exit 0 when the chain (and the ledger check) holds, 1 naming the first bad line."""
+    """Exit 0 when the chain (and the ledger check) holds, 1 naming the first bad line or
+    the first key whose loss differs from the ledger's."""
     config = load_config(args.config)
     path = audit.audit_path(config)
-    charges = None if args.no_ledger else _ledger_history(config)
-    result = audit.verify(path, charges, config.budget.dataset, args.anchor)
+    ledger = None if args.no_ledger else _ledger_snapshot(config)
+    result = audit.verify(path, ledger, config.budget.dataset, args.anchor)
     if not result.ok:
         print(f"audit log {path}: {result.problem} ({result.count} entries verified before "
               f"it; last good hash {result.last_hash})")
         return 1
-    checked = "" if charges is None else \
-        f"; every committed charge of ledger {config.ledger_path} is logged"
+    checked = "" if ledger is None else \
+        (f"; every committed charge of ledger {config.ledger_path} is logged once as released "
+         f"with its loss, and the released entries add up to the ledger's totals, overall "
+         f"and per period ({result.released or Loss()}){_held(result.held)}")
     print(f"audit log {path}: {result.count} entries, chain intact, last hash "
           f"{result.last_hash}{checked}")
     return 0
 
 
-def _ledger_history(config: NodeConfig) -> list[Charge] | None:
+def _held(held: tuple[Charge, ...]) -> str:
+    if not held:
+        return ""
+    return (f"; the ledger also holds {len(held)} reservations of interrupted queries "
+            f"({sum((c.loss for c in held), Loss())}; nothing released, so not logged)")
+
+
+def _ledger_snapshot(config: NodeConfig) -> Snapshot | None:
     if not config.ledger_path.exists():
         return None
     return Ledger(config.ledger_path, config.budget.dataset,
-                  Epsilon.of(config.budget.total_epsilon), config.budget.delta).history()
+                  Epsilon.of(config.budget.total_epsilon), config.budget.delta).snapshot()
 
 
 def _audit_show(args: argparse.Namespace) -> int:
@@ -104,6 +119,12 @@ def _audit_show(args: argparse.Namespace) -> int:
     chain = "intact" if result.ok else f"BROKEN ({result.problem}; run audit verify)"
     print(f"audit log {path}: {result.count} entries verified, chain {chain}")
     print(audit.format_summary(audit.summarize(audit.entries(path), args.period)))
+    dataset, delta = config.budget.dataset, config.budget.delta
+    released = [e for e in audit.entries(path)
+                if e.get("dataset") == dataset and e.get("outcome") == "released"]
+    loss = audit.released_loss(released, dataset)
+    print(f"dataset {dataset}: {len(released)} queries released, {loss}: spent epsilon "
+          f"{loss.epsilon_at(delta)} (delta {delta:g}), as `bridgestat-node budget` counts it")
     return 0
 
 
@@ -113,8 +134,10 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         dest="action", required=True)
     verify = actions.add_parser("verify", help="check the hash chain and the ledger",
                                 description="Recompute the hash chain; name the first edited, "
-                                "removed or reordered entry; check every committed ledger "
-                                "charge has its entry.")
+                                "removed or reordered entry; check that every committed ledger "
+                                "charge has exactly one released entry with its loss, and that "
+                                "the released entries add up to the ledger's totals, overall "
+                                "and per period.")
     verify.add_argument("--no-ledger", action="store_true",
                         help="do not check the log against the budget ledger")
     verify.add_argument("--anchor", default="", help="a hash printed by an earlier verify and "

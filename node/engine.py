@@ -7,11 +7,29 @@ noisy count is under the policy's `min_group_size` (post-processing), stores it 
 idempotency key, writes the audit entry, and only then returns it. Every request that
 reaches `run`, released, replayed, refused or failed, gets exactly one audit entry, written
 before the answer or the refusal leaves the engine.
+
+Every committed charge gets exactly one `released` entry, which records its loss as the
+ledger holds it (epsilon, rho, and the ledger's timestamp `charged.at`). It is written after
+the commit, so if the node is killed, or the audit write fails, between the two, the charge
+has no entry yet and nothing has left the node. The ledger's `logged` mark tells: the first
+answer for an unmarked key looks the key up in the log (a kill between the append and the
+mark leaves the entry) and, when it is missing, logs that answer as the `released` entry
+with the ledger's charge; only later answers are `replayed` (charged nothing). Within one
+process a key being logged is claimed, so two concurrent retries write one entry.
+
+Test hook: the environment variable BRIDGESTAT_NODE_TEST_KILL_AT, read when the engine is
+built, names a point where the node SIGKILLs itself during its next release (`KILL_POINTS`),
+so tests stop a real node process exactly between two steps. Unset in production.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sqlite3
+import threading
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -19,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bridgestat.node.audit import AuditLog, Record, measurement
-from bridgestat.node.errors import NodeError, QueryError
+from bridgestat.node.errors import NodeError, QueryError, QueryInProgress
 from bridgestat.node.frames import CellRows, FloatArray, Frames, IntArray
 from bridgestat.node.ledger import BudgetState, Ledger, Replay
 from bridgestat.node.loss import Loss
@@ -31,6 +49,8 @@ from bridgestat.node.release import NoisyValue, Release, ReleasedCell
 from bridgestat.node.schema import Schema
 
 MAX_KEY_LENGTH = 200
+KILL_AT = "BRIDGESTAT_NODE_TEST_KILL_AT"  # test hook, see the module docstring
+KILL_POINTS = ("after-reserve", "after-commit", "after-audit-append")
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,9 @@ class Engine:
                  policy: Policy, audit: AuditLog | None = None) -> None:
         self.node_id, self.schema, self.frames = node_id, schema, frames
         self.ledger, self.policy, self.audit = ledger, policy, audit
+        self._logging: set[str] = set()  # keys whose released entry this process is writing
+        self._logging_lock = threading.Lock()
+        self._kill_at = _kill_point()
         # Plans depend only on the query, schema and policy, and OpenDP measurements are
         # stateless, so a repeated query reuses its compiled measurements (and their
         # serialized form for the audit log).
@@ -85,15 +108,10 @@ class Engine:
             if not key or len(key) > MAX_KEY_LENGTH:
                 raise QueryError("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
             plan = self.plan(query)
-            answer = self._run(key, query, plan)
+            return self._run(key, query, plan, caller)
         except Exception as exc:
             self.refused(key, query, exc, caller, plan)
             raise
-        self._record(Record(caller, self.ledger.dataset, key, query,
-                            "replayed" if answer.replayed else "released",
-                            self._measurement(query), Loss() if answer.replayed else plan.loss,
-                            answer.release, pooled_only=answer.pooled_only))
-        return answer
 
     def refused(self, key: str, query: QuerySpec | None, exc: BaseException,
                 caller: str = "anonymous", plan: Plan | None = None) -> None:
@@ -113,18 +131,82 @@ class Engine:
         return [{**shown, "components": list(shown["components"])}
                 for shown in self._serialized(query)]
 
-    def _run(self, key: str, query: QuerySpec, plan: Plan) -> Answer:
+    def _run(self, key: str, query: QuerySpec, plan: Plan, caller: str) -> Answer:
         outcome = self.ledger.reserve(key, query.fingerprint(), plan.loss)
         if isinstance(outcome, Replay):
-            return self._answer(key, query, Release.decode(outcome.release), replayed=True)
+            return self._replay(key, query, caller, outcome)
+        self._kill("after-reserve")
         try:
             release = _suppress(self._release(plan), plan.query.statistic,
                                 self.policy.min_group_size)
         except BaseException:
             self.ledger.cancel(key)  # nothing left the node: refund
             raise
-        self.ledger.commit(key, release.encode())
+        self._claim(key)  # before the commit: from then on a retry replays it
+        try:
+            self.ledger.commit(key, release.encode())
+            self._kill("after-commit")
+            self._log_release(key, query, caller, release, outcome.loss, outcome.charged_at)
+        finally:
+            self._unclaim(key)
         return self._answer(key, query, release, replayed=False)
+
+    def _replay(self, key: str, query: QuerySpec, caller: str, stored: Replay) -> Answer:
+        """Answer from the ledger; the first answer of a charge whose entry was never
+        written is logged as its release, with the ledger's charge."""
+        release = Release.decode(stored.release)
+        if not stored.logged and self.audit is not None:
+            self._claim(key)
+            try:
+                if not self._already_logged(self.audit, key):
+                    self._log_release(key, query, caller, release, stored.loss,
+                                      stored.charged_at)
+                    return self._answer(key, query, release, replayed=True)
+            finally:
+                self._unclaim(key)
+        self._record(Record(caller, self.ledger.dataset, key, query, "replayed",
+                            self._measurement(query), release=release,
+                            pooled_only=not self.policy.comparison))
+        return self._answer(key, query, release, replayed=True)
+
+    def _already_logged(self, audit: AuditLog, key: str) -> bool:
+        """Whether the log holds `key`'s released entry (a kill between the append and the
+        mark leaves it unmarked); marks it when found. Reads the whole log: only for keys
+        whose entry was interrupted."""
+        if self.ledger.is_logged(key) or \
+                audit.find_released(self.ledger.dataset, key) is not None:
+            self.ledger.mark_logged(key)
+            return True
+        return False
+
+    def _log_release(self, key: str, query: QuerySpec, caller: str, release: Release,
+                     loss: Loss, charged_at: str) -> None:
+        """The released entry, with the charge as the ledger holds it, then the mark."""
+        if self.audit is None:
+            return
+        self.audit.append(Record(caller, self.ledger.dataset, key, query, "released",
+                                 self._measurement(query), loss, release,
+                                 pooled_only=not self.policy.comparison,
+                                 charged_at=charged_at))
+        self._kill("after-audit-append")
+        with suppress(sqlite3.Error):  # an unmarked entry is found in the log next time
+            self.ledger.mark_logged(key)
+
+    def _claim(self, key: str) -> None:
+        """Only one request of this process writes a key's released entry."""
+        with self._logging_lock:
+            if key in self._logging:
+                raise QueryInProgress(f"idempotency_key {key!r}: the same query is being "
+                                      "answered")
+            self._logging.add(key)
+
+    def _unclaim(self, key: str) -> None:
+        with self._logging_lock:
+            self._logging.discard(key)
+
+    def _kill(self, point: str) -> None:
+        if self._kill_at == point:  # test hook only (BRIDGESTAT_NODE_TEST_KILL_AT)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _answer(self, key: str, query: QuerySpec, release: Release, replayed: bool) -> Answer:
         return Answer(self.node_id, key, query, release, self.ledger.state(), replayed,
@@ -153,6 +235,14 @@ class Engine:
         count, total, squares = plan.components
         return ReleasedCell(rows.group, (_scalar(count, z), _scalar(total, z),
                                          _scalar(squares, w)))
+
+
+def _kill_point() -> str | None:
+    """The test hook's kill point, checked once when the engine is built."""
+    point = os.environ.get(KILL_AT) or None
+    if point is not None and point not in KILL_POINTS:
+        raise ValueError(f"{KILL_AT}={point!r}: must be one of {', '.join(KILL_POINTS)}")
+    return point
 
 
 def _suppress(release: Release, statistic: Statistic, min_group_size: float) -> Release:

@@ -15,6 +15,15 @@ and only then leaves the node.
   crashed attempt ever left the node, so answering now releases the query exactly once.
 - A computation that fails before producing output is cancelled and its reservation refunded.
 
+Audit mark. Each charge has a `logged` flag: set (`mark_logged`) once the release's audit
+entry, the one that records its loss, has been appended. The audit entry is written after the
+commit (so an entry only ever describes a durable charge), which leaves a window: a failed
+audit write, or a kill, between commit and entry. A replay then says `logged=False`, and the
+engine writes the missing entry (after looking for it in the log: a kill between the append
+and the mark leaves the entry but no mark) before that first answer leaves the node. The mark
+is only a shortcut for the engine; `audit verify` checks the log against the charges
+themselves.
+
 WAL journal. The commit runs with synchronous=FULL, so when it returns the WAL (the
 reservation's frames and the commit's) is on disk and the charge survives a power cut; the
 reservation itself runs with synchronous=NORMAL, since a reservation lost in a crash means
@@ -37,7 +46,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,6 +66,7 @@ CREATE TABLE IF NOT EXISTS charge (
     state TEXT NOT NULL CHECK (state IN ('reserved', 'committed')),
     owner TEXT NOT NULL,
     release TEXT,
+    logged INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     committed_at TEXT,
     PRIMARY KEY (dataset, query_key)
@@ -126,17 +136,24 @@ class PeriodCap:
 
 @dataclass(frozen=True)
 class Replay:
-    """The stored release of an earlier, committed request with the same key."""
+    """The stored release of an earlier, committed request with the same key, with its
+    charge as the ledger holds it and whether that charge's audit entry was written."""
 
     release: str
+    loss: Loss = field(default_factory=Loss)
+    charged_at: str = ""  # when it was reserved (the ledger's timestamp form)
+    logged: bool = True
 
 
 @dataclass(frozen=True)
 class Reserved:
-    """The loss is charged; compute the release and `commit` it."""
+    """The loss is charged; compute the release and `commit` it. `loss` and `charged_at`
+    are the charge as the ledger holds it (a taken-over reservation keeps its own)."""
 
     key: str
     taken_over: bool = False
+    loss: Loss = field(default_factory=Loss)
+    charged_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,17 @@ class Charge:
     state: str  # reserved | committed
     created_at: str  # when it was reserved (the ledger's timestamp form)
     committed_at: str | None
+    logged: bool = False  # the node wrote the audit entry that records this charge
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The ledger as one read sees it, for reconciling the audit log: every charge, the
+    running total and the running totals per period ((period, label) -> loss)."""
+
+    charges: tuple[Charge, ...]
+    spent: Loss
+    periods: dict[tuple[str, str], Loss]
 
 
 @dataclass(frozen=True)
@@ -202,6 +230,7 @@ class Ledger:
                 db.execute(statement)
             db.execute("INSERT OR IGNORE INTO budget (dataset, spent) VALUES (?, ?)",
                        (dataset, Loss().encode()))
+            self._add_logged_column(db)
             self._fill_period_totals(db)
 
     @contextmanager
@@ -261,6 +290,14 @@ class Ledger:
                                                 total.encode())
                                                for period, total in totals.items()])
 
+    @staticmethod
+    def _add_logged_column(db: sqlite3.Connection) -> None:
+        """A ledger from before the audit mark: every charge starts unmarked, so its first
+        replay looks its entry up in the log (and writes it if it is missing)."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(charge)")}
+        if "logged" not in columns:
+            db.execute("ALTER TABLE charge ADD COLUMN logged INTEGER NOT NULL DEFAULT 0")
+
     def _fill_period_totals(self, db: sqlite3.Connection) -> None:
         """Sum the period totals from the charges of a ledger written before they were kept."""
         if db.execute("SELECT 1 FROM period_spent WHERE dataset = ? LIMIT 1",
@@ -285,7 +322,7 @@ class Ledger:
         """Charge `loss` for `key` atomically, or return the stored release of a retry."""
         with self._transaction(durable=False) as db:
             row = db.execute(
-                "SELECT fingerprint, state, owner, release FROM charge "
+                "SELECT fingerprint, state, owner, release, loss, created_at, logged FROM charge "
                 "WHERE dataset = ? AND query_key = ?", (self.dataset, key)).fetchone()
             if row is not None:
                 return self._existing(db, key, fingerprint, row)
@@ -302,11 +339,11 @@ class Ledger:
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
                        ((spent + loss).encode(), self.dataset))
             self._add_to_periods(db, loss, now)
+            stamp = timestamp(now)
             db.execute("INSERT INTO charge (dataset, query_key, fingerprint, loss, state, owner,"
                        " created_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
-                       (self.dataset, key, fingerprint, loss.encode(), self.owner,
-                        timestamp(now)))
-            return Reserved(key)
+                       (self.dataset, key, fingerprint, loss.encode(), self.owner, stamp))
+            return Reserved(key, loss=loss, charged_at=stamp)
 
     def _check_period(self, db: sqlite3.Connection, loss: Loss, now: datetime) -> None:
         """Refuse a charge that would take the current period over its cap."""
@@ -323,18 +360,18 @@ class Ledger:
                 f"afresh)")
 
     def _existing(self, db: sqlite3.Connection, key: str, fingerprint: str,
-                  row: tuple[str, str, str, str | None]) -> Replay | Reserved:
-        stored_fingerprint, state, owner, release = row
+                  row: tuple[str, str, str, str | None, str, str, int]) -> Replay | Reserved:
+        stored_fingerprint, state, owner, release, loss, created, logged = row
         if stored_fingerprint != fingerprint:
             raise IdempotencyConflict(
                 f"idempotency_key {key!r} was already used for a different query")
         if state == "committed" and release is not None:
-            return Replay(release)
+            return Replay(release, Loss.decode(loss), created, bool(logged))
         if owner == self.owner:
             raise QueryInProgress(f"idempotency_key {key!r}: the same query is being answered")
         db.execute("UPDATE charge SET owner = ? WHERE dataset = ? AND query_key = ?",
                    (self.owner, self.dataset, key))
-        return Reserved(key, taken_over=True)
+        return Reserved(key, taken_over=True, loss=Loss.decode(loss), charged_at=created)
 
     def commit(self, key: str, release: str) -> None:
         """Store the release with its charge; only after this may it leave the node."""
@@ -345,6 +382,19 @@ class Ledger:
                 (release, timestamp(self.clock()), self.dataset, key, self.owner))
             if cur.rowcount != 1:
                 raise RuntimeError(f"ledger: no reservation of ours for key {key!r}")
+
+    def mark_logged(self, key: str) -> None:
+        """Note that the audit entry recording `key`'s charge is written. Not synchronous: a
+        mark lost in a power cut only makes the engine look the entry up in the log again."""
+        with self._transaction(durable=False) as db:
+            db.execute("UPDATE charge SET logged = 1 WHERE dataset = ? AND query_key = ? "
+                       "AND state = 'committed'", (self.dataset, key))
+
+    def is_logged(self, key: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT logged FROM charge WHERE dataset = ? AND query_key = ?",
+                             (self.dataset, key)).fetchone()
+        return row is not None and bool(row[0])
 
     def cancel(self, key: str) -> None:
         """Refund a reservation whose computation failed before producing any output."""
@@ -368,7 +418,23 @@ class Ledger:
     def history(self) -> list[Charge]:
         """Every charge of this dataset with its timestamps, oldest first."""
         with self._connect() as db:
-            rows = db.execute("SELECT query_key, loss, state, created_at, committed_at "
-                              "FROM charge WHERE dataset = ? ORDER BY rowid",
-                              (self.dataset,)).fetchall()
-        return [Charge(k, Loss.decode(e), s, c, t) for k, e, s, c, t in rows]
+            return self._history(db)
+
+    def _history(self, db: sqlite3.Connection) -> list[Charge]:
+        rows = db.execute("SELECT query_key, loss, state, created_at, committed_at, logged "
+                          "FROM charge WHERE dataset = ? ORDER BY rowid",
+                          (self.dataset,)).fetchall()
+        return [Charge(k, Loss.decode(e), s, c, t, bool(m)) for k, e, s, c, t, m in rows]
+
+    def snapshot(self) -> Snapshot:
+        """Charges, running total and period totals from one consistent read."""
+        with self._connect() as db:
+            db.execute("BEGIN")
+            try:
+                charges = tuple(self._history(db))
+                periods = {(period, label): Loss.decode(spent) for period, label, spent in
+                           db.execute("SELECT period, label, spent FROM period_spent "
+                                      "WHERE dataset = ?", (self.dataset,))}
+                return Snapshot(charges, self._spent(db), periods)
+            finally:
+                db.execute("COMMIT")

@@ -424,7 +424,8 @@ def test_ledger_survives_kills_at_random_points_of_a_spend_loop(tmp_path: Path) 
         for charge in reserved:  # the retry of the key takes the reservation over
             retry = ledger.reserve(charge.key, faults_support.fingerprint(charge.key),
                                    Loss.of(*faults_support.loss_of(charge.key)))
-            assert retry == Reserved(charge.key, taken_over=True)
+            assert retry == Reserved(charge.key, taken_over=True, loss=charge.loss,
+                                     charged_at=charge.created_at)
             ledger.commit(charge.key, f"release-of-{charge.key}")
             taken_over += 1
         assert ledger.state().spent_loss == state.spent_loss  # charged once

@@ -5,19 +5,30 @@ OpenDP's serialized measurements and the per-caller, per-period summary."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import opendp.prelude as dp
 import pytest
 
 from bridgestat.node import mechanisms
-from bridgestat.node.audit import (GENESIS, AuditLog, Record, entry_hash, format_summary,
-                                   measurement, summarize, verify)
+from bridgestat.node.audit import (
+    GENESIS,
+    AuditLog,
+    Record,
+    entry_hash,
+    format_summary,
+    measurement,
+    summarize,
+    verify,
+)
 from bridgestat.node.errors import AuditError, PolicyError
-from bridgestat.node.ledger import Ledger
+from bridgestat.node.ledger import Ledger, Reserved, period_label
 from bridgestat.node.loss import Epsilon, Loss
 from bridgestat.node.query import QuerySpec, Statistic
 
@@ -126,22 +137,147 @@ def test_tampering_is_named_by_its_first_line(
         result.problem
 
 
-def test_cut_off_entries_are_caught_by_the_ledger_and_by_an_anchor(tmp_path: Path) -> None:
-    path = _log(tmp_path, 0)
-    log = AuditLog(path)
+def _release(ledger: Ledger, log: AuditLog, key: str, epsilon: float = 0.5,
+             mark: bool = True) -> None:
+    """What the engine does for a fresh release: charge, commit, log the charge, mark it."""
+    charge = ledger.reserve(key, key, Loss.of(epsilon))
+    assert isinstance(charge, Reserved)
+    ledger.commit(key, "{}")
+    log.append(Record("coordinator", "ds", key, QUERY, "released", charged=charge.loss,
+                      charged_at=charge.charged_at))
+    if mark:
+        ledger.mark_logged(key)
+
+
+def _ledger_and_log(tmp_path: Path, keys: str = "abc") -> tuple[Ledger, AuditLog]:
     ledger = Ledger(tmp_path / "ledger.sqlite", "ds", Epsilon.of(10))
-    for key in ("a", "b", "c"):
-        ledger.reserve(key, key, Loss.of(0.5))
-        ledger.commit(key, "{}")
-        log.append(_record(key))
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for key in keys:
+        _release(ledger, log, key)
+    return ledger, log
+
+
+def _rechain(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Keep only the entries `keep` accepts and recompute seq and hashes (an editor who
+    knows the scheme: the chain itself then verifies)."""
+    head, out = GENESIS, []
+    for entry in (json.loads(line) for line in _lines(path)):
+        if keep(entry):
+            entry.update(seq=len(out) + 1, prev_hash=head)
+            entry["hash"] = head = entry_hash(entry)
+            out.append(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+    path.write_bytes(b"".join(out))
+
+
+def test_cut_off_entries_are_caught_by_the_ledger_and_by_an_anchor(tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path)
+    path = log.path
     anchor = verify(path).last_hash
-    assert verify(path, ledger.history(), "ds", anchor).ok
+    assert verify(path, ledger.snapshot(), "ds", anchor).ok
     path.write_bytes(b"".join(_lines(path)[:2]))  # a clean cut: the chain itself is intact
     assert verify(path).ok
-    by_ledger = verify(path, ledger.history(), "ds")
+    by_ledger = verify(path, ledger.snapshot(), "ds")
     assert by_ledger.problem is not None and "ledger charge 'c'" in by_ledger.problem
+    assert "although the node wrote one: entries were removed" in by_ledger.problem
     by_anchor = verify(path, anchor=anchor)
     assert by_anchor.problem is not None and "anchor" in by_anchor.problem
+
+
+def test_a_removed_released_entry_is_caught_even_when_its_replays_remain(
+        tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path)
+    log.append(_record("b", outcome="replayed"))
+    _rechain(log.path, lambda e: not (e["key"] == "b" and e["outcome"] == "released"))
+    assert verify(log.path).ok  # the chain alone cannot tell
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.problem is not None
+    assert result.problem.startswith("ledger charge 'b' of dataset 'ds' (epsilon 0.5, "
+                                     "committed ")
+    assert "although the node wrote one: entries were removed" in result.problem
+
+
+def test_a_charge_logged_only_as_replays_is_named(tmp_path: Path) -> None:
+    """What the node did before this check: a retry after a failed audit write was logged
+    as a free replay, and the log never recorded the charge."""
+    ledger, log = _ledger_and_log(tmp_path, "a")
+    ledger.reserve("k1", "k1", Loss.of(0.5))
+    ledger.commit("k1", "{}")  # the audit write failed here
+    log.append(_record("k1", outcome="replayed"))
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.problem is not None and result.problem.startswith("ledger charge 'k1'")
+    assert "logged only as replays, charging nothing" in result.problem
+
+
+def test_a_charge_whose_audit_write_failed_is_named_until_it_is_answered(
+        tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path, "a")
+    ledger.reserve("k1", "k1", Loss.of(0.5))
+    ledger.commit("k1", "{}")
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.problem is not None and "the node wrote none yet" in result.problem
+    assert "when the caller retries the key" in result.problem
+
+
+def test_a_key_logged_as_released_twice_is_caught(tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path, "ab")
+    [_, charge] = ledger.history()
+    log.append(Record("coordinator", "ds", "b", QUERY, "released", charged=charge.loss,
+                      charged_at=charge.created_at))
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.problem == ("key 'b' is logged as released 2 times (lines 2, 3): its loss "
+                              "would count 2 times against the ledger's one charge")
+
+
+def test_a_released_entry_without_a_ledger_charge_is_caught(tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path, "a")
+    log.append(_record("ghost"))
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.problem is not None and result.problem.startswith(
+        "line 2: key 'ghost' is logged as released, charging epsilon 0.5, but the ledger")
+
+
+def test_the_charge_time_is_the_ledgers(tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path, "")
+    charge = ledger.reserve("a", "a", Loss.of(0.5))
+    ledger.commit("a", "{}")
+    log.append(Record("coordinator", "ds", "a", QUERY, "released", charged=Loss.of(0.5),
+                      charged_at="2025-12-31T23:59:59.999Z"))
+    assert isinstance(charge, Reserved)
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.problem == (f"line 1: key 'a' charged at 2025-12-31T23:59:59.999Z, but the "
+                              f"ledger charged it at {charge.charged_at}")
+
+
+def _set(ledger: Ledger, sql: str, *args: object) -> None:
+    with closing(sqlite3.connect(ledger.path)) as db:
+        db.execute(sql, args)
+        db.commit()
+
+
+def test_totals_overall_and_per_period_are_reconciled_with_the_ledgers(
+        tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path)
+    ok = verify(log.path, ledger.snapshot(), "ds")
+    assert ok.ok and ok.released == Loss.of(1.5) and ok.held == ()
+    _set(ledger, "UPDATE budget SET spent = ? WHERE dataset = 'ds'", Loss.of(2).encode())
+    total = verify(log.path, ledger.snapshot(), "ds")
+    assert total.problem == ("in total the released entries charge epsilon 1.5, but the "
+                             "ledger's running total is epsilon 2")
+    _set(ledger, "UPDATE budget SET spent = ? WHERE dataset = 'ds'", Loss.of(1.5).encode())
+    month = period_label("month", datetime.now(UTC))
+    _set(ledger, "UPDATE period_spent SET spent = '1;0' WHERE period = 'month'")
+    period = verify(log.path, ledger.snapshot(), "ds")
+    assert period.problem == (f"month {month}: the released entries charge epsilon 1.5, but "
+                              "the ledger's total for the month is epsilon 1")
+
+
+def test_a_reservation_of_an_interrupted_query_is_held_not_logged(tmp_path: Path) -> None:
+    ledger, log = _ledger_and_log(tmp_path, "ab")
+    ledger.reserve("c", "c", Loss.of(0.25))  # the node was killed while computing it
+    result = verify(log.path, ledger.snapshot(), "ds")
+    assert result.ok, result.problem
+    assert result.released == Loss.of(1.0)
+    assert [(c.key, c.loss) for c in result.held] == [("c", Loss.of(0.25))]
 
 
 def test_ledger_check_compares_the_exact_loss(tmp_path: Path) -> None:
@@ -150,8 +286,17 @@ def test_ledger_check_compares_the_exact_loss(tmp_path: Path) -> None:
     ledger.reserve("a", "a", Loss.of(0.25))
     ledger.commit("a", "{}")
     AuditLog(path).append(_record("a", epsilon=0.5))
-    result = verify(path, ledger.history(), "ds")
+    result = verify(path, ledger.snapshot(), "ds")
     assert result.problem is not None and "the ledger charged 1/4;0" in result.problem
+
+
+def test_find_released_finds_the_keys_entry_only(tmp_path: Path) -> None:
+    _, log = _ledger_and_log(tmp_path, "ab")
+    log.append(_record("a", outcome="replayed"))
+    log.append(_record('b","x'))  # a key that contains another key's JSON text
+    found = log.find_released("ds", "a")
+    assert found is not None and (found["seq"], found["outcome"]) == (1, "released")
+    assert log.find_released("ds", "c") is None and log.find_released("other", "a") is None
 
 
 def test_appends_from_threads_and_processes_interleave_whole(tmp_path: Path) -> None:
@@ -222,3 +367,13 @@ def test_summary_per_caller_and_period(tmp_path: Path) -> None:
     assert [(r.period, r.caller, float(r.epsilon)) for r in yearly] == [
         ("2026", "analyst", 0.0), ("2026", "coordinator", 1.0)]
     assert "coordinator" in format_summary(yearly).splitlines()[2]
+
+
+def test_a_release_counts_in_the_period_the_ledger_charged_it(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", Clock(datetime(2026, 1, 31, tzinfo=UTC)))
+    log.append(Record("coordinator", "ds", "a", QUERY, "released", charged=Loss.of(0.5),
+                      charged_at="2026-01-31T23:59:59.999Z"))  # logged on 2026-02-01
+    log.append(_record("a", outcome="replayed"))  # 2026-02-02
+    rows = summarize([json.loads(line) for line in _lines(log.path)], "month")
+    assert [(r.period, r.counts["released"], r.counts["replayed"], float(r.epsilon))
+            for r in rows] == [("2026-01", 1, 0, 0.5), ("2026-02", 0, 1, 0.0)]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +29,9 @@ def test_retry_with_same_key_replays_and_charges_once(tmp_path: Path) -> None:
     assert isinstance(ledger.reserve("k1", "fp", EPS), Reserved)
     ledger.commit("k1", '{"release": 1}')
     replay = ledger.reserve("k1", "fp", EPS)
-    assert replay == Replay('{"release": 1}')
+    assert isinstance(replay, Replay)
+    assert (replay.release, replay.loss, replay.logged) == ('{"release": 1}', EPS, False)
+    assert replay.charged_at == ledger.history()[0].created_at
     assert ledger.state().spent_loss == EPS
     assert len(ledger.charges()) == 1
 
@@ -109,10 +114,13 @@ def test_crash_between_reserve_and_commit_never_double_charges(tmp_path: Path) -
     restarted = Ledger(path, "ds", Epsilon.of(1.0))
     assert restarted.state().spent == Epsilon.of(0.3)  # the reservation stands
     outcome = restarted.reserve("k", "fp", Loss.of(0.3))  # the retry takes it over
-    assert outcome == Reserved("k", taken_over=True)
+    [charge] = restarted.history()
+    assert outcome == Reserved("k", taken_over=True, loss=charge.loss,
+                               charged_at=charge.created_at)  # the charge as it stands
     restarted.commit("k", "release")
     assert restarted.state().spent == Epsilon.of(0.3)  # charged once in total
-    assert restarted.reserve("k", "fp", Loss.of(0.3)) == Replay("release")
+    replay = restarted.reserve("k", "fp", Loss.of(0.3))
+    assert isinstance(replay, Replay) and replay.release == "release"
 
 
 def test_rho_charges_compose_in_zcdp_and_the_cap_binds_on_the_guarantee(tmp_path: Path) -> None:
@@ -130,3 +138,35 @@ def test_rho_charges_compose_in_zcdp_and_the_cap_binds_on_the_guarantee(tmp_path
     with pytest.raises(BudgetExhausted, match="delta 1e-06"):
         ledger.reserve("g3", "d", Loss.of(rho=0.2))
     assert ledger.state().spent_loss == state.spent_loss
+
+
+def test_the_audit_mark_is_set_once_the_entry_is_written_and_survives_a_restart(
+        tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.reserve("k", "fp", EPS)
+    ledger.mark_logged("k")  # a reservation is never marked: no entry before the commit
+    assert not ledger.is_logged("k")
+    ledger.commit("k", "release")
+    first = ledger.reserve("k", "fp", EPS)
+    assert isinstance(first, Replay) and not first.logged
+    ledger.mark_logged("k")
+    restarted = _ledger(tmp_path)
+    again = restarted.reserve("k", "fp", EPS)
+    assert isinstance(again, Replay) and again.logged and restarted.is_logged("k")
+    assert [c.logged for c in restarted.history()] == [True]
+
+
+def test_a_ledger_from_before_the_audit_mark_gets_the_column_unmarked(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = _ledger(tmp_path)
+    ledger.reserve("k", "fp", EPS)
+    ledger.commit("k", "release")
+    with closing(sqlite3.connect(path)) as db:  # the table as an older node wrote it
+        db.execute("ALTER TABLE charge DROP COLUMN logged")
+        db.commit()
+    reopened = _ledger(tmp_path)
+    replay = reopened.reserve("k", "fp", EPS)
+    assert isinstance(replay, Replay) and not replay.logged  # its entry is looked up
+    snapshot = reopened.snapshot()
+    assert [c.key for c in snapshot.charges] == ["k"] and snapshot.spent == EPS
+    assert snapshot.periods[("year", str(datetime.now(UTC).year))] == EPS

@@ -27,7 +27,7 @@ def rho_to_epsilon(rho: float, delta: float) -> float:
     scale = (1 - 1e-12) / math.sqrt(2 * rho)
     gaussian = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False),
                                   dp.absolute_distance(T=float), scale)
-    profile = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)  # type: ignore[no-untyped-call]
+    profile = dp.c.make_zCDP_to_approxDP(gaussian).map(1.0)
     try:
         return float(profile.epsilon(delta))
     except dp.OpenDPException as exc:

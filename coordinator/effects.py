@@ -72,7 +72,9 @@ def transition_counts(cells: Mapping[str, Noisy], wanted: Collection[str]
     entered: before outside, after inside; left: the reverse; stayed: the rest (both inside
     or both outside). The missing cell (no value at an occasion) is left out.
     """
-    entered, left, stayed = [], [], []
+    entered: list[Noisy] = []
+    left: list[Noisy] = []
+    stayed: list[Noisy] = []
     for label, value in cells.items():
         if label == MISSING:
             continue

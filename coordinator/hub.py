@@ -30,8 +30,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # what `health.aio` names at run time
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -48,6 +50,9 @@ from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # grpc-stubs' generic; at run time the class takes no parameters
+    AioContext = grpc.aio.ServicerContext[Any, Any]
 
 __all__ = ["MEMBER_HEADER", "Hub", "serve", "start_hub"]
 log = logging.getLogger("bridgestat.coordinator.hub")
@@ -91,7 +96,7 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.changed = asyncio.Condition()
         self.closing = False
-        self.health: health.aio.HealthServicer | None = None
+        self.health: health_aio.HealthServicer | None = None
 
     async def ask(self, member: str, request: cpb.CoordinatorRequest,
                   timeout: float | None) -> cpb.NodeReply:
@@ -128,8 +133,9 @@ class Hub:
         await stopping
 
 
-def _peer_identity(context: grpc.aio.ServicerContext) -> str:
-    names = context.auth_context().get("x509_common_name", [])
+def _peer_identity(context: AioContext) -> str:
+    found = context.auth_context().get("x509_common_name")
+    names = [found] if isinstance(found, bytes) else list(found or [])
     return names[0].decode() if names else ""
 
 
@@ -138,7 +144,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
         self.hub = hub
 
     async def Connect(self, request_iterator: AsyncIterator[cpb.NodeMessage],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.CoordinatorRequest]:
+                      context: AioContext) -> AsyncIterator[cpb.CoordinatorRequest]:
         incoming = request_iterator.__aiter__()
         member = await self._hello(incoming, context)
         if self.hub.closing:
@@ -162,7 +168,7 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
             await self._unregister(session)
 
     async def _hello(self, incoming: AsyncIterator[cpb.NodeMessage],
-                     context: grpc.aio.ServicerContext) -> str:
+                     context: AioContext) -> str:
         """The member a new stream is for: its Hello, checked against the certificate and
         the network file; aborts the stream otherwise."""
         try:
@@ -224,16 +230,16 @@ class ProxyServicer(pb_grpc.NodeServiceServicer):
         self.allow = None if allow is None else frozenset(allow)
 
     async def GetNodeInfo(self, request: pb.GetNodeInfoRequest,
-                          context: grpc.aio.ServicerContext) -> pb.GetNodeInfoResponse:
+                          context: AioContext) -> pb.GetNodeInfoResponse:
         reply = await self._forward(context, cpb.CoordinatorRequest(get_node_info=request))
         return reply.node_info
 
     async def RunQuery(self, request: pb.RunQueryRequest,
-                       context: grpc.aio.ServicerContext) -> pb.RunQueryResponse:
+                       context: AioContext) -> pb.RunQueryResponse:
         reply = await self._forward(context, cpb.CoordinatorRequest(run_query=request))
         return reply.run_query
 
-    async def _forward(self, context: grpc.aio.ServicerContext,
+    async def _forward(self, context: AioContext,
                        request: cpb.CoordinatorRequest) -> cpb.NodeReply:
         caller = _peer_identity(context)
         if self.allow is not None and caller not in self.allow:
@@ -272,7 +278,7 @@ async def start_hub(address: str, credentials: grpc.ServerCredentials | None, *,
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     cpb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(hub), server)
     pb_grpc.add_NodeServiceServicer_to_server(ProxyServicer(hub, allow), server)
-    hub.health = health.aio.HealthServicer()
+    hub.health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hub.health, server)
     reflection.enable_server_reflection(
         (COORDINATOR_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -30,8 +30,12 @@ from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaResult, meta_analysis
 from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError
 from bridgestat.coordinator.query import Query, Term
-from bridgestat.coordinator.regression import (CrossProducts, RegressionResult, fit,
-                                               pool_cross_products)
+from bridgestat.coordinator.regression import (
+    CrossProducts,
+    RegressionResult,
+    fit,
+    pool_cross_products,
+)
 from bridgestat.coordinator.wire import CellRelease, MemberRelease
 
 NETWORK = "NETWORK"

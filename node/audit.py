@@ -107,7 +107,7 @@ def serialize_measurement(component: Component) -> str:
     """OpenDP's serialized form of one component's measurement."""
     try:
         return component.serialize()
-    except Exception:  # OpenDP raises a bare Exception for what its encoder cannot handle
+    except Exception:  # noqa: BLE001  # OpenDP raises a bare Exception its encoder cannot handle
         return json.dumps(_TypesAsText().default(component.measurement))
 
 
@@ -145,7 +145,7 @@ class Record:
     query: QuerySpec | None
     outcome: str  # one of OUTCOMES
     measurement: list[dict[str, Any]] = field(default_factory=list)
-    charged: Loss = Loss()
+    charged: Loss = field(default_factory=Loss)
     release: Release | None = None
     error: BaseException | None = None
     pooled_only: bool = False

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -207,7 +208,7 @@ class Connector:
         log.info("connected to coordinator %s as %s", self.target, self.engine.node_id,
                  extra={"event": "connected", "coordinator": self.target})
 
-    def _close_on_stop(self, stream: grpc.Future, outgoing: queue.Queue[object],
+    def _close_on_stop(self, stream: grpc.Future[Any], outgoing: queue.Queue[object],
                        done: threading.Event) -> None:
         """When the connector stops: wait for the replies under way (up to the grace),
         half-close so the coordinator ends the stream cleanly, and cancel it if it does not.

@@ -228,7 +228,7 @@ class Engine:
             return ReleasedCell(rows.group, _histogram(plan, rows.values))
         if stat is Statistic.CROSS_PRODUCTS:
             return ReleasedCell(rows.group, _cross_products(plan, rows.values))
-        values = rows.values[~np.isnan(rows.values)]
+        values: FloatArray = rows.values[~np.isnan(rows.values)].astype(np.float64, copy=False)
         if stat is Statistic.QUANTILE:
             return ReleasedCell(rows.group, (_quantile(plan.components[0], values),))
         z, w = fixed_point(values, plan.lower, plan.upper)
@@ -306,11 +306,13 @@ def _fixed_product(a: FloatArray | None, b: FloatArray | None, n: int) -> IntArr
     """rint(a * b * FIXED_POINT) as int64, where None stands for the constant 1."""
     if a is None and b is None:
         return np.full(n, FIXED_POINT, dtype=np.int64)
-    if a is None or b is None:
-        product = (b if a is None else a) * FIXED_POINT
-    else:
-        product = a * b
+    if a is not None and b is not None:
+        product: FloatArray = a * b
         product *= FIXED_POINT
+    else:
+        factor = a if a is not None else b
+        assert factor is not None  # narrowed above: both None returned early
+        product = factor * FIXED_POINT
     return np.rint(product, out=product).astype(np.int64)
 
 
@@ -325,13 +327,13 @@ def _histogram(plan: Plan, codes: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...
 def _describe(plan: Plan) -> str:
     if plan.query.statistic is Statistic.CROSS_PRODUCTS:
         first = plan.components[0]
-        parts = [f"{len(plan.components)} entries of U'U, each rho={first.rho:.6g}, "
-                 f"scale={first.noise_scale:.6g}"]
+        parts = [(f"{len(plan.components)} entries of U'U, each rho={first.rho:.6g}, "
+                 f"scale={first.noise_scale:.6g}")]
         kind = "discrete Gaussian, zCDP (OpenDP)"
     elif plan.query.statistic is Statistic.QUANTILE:
         first = plan.components[0]
-        parts = [f"quantile {plan.query.quantile:g} over {len(plan.query.bin_edges)} public "
-                 f"candidates: eps={first.epsilon:.6g}, scale={first.scale:.6g}"]
+        parts = [(f"quantile {plan.query.quantile:g} over {len(plan.query.bin_edges)} public "
+                 f"candidates: eps={first.epsilon:.6g}, scale={first.scale:.6g}")]
         kind = "exponential mechanism (OpenDP make_private_quantile)"
     else:
         parts = [f"{c.name}: eps={c.epsilon:.6g}, scale={c.noise_scale:.6g}"

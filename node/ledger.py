@@ -96,7 +96,7 @@ def timestamp(when: datetime) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def period_start(period: str, when: datetime) -> datetime:
@@ -185,7 +185,7 @@ class BudgetState:
     spent_loss: Loss  # pure epsilon and rho, summed separately
     delta: float
     period: PeriodCap | None = None
-    period_spent_loss: Loss = Loss()  # charged within the current period
+    period_spent_loss: Loss = field(default_factory=Loss)  # charged within the current period
     period_name: str = ""  # e.g. 2026 (the current period)
 
     @property

@@ -111,16 +111,19 @@ def _int_vectors() -> Any:
 
 def count_component(epsilon: float, name: str = COUNT) -> Component:
     def build(scale: float) -> dp.Measurement:
-        return (dp.t.make_count(_int_vectors(), dp.symmetric_distance())
-                >> dp.m.then_laplace(scale))
+        chained: dp.Measurement = (dp.t.make_count(_int_vectors(), dp.symmetric_distance())
+                                   >> dp.m.then_laplace(scale))
+        return chained
     measurement, scale = _calibrate(build, 1.0, epsilon)
     return Component(name, measurement, float(measurement.map(1)), scale, 1.0)
 
 
 def _bounded_sum(lower: int, upper: int, epsilon: float) -> tuple[dp.Measurement, float]:
     def build(scale: float) -> dp.Measurement:
-        return (dp.t.make_clamp(_int_vectors(), dp.symmetric_distance(), (lower, upper))
-                >> dp.t.then_sum() >> dp.m.then_laplace(scale))
+        chained: dp.Measurement = (
+            dp.t.make_clamp(_int_vectors(), dp.symmetric_distance(), (lower, upper))
+            >> dp.t.then_sum() >> dp.m.then_laplace(scale))
+        return chained
     return _calibrate(build, float(max(abs(lower), abs(upper))), epsilon)
 
 
@@ -141,9 +144,11 @@ def sum_squares_component(half_width: float, epsilon: float) -> Component:
 def histogram_component(n_categories: int, epsilon: float) -> Component:
     """Counts of codes 0..k-1 plus one trailing cell for anything else (missing)."""
     def build(scale: float) -> dp.Measurement:
-        return (dp.t.make_count_by_categories(_int_vectors(), dp.symmetric_distance(),
-                                              categories=list(range(n_categories)))
-                >> dp.m.then_laplace(scale))
+        chained: dp.Measurement = (
+            dp.t.make_count_by_categories(_int_vectors(), dp.symmetric_distance(),
+                                          categories=list(range(n_categories)))
+            >> dp.m.then_laplace(scale))
+        return chained
     measurement, scale = _calibrate(build, 1.0, epsilon)
     return Component("histogram", measurement, float(measurement.map(1)), scale, 1.0)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,11 +32,20 @@ from grpc_reflection.v1alpha import reflection
 
 from bridgestat.node import serde
 from bridgestat.node.engine import Answer, Engine
-from bridgestat.node.errors import (BudgetExhausted, IdempotencyConflict, NodeError,
-                                    PolicyError, QueryError, QueryInProgress)
+from bridgestat.node.errors import (
+    BudgetExhausted,
+    IdempotencyConflict,
+    NodeError,
+    PolicyError,
+    QueryError,
+    QueryInProgress,
+)
 from bridgestat.node.metrics import NodeMetrics
 from bridgestat.node.query import QuerySpec
 from bridgestat.node.tls import AllowList, ServerTls, caller_identity, not_allowed
+
+if TYPE_CHECKING:
+    from bridgestat.node.tls import _Interceptor
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -95,7 +104,7 @@ def node_info(engine: Engine, software: str) -> pb.GetNodeInfoResponse | Status:
     """GetNodeInfo: the node's public description, or the status of its failure."""
     try:
         return serde.info_to_pb(engine.info(), software)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # every error becomes a gRPC status, in one place
         return status_of(exc)
 
 
@@ -110,7 +119,7 @@ def run_query(engine: Engine, metrics: NodeMetrics, request: pb.RunQueryRequest,
         answer = engine.run(request.idempotency_key, _decode_query(engine, request, caller),
                             caller)
         response = serde.answer_to_pb(answer, engine.policy.max_epsilon_per_query)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  # every error becomes a gRPC status, in one place
         status = status_of(exc)
         _record_refused(metrics, request, statistic, caller, started, status)
         return status
@@ -191,10 +200,10 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
 
 def _respond(context: grpc.ServicerContext, result: R | Status) -> R:
     """The response, or abort the call with the status (abort raises)."""
-    if isinstance(result, Status):
-        context.abort(result.code, result.message)
-        raise AssertionError("unreachable")  # context.abort always raises
-    return result
+    if not isinstance(result, Status):
+        return result
+    context.abort(result.code, result.message)
+    raise AssertionError("unreachable")  # context.abort always raises
 
 
 @dataclass
@@ -218,7 +227,8 @@ def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = N
     """A node's gRPC server (not started): NodeService, grpc.health.v1 and reflection, over
     mutual TLS when `tls` is given, else plain text. Raises OSError if it cannot listen."""
     metrics = metrics or NodeMetrics(engine.ledger.state)
-    interceptors = [] if tls is None else [AllowList(tls.allow, _on_refusal(metrics))]
+    interceptors: list[_Interceptor] = ([] if tls is None
+                                        else [AllowList(tls.allow, _on_refusal(metrics))])
     # No SO_REUSEPORT: a second node on an address in use must fail to start, not silently
     # split the coordinator's connections with the first.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),

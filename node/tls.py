@@ -15,13 +15,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from bridgestat.common.certs import check_identity
 from bridgestat.node.config import NodeConfig, TlsConfig
 from bridgestat.node.errors import ConfigError
+
+if TYPE_CHECKING:  # grpc-stubs' generics; at run time these classes take no parameters
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+    Context = grpc.ServicerContext
+else:
+    _Interceptor = grpc.ServerInterceptor
 
 ANONYMOUS = "anonymous"  # the caller of a plain-text (--insecure) node
 
@@ -64,7 +71,8 @@ def load_server_tls(config: NodeConfig) -> ServerTls:
 
 def caller_identity(context: grpc.ServicerContext) -> str:
     """The common name of the caller's verified certificate; ANONYMOUS without TLS."""
-    names = context.auth_context().get("x509_common_name") or []
+    found = context.auth_context().get("x509_common_name")
+    names = [found] if isinstance(found, bytes) else list(found or [])
     return names[0].decode("utf-8", "replace") if names else ANONYMOUS
 
 
@@ -82,7 +90,7 @@ def _read(source: str, key: str, path: Path) -> bytes:
 Refused = Callable[[str], None]
 
 
-class AllowList(grpc.ServerInterceptor):
+class AllowList(_Interceptor):
     """Refuses (PERMISSION_DENIED, naming the identity) every call whose client certificate's
     common name is not allowed, before the handler runs: nothing is read or spent."""
 
@@ -91,9 +99,9 @@ class AllowList(grpc.ServerInterceptor):
         self.on_refusal = on_refusal
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
-                                                       grpc.RpcMethodHandler | None],
+                                                       Handler | None],
                           handler_call_details: grpc.HandlerCallDetails
-                          ) -> grpc.RpcMethodHandler | None:
+                          ) -> Handler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
@@ -113,8 +121,8 @@ def not_allowed(caller: str) -> str:
     return f"caller {caller!r} is not on this node's allow-list (tls.allow)"
 
 
-def _guarded(handler: grpc.RpcMethodHandler,
-             check: Callable[[grpc.ServicerContext], None]) -> grpc.RpcMethodHandler:
+def _guarded(handler: Handler,
+             check: Callable[[Context], None]) -> Handler:
     """The same handler with `check(context)` run before its behaviour, for all four kinds."""
     def wrap(behaviour: Callable[[Any, grpc.ServicerContext], Any]
              ) -> Callable[[Any, grpc.ServicerContext], Any]:

@@ -4,15 +4,26 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint demo test chromium postgresql containers protos check-protos clean
+.PHONY: install lint wheel wheels-node wheels-coordinator demo test chromium postgresql containers protos check-protos clean
 
-$(STAMP): pyproject.toml
+# Exact versions from constraints.txt (the lock); pyproject.toml keeps compatible ranges.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==25.3"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The package as a wheel in dist/, for `pip install -c constraints.txt "dist/<wheel>[node]"`.
+wheel: $(STAMP)
+	rm -rf dist
+	$(PY) -m pip wheel --quiet --no-deps -w dist .
+
+# Wheels for the container images (deploy/*.Dockerfile), built from the locked versions.
+wheels-node wheels-coordinator: wheels-%: $(STAMP)
+	rm -rf build/wheels
+	$(PY) -m pip wheel --quiet -c constraints.txt -w build/wheels ".[$*]"
 
 demo: $(STAMP)
 	rm -rf demo-network
@@ -45,4 +56,4 @@ check-protos: $(STAMP)
 	$(PY) protos/generate.py --check
 
 clean:
-	rm -rf $(VENV) demo-network build *.egg-info .pytest_cache
+	rm -rf $(VENV) demo-network build dist *.egg-info .pytest_cache

@@ -1,6 +1,6 @@
 # The bridgestat coordinator: the researchers' and coordinators' `bridgestat` command (study
 # plan/run, report) in an image. Build from the repository root after
-# `pip wheel -w build/wheels .`:
+#   pip wheel -c constraints.txt -w build/wheels ".[coordinator]"   (or `make wheels-coordinator`):
 #   docker build -f deploy/coordinator.Dockerfile -t bridgestat-coordinator .
 ARG BASE=python:3.11-slim
 FROM ${BASE}
@@ -13,9 +13,11 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     fi
 
 COPY build/wheels /tmp/wheels
+COPY constraints.txt /tmp/constraints.txt
 RUN python3 -m venv /opt/bridgestat \
-    && /opt/bridgestat/bin/pip install --no-index --find-links /tmp/wheels bridgestat \
-    && rm -rf /tmp/wheels \
+    && /opt/bridgestat/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
+       -c /tmp/constraints.txt "bridgestat[coordinator]" \
+    && rm -rf /tmp/wheels /tmp/constraints.txt \
     && (getent passwd bridgestat >/dev/null || useradd --system --uid 10001 --home-dir /work bridgestat) \
     && mkdir -p /work && chown bridgestat /work
 

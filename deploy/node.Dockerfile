@@ -1,5 +1,6 @@
 # The bridgestat node: answers the network's typed queries with DP releases from the
-# member's own data. Build from the repository root after `pip wheel -w build/wheels .`:
+# member's own data. Build from the repository root after
+#   pip wheel -c constraints.txt -w build/wheels ".[node]"   (or `make wheels-node`):
 #   docker build -f deploy/node.Dockerfile -t bridgestat-node .
 # The base is a build argument so an air-gapped member can use its own (see
 # README "For member IT"); a base without Python gets Debian's python3.
@@ -14,10 +15,13 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     fi
 
 # Wheels built on the host: no PyPI access is needed inside the build.
+# The node extra only (no scipy, matplotlib or report libraries), at the locked versions.
 COPY build/wheels /tmp/wheels
+COPY constraints.txt /tmp/constraints.txt
 RUN python3 -m venv /opt/bridgestat \
-    && /opt/bridgestat/bin/pip install --no-index --find-links /tmp/wheels bridgestat \
-    && rm -rf /tmp/wheels \
+    && /opt/bridgestat/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels \
+       -c /tmp/constraints.txt "bridgestat[node]" \
+    && rm -rf /tmp/wheels /tmp/constraints.txt \
     && (getent passwd bridgestat >/dev/null || useradd --system --uid 10001 --home-dir /var/lib/bridgestat bridgestat) \
     && mkdir -p /var/lib/bridgestat /etc/bridgestat /data \
     && chown bridgestat /var/lib/bridgestat

@@ -60,7 +60,9 @@ def _base_image(tmp: Path) -> None:
 def node_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     _require_tools()
     _base_image(tmp_path_factory.mktemp("base"))
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "-w", "build/wheels", ".")
+    shutil.rmtree(ROOT / "build" / "wheels", ignore_errors=True)
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "-c", "constraints.txt", "-w",
+         "build/wheels", ".[node]")
     _run("podman", "build", "--isolation", "chroot", "--cgroup-manager", "cgroupfs",
          "--build-arg", f"BASE={BASE}", "-f", "deploy/node.Dockerfile", "-t", IMAGE, ".")
     return IMAGE
@@ -135,3 +137,24 @@ def test_the_node_image_serves_queries_over_mtls(
         frame = net.count("participant", epsilon=0.5)
     row = frame[frame.member == "member-01"].iloc[0]
     assert row.status == "ok" and abs(row.estimate - 300) < 60  # Laplace scale 2
+
+
+def test_the_node_image_holds_the_node_extra_only(node_image: str) -> None:
+    """The image installs `bridgestat[node]`: no scipy, no matplotlib, no report libraries.
+    Its size is printed (and kept in artifacts/) as the figure the issue asks for; the 300 MB
+    target is a benchmark figure, not asserted here."""
+    size = int(_run("podman", "image", "inspect", "--format", "{{.Size}}", node_image))
+    line = f"node image {node_image}: {size / 1e6:.0f} MB ({size:,} bytes; target 300 MB)"
+    print(line)
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    (ROOT / "artifacts" / "node-image-size.txt").write_text(line + "\n", encoding="utf-8")
+    container = _run("buildah", "from", node_image).strip()
+    try:
+        probe = ("import importlib.util as u; "
+                 "print(','.join(m for m in ('scipy', 'matplotlib', 'jinja2', 'babel', 'pandas',"
+                 " 'opendp') if u.find_spec(m)))")
+        found = _run("buildah", "run", "--isolation", "chroot", container, "--",
+                     "/opt/bridgestat/bin/python", "-c", probe).strip().split(",")
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+    assert found == ["pandas", "opendp"], found

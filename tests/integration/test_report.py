@@ -17,6 +17,7 @@ import pytest
 
 from bridgestat.coordinator.formatting import fmt_loss_range, fmt_number
 from bridgestat.coordinator.html_tables import LONG_TABLE
+from bridgestat.coordinator.member_report import write_member_report
 from bridgestat.coordinator.report import (
     ReportError,
     iter_plot_keys,
@@ -266,10 +267,10 @@ def test_label_columns_come_right_after_member(report: Path, section: str,
 
 def test_long_table_shows_network_rows_then_all_rows_folded(report: Path) -> None:
     section = _section(report, "a07_employment_transitions")
-    assert '<details class="all-rows"><summary>All 96 rows</summary>' in section
+    assert '<details class="all-rows"><summary>All 96 rows and all columns</summary>' in section
     assert "<script" not in section
     (network_headers, network_rows), (all_headers, all_rows) = _tables(section)
-    assert network_headers == all_headers
+    assert network_headers == [h for h in all_headers if h not in ("SE",)]
     assert len(network_rows) == 16 and len(all_rows) == 96
     assert re.findall(r"<tbody><tr><td[^>]*>NETWORK</td>", section)  # NETWORK table first
     assert "NETWORK rows only (16 of 96)" in section
@@ -280,7 +281,8 @@ def test_long_table_shows_network_rows_then_all_rows_folded(report: Path) -> Non
 def test_regression_coefficients_are_shown_once(report: Path) -> None:
     section = _section(report, "a09_bridge_regression")
     tables = _tables(section)
-    assert [headers[:2] for headers, _ in tables] == [["Member", "Term"], ["Fit", "n (noisy)"]]
+    assert [headers[:2] for headers, _ in tables] == [["Member", "Term"]] * 2 + [
+        ["Fit", "n (noisy)"]] * 2
     assert "<caption>Regression coefficients" not in section  # the analysis's table is it
     assert "too noisy to read" in section
     assert "groningen: the noisy design matrix" in section  # the warning stays a note
@@ -307,7 +309,8 @@ def test_coefficients_come_from_the_fits_without_a_table(tmp_path: Path) -> None
     assert section.count("<caption>Regression coefficients") == 1
     assert "too noisy to read" in section
     tables = _tables(section)
-    assert [headers[:2] for headers, _ in tables] == [["Fit", "Term"], ["Fit", "n (noisy)"]]
+    assert [headers[:2] for headers, _ in tables] == [["Fit", "Term"]] * 2 + [
+        ["Fit", "n (noisy)"]] * 2
     assert tables[0][1].count("muted") == 4  # groningen's four coefficients
 
 
@@ -350,3 +353,94 @@ def test_report_is_readable_by_others(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+# --------------------------------------------------------------------------- languages, members
+
+
+def test_dutch_report(results: dict[str, Any], tmp_path: Path) -> None:
+    path = write_report(results, tmp_path / "nl.html", lang="nl")
+    text = path.read_text(encoding="utf-8")
+    assert '<html lang="nl">' in text and "23 november 2026, 10:00 UTC" in text
+    assert "Verbruikt privacyverlies" in text and "Samenvatting voor coördinatoren" in text
+    plots = assert_renders_in_chromium(path, ARTIFACTS / "report-nl.png")
+    assert plots == list(iter_plot_keys(results))
+
+
+def test_summary_first_per_audience(report: Path) -> None:
+    text = report.read_text(encoding="utf-8")
+    first = text.index('<section class="analysis"')
+    assert text.index('id="summary-coordinator"') < first
+    assert text.index('id="summary-researcher"') < first
+
+
+def _demo_like(results: dict[str, Any]) -> dict[str, Any]:
+    """The fixture with the issue's two confusing figures: a goals mean of -21.6 with an SD
+    of 0 (clip [0, 30]) and a share whose interval is wider than 0-100 %."""
+    doc = copy.deepcopy(results)
+    rows = [{"member": m, "estimate": e, "se": s, "ci_low": e - 1.96 * s,
+             "ci_high": e + 1.96 * s, "n": 100.0, "sd": sd, "status": "ok"}
+            for m, e, s, sd in (("amsterdam", -21.6, 4.0, 0.0), ("rotterdam", 0.4, 0.45, None),
+                                ("utrecht", 3.1, 0.5, 2.0), ("NETWORK", 2.9, 0.3, 2.1))]
+    doc["analyses"].append({"id": "a04_goals", "title": "Goals achieved per participant",
+                            "audience": "coordinator", "kind": "mean",
+                            "spec": {"clip": [0, 30]},
+                            "tables": [{"name": "mean", "columns": list(rows[0]),
+                                        "rows": rows}],
+                            "plots": [{"kind": "member_vs_network", "table": 0}]})
+    return doc
+
+
+def test_too_uncertain_and_impossible_values(results: dict[str, Any], tmp_path: Path) -> None:
+    doc = _demo_like(results)
+    text = write_report(doc, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = text[text.index('id="a04_goals"'):]
+    section = section[:section.index("</section>")]
+    assert "outside the possible range [0, 30]" in section  # the table says so
+    assert "-21.6" in section  # and keeps the raw value
+    assert "An SD of 0 comes from noise" in section
+    member = write_member_report(doc, "rotterdam", "en", tmp_path / "m.html")
+    assert "too uncertain to show" in member.read_text(encoding="utf-8")
+
+
+def test_report_of_the_standard_study_is_under_1_mb(tmp_path: Path) -> None:
+    from tests.fixtures.study_results import standard_study_results
+
+    path = write_report(standard_study_results(), tmp_path / "r.html")
+    print(f"standard study report: {path.stat().st_size:,} bytes")
+    assert path.stat().st_size <= 1_000_000
+
+
+def _pages(pdf: Path) -> int:
+    """Page count by pdfinfo when installed, else from the PDF's page objects."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdfinfo"):
+        out = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+        return int(re.search(r"Pages:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    return len(re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes()))
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_member_report(results: dict[str, Any], tmp_path: Path, lang: str) -> None:
+    from tests.integration.chromium import require_chromium
+
+    require_chromium()
+    html = write_member_report(results, "utrecht", lang, tmp_path, pdf=True)
+    text = html.read_text(encoding="utf-8")
+    others = [m for m in results["members"] if m != "utrecht"]
+    assert not [m for m in others if m in text]
+    for analysis in results["analyses"]:
+        for table in analysis["tables"]:
+            for row in table["rows"]:
+                if row["member"] in others and row["estimate"] is not None:
+                    assert repr(row["estimate"]) not in text
+    if lang == "nl":
+        assert "Bij uw organisatie" in text and "Wat de privacyruis voor u betekent" in text
+    assert "There is no reliable figure" in text or "geen betrouwbaar cijfer" in text
+    plots = assert_renders_in_chromium(html, ARTIFACTS / f"member-report-{lang}.png")
+    assert plots
+    pdf = html.with_suffix(".pdf")
+    assert pdf.exists() and 2 <= _pages(pdf) <= 4, _pages(pdf)
+    (ARTIFACTS / f"member-report-{lang}.pdf").write_bytes(pdf.read_bytes())

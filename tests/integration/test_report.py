@@ -275,7 +275,8 @@ def test_long_table_shows_network_rows_then_all_rows_folded(report: Path) -> Non
     assert re.findall(r"<tbody><tr><td[^>]*>NETWORK</td>", section)  # NETWORK table first
     assert "NETWORK rows only (16 of 96)" in section
     short = _section(report, "a02_sessions")
-    assert "<details" not in short and len(_tables(short)[0][1]) <= LONG_TABLE
+    assert "<summary>All columns</summary>" in short and "rows</summary>" not in short
+    assert len(_tables(short)[0][1]) <= LONG_TABLE
 
 
 def test_regression_coefficients_are_shown_once(report: Path) -> None:

@@ -27,6 +27,7 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from bridgestat.coordinator.formatting import is_ok, status_head
 from bridgestat.coordinator.formatting import readable as readable_text
+from bridgestat.coordinator.i18n import Translator
 from bridgestat.coordinator.results_doc import NETWORK, Row, finite
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ def svg_bytes(fig: Figure) -> bytes:
 def minify_svg(svg: bytes) -> bytes:
     """Matplotlib's SVG without what no viewer uses: RDF metadata, the DOCTYPE, the ids of
     groups (nothing refers to them), indentation, and decimals past 1/10 point."""
-    svg = re.sub(rb"<metadata>.*?</metadata>|<!DOCTYPE[^>]*>", b"", svg, flags=re.S)
+    svg = re.sub(rb"<metadata>.*?</metadata>|<!DOCTYPE[^>]*>", b"", svg, flags=re.DOTALL)
     svg = re.sub(rb'<g id="[^"]*">', b"<g>", svg)
     svg = re.sub(rb"\s*\n\s*", b" ", SVG_DECIMALS.sub(rb"\1", svg))
     return svg.replace(b"> <", b"><")
@@ -181,22 +182,23 @@ def positions(lines: Sequence[Point]) -> list[float]:
     return ys
 
 
-def not_estimable_text(status: str) -> str:
+def not_estimable_text(status: str, t: Translator | None = None) -> str:
     """'not estimable', with the reason when it is short (long reasons are in the table)."""
+    _ = t or Translator("en")
     reason = readable_text(status).strip()
     if reason.startswith("not estimable"):
         reason = reason.removeprefix("not estimable").lstrip(" :")
     if is_ok(status) or not reason:
-        return "not estimable"
+        return _("not estimable")
     for text in (reason, status_head(reason)):
         if len(text) <= SHORT_REASON:
-            return f"not estimable ({text})"
-    return "not estimable (see table)"
+            return _("not estimable ({reason})", reason=_.gettext(text))
+    return _("not estimable (see table)")
 
 
 def dot_whisker(ax: Axes, lines: Sequence[Point], reference: float | None,
                 zero_line: bool = False, bounds: tuple[float, float] | None = None,
-                not_estimable: str = "") -> None:
+                t: Translator | None = None) -> None:
     """Horizontal estimates with CIs; NETWORK highlighted; unestimable lines say so.
 
     With `bounds` (the estimate's possible range) whiskers are cut at the range, so a share's
@@ -206,7 +208,7 @@ def dot_whisker(ax: Axes, lines: Sequence[Point], reference: float | None,
     for y, point in zip(ys, lines, strict=True):
         color = NETWORK_COLOR if point.network else MEMBER_COLOR
         if point.estimate is None or point.hidden:
-            text = point.hidden or not_estimable or not_estimable_text(point.status)
+            text = point.hidden or not_estimable_text(point.status, t)
             ax.text(0.01, y, text,
                     transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=8,
                     style="italic", color=MUTED_COLOR, clip_on=True, in_layout=False)
@@ -299,11 +301,13 @@ def nothing_to_draw(alt: str, message: str) -> tuple[Figure, str, str]:
     return fig, alt, html.escape(message)
 
 
-def truncation_note(total: int) -> str:
+def truncation_note(total: int, t: Translator | None = None) -> str:
     """Caption text when small multiples were cut at MAX_PANELS."""
     if total <= MAX_PANELS:
         return ""
-    return f" Showing the first {MAX_PANELS} of {total} panels; the table lists all of them."
+    _ = t or Translator("en")
+    return " " + _("Showing the first {shown} of {total} panels; the table lists all of them.",
+                   shown=MAX_PANELS, total=total)
 
 
 def text_color(hex_color: str) -> str:
@@ -321,6 +325,8 @@ def text_color(hex_color: str) -> str:
 # no privacy.
 
 SHARE_RANGE = (0.0, 1.0)
+SHARE_KINDS = frozenset({"histogram", "proportion", "follow_up"})
+"""Analysis kinds whose every estimate is a share in [0, 1]."""
 SHARE_TABLES = frozenset({"shares", "proportion", "followed_up", "share_improved",
                           "transitions"})
 """Tables (by the name a study run gives them) whose estimates are shares in [0, 1]."""
@@ -362,28 +368,64 @@ def public_range(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Map
                  ) -> tuple[float, float] | None:
     """The range an estimate of this row can take by construction, or None if unknown.
 
-    Shares: [0, 1]; a change in a share and a risk difference: [-1, 1]; a mean: the public
-    clip bounds of its analysis (`spec.clip`, the bounds every member clipped to); a mean
-    change or a difference in differences of a clipped change: those bounds, widened to
-    their difference for DiD. Ratios on a log scale and unclipped means have no range here.
+    Uses only what a results document holds, all of it public: shares are in [0, 1]; a
+    change in a share and a risk difference in [-1, 1]; a quantile is one of its public
+    candidates (`spec.candidates` from..to); a mean lies within its clip bounds (`spec.clip`)
+    and within the column's declared bounds (`column_bounds`, when the study run saved the
+    schema's lower/upper); a mean change within its clip bounds, or the column's width either
+    way; a difference in differences within twice that. Ratios on a log scale, and means with
+    neither clip nor saved column bounds, have no range here.
     """
     name = str(table.get("name") or "")
     measure = str(row.get("measure") or "")
-    if name in SHARE_TABLES or measure.startswith("share:"):
+    spec = analysis.get("spec") or {}
+    kind = str(analysis.get("kind") or spec.get("statistic") or "")
+    if name in SHARE_TABLES or measure.startswith("share:") or kind in SHARE_KINDS:
         return SHARE_RANGE
     if name == "paired_difference" or measure == "risk_difference":
         return (-1.0, 1.0)
     if measure:
         return None
-    spec = analysis.get("spec") or {}
-    clip = spec.get("clip")
-    if not (isinstance(clip, list | tuple) and len(clip) == 2
-            and all(isinstance(c, int | float) for c in clip)):
+    if kind == "quantile":
+        return _candidate_range(spec.get("candidates"))
+    clip = _pair(spec.get("clip"))
+    column = _pair(analysis.get("column_bounds"))
+    if kind in CHANGE_KINDS:
+        width = None if column is None else column[1] - column[0]
+        change = clip or (None if width is None else (-width, width))
+        if change is None:
+            return None
+        return (change[0] - change[1], change[1] - change[0]) if kind == "did" else change
+    if kind not in MEAN_KINDS:
         return None
-    low, high = float(clip[0]), float(clip[1])
-    if analysis.get("kind") == "did":
-        return (low - high, high - low)
-    return (low, high)
+    if clip is not None and column is not None:
+        return (max(clip[0], column[0]), min(clip[1], column[1]))
+    return clip or column
+
+
+CHANGE_KINDS = frozenset({"paired_change", "did"})
+MEAN_KINDS = frozenset({"mean"})
+"""Kinds whose estimate is a (change in a) mean of one column, bounded by its clip or
+schema bounds; estimates of other kinds (regressions, ratios) have no public range here."""
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """[low, high] of two numbers as floats, else None."""
+    if (isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            and value[0] <= value[1]):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _candidate_range(candidates: Any) -> tuple[float, float] | None:
+    """The span of a quantile's public candidate grid: {from, to, step} or a list."""
+    if isinstance(candidates, Mapping):
+        return _pair([candidates.get("from"), candidates.get("to")])
+    if isinstance(candidates, list | tuple) and candidates and all(
+            isinstance(c, int | float) and not isinstance(c, bool) for c in candidates):
+        return float(min(candidates)), float(max(candidates))
+    return None
 
 
 def readability(row: Mapping[str, Any], bounds: tuple[float, float] | None) -> Readable:

@@ -181,7 +181,7 @@ class _View:
         verdict = fg.readability(row, bounds)
         if verdict.shown or bounds is None:
             return ""
-        span = _.interval(*bounds)
+        span = _.bounds(*bounds)
         if verdict.reason == "outside":
             return _("Raw noisy value outside the possible range {span}: noise, not data. "
                      "Kept unbiased for pooling; charts do not show it.", span=span)

@@ -37,6 +37,9 @@ LANGUAGES = ("en", "nl")
 """Languages a report can be written in; English is the source language of the msgids."""
 
 DOMAIN = "bridgestat"
+STUDY_DOMAIN = "studies"
+"""Catalogue of the texts of shipped study files (titles, chart labels): kept by hand, apart
+from the code's catalogue that `pybabel update` rewrites; looked up after it."""
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 LOCALE_ENV = "BRIDGESTAT_LOCALE_DIR"
@@ -57,9 +60,9 @@ def check_language(lang: str) -> str:
     return lang
 
 
-def po_path(lang: str, base: Path = LOCALE_DIR) -> Path:
-    """Where the catalogue of `lang` lives under `base`."""
-    return base / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
+def po_path(lang: str, base: Path = LOCALE_DIR, domain: str = DOMAIN) -> Path:
+    """Where the catalogue `domain` of `lang` lives under `base`."""
+    return base / lang / "LC_MESSAGES" / f"{domain}.po"
 
 
 def compile_po(path: Path, lang: str) -> gettext.GNUTranslations:
@@ -77,14 +80,19 @@ def compile_po(path: Path, lang: str) -> gettext.GNUTranslations:
 
 @cache
 def _translations(lang: str, extra: str) -> gettext.NullTranslations:
-    """The package's catalogue for lang, under a member's own one when `extra` names it."""
+    """The package's catalogues for lang, under a member's own ones when `extra` names them.
+
+    Lookup order: the member's bridgestat.po and studies.po, then the package's.
+    """
     found: gettext.NullTranslations = gettext.NullTranslations()
-    if po_path(lang).exists():
-        found = compile_po(po_path(lang), lang)
-    if extra and po_path(lang, Path(extra)).exists():
-        own = compile_po(po_path(lang, Path(extra)), lang)
-        own.add_fallback(found)
-        found = own
+    bases = [LOCALE_DIR] + ([Path(extra)] if extra else [])
+    for base in bases:
+        for domain in (STUDY_DOMAIN, DOMAIN):
+            path = po_path(lang, base, domain)
+            if path.exists():
+                layer = compile_po(path, lang)
+                layer.add_fallback(found)
+                found = layer
     return found
 
 
@@ -202,6 +210,33 @@ class Translator:
         """`fmt_fixed` in this language."""
         return fmt_fixed(value, decimals, self.lang)
 
+    def label(self, value: Any) -> str:
+        """A value from a results document (a category, a title) in this language: its
+        translation when a catalogue has one, else readable ('single_parent' -> 'single
+        parent'; text with spaces stays as it is)."""
+        text = str(value)
+        if not text:
+            return text
+        translated = self.gettext(text)
+        if translated != text:
+            return translated
+        return text if " " in text.strip() else text.replace("_", " ")
+
+    def plain(self, value: Any) -> str:
+        """A number for a sentence: whole from 100 on, one decimal from 1 on ('rose by 6.7
+        points'), else two decimals; '—' if missing."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+                value):
+            return MISSING
+        size = abs(float(value))
+        return self.fixed(value, 0 if size >= 100 else 1 if size >= 1 else 2)
+
+    def bounds(self, low: float, high: float) -> str:
+        """A possible range as written in a study file: '[0, 30]' (whole bounds stay whole)."""
+        def whole(x: float) -> float | int:
+            return int(x) if float(x).is_integer() else x
+        return self.interval(whole(low), whole(high))
+
     def interval(self, low: Any, high: Any) -> str:
         """'[low, high]' ('[low; high]' in Dutch, where the comma is the decimal mark)."""
         if fmt_number(low) == MISSING or fmt_number(high) == MISSING:
@@ -213,14 +248,21 @@ class Translator:
 # --------------------------------------------------------------------------- templates
 
 
-@cache
 def environment(lang: str) -> jinja2.Environment:
     """The Jinja2 environment of one language, shared by the reports and later the web pages.
 
     Autoescaped, with gettext from the language's catalogue (`{{ _("...") }}` and
     `{% trans %}`), the number/date formats as filters and `lang` as a global. One environment
-    per language (cached), so two languages never share filters or translations.
+    per language and catalogue folder (cached), so two languages never share filters or
+    translations, and the templates use the same catalogue as `Translator` even when
+    BRIDGESTAT_LOCALE_DIR changes while the process runs.
     """
+    return _environment(check_language(lang), os.environ.get(LOCALE_ENV, ""))
+
+
+@cache
+def _environment(lang: str, extra: str) -> jinja2.Environment:
+    """The environment of `lang` with the catalogue of `extra` layered over the package's."""
     t = Translator(lang)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
@@ -231,7 +273,7 @@ def environment(lang: str) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.policies["ext.i18n.trimmed"] = True
-    env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    env.install_gettext_translations(_translations(lang, extra), newstyle=True)  # type: ignore[attr-defined]
     env.filters.update(number=t.number, percent=t.percent, fixed=t.fixed,
                        datetime=lambda v: fmt_datetime(v, lang),
                        date=lambda v: fmt_date(v, lang))

@@ -22,8 +22,9 @@ from typing import Any
 from markupsafe import Markup
 
 from bridgestat.coordinator import figures as fg
-from bridgestat.coordinator.formatting import is_ok, readable
-from bridgestat.coordinator.i18n import Translator, fmt_date, render
+from bridgestat.coordinator.formatting import is_ok, readable, status_head
+from bridgestat.coordinator.html_tables import is_label, table_columns
+from bridgestat.coordinator.i18n import N_, Translator, fmt_date, render
 from bridgestat.coordinator.plots import render_plot
 from bridgestat.coordinator.report import write_atomically
 from bridgestat.coordinator.results_doc import NETWORK, ReportError, validate_results
@@ -75,33 +76,94 @@ def member_report_html(results: Mapping[str, Any], member: str, lang: str) -> st
 
 
 def finding(analysis: Mapping[str, Any], member: str, t: Translator) -> dict[str, str]:
-    """One analysis as a heading and a plain sentence about the member and the network."""
-    title = str(analysis.get("title") or analysis["id"])
+    """One analysis as a heading and a plain sentence about the member and the network.
+
+    The sentence is drawn from the first table with one row per member (a mean, a share, a
+    mean change); a table with several rows per member (shares by category) says which group
+    is largest; a member row without a figure says why.
+    """
+    title = t.label(analysis.get("title") or analysis["id"])
     tables = analysis.get("tables") or []
     if not tables:
         return {"title": title, "text": t("No figures were saved for this analysis.")}
-    table = tables[0]
+    table = _main_table(tables)
     rows = table.get("rows") or []
     own = [r for r in rows if r.get("member") == member]
     network = [r for r in rows if r.get("member") == NETWORK]
-    if "category" in table.get("columns", []) or any("category" in r for r in rows):
-        return {"title": title, "text": _shares_sentence(own, network, t)}
-    mine = _value(analysis, table, own[0], t) if own else None
-    theirs = _value(analysis, table, network[0], t) if network else None
-    if own and not is_ok(own[0].get("status")):
-        text = _status_sentence(str(own[0].get("status")), t)
-    elif not own:
+    label = _label_column(table)
+    if len(own) > 1 or len(network) > 1:
+        if label is not None and all(fg.public_range(analysis, table, r) == fg.SHARE_RANGE
+                                     for r in rows):
+            return {"title": title, "text": _shares_sentence(own, network, label, t)}
+        return {"title": title, "text": _rows_sentence(analysis, table, own, network, label,
+                                                       t)}
+    theirs = _value(analysis, table, network[0], t) if network else t("no figure")
+    if not own:
         text = t("Your organisation has no figure here: it did not answer this analysis "
                  "(not reachable, refused, or not part of it).")
-    elif analysis.get("kind") == "paired_change":
-        text = t("At your organisation the average change was {mine}; in the network "
-                 "{network}.", mine=mine, network=theirs)
-    else:
-        text = t("At your organisation: {mine}; in the network: {network}.", mine=mine,
-                 network=theirs)
-    if own and not is_ok(own[0].get("status")) and theirs:
-        text += " " + t("In the network: {network}.", network=theirs)
-    return {"title": title, "text": text}
+        return {"title": title, "text": text + " " + t("In the network: {network}.",
+                                                        network=theirs)}
+    if not is_ok(own[0].get("status")) or fg.finite(own[0].get("estimate")) is None:
+        text = _status_sentence(str(own[0].get("status")), t)
+        return {"title": title, "text": text + " " + t("In the network: {network}.",
+                                                        network=theirs)}
+    if analysis.get("kind") == "paired_change":
+        return {"title": title, "text": _change_sentence(analysis, table, own[0],
+                                                         network[0] if network else None, t)}
+    mine = _value(analysis, table, own[0], t)
+    return {"title": title, "text": t("At your organisation: {mine}; in the network: "
+                                      "{network}.", mine=mine, network=theirs)}
+
+
+def _main_table(tables: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The first table with at most one row per member (the headline figure), else the first."""
+    for table in tables:
+        members = [str(r.get("member")) for r in table.get("rows") or []]
+        if members and len(members) == len(set(members)):
+            return table
+    return tables[0]
+
+
+def _label_column(table: Mapping[str, Any]) -> str | None:
+    """The column that tells a member's rows apart (category, age band, domain), or None."""
+    columns = table_columns(table)
+    return next((c for c in columns[1:] if is_label(c, columns)), None)
+
+
+CHANGES = {
+    (True, True): N_("At your organisation this rose by {mine} on average; in the network "
+                     "by {network}."),
+    (True, False): N_("At your organisation this rose by {mine} on average; in the network "
+                      "it fell by {network}."),
+    (False, True): N_("At your organisation this fell by {mine} on average; in the network "
+                      "it rose by {network}."),
+    (False, False): N_("At your organisation this fell by {mine} on average; in the network "
+                       "by {network}."),
+}
+"""Sentences of a mean change by the direction at the member and in the network (rose?)."""
+CHANGE_ALONE = {True: N_("At your organisation this rose by {mine} on average."),
+                False: N_("At your organisation this fell by {mine} on average.")}
+"""The member's half of those sentences, when the network has no readable figure."""
+
+
+def _change_sentence(analysis: Mapping[str, Any], table: Mapping[str, Any],
+                     own: Mapping[str, Any], network: Mapping[str, Any] | None,
+                     t: Translator) -> str:
+    """'At your organisation this rose by 6.7 on average; in the network by 7.1.'"""
+    mine = float(own["estimate"])
+    if not fg.readability(own, fg.public_range(analysis, table, own)).shown:
+        return t("At your organisation the change is too uncertain to show; in the network: "
+                 "{network}.", network=_value(analysis, table, network, t)
+                 if network else t("no figure"))
+    usable = (network is not None and is_ok(network.get("status"))
+              and fg.finite(network.get("estimate")) is not None
+              and fg.readability(network, fg.public_range(analysis, table, network)).shown)
+    if network is None or not usable:
+        return t(CHANGE_ALONE[mine >= 0], mine=t.plain(abs(mine))) + " " + t(
+            "There is no readable network figure.")
+    theirs = float(network["estimate"])
+    return t(CHANGES[(mine >= 0, theirs >= 0)], mine=t.plain(abs(mine)),
+             network=t.plain(abs(theirs)))
 
 
 def _status_sentence(status: str, t: Translator) -> str:
@@ -110,32 +172,41 @@ def _status_sentence(status: str, t: Translator) -> str:
         return t("Your own policy withholds this figure (pooled only): it counts in the "
                  "network figure but is not shown separately.")
     return t("There is no reliable figure for your organisation: {reason}.",
-             reason=readable(status))
+             reason=t.label(status_head(readable(status))))
+
+
+STATUS_TEXTS = (N_("too few records"), N_("not estimable"), N_("failed"), N_("refused"),
+                N_("unreachable"))
+"""The gist of the statuses a member row can have, so catalogues translate them."""
 
 
 def _value(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Mapping[str, Any],
            t: Translator) -> str:
     """A row's estimate as words: a percentage for shares, 'too uncertain' when so."""
-    if fg.finite(row.get("estimate")) is None:
+    if not is_ok(row.get("status")) or fg.finite(row.get("estimate")) is None:
         return t("no figure")
     bounds = fg.public_range(analysis, table, row)
     if not fg.readability(row, bounds).shown:
         return t("too uncertain to show")
     if bounds == fg.SHARE_RANGE:
         return t.percent(row.get("estimate"), decimals=0)
-    return t.fixed(row.get("estimate"), 1)
+    return t.plain(row.get("estimate"))
 
 
 def _shares_sentence(own: Sequence[Mapping[str, Any]], network: Sequence[Mapping[str, Any]],
-                     t: Translator) -> str:
-    """'Largest group at your organisation: single (38%); in the network: single (34%).'"""
+                     label: str, t: Translator) -> str:
+    """'Largest group at your organisation: single (38%); in the network: single (34%).'
+
+    Shares are first corrected onto the simplex (0-100 %, adding up to 100 %), as in charts.
+    """
     def largest(rows: Sequence[Mapping[str, Any]]) -> tuple[str, float] | None:
-        usable = [r for r in rows if fg.finite(r.get("estimate")) is not None]
+        usable = [r for r in rows if fg.finite(r.get("estimate")) is not None
+                  and is_ok(r.get("status"))]
         if not usable:
             return None
         shares = fg.project_to_simplex([float(r["estimate"]) for r in usable])
         index = max(range(len(usable)), key=lambda i: shares[i])
-        return readable(usable[index].get("category")), shares[index]
+        return t.label(usable[index].get(label)), shares[index]
 
     mine, theirs = largest(own), largest(network)
     if mine is None:
@@ -146,6 +217,23 @@ def _shares_sentence(own: Sequence[Mapping[str, Any]], network: Sequence[Mapping
         text += "; " + t("in the network: {category} ({share})", category=theirs[0],
                          share=t.percent(theirs[1], decimals=0))
     return text + "."
+
+
+def _rows_sentence(analysis: Mapping[str, Any], table: Mapping[str, Any],
+                   own: Sequence[Mapping[str, Any]], network: Sequence[Mapping[str, Any]],
+                   label: str | None, t: Translator) -> str:
+    """Several figures per member (a mean per domain): 'work: 4.1 (network 3.9); ...'."""
+    if label is None:
+        return t("Several figures per member: see the study report.")
+    theirs = {str(r.get(label)): r for r in network}
+    parts = [t("{label}: {mine} (network {network})", label=t.label(r.get(label)),
+               mine=_value(analysis, table, r, t),
+               network=_value(analysis, table, theirs[str(r.get(label))], t)
+               if str(r.get(label)) in theirs else t("no figure"))
+             for r in own]
+    if not parts:
+        return t("There is no figure for your organisation here.")
+    return t("At your organisation: {figures}.", figures="; ".join(parts))
 
 
 def _chart(analysis: Mapping[str, Any], member: str, lang: str) -> dict[str, Any] | None:
@@ -165,7 +253,7 @@ def _chart(analysis: Mapping[str, Any], member: str, lang: str) -> dict[str, Any
     data = base64.b64encode(plot.svg).decode("ascii")
     return {"src": f"data:image/svg+xml;base64,{data}", "alt": plot.alt,
             "caption": Markup(plot.caption), "key": f"{analysis['id']}:{plot.kind}",
-            "title": str(analysis.get("title") or analysis["id"])}
+            "title": Translator(lang).label(analysis.get("title") or analysis["id"])}
 
 
 def _spent(results: Mapping[str, Any], member: str, t: Translator) -> str:

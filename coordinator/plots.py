@@ -23,7 +23,7 @@ from matplotlib.ticker import PercentFormatter
 
 from bridgestat.coordinator import figures as fg
 from bridgestat.coordinator.formatting import column_name, fmt_pvalue, readable
-from bridgestat.coordinator.i18n import Translator
+from bridgestat.coordinator.i18n import N_, Translator
 from bridgestat.coordinator.results_doc import NETWORK, PLOT_KINDS, Row, finite, plot_table
 
 TICK_ROTATION = 35
@@ -105,27 +105,28 @@ def _plot_member_vs_network(ctx: _Context) -> Drawn:
     for i, (ax, (name, _rows), (points, bounds)) in enumerate(zip(axes, shown, drawn,
                                                                    strict=True)):
         fg.dot_whisker(ax, points, fg.reference(points), zero_line=zero, bounds=bounds,
-                       not_estimable="" if ctx.t.lang == "en" else _("not estimable"))
+                       t=ctx.t)
         if bounds == fg.SHARE_RANGE:
             ax.xaxis.set_major_formatter(PercentFormatter(1.0))
         if name is not None:
-            ax.set_title(name)
+            ax.set_title(_.label(name))
         if same_labels and i % fg.ncols(len(shown)):
             ax.tick_params(axis="y", labelleft=False)
-    label = str(ctx.spec.get("label") or _("Estimate"))
+    label = _.gettext(str(ctx.spec.get("label") or "Estimate"))
     fig.supxlabel(label, fontsize=9)
     parts = [_("{label} by member: dots are estimates, whiskers their 95% confidence intervals "
                "(sampling and DP noise). The network estimate is last, as an orange diamond, "
                "and the dashed line marks it.", label=html.escape(label))]
     if facet:
-        parts.append(_("One panel per {facet}.", facet=html.escape(str(facet))))
+        parts.append(_("One panel per {facet}.", facet=html.escape(
+            _.gettext(column_name(str(facet))).lower())))
     if zero:
         parts.append(_("The solid line is zero."))
     if hidden:
         parts.append(_("An estimate outside its possible range, or whose interval is wider "
                        "than that whole range, is noise rather than information: the chart "
                        "says so instead of drawing it; the table keeps the raw value."))
-    caption = " ".join(parts) + fg.truncation_note(len(groups))
+    caption = " ".join(parts) + fg.truncation_note(len(groups), ctx.t)
     return fig, _("{label} per member and for the network", label=label), caption
 
 
@@ -197,7 +198,7 @@ def _plot_shares(ctx: _Context) -> Drawn:
         color = fg.CATEGORY_COLORS[c % len(fg.CATEGORY_COLORS)]
         widths = [line[c] for line in matrix]
         ax.barh(ys, widths, left=left, height=0.72, color=color, edgecolor="white",
-                linewidth=0.8, label=category)
+                linewidth=0.8, label=_.label(category))
         for y, start, width in zip(ys, left, widths, strict=True):
             if width >= 0.06:
                 ax.text(start + width / 2, y, f"{100 * width:.0f}%", ha="center",
@@ -206,17 +207,18 @@ def _plot_shares(ctx: _Context) -> Drawn:
     fg.y_labels(ax, ys, lines)
     ax.set_xlim(0, 1.0)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlabel(str(ctx.spec.get("label") or _("Share")))
+    ax.set_xlabel(_.gettext(str(ctx.spec.get("label"))) if ctx.spec.get("label") else _("Share"))
     fig.legend(loc="outside upper left", ncols=min(len(categories), 6),
-               title=column_name(column), title_fontsize=8.5, alignment="left")
+               title=_.gettext(column_name(column)), title_fontsize=8.5, alignment="left")
     caption = _("Share of each {column} per member and for the network (last).",
-                column=html.escape(readable(column)))
+                column=html.escape(_.gettext(column_name(column)).lower()))
     caption += " " + _("Shares carry DP noise. Each bar shows the nearest shares that lie "
                        "between 0% and 100% and add up to exactly 100% (a correction that "
                        "costs no privacy); the table keeps the raw noisy shares.")
     if adjusted:
         caption += " " + _("Some bars needed that correction here.")
-    alt = _("Shares by {column} per member and for the network", column=readable(column))
+    alt = _("Shares by {column} per member and for the network",
+            column=_.gettext(column_name(column)).lower())
     return fig, alt, caption
 
 
@@ -276,8 +278,9 @@ def _plot_forest(ctx: _Context) -> Drawn:
                       ctx.t.percent(weight)))
     y = -len(rows) - 0.4
     ys = [float(-i) for i in range(len(rows))]
-    for name, result, color in (("Fixed effect", meta["fixed"], fg.MUTED_COLOR),
-                                ("Random effects (HKSJ)", meta["hksj"], fg.NETWORK_COLOR)):
+    for name, result, color in ((ctx.t("Fixed effect"), meta["fixed"], fg.MUTED_COLOR),
+                                (ctx.t("Random effects (HKSJ)"), meta["hksj"],
+                                 fg.NETWORK_COLOR)):
         _diamond(ax, y, result, color)
         labels.append(name)
         right.append(((f"{ctx.t.number(result['estimate'])} "
@@ -289,12 +292,12 @@ def _plot_forest(ctx: _Context) -> Drawn:
         ax.hlines(y, low, high, color=fg.NETWORK_COLOR, linewidth=1.3, linestyle=(0, (4, 2)))
         ax.plot([low, high], [y, y], marker="|", markersize=8, color=fg.NETWORK_COLOR,
                 linestyle="none")
-        labels.append("Prediction interval")
+        labels.append(ctx.t("Prediction interval"))
         right.append((ctx.t.interval(low, high), ""))
         ys.append(y)
     _forest_axes(ax, ys, labels, len(rows), float(meta["hksj"]["estimate"]))
-    ax.set_xlabel(str(ctx.spec.get("label") or meta.get("label") or "Estimate"))
-    _forest_text(text_ax, ys, right, (min(ys) - 0.7, 1.3))
+    ax.set_xlabel(ctx.t.gettext(str(ctx.spec.get("label") or meta.get("label") or "Estimate")))
+    _forest_text(text_ax, ys, right, (min(ys) - 0.7, 1.3), ctx.t)
     return (fig, ctx.t("Forest plot: {label}", label=meta.get("label") or ctx.title),
             _forest_caption(meta, ctx.t))
 
@@ -314,13 +317,13 @@ def _forest_axes(ax: Axes, ys: Sequence[float], labels: Sequence[str], members: 
 
 
 def _forest_text(ax: Axes, ys: Sequence[float], cells: Sequence[tuple[str, str]],
-                 ylim: tuple[float, float]) -> None:
+                 ylim: tuple[float, float], t: Translator) -> None:
     """The numeric columns beside a forest plot: estimate [95% CI] and weight."""
     ax.set_ylim(*ylim)
     ax.set_xlim(0, 1)
     ax.axis("off")
-    ax.text(0.04, 0.85, "Estimate [95% CI]", fontweight="bold", va="center", fontsize=8)
-    ax.text(1.0, 0.85, "Weight", fontweight="bold", va="center", ha="right", fontsize=8)
+    ax.text(0.04, 0.85, t("Estimate [95% CI]"), fontweight="bold", va="center", fontsize=8)
+    ax.text(1.0, 0.85, t("Weight"), fontweight="bold", va="center", ha="right", fontsize=8)
     for y, (text, weight) in zip(ys, cells, strict=True):
         ax.text(0.04, y, text, va="center", fontsize=8)
         ax.text(1.0, y, weight, va="center", ha="right", fontsize=8, color=fg.MUTED_COLOR)
@@ -355,56 +358,59 @@ def _term_points(fit: Mapping[str, Any], name: str, term: str) -> list[fg.Point]
     return [_coefficient_point(name, c, name) for c in fit["coefficients"] if c["name"] == term]
 
 
-COEFFICIENT_AXIS = "Coefficient (change in the response per unit of the term)"
+COEFFICIENT_AXIS = N_("Coefficient (change in the response per unit of the term)")
 
 
-def _plot_one_fit(fits: Mapping[str, Any], chosen: str) -> Drawn:
+def _plot_one_fit(fits: Mapping[str, Any], chosen: str, t: Translator) -> Drawn:
     """The terms of one fit (usually NETWORK), intercept left out."""
     fit = fits[chosen]
     if fit.get("coefficients") is None:
         reason = str(fit.get("status") or "no coefficients")
-        return fg.nothing_to_draw(f"The {chosen} fit has no coefficients",
-                                  f"No coefficients: the {chosen} fit is {readable(reason)}.")
+        return fg.nothing_to_draw(t("The {fit} fit has no coefficients", fit=chosen),
+                                  t("No coefficients: the {fit} fit is {reason}.", fit=chosen,
+                                    reason=readable(reason)))
     coefs = [c for c in fit["coefficients"] if not is_intercept(c["name"])]
     if not coefs:
-        return fg.nothing_to_draw("No coefficients", "No coefficients besides the intercept.")
+        return fg.nothing_to_draw(t("No coefficients"),
+                                  t("No coefficients besides the intercept."))
     lines = [_coefficient_point(chosen, c, c["name"]) for c in coefs]
     fig = fg.new_figure(0.3 * len(lines) + 1.2)
     ax = fig.subplots()
-    fg.dot_whisker(ax, lines, None, zero_line=True)
-    ax.set_xlabel(COEFFICIENT_AXIS)
-    caption = (f"Coefficients of the {html.escape(str(chosen))} fit (intercept omitted) "
-               "with 95% CIs from the parametric bootstrap, which includes the DP noise; "
-               "the solid line is zero.")
-    return fig, f"Regression coefficients of the {chosen} fit", caption
+    fg.dot_whisker(ax, lines, None, zero_line=True, t=t)
+    ax.set_xlabel(t.gettext(COEFFICIENT_AXIS))
+    caption = t("Coefficients of the {fit} fit (intercept omitted) with 95% CIs from the "
+                "parametric bootstrap, which includes the DP noise; the solid line is zero.",
+                fit=html.escape(str(chosen)))
+    return fig, t("Regression coefficients of the {fit} fit", fit=chosen), caption
 
 
 def _plot_coefficients(ctx: _Context) -> Drawn:
     """Regression coefficients with CIs: one panel per term across fits, or one fit's terms."""
     fits: Mapping[str, Any] = ctx.analysis["regression"]
     chosen = ctx.spec.get("regression")
+    _ = ctx.t
     if chosen is not None:
-        return _plot_one_fit(fits, str(chosen))
+        return _plot_one_fit(fits, str(chosen), _)
     names = fit_names(fits, ctx.members)
     terms: list[str] = []
     for name in names:
         terms += [c["name"] for c in fits[name].get("coefficients") or []
                   if not is_intercept(c["name"]) and c["name"] not in terms]
     if not terms:
-        return fg.nothing_to_draw("No coefficients", "No coefficients besides the intercept.")
+        return fg.nothing_to_draw(_("No coefficients"), _("No coefficients besides the intercept."))
     shown = terms[:fg.MAX_PANELS]
     fig = fg.new_figure(fg.grid_height(len(shown), len(names)))
     axes = fg.panel_grid(fig, len(shown), sharex=False)
     for ax, term in zip(axes, shown, strict=True):
         lines = [line for name in names for line in _term_points(fits[name], name, term)]
-        fg.dot_whisker(ax, lines, fg.reference(lines), zero_line=True)
+        fg.dot_whisker(ax, lines, fg.reference(lines), zero_line=True, t=_)
         ax.set_title(term)
-    fig.supxlabel(COEFFICIENT_AXIS, fontsize=9)
-    caption = ("One panel per term (intercept omitted): each member's fit and the pooled "
-               "network fit (last, orange diamond, dashed line) with 95% CIs from the "
-               "parametric bootstrap, which includes the DP noise; the solid line is zero."
-               f"{fg.truncation_note(len(terms))}")
-    return fig, "Regression coefficients per member and for the network", caption
+    fig.supxlabel(_.gettext(COEFFICIENT_AXIS), fontsize=9)
+    caption = _("One panel per term (intercept omitted): each member's fit and the pooled "
+                "network fit (last, orange diamond, dashed line) with 95% CIs from the "
+                "parametric bootstrap, which includes the DP noise; the solid line is zero."
+                ) + fg.truncation_note(len(terms), _)
+    return fig, _("Regression coefficients per member and for the network"), caption
 
 
 # --------------------------------------------------------------------------- transition
@@ -447,7 +453,7 @@ def _plot_transition(ctx: _Context) -> Drawn:
     image = ax.imshow(matrix or [[math.nan]], cmap="Blues", vmin=0, vmax=top, aspect="auto")
     for i, line in enumerate(matrix):
         for j, value in enumerate(line):
-            text = "n/a" if math.isnan(value) else f"{round(100 * value)}%"  # no '-0%'
+            text = ctx.t("n/a") if math.isnan(value) else f"{round(100 * value)}%"  # no -0%
             dark = not math.isnan(value) and value > 0.55 * top
             ax.text(j, i, text, ha="center", va="center", fontsize=8.5,
                     color="white" if dark else fg.INK_COLOR)
@@ -458,16 +464,23 @@ def _plot_transition(ctx: _Context) -> Drawn:
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_xlabel("To (at follow-up)")
-    ax.set_ylabel("From (at start)")
+    ax.set_xlabel(ctx.t("To (at follow-up)"))
+    ax.set_ylabel(ctx.t("From (at start)"))
     bar = fig.colorbar(image, ax=ax, format=PercentFormatter(1.0), shrink=0.9)
-    bar.set_label(str(ctx.spec.get("label") or "Share"))
+    bar.set_label(ctx.t.gettext(str(ctx.spec.get("label") or "Share")))
     bar.outline.set_visible(False)
-    who = "the network" if network else "the table"
-    caption = (f"Transitions for {who}: each row is a starting category, each column the "
-               "category at follow-up, and each cell the share moving from one to the other "
-               "(with DP noise, so a row need not add up to exactly 100%).")
-    return fig, "Transition heatmap for the network", caption
+    caption = ctx.t(TRANSITION_CAPTIONS[bool(network)])
+    return fig, ctx.t("Transition heatmap for the network"), caption
+
+
+TRANSITION_CAPTIONS = {
+    True: N_("Transitions for the network: each row is a starting category, each column the "
+             "category at follow-up, and each cell the share moving from one to the other "
+             "(with DP noise, so a row need not add up to exactly 100%)."),
+    False: N_("Transitions for the table: each row is a starting category, each column the "
+              "category at follow-up, and each cell the share moving from one to the other "
+              "(with DP noise, so a row need not add up to exactly 100%)."),
+}
 
 
 Plotter = Callable[[_Context], Drawn]

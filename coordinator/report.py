@@ -117,7 +117,7 @@ def report_html(results: Mapping[str, Any], lang: str = "en") -> str:
         "analyses_text": f"{len(analyses)}" + (f" ({split})" if split else ""),
         "dp_note": _.gettext(DP_NOTE),
         "summaries": summaries(analyses, _),
-        "toc": [{"id": a["id"], "heading": _heading(a), "audience": a.get("audience"),
+        "toc": [{"id": a["id"], "heading": _heading(a, _), "audience": a.get("audience"),
                  "audience_text": _.gettext(AUDIENCES.get(a.get("audience"), "")) if
                  a.get("audience") in AUDIENCES else a.get("audience")} for a in analyses],
         "sections": [Markup(analysis_html(a, members, lang)) for a in analyses],
@@ -130,7 +130,7 @@ def summaries(analyses: Sequence[Mapping[str, Any]], t: Translator) -> list[dict
     """One short list per audience: each analysis's network figure in one line."""
     found = []
     for audience, heading in SUMMARY_HEADINGS.items():
-        lines = [{"id": a["id"], "title": _heading(a), "text": headline(a, t)}
+        lines = [{"id": a["id"], "title": _heading(a, t), "text": headline(a, t)}
                  for a in analyses if a.get("audience", "researcher") == audience]
         if lines:
             found.append({"audience": audience, "heading": t.gettext(heading), "lines": lines})
@@ -167,7 +167,7 @@ def headline(analysis: Mapping[str, Any], t: Translator) -> str:
             if label is None or label in ("term", "transition"):
                 return t("{count} network figures, see the section", count=len(rows))
             top = max(usable, key=lambda r: float(r["estimate"]))
-            return t("largest: {label} {estimate}", label=str(top.get(label)),
+            return t("largest: {label} {estimate}", label=t.label(top.get(label)),
                      estimate=_value(analysis, table, top, t))
         row = rows[0]
         if not is_ok(row.get("status")) or fg.finite(row.get("estimate")) is None:
@@ -209,7 +209,7 @@ def analysis_html(analysis: Mapping[str, Any], members: Sequence[str], lang: str
     t = Translator(lang)
     aid = str(analysis["id"])
     parts = [f'<section class="analysis" id="{escape(aid)}">',
-             f"<h2>{escape(_heading(analysis))}</h2>",
+             f"<h2>{escape(_heading(analysis, t))}</h2>",
              f'<p class="badges">{_badges(analysis, t)}</p>']
     if analysis.get("description"):
         parts.append(f'<p class="description">{escape(analysis["description"])}</p>')
@@ -286,10 +286,13 @@ def _badges(analysis: Mapping[str, Any], t: Translator) -> str:
     return "".join(f'<span class="badge {css}">{escape(text)}</span>' for css, text in badges)
 
 
-def _heading(analysis: Mapping[str, Any]) -> str:
-    """'6. Title' (number optional, title defaults to the id)."""
+def _heading(analysis: Mapping[str, Any], t: Translator | None = None) -> str:
+    """'6. Title' (number optional, title defaults to the id; translated when a catalogue
+    has the title, see `i18n.STUDY_DOMAIN`)."""
     number = analysis.get("number")
     title = analysis.get("title") or analysis["id"]
+    if t is not None:
+        title = t.label(title)
     return f"{number}. {title}" if number is not None else str(title)
 
 
@@ -337,7 +340,7 @@ def _spend_by_analysis(analyses: Sequence[Mapping[str, Any]], members: Sequence[
     for analysis in analyses:
         loss = analysis.get("loss") or {}
         if loss:
-            row: dict[str, Any] = {"analysis": _heading(analysis)}
+            row: dict[str, Any] = {"analysis": _heading(analysis, t)}
             row.update({m: fmt_loss(loss[m]) if m in loss else None for m in members})
             rows.append(row)
     if not rows:

@@ -376,18 +376,28 @@ def test_summary_first_per_audience(report: Path) -> None:
 
 
 def _demo_like(results: dict[str, Any]) -> dict[str, Any]:
-    """The fixture with the issue's two confusing figures: a goals mean of -21.6 with an SD
-    of 0 (clip [0, 30]) and a share whose interval is wider than 0-100 %."""
+    """The fixture with the issue's confusing figures: a goals mean of -21.6 with an SD of 0
+    (clip [0, 30]), a goals mean whose interval is wider than 0-30, and a share whose
+    interval is wider than 0-100 %."""
     doc = copy.deepcopy(results)
     rows = [{"member": m, "estimate": e, "se": s, "ci_low": e - 1.96 * s,
              "ci_high": e + 1.96 * s, "n": 100.0, "sd": sd, "status": "ok"}
-            for m, e, s, sd in (("amsterdam", -21.6, 4.0, 0.0), ("rotterdam", 0.4, 0.45, None),
+            for m, e, s, sd in (("amsterdam", -21.6, 4.0, 0.0), ("rotterdam", 12.0, 8.0, None),
                                 ("utrecht", 3.1, 0.5, 2.0), ("NETWORK", 2.9, 0.3, 2.1))]
     doc["analyses"].append({"id": "a04_goals", "title": "Goals achieved per participant",
                             "audience": "coordinator", "kind": "mean",
                             "spec": {"clip": [0, 30]},
                             "tables": [{"name": "mean", "columns": list(rows[0]),
                                         "rows": rows}],
+                            "plots": [{"kind": "member_vs_network", "table": 0}]})
+    shares = [{"member": m, "estimate": e, "se": s, "ci_low": e - 1.96 * s,
+               "ci_high": e + 1.96 * s, "n": 100.0, "status": "ok"}
+              for m, e, s in (("rotterdam", 0.4, 0.45), ("utrecht", 0.3, 0.05),
+                              ("NETWORK", 0.35, 0.03))]
+    doc["analyses"].append({"id": "a05_paid", "title": "Share in paid work",
+                            "audience": "coordinator", "kind": "proportion",
+                            "tables": [{"name": "proportion", "columns": list(shares[0]),
+                                        "rows": shares}],
                             "plots": [{"kind": "member_vs_network", "table": 0}]})
     return doc
 
@@ -399,9 +409,22 @@ def test_too_uncertain_and_impossible_values(results: dict[str, Any], tmp_path: 
     section = section[:section.index("</section>")]
     assert "outside the possible range [0, 30]" in section  # the table says so
     assert "-21.6" in section  # and keeps the raw value
+    assert "wider than the whole possible range [0, 30]" in section  # rotterdam's 12.0
     assert "An SD of 0 comes from noise" in section
     member = write_member_report(doc, "rotterdam", "en", tmp_path / "m.html")
-    assert "too uncertain to show" in member.read_text(encoding="utf-8")
+    findings = _findings(member.read_text(encoding="utf-8"))
+    assert findings["Goals achieved per participant"] == (
+        "At your organisation: too uncertain to show; in the network: 2.9.")
+    assert findings["Share in paid work"] == (
+        "At your organisation: too uncertain to show; in the network: 35%.")
+
+
+def _findings(html: str) -> dict[str, str]:
+    """The member report's findings: title -> sentence (HTML entities undone)."""
+    import html as html_module
+
+    return {html_module.unescape(title): html_module.unescape(text) for title, text
+            in re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", html)}
 
 
 def test_report_of_the_standard_study_is_under_1_mb(tmp_path: Path) -> None:
@@ -423,25 +446,95 @@ def _pages(pdf: Path) -> int:
     return len(re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes()))
 
 
+def _others_changed(results: dict[str, Any], member: str) -> dict[str, Any]:
+    """The document with every other member's figures, statuses and budget changed (the
+    member's own rows and the NETWORK rows as they were)."""
+    doc = copy.deepcopy(results)
+    for analysis in doc["analyses"]:
+        for table in analysis["tables"]:
+            for row in table["rows"]:
+                if row.get("member") in (member, "NETWORK"):
+                    continue
+                for key in ("estimate", "se", "ci_low", "ci_high", "n", "sd"):
+                    if isinstance(row.get(key), float):
+                        row[key] = row[key] * 1.37 + 0.011
+                row["status"] = "too_few_records" if row.get("status") == "ok" else "ok"
+        for fit in (analysis.get("regression") or {}).values():
+            fit["n"] = 1.0
+    for entry in doc["budget"]:
+        if entry["member"] != member:
+            entry["epsilon_study"] += 0.5
+    return doc
+
+
 @pytest.mark.parametrize("lang", ["nl", "en"])
 def test_member_report(results: dict[str, Any], tmp_path: Path, lang: str) -> None:
     from tests.integration.chromium import require_chromium
 
     require_chromium()
-    html = write_member_report(results, "utrecht", lang, tmp_path, pdf=True)
+    member = "groningen"  # the smallest member: not estimable in a02, a regression warning
+    html = write_member_report(results, member, lang, tmp_path, pdf=True)
     text = html.read_text(encoding="utf-8")
-    others = [m for m in results["members"] if m != "utrecht"]
+    others = [m for m in results["members"] if m != member]
     assert not [m for m in others if m in text]
-    for analysis in results["analyses"]:
-        for table in analysis["tables"]:
-            for row in table["rows"]:
-                if row["member"] in others and row["estimate"] is not None:
-                    assert repr(row["estimate"]) not in text
+    # no other member's figure: the report does not change when all of them do
+    changed = write_member_report(_others_changed(results, member), member, lang,
+                                  tmp_path / "changed.html")
+    assert changed.read_text(encoding="utf-8") == text
+    findings = _findings(text)
     if lang == "nl":
-        assert "Bij uw organisatie" in text and "Wat de privacyruis voor u betekent" in text
-    assert "There is no reliable figure" in text or "geen betrouwbaar cijfer" in text
+        assert "Wat de privacyruis voor u betekent" in text
+        assert findings["Mentoring sessions per participant"] == (
+            "Er is geen betrouwbaar cijfer voor uw organisatie: te weinig records. "
+            "In het netwerk: 11,8.")
+    else:
+        assert findings["Mentoring sessions per participant"] == (
+            "There is no reliable figure for your organisation: too few records. "
+            "In the network: 11.8.")
     plots = assert_renders_in_chromium(html, ARTIFACTS / f"member-report-{lang}.png")
     assert plots
     pdf = html.with_suffix(".pdf")
     assert pdf.exists() and 2 <= _pages(pdf) <= 4, _pages(pdf)
     (ARTIFACTS / f"member-report-{lang}.pdf").write_bytes(pdf.read_bytes())
+
+
+def test_dutch_member_report_speaks_dutch(results: dict[str, Any], tmp_path: Path) -> None:
+    """Sentences, headings and numbers in Dutch, as in the issue's example sentence."""
+    doc = copy.deepcopy(results)
+    change = next(a for a in doc["analyses"] if a["id"] == "a06_bridge_change")
+    overall = change["tables"][1]["rows"]
+    for row, estimate in zip((r for r in overall if r["member"] in ("utrecht", "NETWORK")),
+                             (6.7, 7.1), strict=True):
+        row.update(estimate=estimate, ci_low=estimate - 1.0, ci_high=estimate + 1.0)
+    text = write_member_report(doc, "utrecht", "nl", tmp_path).read_text(encoding="utf-8")
+    findings = _findings(text)
+    assert findings["Change in bridging score (start to follow-up)"] == (
+        "Bij uw organisatie steeg dit gemiddeld met 6,7; in het netwerk met 7,1.")
+    assert findings["Who takes part: age bands"].startswith("Grootste groep bij uw organisatie")
+    assert findings["Mentoring sessions per participant"].startswith("Bij uw organisatie: ")
+    assert "Resultaten voor utrecht" in text and "Uw cijfers naast die van het netwerk" in text
+    assert "23 november 2026" in text and "privacybudget" in text
+    for english in ("At your organisation", "in the network", "Results for", "per member"):
+        assert english not in text, english
+
+
+def test_member_report_uses_a_members_own_catalogue(results: dict[str, Any], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRIDGESTAT_LOCALE_DIR reaches the templates as well as the sentences and titles."""
+    own = tmp_path / "locale" / "nl" / "LC_MESSAGES"
+    own.mkdir(parents=True)
+    (own / "bridgestat.po").write_text(
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Your figures beside the network"\nmsgstr "Onze cijfers en het netwerk"\n',
+        encoding="utf-8")
+    (own / "studies.po").write_text(
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Mentoring sessions per participant"\nmsgstr "Mentorgesprekken per deelnemer"\n',
+        encoding="utf-8")
+    write_member_report(results, "utrecht", "nl", tmp_path / "before.html")
+    monkeypatch.setenv("BRIDGESTAT_LOCALE_DIR", str(tmp_path / "locale"))
+    text = write_member_report(results, "utrecht", "nl", tmp_path / "m.html").read_text(
+        encoding="utf-8")
+    assert "Onze cijfers en het netwerk" in text  # a template text, from the member's own
+    assert "<dt>Mentorgesprekken per deelnemer</dt>" in text  # a study title
+    assert "Wat de privacyruis voor u betekent" in text  # the package's fills in the rest

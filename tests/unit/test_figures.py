@@ -54,3 +54,45 @@ def test_an_interval_wider_than_the_range_is_too_uncertain() -> None:
     assert fg.public_range({"kind": "did", "spec": {"clip": [-40, 40]}}, {"name": "did"},
                            {}) == (-80.0, 80.0)
     assert fg.public_range({"kind": "mean", "spec": {}}, {"name": "mean"}, {}) is None
+
+
+@pytest.mark.parametrize("analysis, table, expected", [
+    # known bounded kinds, whatever the table is called
+    ({"kind": "histogram"}, {"name": "Age bands"}, (0.0, 1.0)),
+    ({"kind": "follow_up"}, {"name": "followed_up"}, (0.0, 1.0)),
+    # a quantile is one of its public candidates
+    ({"kind": "quantile", "spec": {"candidates": {"from": 0, "to": 40000, "step": 500}}},
+     {"name": "quantile"}, (0.0, 40000.0)),
+    ({"kind": "quantile", "spec": {"candidates": [5, 1, 3]}}, {"name": "quantile"},
+     (1.0, 5.0)),
+    # the column's schema bounds, when the study run saved them; the clip narrows them
+    ({"kind": "mean", "spec": {}, "column_bounds": [0, 100]}, {"name": "mean"}, (0.0, 100.0)),
+    ({"kind": "mean", "spec": {"clip": [10, 200]}, "column_bounds": [0, 100]},
+     {"name": "mean"}, (10.0, 100.0)),
+    # a change without clip moves at most the column's width either way
+    ({"kind": "paired_change", "spec": {}, "column_bounds": [1, 5]}, {"name": "change"},
+     (-4.0, 4.0)),
+    ({"kind": "paired_change", "spec": {"clip": [-40, 40]}}, {"name": "change"},
+     (-40.0, 40.0)),
+    # nothing public to go by: no range, so nothing is hidden
+    ({"kind": "paired_change", "spec": {}}, {"name": "change"}, None),
+    ({"kind": "regression", "spec": {"clip": [0, 1]}}, {"name": "coefficients"}, None),
+    ({"kind": "mean", "spec": {"clip": [30, 0]}}, {"name": "mean"}, None),
+])
+def test_public_range_uses_what_the_results_document_holds(
+        analysis: dict[str, object], table: dict[str, object],
+        expected: tuple[float, float] | None) -> None:
+    assert fg.public_range(analysis, table, {"estimate": 1.0}) == expected
+
+
+def test_chart_texts_in_dutch() -> None:
+    from bridgestat.coordinator.i18n import Translator
+
+    nl = Translator("nl")
+    assert fg.truncation_note(fg.MAX_PANELS) == ""
+    assert fg.truncation_note(20, nl) == (
+        " Alleen de eerste 12 van 20 panelen staan hier; de tabel bevat ze allemaal.")
+    assert fg.truncation_note(20).startswith(" Showing the first 12 of 20 panels")
+    assert fg.not_estimable_text("too_few_records", nl) == "niet te schatten (te weinig records)"
+    assert fg.not_estimable_text("not estimable: " + "x" * 80, nl) == (
+        "niet te schatten (zie tabel)")

@@ -80,3 +80,26 @@ def test_member_catalogue_is_layered_over_the_package(tmp_path: Path,
 def test_unknown_language_is_refused() -> None:
     with pytest.raises(i18n.LanguageError, match="'fr'.*en, nl"):
         i18n.Translator("fr")
+
+
+def test_study_texts_come_from_their_own_catalogue(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    t = i18n.Translator("nl")
+    assert t.label("Who do we serve: household type") == "Wie bedienen we: huishoudtype"
+    assert t.label("single_parent") == "alleenstaande ouder"
+    assert t.label("a_value_nobody_translated") == "a value nobody translated"
+    assert i18n.Translator("en").label("single_parent") == "single parent"
+    own = i18n.po_path("nl", tmp_path, i18n.STUDY_DOMAIN)
+    own.parent.mkdir(parents=True)
+    own.write_text('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+                   'msgid "single_parent"\nmsgstr "eenoudergezin"\n', encoding="utf-8")
+    monkeypatch.setenv(i18n.LOCALE_ENV, str(tmp_path))
+    assert i18n.Translator("nl").label("single_parent") == "eenoudergezin"
+    assert i18n.Translator("nl").label("single") == "alleenstaand"  # the package's
+
+
+def test_numbers_for_sentences() -> None:
+    nl = i18n.Translator("nl")
+    assert [nl.plain(x) for x in (6.7, 7.14, 0.053, 1234.5, None)] == [
+        "6,7", "7,1", "0,05", "1.234", "—"]
+    assert nl.bounds(0.0, 30.0) == "[0; 30]" and nl.bounds(-0.5, 1.0) == "[-0,500; 1]"

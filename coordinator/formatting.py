@@ -88,10 +88,10 @@ def fmt_loss(loss: Mapping[str, Any]) -> str:
     return _loss_text([loss])
 
 
-def fmt_loss_range(losses: Mapping[str, Mapping[str, Any]]) -> str:
+def fmt_loss_range(losses: Mapping[str, Mapping[str, Any]], lang: str = "en") -> str:
     """All members' losses: 'ε 0.5 per member' when equal, else 'ε 0.2–0.5 per member'."""
     text = _loss_text(list(losses.values()))
-    return f"{text} per member" if text else ""
+    return i18n.Translator(lang)("{loss} per member", loss=text) if text else ""
 
 
 def _loss_text(losses: list[Mapping[str, Any]]) -> str:

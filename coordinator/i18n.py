@@ -166,7 +166,7 @@ def fmt_date(value: date | datetime | str, lang: str = "en") -> str:
     """'6 December 2026' / '6 december 2026': the day a report was made, for its reader."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            return format_date(datetime.fromisoformat(value), "d MMMM y", locale=lang)
         except ValueError:
             return value
     return format_date(value, "d MMMM y", locale=lang)

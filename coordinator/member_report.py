@@ -27,7 +27,7 @@ from bridgestat.coordinator.html_tables import is_label, table_columns
 from bridgestat.coordinator.i18n import N_, Translator, fmt_date, render
 from bridgestat.coordinator.plots import render_plot
 from bridgestat.coordinator.report import write_atomically
-from bridgestat.coordinator.results_doc import NETWORK, ReportError, validate_results
+from bridgestat.coordinator.results_doc import NETWORK, ReportError, finite, validate_results
 
 CHROMIUM = Path("/usr/bin/chromium")
 PRINT_TIMEOUT = 120  # seconds; printing a 3-page report takes about 2 s
@@ -103,7 +103,7 @@ def finding(analysis: Mapping[str, Any], member: str, t: Translator) -> dict[str
                  "(not reachable, refused, or not part of it).")
         return {"title": title, "text": text + " " + t("In the network: {network}.",
                                                         network=theirs)}
-    if not is_ok(own[0].get("status")) or fg.finite(own[0].get("estimate")) is None:
+    if not is_ok(own[0].get("status")) or finite(own[0].get("estimate")) is None:
         text = _status_sentence(str(own[0].get("status")), t)
         return {"title": title, "text": text + " " + t("In the network: {network}.",
                                                         network=theirs)}
@@ -156,7 +156,7 @@ def _change_sentence(analysis: Mapping[str, Any], table: Mapping[str, Any],
                  "{network}.", network=_value(analysis, table, network, t)
                  if network else t("no figure"))
     usable = (network is not None and is_ok(network.get("status"))
-              and fg.finite(network.get("estimate")) is not None
+              and finite(network.get("estimate")) is not None
               and fg.readability(network, fg.public_range(analysis, table, network)).shown)
     if network is None or not usable:
         return t(CHANGE_ALONE[mine >= 0], mine=t.plain(abs(mine))) + " " + t(
@@ -183,7 +183,7 @@ STATUS_TEXTS = (N_("too few records"), N_("not estimable"), N_("failed"), N_("re
 def _value(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Mapping[str, Any],
            t: Translator) -> str:
     """A row's estimate as words: a percentage for shares, 'too uncertain' when so."""
-    if not is_ok(row.get("status")) or fg.finite(row.get("estimate")) is None:
+    if not is_ok(row.get("status")) or finite(row.get("estimate")) is None:
         return t("no figure")
     bounds = fg.public_range(analysis, table, row)
     if not fg.readability(row, bounds).shown:
@@ -200,7 +200,7 @@ def _shares_sentence(own: Sequence[Mapping[str, Any]], network: Sequence[Mapping
     Shares are first corrected onto the simplex (0-100 %, adding up to 100 %), as in charts.
     """
     def largest(rows: Sequence[Mapping[str, Any]]) -> tuple[str, float] | None:
-        usable = [r for r in rows if fg.finite(r.get("estimate")) is not None
+        usable = [r for r in rows if finite(r.get("estimate")) is not None
                   and is_ok(r.get("status"))]
         if not usable:
             return None
@@ -265,8 +265,8 @@ def _spent(results: Mapping[str, Any], member: str, t: Translator) -> str:
              "(ε); {left} is left for later studies.",
              study=t.number(entry.get("epsilon_study")),
              total=t.number(entry.get("epsilon_total")),
-             left=t.number(max(0.0, (fg.finite(entry.get("epsilon_total")) or 0.0)
-                               - (fg.finite(entry.get("epsilon_after")) or 0.0))))
+             left=t.number(max(0.0, (finite(entry.get("epsilon_total")) or 0.0)
+                               - (finite(entry.get("epsilon_after")) or 0.0))))
 
 
 def print_pdf(html: Path, pdf: Path) -> Path:

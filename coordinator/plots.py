@@ -181,6 +181,12 @@ def _bar_order(rows: Sequence[Row], members: Sequence[str]) -> list[str]:
         [NETWORK] if NETWORK in present else [])
 
 
+def _legend_columns(categories: Sequence[str], t: Translator) -> int:
+    """Legend columns that fit the figure's width: fewer when the labels are long."""
+    longest = max([len(t.label(c)) for c in categories] + [1])
+    return max(1, min(len(categories), 6, int(96 // (longest + 6))))
+
+
 def _plot_shares(ctx: _Context) -> Drawn:
     """100% stacked bar per member and NETWORK, one segment per category."""
     column = str(ctx.spec.get("category", "category"))
@@ -208,7 +214,7 @@ def _plot_shares(ctx: _Context) -> Drawn:
     ax.set_xlim(0, 1.0)
     ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel(_.gettext(str(ctx.spec.get("label"))) if ctx.spec.get("label") else _("Share"))
-    fig.legend(loc="outside upper left", ncols=min(len(categories), 6),
+    fig.legend(loc="outside upper left", ncols=_legend_columns(categories, _),
                title=_.gettext(column_name(column)), title_fontsize=8.5, alignment="left")
     caption = _("Share of each {column} per member and for the network (last).",
                 column=html.escape(_.gettext(column_name(column)).lower()))

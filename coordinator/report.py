@@ -18,6 +18,7 @@ import base64
 import os
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from bridgestat.coordinator.html_tables import (
     coefficient_table_html,
     escape,
     fit_statistics_html,
+    is_label,
     table_columns,
     table_html,
     with_fit_status,
@@ -159,18 +161,18 @@ def headline(analysis: Mapping[str, Any], t: Translator) -> str:
         if not rows:
             continue
         if len(rows) > 1:
-            usable = [r for r in rows if fg.finite(r.get("estimate")) is not None]
+            usable = [r for r in rows if finite(r.get("estimate")) is not None]
             if not usable:
                 return t("not estimable for the network")
-            label = next((k for k in ("category", "term", "measure", "transition", "group")
-                          if k in usable[0]), None)
-            if label is None or label in ("term", "transition"):
+            columns = table_columns(table)
+            label = next((c for c in columns[1:] if is_label(c, columns)), None)
+            if label is None or label in ("term", "transition", "from", "to", "measure"):
                 return t("{count} network figures, see the section", count=len(rows))
             top = max(usable, key=lambda r: float(r["estimate"]))
             return t("largest: {label} {estimate}", label=t.label(top.get(label)),
                      estimate=_value(analysis, table, top, t))
         row = rows[0]
-        if not is_ok(row.get("status")) or fg.finite(row.get("estimate")) is None:
+        if not is_ok(row.get("status")) or finite(row.get("estimate")) is None:
             return t("not estimable for the network")
         return t("network {estimate} {interval}", estimate=_value(analysis, table, row, t),
                  interval=t.interval(row.get("ci_low"), row.get("ci_high")))
@@ -239,7 +241,7 @@ def _tables(analysis: Mapping[str, Any], members: Sequence[str], lang: str) -> l
     parts = [table_html(with_fit_status(t, fits), note=_.gettext(REGRESSION_NOTE), lang=lang)
              if is_coefficients else
              table_html(t, lang=lang, note=_.gettext(RAW_NOTE),
-                        bounds=lambda row, t=t: fg.public_range(analysis, t, row))
+                        bounds=partial(fg.public_range, analysis, t))
              for t, is_coefficients in zip(tables, coefficient_tables, strict=True)]
     if fits:
         names = fit_names(fits, members)
@@ -280,7 +282,7 @@ def _badges(analysis: Mapping[str, Any], t: Translator) -> str:
     if isinstance(queries, list) and queries:
         badges.append(("", t.ngettext("{n} query", "{n} queries", len(queries)).format(
             n=len(queries))))
-    loss = fmt_loss_range(analysis.get("loss") or {})
+    loss = fmt_loss_range(analysis.get("loss") or {}, t.lang)
     if loss:
         badges.append(("badge-loss", loss))
     return "".join(f'<span class="badge {css}">{escape(text)}</span>' for css, text in badges)

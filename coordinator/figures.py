@@ -14,7 +14,8 @@ from __future__ import annotations
 import html
 import io
 import math
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-from bridgestat.coordinator.formatting import is_ok, readable, status_head
+from bridgestat.coordinator.formatting import is_ok, status_head
+from bridgestat.coordinator.formatting import readable as readable_text
+from bridgestat.coordinator.i18n import Translator
 from bridgestat.coordinator.results_doc import NETWORK, Row, finite
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ SHORT_REASON = 24
 
 RC: dict[RcKeyType, Any] = {
     "svg.hashsalt": "bridgestat-report",
-    "svg.fonttype": "path",
+    "svg.fonttype": "none",  # text as <text>: a tenth of the bytes of glyph paths
     "font.family": "DejaVu Sans",
     "font.size": 9.0,
     "axes.titlesize": 9.5,
@@ -83,6 +86,8 @@ class Point:
     high: float | None
     network: bool
     status: str
+    hidden: str = ""
+    """Why a computed estimate is not drawn ('too uncertain to show'), or ''."""
 
 
 def new_figure(height: float, width: float = FIG_WIDTH) -> Figure:
@@ -93,11 +98,28 @@ def new_figure(height: float, width: float = FIG_WIDTH) -> Figure:
     return fig
 
 
+SVG_DECIMALS = re.compile(rb"(\d\.\d)\d{2,}")
+"""Numbers with three or more decimals in an SVG (matplotlib writes six)."""
+
+
 def svg_bytes(fig: Figure) -> bytes:
-    """The figure as reproducible SVG (fixed hash salt, no date or creator metadata)."""
+    """The figure as reproducible SVG (fixed hash salt, no date or creator metadata).
+
+    Coordinates are cut to one decimal of a point (1/720 inch, invisible): it nearly halves
+    the report, whose plots are most of its bytes.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-    return buffer.getvalue()
+    return minify_svg(buffer.getvalue())
+
+
+def minify_svg(svg: bytes) -> bytes:
+    """Matplotlib's SVG without what no viewer uses: RDF metadata, the DOCTYPE, the ids of
+    groups (nothing refers to them), indentation, and decimals past 1/10 point."""
+    svg = re.sub(rb"<metadata>.*?</metadata>|<!DOCTYPE[^>]*>", b"", svg, flags=re.DOTALL)
+    svg = re.sub(rb'<g id="[^"]*">', b"<g>", svg)
+    svg = re.sub(rb"\s*\n\s*", b" ", SVG_DECIMALS.sub(rb"\1", svg))
+    return svg.replace(b"> <", b"><")
 
 
 def z_value(level: float) -> float:
@@ -160,32 +182,42 @@ def positions(lines: Sequence[Point]) -> list[float]:
     return ys
 
 
-def not_estimable_text(status: str) -> str:
+def not_estimable_text(status: str, t: Translator | None = None) -> str:
     """'not estimable', with the reason when it is short (long reasons are in the table)."""
-    reason = readable(status).strip()
+    _ = t or Translator("en")
+    reason = readable_text(status).strip()
     if reason.startswith("not estimable"):
         reason = reason.removeprefix("not estimable").lstrip(" :")
     if is_ok(status) or not reason:
-        return "not estimable"
+        return _("not estimable")
     for text in (reason, status_head(reason)):
         if len(text) <= SHORT_REASON:
-            return f"not estimable ({text})"
-    return "not estimable (see table)"
+            return _("not estimable ({reason})", reason=_.gettext(text))
+    return _("not estimable (see table)")
 
 
 def dot_whisker(ax: Axes, lines: Sequence[Point], reference: float | None,
-                zero_line: bool = False) -> None:
-    """Horizontal estimates with CIs; NETWORK highlighted; unestimable lines say so."""
+                zero_line: bool = False, bounds: tuple[float, float] | None = None,
+                t: Translator | None = None) -> None:
+    """Horizontal estimates with CIs; NETWORK highlighted; unestimable lines say so.
+
+    With `bounds` (the estimate's possible range) whiskers are cut at the range, so a share's
+    interval never reaches below 0 % or above 100 %.
+    """
     ys = positions(lines)
     for y, point in zip(ys, lines, strict=True):
         color = NETWORK_COLOR if point.network else MEMBER_COLOR
-        if point.estimate is None:
-            ax.text(0.01, y, not_estimable_text(point.status),
+        if point.estimate is None or point.hidden:
+            text = point.hidden or not_estimable_text(point.status, t)
+            ax.text(0.01, y, text,
                     transform=ax.get_yaxis_transform(), va="center", ha="left", fontsize=8,
                     style="italic", color=MUTED_COLOR, clip_on=True, in_layout=False)
             continue
         if point.low is not None and point.high is not None:
-            ax.hlines(y, point.low, point.high, color=color, linewidth=2.2 if point.network
+            low, high = point.low, point.high
+            if bounds is not None:
+                low, high = max(low, bounds[0]), min(high, bounds[1])
+            ax.hlines(y, low, high, color=color, linewidth=2.2 if point.network
                       else 1.6, zorder=2)
         ax.plot([point.estimate], [y], marker="D" if point.network else "o", linestyle="none",
                 markersize=7.5 if point.network else 5.5, color=color, zorder=3,
@@ -269,14 +301,154 @@ def nothing_to_draw(alt: str, message: str) -> tuple[Figure, str, str]:
     return fig, alt, html.escape(message)
 
 
-def truncation_note(total: int) -> str:
+def truncation_note(total: int, t: Translator | None = None) -> str:
     """Caption text when small multiples were cut at MAX_PANELS."""
     if total <= MAX_PANELS:
         return ""
-    return f" Showing the first {MAX_PANELS} of {total} panels; the table lists all of them."
+    _ = t or Translator("en")
+    return " " + _("Showing the first {shown} of {total} panels; the table lists all of them.",
+                   shown=MAX_PANELS, total=total)
 
 
 def text_color(hex_color: str) -> str:
     """White or dark text, whichever reads better on the given fill."""
     r, g, b = (int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5))
     return INK_COLOR if 0.299 * r + 0.587 * g + 0.114 * b > 0.6 else "white"
+
+
+# --------------------------------------------------------------------------- readable values
+#
+# Tables and downloads keep the raw noisy values: they are unbiased, which pooling and
+# meta-analysis need. Charts and sentences are read at a glance, so they show only what a
+# reader can take at face value. Everything below is post-processing of released numbers
+# with public information (clip bounds, the fact that shares are parts of a whole): it costs
+# no privacy.
+
+SHARE_RANGE = (0.0, 1.0)
+SHARE_KINDS = frozenset({"histogram", "proportion", "follow_up"})
+"""Analysis kinds whose every estimate is a share in [0, 1]."""
+SHARE_TABLES = frozenset({"shares", "proportion", "followed_up", "share_improved",
+                          "transitions"})
+"""Tables (by the name a study run gives them) whose estimates are shares in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class Readable:
+    """How an estimate may be shown: `shown` False with the reason ('uncertain', 'outside')."""
+
+    shown: bool
+    reason: str = ""
+
+
+SHOWN = Readable(True)
+
+
+def project_to_simplex(values: Sequence[float]) -> list[float]:
+    """The shares nearest (least squares) to `values` that are >= 0 and add up to exactly 1.
+
+    The Euclidean projection onto the probability simplex (sort-based, Duchi et al. 2008).
+    Unlike 'clip at 0 and renormalise' it moves every share by the same amount before cutting
+    at 0, so a category that noise pushed below 0 does not inflate the others in proportion
+    to their size, and shares that already add up to 1 and are all >= 0 stay as they are.
+    """
+    if not values:
+        return []
+    ordered = sorted(values, reverse=True)
+    total = 0.0
+    theta = 0.0
+    for k, value in enumerate(ordered, start=1):
+        total += value
+        candidate = (total - 1.0) / k
+        if value - candidate > 0:
+            theta = candidate
+    return [max(0.0, v - theta) for v in values]
+
+
+def public_range(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Mapping[str, Any],
+                 ) -> tuple[float, float] | None:
+    """The range an estimate of this row can take by construction, or None if unknown.
+
+    Uses only what a results document holds, all of it public: shares are in [0, 1]; a
+    change in a share and a risk difference in [-1, 1]; a quantile is one of its public
+    candidates (`spec.candidates` from..to); a mean lies within its clip bounds (`spec.clip`)
+    and within the column's declared bounds (`column_bounds`, when the study run saved the
+    schema's lower/upper); a mean change within its clip bounds, or the column's width either
+    way; a difference in differences within twice that. Ratios on a log scale, and means with
+    neither clip nor saved column bounds, have no range here.
+    """
+    name = str(table.get("name") or "")
+    measure = str(row.get("measure") or "")
+    spec = analysis.get("spec") or {}
+    kind = str(analysis.get("kind") or spec.get("statistic") or "")
+    if name in SHARE_TABLES or measure.startswith("share:") or kind in SHARE_KINDS:
+        return SHARE_RANGE
+    if name == "paired_difference" or measure == "risk_difference":
+        return (-1.0, 1.0)
+    if measure:
+        return None
+    if kind == "quantile":
+        return _candidate_range(spec.get("candidates"))
+    clip = _pair(spec.get("clip"))
+    column = _pair(analysis.get("column_bounds"))
+    if kind in CHANGE_KINDS:
+        width = None if column is None else column[1] - column[0]
+        change = clip or (None if width is None else (-width, width))
+        if change is None:
+            return None
+        return (change[0] - change[1], change[1] - change[0]) if kind == "did" else change
+    if kind not in MEAN_KINDS:
+        return None
+    if clip is not None and column is not None:
+        return (max(clip[0], column[0]), min(clip[1], column[1]))
+    return clip or column
+
+
+CHANGE_KINDS = frozenset({"paired_change", "did"})
+MEAN_KINDS = frozenset({"mean"})
+"""Kinds whose estimate is a (change in a) mean of one column, bounded by its clip or
+schema bounds; estimates of other kinds (regressions, ratios) have no public range here."""
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    """[low, high] of two numbers as floats, else None."""
+    if (isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            and value[0] <= value[1]):
+        return float(value[0]), float(value[1])
+    return None
+
+
+def _candidate_range(candidates: Any) -> tuple[float, float] | None:
+    """The span of a quantile's public candidate grid: {from, to, step} or a list."""
+    if isinstance(candidates, Mapping):
+        return _pair([candidates.get("from"), candidates.get("to")])
+    if isinstance(candidates, list | tuple) and candidates and all(
+            isinstance(c, int | float) and not isinstance(c, bool) for c in candidates):
+        return float(min(candidates)), float(max(candidates))
+    return None
+
+
+def readability(row: Mapping[str, Any], bounds: tuple[float, float] | None) -> Readable:
+    """Whether a row's estimate can be shown as a plain figure within `bounds`.
+
+    Not shown: an estimate outside its possible range (a negative mean of a non-negative
+    variable: noise, not data), and one whose 95 % interval is wider than the whole range
+    ('too uncertain to show': any value in the range would fit it).
+    """
+    estimate = finite(row.get("estimate"))
+    if estimate is None or bounds is None:
+        return SHOWN
+    low, high = bounds
+    if not low <= estimate <= high:
+        return Readable(False, "outside")
+    ci_low, ci_high = finite(row.get("ci_low")), finite(row.get("ci_high"))
+    if ci_low is not None and ci_high is not None and ci_high - ci_low > high - low:
+        return Readable(False, "uncertain")
+    return SHOWN
+
+
+def sd_readable(row: Mapping[str, Any]) -> bool:
+    """Whether a row's SD is a figure: an SD of exactly 0 from noisy sums is noise (the noisy
+    sum of squares fell below what the mean needs), not participants who are all alike."""
+    sd = finite(row.get("sd"))
+    return sd is None or sd > 0

@@ -11,15 +11,17 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from bridgestat.coordinator import i18n
+from bridgestat.coordinator.i18n import N_
 from bridgestat.coordinator.results_doc import finite
 
 COLUMN_NAMES = {
-    "member": "Member", "estimate": "Estimate", "se": "SE", "n": "n (noisy)",
-    "status": "Status", "category": "Category", "group": "Group", "term": "Term",
-    "from": "From", "to": "To", "arm": "Arm", "period": "Period", "measure": "Measure",
-    "transition": "Transition", "sd": "SD", "se_sampling": "SE (sampling)",
-    "se_dp": "SE (DP noise)", "se_ols": "SE (OLS, no DP noise)", "loss": "Loss",
-    "d_z": "Cohen's d_z", "d_z_se": "d_z SE", "d_z_status": "d_z status",
+    "member": N_("Member"), "estimate": N_("Estimate"), "se": N_("SE"), "n": N_("n (noisy)"),
+    "status": N_("Status"), "category": N_("Category"), "group": N_("Group"), "term": N_("Term"),
+    "from": N_("From"), "to": N_("To"), "arm": N_("Arm"), "period": N_("Period"), "measure": N_("Measure"),
+    "transition": N_("Transition"), "sd": N_("SD"), "se_sampling": N_("SE (sampling)"),
+    "se_dp": N_("SE (DP noise)"), "se_ols": N_("SE (OLS, no DP noise)"), "loss": N_("Loss"),
+    "d_z": N_("Cohen's d_z"), "d_z_se": N_("d_z SE"), "d_z_status": N_("d_z status"),
 }
 """Readable headings of the result columns the study writes; others are made readable."""
 
@@ -49,31 +51,14 @@ def column_name(column: str) -> str:
     return COLUMN_NAMES.get(column, readable(column).capitalize())
 
 
-def fmt_number(value: Any) -> str:
+def fmt_number(value: Any, lang: str = "en") -> str:
     """Three significant digits (whole numbers from 100 on, ints as ints), '—' if missing."""
-    if isinstance(value, str):
-        return value
-    x = finite(value)
-    if x is None:
-        return "—"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if x == 0:
-        return "0"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    if abs(x) < 0.001:
-        return f"{x:.2e}"
-    return f"{x:#.3g}".rstrip(".")
+    return i18n.fmt_number(value, lang)
 
 
-def fmt_interval(low: Any, high: Any) -> str:
-    """'[low, high]' with both ends formatted, '—' if either is missing."""
-    if finite(low) is None or finite(high) is None:
-        return "—"
-    return f"[{fmt_number(low)}, {fmt_number(high)}]"
+def fmt_interval(low: Any, high: Any, lang: str = "en") -> str:
+    """'[low, high]' with both ends formatted ('[low; high]' in Dutch), '—' if either is missing."""
+    return i18n.Translator(lang).interval(low, high)
 
 
 def fmt_pvalue(p: Any) -> str:
@@ -84,10 +69,9 @@ def fmt_pvalue(p: Any) -> str:
     return "p < 0.001" if x < 0.001 else f"p = {x:.3f}"
 
 
-def fmt_percent(share: Any) -> str:
+def fmt_percent(share: Any, lang: str = "en") -> str:
     """A share in [0, 1] as a percentage with three significant digits."""
-    x = finite(share)
-    return "—" if x is None else f"{fmt_number(100 * x)}%"
+    return i18n.fmt_percent(share, lang)
 
 
 def is_ok(status: Any) -> bool:
@@ -104,10 +88,10 @@ def fmt_loss(loss: Mapping[str, Any]) -> str:
     return _loss_text([loss])
 
 
-def fmt_loss_range(losses: Mapping[str, Mapping[str, Any]]) -> str:
+def fmt_loss_range(losses: Mapping[str, Mapping[str, Any]], lang: str = "en") -> str:
     """All members' losses: 'ε 0.5 per member' when equal, else 'ε 0.2–0.5 per member'."""
     text = _loss_text(list(losses.values()))
-    return f"{text} per member" if text else ""
+    return i18n.Translator(lang)("{loss} per member", loss=text) if text else ""
 
 
 def _loss_text(losses: list[Mapping[str, Any]]) -> str:

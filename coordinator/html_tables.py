@@ -13,17 +13,12 @@ does not take their numbers at face value; long statuses become footnotes.
 from __future__ import annotations
 
 import html
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from bridgestat.coordinator.formatting import (
-    column_name,
-    fmt_interval,
-    fmt_number,
-    is_ok,
-    readable,
-    status_head,
-)
+from bridgestat.coordinator import figures as fg
+from bridgestat.coordinator.formatting import column_name, is_ok, readable, status_head
+from bridgestat.coordinator.i18n import N_, Translator
 from bridgestat.coordinator.results_doc import NETWORK, NUMERIC_KEYS, Row, finite, is_number
 
 LONG_TABLE = 30
@@ -38,10 +33,19 @@ STAT_COLUMNS = frozenset({
 STAT_SUFFIXES = ("_se", "_ci_low", "_ci_high", "_status")
 """A column ending so (d_z_se, d_z_status) is a statistic of another column, not a label."""
 
+TECHNICAL_COLUMNS = frozenset({
+    "se", "sd", "se_sampling", "se_dp", "se_ols", "loss", "d_z", "d_z_se", "d_z_ci_low",
+    "d_z_ci_high", "d_z_status", "replicates",
+})
+"""Columns a researcher checks and a coordinator does not read: shown under 'All columns'."""
+
+Bounds = Callable[[Row], "tuple[float, float] | None"]
+"""The possible range of a row's estimate (see `figures.public_range`), or None."""
+
 SHORT_STATUS = 40
 """Statuses longer than this show their head in the cell and the whole text as a footnote."""
 
-REGRESSION_NOTE = (
+REGRESSION_NOTE = N_(
     "SE and CI from the parametric bootstrap (they include the DP noise); SE (OLS) ignores "
     "the DP noise and is shown for contrast only. Per-member fits at this privacy loss are "
     "often too noisy to read (bootstrap SEs can be enormous): read the NETWORK fit. Muted rows "
@@ -85,29 +89,45 @@ def table_columns(table: Row, labels: Sequence[str] | None = None) -> list[str]:
 
 def table_html(table: Row, headers: Mapping[str, str] | None = None, *,
                labels: Sequence[str] | None = None, right: Collection[str] = (),
-               note: str = "") -> str:
-    """One results table; long ones as NETWORK rows plus all rows folded in <details>.
+               note: str = "", lang: str = "en", bounds: Bounds | None = None) -> str:
+    """One results table; technical columns and long tables folded into <details>.
 
-    `headers` overrides column headings, `labels` the label columns, `right` right-aligns
-    columns of preformatted text, and `note` is plain text added to the caption.
+    The table first shows its label columns, estimate, CI, n and status; the technical
+    columns (SEs apart, SD, loss, d_z) are in the full table under 'All columns'. Long tables
+    show their NETWORK rows first and every row in the fold. `headers` overrides column
+    headings, `labels` the label columns, `right` right-aligns columns of preformatted text,
+    `note` is plain text added to the caption, and `bounds` gives a row's possible range so
+    that raw values a chart would not show are marked (the table keeps them: unbiased).
     """
+    _ = Translator(lang)
     rows: list[Row] = list(table.get("rows") or [])
-    view = _View(table, headers or {}, table_columns(table, labels), right)
+    columns = table_columns(table, labels)
+    compact = [c for c in columns if c not in TECHNICAL_COLUMNS]
+    full = _View(table, headers or {}, columns, right, _, bounds)
+    view = _View(table, headers or {}, compact, right, _, bounds)
     network = [r for r in rows if r.get("member") == NETWORK]
-    if len(rows) <= LONG_TABLE or not 0 < len(network) < len(rows):
-        return view.html(rows, view.title(note))  # short, or nothing to show first
-    shown = f"NETWORK rows only ({len(network)} of {len(rows)}); all rows below"
-    return (view.html(network, view.title(note, shown))
-            + f'<details class="all-rows"><summary>All {len(rows)} rows</summary>'
-            f"{view.html(rows, '')}</details>")
+    long = len(rows) > LONG_TABLE and 0 < len(network) < len(rows)
+    if not long and compact == columns:
+        return view.html(rows, view.title(note))
+    first = network if long else rows
+    extra = (_("NETWORK rows only ({shown} of {total}); all rows below",
+               shown=len(network), total=len(rows)),) if long else ()
+    fold = (_("All {total} rows", total=len(rows)) if long else _("All columns"))
+    if long and compact != columns:
+        fold = _("All {total} rows and all columns", total=len(rows))
+    return (view.html(first, view.title(note, *extra))
+            + f'<details class="all-rows"><summary>{escape(fold)}</summary>'
+            f"{full.html(rows, '')}</details>")
 
 
 class _View:
     """How one table is drawn: its columns, headings and alignment; rows are drawn on demand."""
 
     def __init__(self, table: Row, headers: Mapping[str, str], columns: list[str],
-                 right: Collection[str]) -> None:
+                 right: Collection[str], t: Translator, bounds: Bounds | None) -> None:
         """Right-align the numeric columns (any number in them), the CI and `right`."""
+        self.t = t
+        self.bounds = bounds
         self.table = table
         self.headers = headers
         self.columns = columns
@@ -146,8 +166,28 @@ class _View:
     def _heading(self, column: str) -> str:
         """Readable heading: the CI level, the table's own, or the known/readable name."""
         if column == "ci":
-            return f"{100 * self.level:g}% CI"
-        return self.headers.get(column) or column_name(column)
+            return self.t("{level}% CI", level=f"{100 * self.level:g}")
+        return self.headers.get(column) or self.t.gettext(column_name(column))
+
+    def _flag(self, row: Row, column: str) -> str:
+        """Why a raw value in this cell is not to be read at face value, or ''."""
+        _ = self.t
+        if column == "sd" and not fg.sd_readable(row):
+            return _("An SD of 0 comes from noise (the noisy sum of squares was too small), "
+                     "not from participants who are all alike: read it as unknown.")
+        if column != "estimate" or self.bounds is None:
+            return ""
+        bounds = self.bounds(row)
+        verdict = fg.readability(row, bounds)
+        if verdict.shown or bounds is None:
+            return ""
+        span = _.bounds(*bounds)
+        if verdict.reason == "outside":
+            return _("Raw noisy value outside the possible range {span}: noise, not data. "
+                     "Kept unbiased for pooling; charts do not show it.", span=span)
+        return _("Its 95% interval is wider than the whole possible range {span}: too "
+                 "uncertain to read. Kept unbiased for pooling; charts do not show it.",
+                 span=span)
 
     def _row(self, row: Row, emphasise: bool, footnotes: dict[str, int]) -> str:
         """One <tr>: NETWORK rows emphasised, members' rows whose status is not ok muted.
@@ -167,12 +207,16 @@ class _View:
     def _cell(self, row: Row, column: str, footnotes: dict[str, int]) -> tuple[str, str]:
         """(CSS class, HTML text) of one table cell."""
         if column == "ci":
-            return "num", escape(fmt_interval(row.get("ci_low"), row.get("ci_high")))
+            return "num", escape(self.t.interval(row.get("ci_low"), row.get("ci_high")))
         value = row.get(column)
         if column.endswith("status") and not is_ok(value):
             return "status-flag", _status_html(readable(value), footnotes)
+        flag = self._flag(row, column)
+        if flag:
+            return "num raw-flag", (escape(self.t.number(value))
+                                    + _mark(flag, footnotes))
         if is_number(value) or (value is None and column in self.right):
-            return "num", escape(fmt_number(value))
+            return "num", escape(self.t.number(value))
         return ("num" if column in self.right else ""), escape("—" if value is None else value)
 
 
@@ -190,6 +234,12 @@ def _status_html(status: str, footnotes: dict[str, int]) -> str:
     return f'{escape(shown)} <sup class="note-mark">[{number}]</sup>'
 
 
+def _mark(text: str, footnotes: dict[str, int]) -> str:
+    """A footnote mark for `text` (numbered with the table's other notes)."""
+    number = footnotes.setdefault(text, len(footnotes) + 1)
+    return f' <sup class="note-mark">[{number}]</sup>'
+
+
 def _footnotes_html(footnotes: Mapping[str, int]) -> str:
     """The long statuses of a table, numbered as their marks in the cells."""
     if not footnotes:
@@ -201,8 +251,8 @@ def _footnotes_html(footnotes: Mapping[str, int]) -> str:
 # --------------------------------------------------------------------------- regression fits
 
 
-REGRESSION_HEADERS = {"member": "Fit", "sigma": "Residual SD", "r2": "R²",
-                      "replicates": "Bootstrap replicates"}
+REGRESSION_HEADERS = {"member": N_("Fit"), "sigma": N_("Residual SD"), "r2": "R²",
+                      "replicates": N_("Bootstrap replicates")}
 
 
 def fit_status(fit: Mapping[str, Any]) -> str:
@@ -228,7 +278,8 @@ def with_fit_status(table: Row, fits: Mapping[str, Any]) -> Row:
     return {**table, "rows": [fixed(row) for row in table.get("rows") or []]}
 
 
-def coefficient_table_html(fits: Mapping[str, Any], names: Sequence[str]) -> str:
+def coefficient_table_html(fits: Mapping[str, Any], names: Sequence[str], lang: str = "en"
+                           ) -> str:
     """The coefficients of every fit, for documents whose analysis has no coefficient table."""
     rows = []
     for name in names:
@@ -241,17 +292,22 @@ def coefficient_table_html(fits: Mapping[str, Any], names: Sequence[str]) -> str
     table = {"name": "Regression coefficients",
              "columns": ["member", "term", "estimate", "se", "ci_low", "ci_high", "se_ols",
                          "status"], "rows": rows}
-    return table_html(table, REGRESSION_HEADERS, note=REGRESSION_NOTE)
+    t = Translator(lang)
+    return table_html(table, {k: t.gettext(v) for k, v in REGRESSION_HEADERS.items()},
+                      note=t.gettext(REGRESSION_NOTE), lang=lang)
 
 
-def fit_statistics_html(fits: Mapping[str, Any], names: Sequence[str]) -> str:
+def fit_statistics_html(fits: Mapping[str, Any], names: Sequence[str], lang: str = "en"
+                        ) -> str:
     """n, residual SD, R² and bootstrap replicates per fit, with its status."""
     rows = [{"member": name, "n": fits[name].get("n"), "sigma": fits[name].get("sigma"),
              "r2": fits[name].get("r2"), "replicates": fits[name].get("replicates"),
              "status": _warned(fit_status(fits[name]))} for name in names]
     table = {"name": "Fit statistics",
              "columns": ["member", "n", "sigma", "r2", "replicates", "status"], "rows": rows}
-    return table_html(table, REGRESSION_HEADERS, labels=["member"])
+    t = Translator(lang)
+    return table_html(table, {k: t.gettext(v) for k, v in REGRESSION_HEADERS.items()},
+                      labels=["member"], lang=lang)
 
 
 def _warned(status: str) -> str:

@@ -17,6 +17,7 @@ import pytest
 
 from bridgestat.coordinator.formatting import fmt_loss_range, fmt_number
 from bridgestat.coordinator.html_tables import LONG_TABLE
+from bridgestat.coordinator.member_report import write_member_report
 from bridgestat.coordinator.report import (
     ReportError,
     iter_plot_keys,
@@ -294,21 +295,23 @@ def test_label_columns_come_right_after_member(report: Path, section: str,
 
 def test_long_table_shows_network_rows_then_all_rows_folded(report: Path) -> None:
     section = _section(report, "a07_employment_transitions")
-    assert '<details class="all-rows"><summary>All 96 rows</summary>' in section
+    assert '<details class="all-rows"><summary>All 96 rows and all columns</summary>' in section
     assert "<script" not in section
     (network_headers, network_rows), (all_headers, all_rows) = _tables(section)
-    assert network_headers == all_headers
+    assert network_headers == [h for h in all_headers if h not in ("SE",)]
     assert len(network_rows) == 16 and len(all_rows) == 96
     assert re.findall(r"<tbody><tr><td[^>]*>NETWORK</td>", section)  # NETWORK table first
     assert "NETWORK rows only (16 of 96)" in section
     short = _section(report, "a02_sessions")
-    assert "<details" not in short and len(_tables(short)[0][1]) <= LONG_TABLE
+    assert "<summary>All columns</summary>" in short and "rows</summary>" not in short
+    assert len(_tables(short)[0][1]) <= LONG_TABLE
 
 
 def test_regression_coefficients_are_shown_once(report: Path) -> None:
     section = _section(report, "a09_bridge_regression")
     tables = _tables(section)
-    assert [headers[:2] for headers, _ in tables] == [["Member", "Term"], ["Fit", "n (noisy)"]]
+    assert [headers[:2] for headers, _ in tables] == [["Member", "Term"]] * 2 + [
+        ["Fit", "n (noisy)"]] * 2
     assert "<caption>Regression coefficients" not in section  # the analysis's table is it
     assert "too noisy to read" in section
     assert "groningen: the noisy design matrix" in section  # the warning stays a note
@@ -335,7 +338,8 @@ def test_coefficients_come_from_the_fits_without_a_table(tmp_path: Path) -> None
     assert section.count("<caption>Regression coefficients") == 1
     assert "too noisy to read" in section
     tables = _tables(section)
-    assert [headers[:2] for headers, _ in tables] == [["Fit", "Term"], ["Fit", "n (noisy)"]]
+    assert [headers[:2] for headers, _ in tables] == [["Fit", "Term"]] * 2 + [
+        ["Fit", "n (noisy)"]] * 2
     assert tables[0][1].count("muted") == 4  # groningen's four coefficients
 
 
@@ -378,3 +382,187 @@ def test_report_is_readable_by_others(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+# --------------------------------------------------------------------------- languages, members
+
+
+def test_dutch_report(results: dict[str, Any], tmp_path: Path) -> None:
+    path = write_report(results, tmp_path / "nl.html", lang="nl")
+    text = path.read_text(encoding="utf-8")
+    assert '<html lang="nl">' in text and "23 november 2026, 10:00 UTC" in text
+    assert "Verbruikt privacyverlies" in text and "Samenvatting voor coördinatoren" in text
+    plots = assert_renders_in_chromium(path, ARTIFACTS / "report-nl.png")
+    assert plots == list(iter_plot_keys(results))
+
+
+def test_summary_first_per_audience(report: Path) -> None:
+    text = report.read_text(encoding="utf-8")
+    first = text.index('<section class="analysis"')
+    assert text.index('id="summary-coordinator"') < first
+    assert text.index('id="summary-researcher"') < first
+
+
+def _demo_like(results: dict[str, Any]) -> dict[str, Any]:
+    """The fixture with the issue's confusing figures: a goals mean of -21.6 with an SD of 0
+    (clip [0, 30]), a goals mean whose interval is wider than 0-30, and a share whose
+    interval is wider than 0-100 %."""
+    doc = copy.deepcopy(results)
+    rows = [{"member": m, "estimate": e, "se": s, "ci_low": e - 1.96 * s,
+             "ci_high": e + 1.96 * s, "n": 100.0, "sd": sd, "status": "ok"}
+            for m, e, s, sd in (("amsterdam", -21.6, 4.0, 0.0), ("rotterdam", 12.0, 8.0, None),
+                                ("utrecht", 3.1, 0.5, 2.0), ("NETWORK", 2.9, 0.3, 2.1))]
+    doc["analyses"].append({"id": "a04_goals", "title": "Goals achieved per participant",
+                            "audience": "coordinator", "kind": "mean",
+                            "spec": {"clip": [0, 30]},
+                            "tables": [{"name": "mean", "columns": list(rows[0]),
+                                        "rows": rows}],
+                            "plots": [{"kind": "member_vs_network", "table": 0}]})
+    shares = [{"member": m, "estimate": e, "se": s, "ci_low": e - 1.96 * s,
+               "ci_high": e + 1.96 * s, "n": 100.0, "status": "ok"}
+              for m, e, s in (("rotterdam", 0.4, 0.45), ("utrecht", 0.3, 0.05),
+                              ("NETWORK", 0.35, 0.03))]
+    doc["analyses"].append({"id": "a05_paid", "title": "Share in paid work",
+                            "audience": "coordinator", "kind": "proportion",
+                            "tables": [{"name": "proportion", "columns": list(shares[0]),
+                                        "rows": shares}],
+                            "plots": [{"kind": "member_vs_network", "table": 0}]})
+    return doc
+
+
+def test_too_uncertain_and_impossible_values(results: dict[str, Any], tmp_path: Path) -> None:
+    doc = _demo_like(results)
+    text = write_report(doc, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = text[text.index('id="a04_goals"'):]
+    section = section[:section.index("</section>")]
+    assert "outside the possible range [0, 30]" in section  # the table says so
+    assert "-21.6" in section  # and keeps the raw value
+    assert "wider than the whole possible range [0, 30]" in section  # rotterdam's 12.0
+    assert "An SD of 0 comes from noise" in section
+    member = write_member_report(doc, "rotterdam", "en", tmp_path / "m.html")
+    findings = _findings(member.read_text(encoding="utf-8"))
+    assert findings["Goals achieved per participant"] == (
+        "At your organisation: too uncertain to show; in the network: 2.9.")
+    assert findings["Share in paid work"] == (
+        "At your organisation: too uncertain to show; in the network: 35%.")
+
+
+def _findings(html: str) -> dict[str, str]:
+    """The member report's findings: title -> sentence (HTML entities undone)."""
+    import html as html_module
+
+    return {html_module.unescape(title): html_module.unescape(text) for title, text
+            in re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", html)}
+
+
+def test_report_of_the_standard_study_is_under_1_mb(tmp_path: Path) -> None:
+    from tests.fixtures.study_results import standard_study_results
+
+    path = write_report(standard_study_results(), tmp_path / "r.html")
+    print(f"standard study report: {path.stat().st_size:,} bytes")
+    assert path.stat().st_size <= 1_000_000
+
+
+def _pages(pdf: Path) -> int:
+    """Page count by pdfinfo when installed, else from the PDF's page objects."""
+    import shutil
+    import subprocess
+
+    if shutil.which("pdfinfo"):
+        out = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+        return int(re.search(r"Pages:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    return len(re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes()))
+
+
+def _others_changed(results: dict[str, Any], member: str) -> dict[str, Any]:
+    """The document with every other member's figures, statuses and budget changed (the
+    member's own rows and the NETWORK rows as they were)."""
+    doc = copy.deepcopy(results)
+    for analysis in doc["analyses"]:
+        for table in analysis["tables"]:
+            for row in table["rows"]:
+                if row.get("member") in (member, "NETWORK"):
+                    continue
+                for key in ("estimate", "se", "ci_low", "ci_high", "n", "sd"):
+                    if isinstance(row.get(key), float):
+                        row[key] = row[key] * 1.37 + 0.011
+                row["status"] = "too_few_records" if row.get("status") == "ok" else "ok"
+        for fit in (analysis.get("regression") or {}).values():
+            fit["n"] = 1.0
+    for entry in doc["budget"]:
+        if entry["member"] != member:
+            entry["epsilon_study"] += 0.5
+    return doc
+
+
+@pytest.mark.parametrize("lang", ["nl", "en"])
+def test_member_report(results: dict[str, Any], tmp_path: Path, lang: str) -> None:
+    from tests.integration.chromium import require_chromium
+
+    require_chromium()
+    member = "groningen"  # the smallest member: not estimable in a02, a regression warning
+    html = write_member_report(results, member, lang, tmp_path, pdf=True)
+    text = html.read_text(encoding="utf-8")
+    others = [m for m in results["members"] if m != member]
+    assert not [m for m in others if m in text]
+    # no other member's figure: the report does not change when all of them do
+    changed = write_member_report(_others_changed(results, member), member, lang,
+                                  tmp_path / "changed.html")
+    assert changed.read_text(encoding="utf-8") == text
+    findings = _findings(text)
+    if lang == "nl":
+        assert "Wat de privacyruis voor u betekent" in text
+        assert findings["Mentoring sessions per participant"] == (
+            "Er is geen betrouwbaar cijfer voor uw organisatie: te weinig records. "
+            "In het netwerk: 11,8.")
+    else:
+        assert findings["Mentoring sessions per participant"] == (
+            "There is no reliable figure for your organisation: too few records. "
+            "In the network: 11.8.")
+    plots = assert_renders_in_chromium(html, ARTIFACTS / f"member-report-{lang}.png")
+    assert plots
+    pdf = html.with_suffix(".pdf")
+    assert pdf.exists() and 2 <= _pages(pdf) <= 4, _pages(pdf)
+    (ARTIFACTS / f"member-report-{lang}.pdf").write_bytes(pdf.read_bytes())
+
+
+def test_dutch_member_report_speaks_dutch(results: dict[str, Any], tmp_path: Path) -> None:
+    """Sentences, headings and numbers in Dutch, as in the issue's example sentence."""
+    doc = copy.deepcopy(results)
+    change = next(a for a in doc["analyses"] if a["id"] == "a06_bridge_change")
+    overall = change["tables"][1]["rows"]
+    for row, estimate in zip((r for r in overall if r["member"] in ("utrecht", "NETWORK")),
+                             (6.7, 7.1), strict=True):
+        row.update(estimate=estimate, ci_low=estimate - 1.0, ci_high=estimate + 1.0)
+    text = write_member_report(doc, "utrecht", "nl", tmp_path).read_text(encoding="utf-8")
+    findings = _findings(text)
+    assert findings["Change in bridging score (start to follow-up)"] == (
+        "Bij uw organisatie steeg dit gemiddeld met 6,7; in het netwerk met 7,1.")
+    assert findings["Who takes part: age bands"].startswith("Grootste groep bij uw organisatie")
+    assert findings["Mentoring sessions per participant"].startswith("Bij uw organisatie: ")
+    assert "Resultaten voor utrecht" in text and "Uw cijfers naast die van het netwerk" in text
+    assert "23 november 2026" in text and "privacybudget" in text
+    for english in ("At your organisation", "in the network", "Results for", "per member"):
+        assert english not in text, english
+
+
+def test_member_report_uses_a_members_own_catalogue(results: dict[str, Any], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """BRIDGESTAT_LOCALE_DIR reaches the templates as well as the sentences and titles."""
+    own = tmp_path / "locale" / "nl" / "LC_MESSAGES"
+    own.mkdir(parents=True)
+    (own / "bridgestat.po").write_text(
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Your figures beside the network"\nmsgstr "Onze cijfers en het netwerk"\n',
+        encoding="utf-8")
+    (own / "studies.po").write_text(
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Mentoring sessions per participant"\nmsgstr "Mentorgesprekken per deelnemer"\n',
+        encoding="utf-8")
+    write_member_report(results, "utrecht", "nl", tmp_path / "before.html")
+    monkeypatch.setenv("BRIDGESTAT_LOCALE_DIR", str(tmp_path / "locale"))
+    text = write_member_report(results, "utrecht", "nl", tmp_path / "m.html").read_text(
+        encoding="utf-8")
+    assert "Onze cijfers en het netwerk" in text  # a template text, from the member's own
+    assert "<dt>Mentorgesprekken per deelnemer</dt>" in text  # a study title
+    assert "Wat de privacyruis voor u betekent" in text  # the package's fills in the rest

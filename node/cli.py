@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bridgestat.node import audit, sources
-from bridgestat.node.config import NodeConfig, load_config
 from bridgestat.node.errors import NodeError
-from bridgestat.node.ledger import PERIODS, Charge, Ledger
-from bridgestat.node.loss import Epsilon
-from bridgestat.node.policy import load_policy
-from bridgestat.node.schema import Schema
+from bridgestat.node.ledger import PERIODS
+
+# Only light modules at import time: `bridgestat-node --help` must start fast. pandas,
+# opendp, pyarrow, grpc and yaml are imported by the commands that use them.
+if TYPE_CHECKING:
+    from bridgestat.node.config import NodeConfig
+    from bridgestat.node.ledger import Charge
+    from bridgestat.node.schema import Schema
 
 
 def _check_start_up(config: NodeConfig, schema: Schema) -> None:
     """What `serve` checks before it loads data: the policy file and the certificates
     (each raises ConfigError naming file and key)."""
+    from bridgestat.node.policy import load_policy
     from bridgestat.node.tls import load_server_tls  # imports grpc only when needed
 
     if config.policy_path is not None:
@@ -33,6 +36,9 @@ def _check_start_up(config: NodeConfig, schema: Schema) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from bridgestat.node import sources
+    from bridgestat.node.config import load_config
+
     config = load_config(args.config)
     schema = config.schema()
     print(f"config {config.source}: ok (node {config.node_id}, schema {schema.name} "
@@ -53,6 +59,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _budget(args: argparse.Namespace) -> int:
     """Spent and remaining loss of the dataset, and of the current period when capped."""
+    from bridgestat.node.config import load_config
+    from bridgestat.node.ledger import Ledger
+    from bridgestat.node.loss import Epsilon
+    from bridgestat.node.policy import load_policy
+
     config = load_config(args.config)
     policy = load_policy(config, config.schema())
     ledger = Ledger(config.ledger_path, config.budget.dataset, Epsilon.of(policy.total_epsilon),
@@ -75,6 +86,9 @@ def _budget(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the chain (and the ledger check) holds, 1 naming the first bad line."""
+    from bridgestat.node import audit
+    from bridgestat.node.config import load_config
+
     config = load_config(args.config)
     path = audit.audit_path(config)
     charges = None if args.no_ledger else _ledger_history(config)
@@ -91,6 +105,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _ledger_history(config: NodeConfig) -> list[Charge] | None:
+    from bridgestat.node.ledger import Ledger
+    from bridgestat.node.loss import Epsilon
+
     if not config.ledger_path.exists():
         return None
     return Ledger(config.ledger_path, config.budget.dataset,
@@ -98,6 +115,9 @@ def _ledger_history(config: NodeConfig) -> list[Charge] | None:
 
 
 def _audit_show(args: argparse.Namespace) -> int:
+    from bridgestat.node import audit
+    from bridgestat.node.config import load_config
+
     config = load_config(args.config)
     path = audit.audit_path(config)
     result = audit.verify(path)
@@ -150,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         return int(args.func(args))

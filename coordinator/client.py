@@ -76,7 +76,8 @@ class CallLog:
 
 
 class AsyncNetwork:
-    """An asyncio client of every member's node; use it from one event loop at a time."""
+    """An asyncio client of every member's node. Its channels belong to the event loop of its
+    first call: use it from that loop only (a `Network` per thread otherwise)."""
 
     def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
                  tls: TlsFiles | None = None, insecure: bool = False) -> None:
@@ -89,6 +90,7 @@ class AsyncNetwork:
         self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None)
         self._logs: list[CallLog] = []
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, timeout: float = 10.0, *,
@@ -119,6 +121,17 @@ class AsyncNetwork:
         finally:
             self._logs.remove(log)
 
+    def _check_open(self) -> None:
+        """Refuse a call after `aclose()`, or from another loop than the channels'."""
+        if self._closed:
+            raise ClientClosed(type(self).__name__)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(f"this {type(self).__name__} was first used on another event "
+                               "loop, where its channels live; make one client per loop")
+
     def _record(self, failures: Mapping[str, Failure]) -> None:
         record = CallRecord(tuple(m.name for m in self.members), dict(failures))
         for log in tuple(self._logs):
@@ -128,8 +141,7 @@ class AsyncNetwork:
 
     async def node_infos(self) -> dict[str, pb.GetNodeInfoResponse | Failure]:
         """Every member's GetNodeInfo answer (schema, budget), or its failure."""
-        if self._closed:
-            raise ClientClosed(type(self).__name__)
+        self._check_open()
 
         async def call(stub: pb_grpc.NodeServiceStub, timeout: float) -> pb.GetNodeInfoResponse:
             reply: pb.GetNodeInfoResponse = await stub.GetNodeInfo(pb.GetNodeInfoRequest(),
@@ -146,8 +158,7 @@ class AsyncNetwork:
 
     async def run(self, query: Query, key: str | None = None) -> QueryResult:
         """Send one query to every member; the same key makes a retry free on every node."""
-        if self._closed:
-            raise ClientClosed(type(self).__name__)
+        self._check_open()
         key = key or uuid.uuid4().hex
         request = pb.RunQueryRequest(idempotency_key=key, query=query_to_pb(query))
 
@@ -273,7 +284,9 @@ def synced(method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]
 class Network:
     """A blocking client of every member's node. Safe to share between threads, and usable
     where an event loop is already running (Jupyter, async code): every call runs on the
-    client's own loop in a background thread. Close it (or use `with`) to stop that thread."""
+    client's own loop in a background thread (inside a coroutine a call still blocks that
+    coroutine's loop while it waits; `AsyncNetwork` does not). Close it (or use `with`) to
+    stop the thread; one nobody closed stops when it is garbage or at exit."""
 
     asynchronous: ClassVar[type[AsyncNetwork]] = AsyncNetwork
     """The client whose coroutine methods this one's blocking methods run."""

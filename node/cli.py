@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridgestat.node.errors import NodeError
-from bridgestat.node.ledger import PERIODS
 
 # Only light modules at import time: `bridgestat-node --help` must start fast. pandas,
 # opendp, pyarrow, grpc and yaml are imported by the commands that use them.
+PERIODS = ("year", "quarter", "month")  # ledger.PERIODS (the ledger imports sqlite3 and
+# decimal, a third of --help's start-up); tests/unit/test_cli_imports.py keeps them equal
 if TYPE_CHECKING:
     from bridgestat.node.config import NodeConfig
     from bridgestat.node.ledger import Charge

@@ -124,3 +124,17 @@ def test_a_closed_client_says_so_and_closing_twice_is_harmless(network: LocalNet
     assert net.closed and not thread.is_alive()
     with pytest.raises(ClientClosed, match="closed; open a new one"):
         net.info()
+
+
+def test_an_async_client_stays_on_the_loop_of_its_first_call(network: LocalNetwork) -> None:
+    """Its grpc.aio channels belong to that loop: another loop gets a clear error."""
+    net = AsyncNetwork.from_file(network.network)
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(net.info())["reachable"].all()
+        with pytest.raises(RuntimeError, match="another event loop.*one client per loop"):
+            second.run_until_complete(net.info())
+        first.run_until_complete(net.aclose())
+    finally:
+        first.close()
+        second.close()

@@ -3,37 +3,72 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+# Only the standard library at import time: `bridgestat --help` must start fast. pandas,
+# grpc, cryptography, scipy and matplotlib are imported by the commands that use them.
+if TYPE_CHECKING:
+    import pandas as pd
 
-from bridgestat.coordinator import ca, local, study, synth
-from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.network import NetworkFileError
-from bridgestat.coordinator.query import Occasion
-from bridgestat.coordinator.studyfile import StudyError, load_study
+    from bridgestat.coordinator.api import Network
+    from bridgestat.coordinator.client import CallLog
+    from bridgestat.coordinator.query import Occasion
+
+EXIT_OK = 0  # every member answered
+EXIT_USAGE = 2  # a usage, file or input error (argparse's own usage errors too)
+EXIT_PARTIAL = 3  # some members failed; the rest were pooled
+EXIT_NONE = 4  # no member answered, or every member refused
+EXIT_CODES = """exit codes (info, query, study run):
+  0  every member answered
+  1  study plan only: an analysis does not fit a member's budget
+  2  usage, network file, study file or input error
+  3  some members failed or refused (each named on stderr); the rest were pooled
+  4  no member answered, or every member refused"""
 
 
-def _print_frame(frame: pd.DataFrame, as_json: bool) -> None:
-    if as_json:
+def _print_frame(frame: pd.DataFrame, output: str) -> None:
+    """The table as JSON records, CSV, or aligned text (the default)."""
+    if output == "json":
         print(frame.to_json(orient="records", indent=2))
+    elif output == "csv":
+        frame.to_csv(sys.stdout, index=False)
     else:
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
+def _exit_code(log: CallLog) -> int:
+    """0, 3 or 4 from the calls made (see EXIT_CODES); each failed member and its reason
+    goes to stderr, once."""
+    reasons = {f"{member}: {f.code}: {f.message}": None
+               for call in log.calls for member, f in call.failures.items()}
+    for reason in reasons:
+        print(f"bridgestat: member failed: {reason}", file=sys.stderr)
+    if any(not call.answered for call in log.calls):
+        print("bridgestat: no member answered", file=sys.stderr)
+        return EXIT_NONE
+    return EXIT_PARTIAL if reasons else EXIT_OK
+
+
+def _network(args: argparse.Namespace) -> Network:
+    """The client of --network with the command's timeout and --insecure."""
+    from bridgestat.coordinator.api import Network
+
+    return Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure)
+
+
 def _info(args: argparse.Namespace) -> int:
-    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
+    with _network(args) as net, net.recording() as log:
         frame = net.info()
-    _print_frame(frame, args.json)
-    return 0 if bool(frame["reachable"].all()) else 1
+    _print_frame(frame, args.output)
+    return _exit_code(log)
 
 
 def _occasion(text: str | None) -> Occasion | None:
     """'12' (window +-3), '12:9-15', or 'intake'."""
+    from bridgestat.coordinator.query import Occasion
+
     if text is None:
         return None
     if text == "intake":
@@ -60,30 +95,35 @@ def _where(items: list[str]) -> dict[str, list[str]]:
 
 
 def _query(args: argparse.Namespace) -> int:
-    common = dict(epsilon=args.epsilon, where=_where(args.where), group_by=args.group_by)
+    from bridgestat.coordinator.query import Occasion
+
     occasion = _occasion(args.occasion)
-    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
+    baseline = _occasion(args.baseline) or Occasion(0, 0, 0)
+    common: dict[str, Any] = {"epsilon": args.epsilon, "where": _where(args.where),
+                              "group_by": args.group_by}
+    with _network(args) as net, net.recording() as log:
         if args.statistic == "count":
-            frame = net.count(args.table, occasion=occasion, **common)  # type: ignore[arg-type]
+            frame = net.count(args.table, occasion=occasion, **common)
         elif args.statistic == "mean":
-            frame = net.mean(args.table, args.column, occasion=occasion, **common)  # type: ignore[arg-type]
+            frame = net.mean(args.table, args.column, occasion=occasion, **common)
         elif args.statistic == "histogram":
             frame = net.histogram(args.table, args.column, occasion=occasion,
-                                  bin_edges=args.bins, **common)  # type: ignore[arg-type]
+                                  bin_edges=args.bins, **common)
         elif args.statistic == "proportion":
             frame = net.proportion(args.table, args.column, args.categories, occasion=occasion,
-                                   bin_edges=args.bins, **common)  # type: ignore[arg-type]
-        else:
+                                   bin_edges=args.bins, **common)
+        else:  # channels open on the first call: nothing was sent before this refusal
             if occasion is None:
                 raise argparse.ArgumentTypeError("paired_change needs --occasion")
             frame = net.paired_change(args.table, args.column, occasion=occasion,
-                                      baseline=_occasion(args.baseline) or Occasion(0, 0, 0),
-                                      **common)  # type: ignore[arg-type]
-    _print_frame(frame, args.json)
-    return 0
+                                      baseline=baseline, **common)
+    _print_frame(frame, args.output)
+    return _exit_code(log)
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import local, synth
+
     synth.write_network(args.out, members=args.members, seed=args.seed)
     members = local.write_configs(args.out, total_epsilon=args.total_epsilon,
                                   tls=not args.insecure)
@@ -94,20 +134,34 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _study_plan(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import study
+    from bridgestat.coordinator.studyfile import load_study
+
     checked = load_study(args.study)
-    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
+    with _network(args) as net:
         the_plan = study.plan(checked, net)
     print(the_plan.format())
     return 0 if all(c.affordable for c in the_plan.costs) else 1
 
 
 def _study_run(args: argparse.Namespace) -> int:
+    """Run the study; the exit code says whether every member answered every call (0), some
+    failed (3) or none answered (4; the study's own refusal names why)."""
+    from bridgestat.coordinator import study
+    from bridgestat.coordinator.studyfile import StudyError, load_study
+
     checked = load_study(args.study)
-    with Network.from_file(args.network, timeout=args.timeout, insecure=args.insecure) as net:
-        study.run(checked, net, args.out, run_id=args.run_id)
-    if args.report:
+    with _network(args) as net, net.recording() as log:
+        try:
+            study.run(checked, net, args.out, run_id=args.run_id)
+        except StudyError as exc:
+            if not log.calls or log.calls[-1].answered:
+                raise
+            print(f"bridgestat: {exc}", file=sys.stderr)  # e.g. no member reachable
+    code = _exit_code(log)
+    if args.report and code != EXIT_NONE:
         print(f"== Report: {_report_from(args.out / 'results.json', args.out / 'report.html')}")
-    return 0
+    return code
 
 
 def _report_from(results: Path, out: Path) -> Path:
@@ -125,6 +179,13 @@ def _report(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     """Synthesize a network, start its nodes, run the standard effect study, write the
     report, stop the nodes."""
+    import json
+    import tempfile
+
+    from bridgestat.coordinator import local, study, synth
+    from bridgestat.coordinator.api import Network
+    from bridgestat.coordinator.studyfile import load_study
+
     out = args.out or Path(tempfile.mkdtemp(prefix="bridgestat-demo-"))
     print(f"== Writing a synthetic network of {args.members} members to {out}")
     synth.write_network(out, members=args.members, seed=args.seed)
@@ -163,15 +224,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bridgestat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bridgestat", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="every member: reachable, schema, budget")
-    query = sub.add_parser("query", help="run one query on every member and pool it")
+    info = sub.add_parser("info", help="every member: reachable, schema, budget",
+                          epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    query = sub.add_parser("query", help="run one query on every member and pool it",
+                           epilog=EXIT_CODES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     for cmd in (info, query):
         cmd.add_argument("--network", type=Path, required=True, help="network file (YAML)")
         cmd.add_argument("--timeout", type=float, default=10.0, help="deadline per call (s)")
-        cmd.add_argument("--json", action="store_true", help="print JSON records")
+        output = cmd.add_mutually_exclusive_group()
+        output.add_argument("--json", dest="output", action="store_const", const="json",
+                            default="table", help="print JSON records")
+        output.add_argument("--csv", dest="output", action="store_const", const="csv",
+                            help="print CSV (a header row, then one row per member)")
         _insecure_flag(cmd)
     info.set_defaults(func=_info)
     query.add_argument("statistic", choices=["count", "mean", "histogram", "proportion",
@@ -200,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="study_command", required=True)
     for name, func, text in (("plan", _study_plan, "check a study and show its cost per member"),
                              ("run", _study_run, "run a study and save every result")):
-        cmd = plan.add_parser(name, help=text)
+        cmd = plan.add_parser(name, help=text, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_argument("study", type=Path, help="study file (YAML)")
         cmd.add_argument("--network", type=Path, required=True, help="network file (YAML)")
         cmd.add_argument("--timeout", type=float, default=30.0, help="deadline per call (s)")
@@ -255,6 +325,8 @@ def _coordinator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _coordinator_serve(args: argparse.Namespace) -> int:
+    import logging
+
     from bridgestat.coordinator import hub  # the asyncio server only when serving
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -291,6 +363,8 @@ def _ca_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _ca_init(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import ca
+
     cert = ca.init_ca(args.dir)
     print(f"created the network CA: {cert} (give to every member) and {args.dir / ca.CA_KEY} "
           "(keep secret)")
@@ -298,18 +372,24 @@ def _ca_init(args: argparse.Namespace) -> int:
 
 
 def _ca_issue(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import ca
+
     issued = ca.issue(args.dir, args.name, args.out)
     print(f"issued {issued.cert} and its key {issued.key} for {args.name}")
     return 0
 
 
 def _ca_csr(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import ca
+
     key, request = ca.make_csr(args.name, args.out)
     print(f"wrote {key} (keep it here) and {request} (send it to the network's CA)")
     return 0
 
 
 def _ca_sign(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import ca
+
     cert = ca.sign_csr(args.dir, args.csr, args.out)
     print(f"signed {cert} (send it back with {args.dir / ca.CA_CERT})")
     return 0
@@ -320,10 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (NetworkFileError, StudyError, argparse.ArgumentTypeError, ValueError, RuntimeError,
-            TimeoutError, OSError) as exc:
+    except (argparse.ArgumentTypeError, ValueError, RuntimeError, TimeoutError,
+            OSError) as exc:  # NetworkFileError and StudyError are ValueErrors
         print(f"bridgestat: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bridgestat.node import audit, sources
-from bridgestat.node.config import NodeConfig, load_config
 from bridgestat.node.errors import NodeError
-from bridgestat.node.ledger import PERIODS, Charge, Ledger, Snapshot
-from bridgestat.node.loss import Epsilon, Loss
-from bridgestat.node.policy import load_policy
-from bridgestat.node.schema import Schema
+
+# Only light modules at import time: `bridgestat-node --help` must start fast. pandas,
+# opendp, pyarrow, grpc and yaml are imported by the commands that use them.
+PERIODS = ("year", "quarter", "month")  # ledger.PERIODS (the ledger imports sqlite3 and
+# decimal, a third of --help's start-up); tests/unit/test_cli_imports.py keeps them equal
+if TYPE_CHECKING:
+    from bridgestat.node.config import NodeConfig
+    from bridgestat.node.ledger import Charge, Snapshot
+    from bridgestat.node.schema import Schema
 
 
 def _check_start_up(config: NodeConfig, schema: Schema) -> None:
     """What `serve` checks before it loads data: the policy file and the certificates
     (each raises ConfigError naming file and key)."""
+    from bridgestat.node.policy import load_policy
     from bridgestat.node.tls import load_server_tls  # imports grpc only when needed
 
     if config.policy_path is not None:
@@ -33,6 +37,9 @@ def _check_start_up(config: NodeConfig, schema: Schema) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from bridgestat.node import sources
+    from bridgestat.node.config import load_config
+
     config = load_config(args.config)
     schema = config.schema()
     print(f"config {config.source}: ok (node {config.node_id}, schema {schema.name} "
@@ -53,6 +60,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _budget(args: argparse.Namespace) -> int:
     """Spent and remaining loss of the dataset, and of the current period when capped."""
+    from bridgestat.node.config import load_config
+    from bridgestat.node.ledger import Ledger
+    from bridgestat.node.loss import Epsilon, Loss
+    from bridgestat.node.policy import load_policy
+
     config = load_config(args.config)
     policy = load_policy(config, config.schema())
     ledger = Ledger(config.ledger_path, config.budget.dataset, Epsilon.of(policy.total_epsilon),
@@ -81,6 +93,10 @@ def _budget(args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     """Exit 0 when the chain (and the ledger check) holds, 1 naming the first bad line or
     the first key whose loss differs from the ledger's."""
+    from bridgestat.node import audit
+    from bridgestat.node.config import load_config
+    from bridgestat.node.loss import Loss
+
     config = load_config(args.config)
     path = audit.audit_path(config)
     ledger = None if args.no_ledger else _ledger_snapshot(config)
@@ -99,6 +115,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _held(held: tuple[Charge, ...]) -> str:
+    from bridgestat.node.loss import Loss
+
     if not held:
         return ""
     return (f"; the ledger also holds {len(held)} reservations of interrupted queries "
@@ -106,6 +124,9 @@ def _held(held: tuple[Charge, ...]) -> str:
 
 
 def _ledger_snapshot(config: NodeConfig) -> Snapshot | None:
+    from bridgestat.node.ledger import Ledger
+    from bridgestat.node.loss import Epsilon
+
     if not config.ledger_path.exists():
         return None
     return Ledger(config.ledger_path, config.budget.dataset,
@@ -113,6 +134,9 @@ def _ledger_snapshot(config: NodeConfig) -> Snapshot | None:
 
 
 def _audit_show(args: argparse.Namespace) -> int:
+    from bridgestat.node import audit
+    from bridgestat.node.config import load_config
+
     config = load_config(args.config)
     path = audit.audit_path(config)
     result = audit.verify(path)
@@ -173,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         return int(args.func(args))

@@ -24,10 +24,11 @@ any query is sent.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -100,7 +101,7 @@ def _meta_check(kind: Kind) -> Any:
                              "it would pool member x group cells as if they were members: "
                              "drop group_by or run one analysis per group with where")
         return value
-    return field_validator("meta")(classmethod(check))  # type: ignore[arg-type]
+    return field_validator("meta")(classmethod(check))
 
 
 def entry_model(kind: Kind) -> type[BaseModel]:
@@ -118,13 +119,16 @@ def entry_model(kind: Kind) -> type[BaseModel]:
         if loss in kind.Params.model_fields:
             own[loss] = (Positive, ...)
     name = f"{type(kind).__name__}Analysis"
-    return create_model(name, __base__=kind.Params,  # type: ignore[call-overload]
+    return create_model(name, __base__=kind.Params,
                         __validators__={"_meta": _meta_check(kind)}, **own)
 
 
 ENTRIES: dict[str, type[BaseModel]] = {name: entry_model(kind) for name, kind in REGISTRY.items()}
-AnalysisEntry = Annotated[Union[tuple(ENTRIES.values())],  # type: ignore[valid-type]  # noqa: UP007
-                          Field(discriminator="statistic")]
+if TYPE_CHECKING:
+    AnalysisEntry = Any
+else:  # one union member per registered kind, told apart by `statistic`
+    AnalysisEntry = Annotated[Union[tuple(ENTRIES.values())],  # noqa: UP007
+                              Field(discriminator="statistic")]
 
 
 class StudyFile(Frozen):
@@ -508,8 +512,9 @@ def plan_costs(study: Study, budgets: Sequence[MemberBudget]) -> list[MemberCost
     spend = study.spend()
     costs = []
     for b in budgets:
-        pure_before = b.spent - Spend(0.0, b.spent_rho).guarantee(b.delta)
-        after = Spend(pure_before + spend.epsilon, b.spent_rho + spend.rho).guarantee(b.delta)
+        pure_before = b.spent - _guarantee(Spend(0.0, b.spent_rho), b.delta)
+        after = _guarantee(Spend(pure_before + spend.epsilon, b.spent_rho + spend.rho),
+                           b.delta)
         costs.append(MemberCost(b.member, b.spent, after, b.total))
     return costs
 
@@ -520,7 +525,7 @@ def check_per_query(study: Study, budgets: Sequence[MemberBudget]) -> None:
     for a in study.analyses:
         for planned in a.plan():
             for b in budgets:
-                loss = planned.spend().guarantee(b.delta)
+                loss = _guarantee(planned.spend(), b.delta)
                 if loss > b.max_per_query * (1 + 1e-12):
                     rho = planned.query.rho
                     shown = f"rho {rho:g} is epsilon {loss:.4g} at delta {b.delta:g}, which" \
@@ -528,6 +533,13 @@ def check_per_query(study: Study, budgets: Sequence[MemberBudget]) -> None:
                     raise StudyError(f"{study.source}: {a.label}.{planned.pays}: {shown} "
                                      f"exceeds {b.member}'s largest loss per query "
                                      f"({b.max_per_query:g})")
+
+
+@functools.lru_cache(maxsize=4096)
+def _guarantee(spend: Spend, delta: float) -> float:
+    """`spend.guarantee(delta)`, remembered: OpenDP's rho conversion takes milliseconds and
+    a plan asks it for every member and query, mostly with the same arguments."""
+    return spend.guarantee(delta)
 
 
 def check_affordable(study: Study, costs: Sequence[MemberCost]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -132,8 +131,12 @@ def test_the_study_runs_every_kind_and_charges_what_the_kind_costs(
             assert loss["rho"] == pytest.approx(cost.rho, rel=1e-9), (member, analysis)
         assert [q["key"] for q in analysis["queries"]] == \
             [f"{RUN}:{analysis['id']}:{p.suffix}" for p in planned.plan()]
-    metas = {a["kind"]: a["meta"] for a in doc["analyses"]}
-    assert all(metas[k] for k in ("paired_change", "compare", "did")), metas
+    by_kind = {a["kind"]: a for a in doc["analyses"]}
+    assert by_kind["paired_change"]["meta"], by_kind["paired_change"]["notes"]
+    for kind in ("compare", "did"):  # too few members with a comparison arm: a note says so
+        analysis = by_kind[kind]
+        assert analysis["meta"] or any(n.startswith("meta-analysis not possible")
+                                       for n in analysis["notes"]), analysis["notes"]
 
 
 def _api_key(kind: str, arguments: dict[str, Any]) -> str:
@@ -221,6 +224,6 @@ def test_member_did_recovers_each_members_arm_contrast(network: LocalNetwork,
 def test_regression_and_quantile_give_network_rows(api: dict[str, Any]) -> None:
     fits = api["regression"]
     assert not isinstance(fits[NETWORK], str), fits
-    assert _row(api["quantile"])["status"] == "ok"
+    assert str(_row(api["quantile"])["status"]).startswith("ok")
     assert _row(api["share_improved"])["status"] == "ok"
     assert set(_row(api["compare"], measure="risk_difference").index) >= {"estimate", "se"}

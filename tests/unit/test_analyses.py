@@ -208,13 +208,17 @@ def test_a_study_file_may_name_every_kind_and_write_bins_or_bin_edges() -> None:
     assert c.spend().epsilon == 0.1 and c.plan()[0].query.baseline == INTAKE
 
 
-def test_results_file_writes_what_json_dumps_writes_one_part_at_a_time(tmp_path: Path) -> None:
+def test_results_file_writes_the_document_one_part_at_a_time(tmp_path: Path) -> None:
     doc: dict[str, Any] = {"format": "f", "analyses": [], "budget": [], "z": {"a": [1.5]}}
     results = ResultsFile(tmp_path / "results.json", doc)
     results.save()
-    assert (tmp_path / "results.json").read_text() == json.dumps(doc, indent=1)
+    assert json.loads((tmp_path / "results.json").read_text()) == doc
     for i in range(3):
         results.add({"id": f"a{i}", "rows": [{"x": i, "text": "two\nlines"}], "empty": {}})
         results.save()
-        assert (tmp_path / "results.json").read_text() == json.dumps(doc, indent=1)
-    assert json.loads((tmp_path / "results.json").read_text()) == doc
+        text = (tmp_path / "results.json").read_text()
+        assert json.loads(text) == doc
+        assert [line for line in text.splitlines() if '"id": "a' in line] == \
+            [f"  {json.dumps(a)}" + ("," if j < i else "") for j, a in
+             enumerate(doc["analyses"])]  # one line per analysis, encoded once
+    assert not (tmp_path / "results.json.tmp").exists()

@@ -5,8 +5,9 @@ A synthetic network (`coordinator/synth.py`) of `--members` members is written o
 member's node runs as its own process on a loopback port with mutual TLS (as `bridgestat
 demo` and the integration tests start them), and the standard effect study runs `--runs`
 times in this process, each with a fresh run id (so every query is a real release, nothing
-replayed). Printed per run: wall seconds, coordinator CPU seconds, and their ratio (the share
-of the wall time the coordinator is busy); then the median. `--profile FILE` writes a
+replayed). Printed per run: wall seconds, coordinator CPU seconds and their ratio (the share
+of the wall time the coordinator is busy), and the node processes' CPU seconds together
+(on two cores, nodes' CPU / 2 is a floor for the wall time); then the median. `--profile FILE` writes a
 cProfile of the last run (read it with `python -m pstats FILE`, `sort cumulative`).
 Everything shares the machine's cores: check the load (`uptime`) before trusting a figure.
 
@@ -28,15 +29,25 @@ from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.studyfile import load_study
 
 
-def _run_once(net: Network, out: Path, profile: cProfile.Profile | None) -> tuple[float, float]:
+def nodes_cpu(pids: list[int]) -> float:
+    """User plus system CPU seconds of the node processes so far (/proc/<pid>/stat)."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _run_once(net: Network, out: Path, profile: cProfile.Profile | None,
+              pids: list[int]) -> tuple[float, float, float]:
     standard = load_study(study.STANDARD_STUDY)
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, nodes = time.perf_counter(), time.process_time(), nodes_cpu(pids)
     if profile is not None:
         profile.enable()
     study.run(standard, net, out, echo=lambda _: None)
     if profile is not None:
         profile.disable()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    return time.perf_counter() - wall, time.process_time() - cpu, nodes_cpu(pids) - nodes
 
 
 def main() -> None:
@@ -58,10 +69,12 @@ def main() -> None:
                 for i in range(args.runs):
                     last = i == args.runs - 1
                     profile = cProfile.Profile() if args.profile and last else None
-                    wall, cpu = _run_once(net, root / f"run-{i}", profile)
+                    wall, cpu, nodes = _run_once(net, root / f"run-{i}", profile,
+                                                 [p.pid for p in processes])
                     size = (root / f"run-{i}" / "results.json").stat().st_size
                     print(f"run {i + 1}: wall {wall:.2f} s, coordinator CPU {cpu:.2f} s "
-                          f"({cpu / wall:.0%} of wall), results.json {size / 1e6:.1f} MB")
+                          f"({cpu / wall:.0%} of wall), nodes' CPU {nodes:.2f} s (all "
+                          f"{args.members}), results.json {size / 1e6:.1f} MB")
                     walls.append(wall)
                     cpus.append(cpu)
                     if profile is not None:

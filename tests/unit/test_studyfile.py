@@ -10,9 +10,17 @@ import pytest
 import yaml
 
 from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import (MemberBudget, StudyError, check_affordable,
-                                              check_against, check_per_query, load_study,
-                                              parse_study, plan_costs, schema_tables)
+from bridgestat.coordinator.studyfile import (
+    MemberBudget,
+    StudyError,
+    check_affordable,
+    check_against,
+    check_per_query,
+    load_study,
+    parse_study,
+    plan_costs,
+    schema_tables,
+)
 from bridgestat.node.schema import load_schema
 from bridgestat.node.serde import schema_to_pb
 

@@ -2,7 +2,7 @@
 budgets before anything is spent.
 
     name: standard-effect-study
-    occasions: {intake: {month: 0}, month_12: {month: 12, window: 3}}
+    occasions: {month_12: {month: 12, window: 3}}
     analyses:
       - id: a06_bridge_change
         statistic: paired_change
@@ -12,48 +12,46 @@ budgets before anything is spent.
         clip: [-40, 40]
         epsilon: 1.0
 
-`load_study` parses and checks the file on its own; `check_against` checks every analysis
-against the schema the members publish (columns, types, categories, occasion windows, clip
-bounds); `plan_costs` adds up what each member would spend and what it would have left.
-Every refusal names the file, the analysis and the field, and comes before any query is sent.
+The file is a pydantic model (`StudyFile`) whose analyses are a union discriminated on
+`statistic`, one member per registered analysis kind: an entry's fields are the kind's
+parameters (the API's keyword arguments) plus id, number, title, description, audience and
+meta. `load_study` parses and checks the file on its own; `check_against` checks every
+analysis against the schema the members publish (columns, types, categories, occasion
+windows, clip bounds); `plan_costs` adds up what each member would spend, from the queries
+each kind makes. Every refusal names the file, the analysis and the field, and comes before
+any query is sent.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
+from pydantic import (
+    BaseModel,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from bridgestat.common.files import FileProblem, key_path, problems, read_yaml
+from bridgestat.coordinator.analyses import REGISTRY, Kind, Planned
+from bridgestat.coordinator.analyses.fields import Flag, Frozen, Name, Positive, TermSpec, Whole
 from bridgestat.coordinator.privacy import Spend
 from bridgestat.coordinator.query import INTAKE, Occasion, Term
 from bridgestat.v1 import node_service_pb2 as pb
 
-STATISTICS = ("count", "mean", "histogram", "proportion", "paired_change", "follow_up",
-              "transition", "compare", "did", "regression", "quantile")
+STATISTICS = tuple(REGISTRY)
 AUDIENCES = ("coordinator", "researcher")
-_TOP_KEYS = {"name", "title", "description", "occasions", "analyses"}
-_COMMON = {"id", "number", "title", "description", "audience", "statistic", "table", "where",
-           "epsilon", "meta"}
-_KEYS: dict[str, set[str]] = {
-    "count": {"occasion", "group_by"},
-    "mean": {"column", "occasion", "clip", "group_by"},
-    "histogram": {"column", "occasion", "bins", "group_by"},
-    "proportion": {"column", "categories", "occasion", "bins", "group_by"},
-    "paired_change": {"column", "occasion", "baseline", "clip", "improvement",
-                      "share_epsilon"},
-    "follow_up": {"column", "occasion", "baseline"},
-    "transition": {"column", "occasion", "baseline", "categories"},
-    "compare": {"column", "categories", "occasion", "bins", "group", "groups"},
-    "did": {"column", "occasion", "baseline", "clip", "group", "groups"},
-    "regression": {"terms", "rho", "occasion", "replicates"},
-    "quantile": {"column", "q", "candidates", "occasion"},
-}
-_META = {"mean", "proportion", "paired_change", "compare", "did"}
-_TERM_KEYS = {"column", "occasion", "baseline", "category", "clip"}
+LOSSES = ("epsilon", "rho")  # a study names every loss it spends: no defaults
 PARTICIPANT = "participant"
 
 
@@ -61,47 +59,147 @@ class StudyError(ValueError):
     """A study file that cannot run; the message names the file, analysis and field."""
 
 
+# -- the file's model -----------------------------------------------------------------------
+
+
+class OccasionSpec(Frozen):
+    """`{month, window}` (or explicit lower/upper): the assessment nearest `month`."""
+
+    month: Whole
+    window: Whole = 0
+    lower: Whole | None = None
+    upper: Whole | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OccasionSpec:
+        o = self.occasion()
+        if not o.window_lower <= o.target_month <= o.window_upper:
+            raise ValueError(f"needs lower <= month <= upper, got {o.window_lower}, "
+                             f"{o.target_month}, {o.window_upper}")
+        return self
+
+    def occasion(self) -> Occasion:
+        lower = max(0, self.month - self.window) if self.lower is None else self.lower
+        upper = self.month + self.window if self.upper is None else self.upper
+        return Occasion(self.month, lower, upper)
+
+
+def _audience(value: Any) -> str:
+    if value not in AUDIENCES:
+        raise ValueError(f"must be one of {', '.join(AUDIENCES)}, got {value!r}")
+    return str(value)
+
+
+def _meta_check(kind: Kind) -> Any:
+    def check(cls: type, value: bool, info: ValidationInfo) -> bool:
+        if value and not kind.meta_analysable:
+            able = ", ".join(n for n, k in REGISTRY.items() if k.meta_analysable)
+            raise ValueError(f"a meta-analysis needs member estimates ({able}), not a "
+                             f"{kind.name}")
+        if value and info.data.get("group_by"):
+            raise ValueError("a meta-analysis pools one estimate per member; with group_by "
+                             "it would pool member x group cells as if they were members: "
+                             "drop group_by or run one analysis per group with where")
+        return value
+    return field_validator("meta")(classmethod(check))
+
+
+def entry_model(kind: Kind) -> type[BaseModel]:
+    """A study analysis of this kind: the kind's parameters plus the study's own fields."""
+    own: dict[str, Any] = {
+        "statistic": (Literal[kind.name], ...),
+        "id": (Name, ...),
+        "number": (Whole | None, None),
+        "title": (str, ""),
+        "description": (str, ""),
+        "audience": (Annotated[str, PlainValidator(_audience)], "researcher"),
+        "meta": (Flag, False),
+    }
+    for loss in LOSSES:
+        if loss in kind.Params.model_fields:
+            own[loss] = (Positive, ...)
+    name = f"{type(kind).__name__}Analysis"
+    return create_model(name, __base__=kind.Params,
+                        __validators__={"_meta": _meta_check(kind)}, **own)
+
+
+ENTRIES: dict[str, type[BaseModel]] = {name: entry_model(kind) for name, kind in REGISTRY.items()}
+if TYPE_CHECKING:
+    AnalysisEntry = Any
+else:  # one union member per registered kind, told apart by `statistic`
+    AnalysisEntry = Annotated[Union[tuple(ENTRIES.values())],  # noqa: UP007
+                              Field(discriminator="statistic")]
+
+
+class StudyFile(Frozen):
+    name: Name
+    title: str = ""
+    description: str = ""
+    occasions: dict[str, OccasionSpec] = Field(default_factory=dict)
+    analyses: Annotated[list[AnalysisEntry], Field(min_length=1)]
+
+
+_OCCASIONS = TypeAdapter(dict[str, OccasionSpec])
+
+
+# -- the checked study ----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Analysis:
     """One checked analysis of a study file (its raw mapping kept for the results)."""
 
     index: int
-    id: str
-    number: int | None
-    title: str
-    description: str
-    audience: str
-    statistic: str
+    entry: Any  # the StudyFile entry: an instance of its kind's Params
     spec: Mapping[str, Any]
-    table: str
-    column: str = ""
-    epsilon: float = 0.0
-    rho: float = 0.0
-    occasion: Occasion | None = None
-    baseline: Occasion | None = None
-    clip: tuple[float, float] | None = None
-    where: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    group_by: tuple[str, ...] = ()
-    bins: tuple[float, ...] = ()
-    categories: tuple[str, ...] = ()
-    group: str = "arm"
-    groups: tuple[str, str] = ("mobility_mentoring", "comparison")
-    improvement: str = ""
-    share_epsilon: float = 0.0
-    terms: tuple[Term, ...] = ()
-    q: float = 0.5
-    candidates: tuple[float, ...] = ()
-    replicates: int = 1000
-    meta: bool = False
+
+    @property
+    def id(self) -> str:
+        return str(self.entry.id)
+
+    @property
+    def statistic(self) -> str:
+        return str(self.entry.statistic)
+
+    @property
+    def kind(self) -> Kind:
+        return REGISTRY[self.statistic]
+
+    @property
+    def params(self) -> Any:
+        return self.entry
+
+    @property
+    def title(self) -> str:
+        return str(self.entry.title or self.entry.id)
+
+    @property
+    def number(self) -> int | None:
+        number: int | None = self.entry.number
+        return number
+
+    @property
+    def description(self) -> str:
+        return str(self.entry.description)
+
+    @property
+    def audience(self) -> str:
+        return str(self.entry.audience)
+
+    @property
+    def meta(self) -> bool:
+        return bool(self.entry.meta)
 
     @property
     def label(self) -> str:
         return f"analyses[{self.index}] ({self.id})"
 
+    def plan(self) -> list[Planned]:
+        return self.kind.plan(self.entry)
+
     def spend(self) -> Spend:
         """What this analysis charges every member (each query's loss, summed)."""
-        extra = self.share_epsilon if self.improvement else 0.0
-        return Spend(self.epsilon + extra, self.rho)
+        return self.kind.cost(self.entry)
 
 
 @dataclass(frozen=True)
@@ -125,254 +223,90 @@ class Study:
 
 def load_study(path: Path) -> Study:
     """Read and check a study file on its own (no network needed)."""
-    source = str(path)
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StudyError(f"{source}: cannot read the study file: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise StudyError(f"{source}: not valid YAML: {exc}") from exc
-    return parse_study(doc, source)
+        doc = read_yaml(Path(path), "study file")
+    except FileProblem as exc:
+        raise StudyError(str(exc)) from None
+    return parse_study(doc, str(path))
 
 
 def parse_study(doc: Any, source: str) -> Study:
-    if not isinstance(doc, dict):
-        raise StudyError(f"{source}: must be a mapping with name and analyses")
-    _no_unknown(doc, _TOP_KEYS, f"{source}")
-    name = _text(doc, "name", source, required=True)
-    occasions = _occasions(doc.get("occasions", {}), source)
-    raw = doc.get("analyses")
-    if not isinstance(raw, list) or not raw:
-        raise StudyError(f"{source}: analyses: must be a non-empty list")
-    analyses = tuple(_analysis(item, i, occasions, source) for i, item in enumerate(raw))
+    try:
+        model = StudyFile.model_validate(doc, context={"occasions": _occasions(doc)})
+    except ValidationError as exc:
+        raise StudyError(f"{source}: {_describe(exc, doc)}") from None
+    occasions = {"intake": INTAKE, **{n: s.occasion() for n, s in model.occasions.items()}}
+    analyses = tuple(Analysis(i, entry, dict(doc["analyses"][i]))
+                     for i, entry in enumerate(model.analyses))
     ids = [a.id for a in analyses]
     for a in analyses:
         if ids.count(a.id) > 1:
             raise StudyError(f"{source}: {a.label}.id: {a.id!r} is used more than once")
-    return Study(source, name, _text(doc, "title", source) or name,
-                 _text(doc, "description", source), analyses, occasions)
+    return Study(source, model.name, model.title or model.name, model.description, analyses,
+                 occasions)
 
 
-def _no_unknown(doc: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(doc) - allowed)
-    if unknown:
-        raise StudyError(f"{where}: unknown key {unknown[0]!r} (allowed: "
-                         f"{', '.join(sorted(allowed))})")
-
-
-def _text(doc: Mapping[str, Any], key: str, where: str, required: bool = False) -> str:
-    value = doc.get(key, "")
-    if not isinstance(value, str) or (required and not value):
-        raise StudyError(f"{where}: {key}: must be {'a non-empty' if required else 'a'} string")
-    return value
-
-
-def _occasions(doc: Any, source: str) -> dict[str, Occasion]:
-    if not isinstance(doc, dict):
-        raise StudyError(f"{source}: occasions: must map names to {{month, window}}")
+def _occasions(doc: Any) -> dict[str, Occasion]:
+    """The named occasions analyses may refer to (intake always); a faulty `occasions`
+    section is reported by the full validation, which checks it first."""
     found = {"intake": INTAKE}
-    for name, spec in doc.items():
-        where = f"{source}: occasions.{name}"
-        if not isinstance(spec, dict):
-            raise StudyError(f"{where}: must be a mapping {{month, window}}")
-        _no_unknown(spec, {"month", "window", "lower", "upper"}, where)
-        month = _int(spec, "month", where)
-        window = _int(spec, "window", where, default=0)
-        lower = _int(spec, "lower", where, default=max(0, month - window))
-        upper = _int(spec, "upper", where, default=month + window)
-        if not lower <= month <= upper:
-            raise StudyError(f"{where}: needs lower <= month <= upper, got {lower}, {month}, "
-                             f"{upper}")
-        found[str(name)] = Occasion(month, lower, upper)
+    if isinstance(doc, dict) and isinstance(doc.get("occasions"), dict):
+        try:
+            found.update({n: s.occasion()
+                          for n, s in _OCCASIONS.validate_python(doc["occasions"]).items()})
+        except ValidationError:
+            pass
     return found
 
 
-def _int(doc: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
-    value = doc.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise StudyError(f"{where}.{key}: must be a whole number >= 0, got {value!r}")
-    return value
+def _describe(exc: ValidationError, doc: Any) -> str:
+    """The first problem as `key.path: problem`; an analysis is named `analyses[i] (id)`."""
+    item, (path, problem) = next(zip(exc.errors(include_url=False), problems(exc),
+                                     strict=True))
+    loc = [p for p in item["loc"] if not _internal(p)]
+    if len(loc) >= 2 and loc[0] == "analyses" and isinstance(loc[1], int):
+        return _analysis_problem(item, loc[1], loc[2:], problem, doc)
+    if item["type"] == "extra_forbidden":
+        model: type[BaseModel] = OccasionSpec if loc[:1] == ["occasions"] else StudyFile
+        return _unknown(key_path(loc[:-1]), loc[-1], model)
+    return f"{path}: {problem}"
 
 
-def _finite(value: Any) -> bool:
-    """A finite int or float (a huge YAML integer overflows float: not finite here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
+def _analysis_problem(item: Any, index: int, rest: list[int | str], problem: str,
+                      doc: Any) -> str:
+    raw = doc["analyses"][index]
+    raw = raw if isinstance(raw, dict) else {}
+    ident, tag = raw.get("id"), raw.get("statistic")
+    label = f"analyses[{index}]" + (f" ({ident})" if isinstance(ident, str) and ident else "")
+    kind = item["type"]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return (f"{label}.statistic: must be one of {', '.join(STATISTICS)}, got "
+                f"{raw.get('statistic')!r}")
+    if isinstance(tag, str) and tag in ENTRIES and rest[:1] == [tag]:
+        rest = rest[1:]
+    if not rest:
+        return f"{label}: must be a mapping" if kind.endswith("_type") else f"{label}: {problem}"
+    if kind == "extra_forbidden" and isinstance(tag, str) and tag in ENTRIES:
+        parent, key = rest[:-1], rest[-1]
+        hint = REGISTRY[tag].hints.get(str(key)) if not parent else None
+        if hint:
+            return f"{label}.{key}: {hint}"
+        model = TermSpec if "terms" in parent else ENTRIES[tag]
+        return _unknown(label + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                        for p in parent), key, model)
+    return f"{label}.{key_path(rest)}: {problem}"
 
 
-def _number(doc: Mapping[str, Any], key: str, where: str, positive: bool = True) -> float:
-    value = doc.get(key)
-    if not _finite(value) or (positive and value <= 0):
-        raise StudyError(f"{where}.{key}: must be a number{' > 0' if positive else ''}, "
-                         f"got {value!r}")
-    return float(value)
+def _unknown(where: str, key: int | str, model: type[BaseModel]) -> str:
+    allowed = sorted(model.model_fields)
+    place = f"{where}: " if where and where != "(top level)" else ""
+    return f"{place}unknown key {key!r} (allowed: {', '.join(allowed)})"
 
 
-def _analysis(item: Any, index: int, occasions: Mapping[str, Occasion],
-              source: str) -> Analysis:
-    if not isinstance(item, dict):
-        raise StudyError(f"{source}: analyses[{index}]: must be a mapping")
-    ident = item.get("id")
-    if not isinstance(ident, str) or not ident:
-        raise StudyError(f"{source}: analyses[{index}].id: must be a non-empty string")
-    where = f"{source}: analyses[{index}] ({ident})"
-    statistic = item.get("statistic")
-    if statistic not in STATISTICS:
-        raise StudyError(f"{where}.statistic: must be one of {', '.join(STATISTICS)}, "
-                         f"got {statistic!r}")
-    _no_unknown(item, _COMMON | _KEYS[statistic], where)
-    return Analysis(index=index, id=ident, statistic=statistic, spec=dict(item),
-                    **_fields(item, statistic, occasions, where))
-
-
-def _fields(item: Mapping[str, Any], statistic: str, occasions: Mapping[str, Occasion],
-            where: str) -> dict[str, Any]:
-    f: dict[str, Any] = {
-        "number": item.get("number"), "title": _text(item, "title", where) or item["id"],
-        "description": _text(item, "description", where),
-        "audience": item.get("audience", "researcher"),
-        "table": _text(item, "table", where, required=True),
-        "column": _text(item, "column", where),
-    }
-    if f["audience"] not in AUDIENCES:
-        raise StudyError(f"{where}.audience: must be one of {', '.join(AUDIENCES)}")
-    if statistic == "regression":
-        f["rho"] = _number(item, "rho", where)
-        f["terms"] = _terms(item.get("terms"), occasions, where)
-        f["replicates"] = _int(item, "replicates", where, default=1000)
-        if "epsilon" in item:
-            raise StudyError(f"{where}.epsilon: a regression spends rho (zCDP), not epsilon")
-    else:
-        f["epsilon"] = _number(item, "epsilon", where)
-    needs_column = statistic not in ("count", "regression")
-    if needs_column and not f["column"]:
-        raise StudyError(f"{where}.column: a {statistic} needs a column")
-    for key in ("occasion", "baseline"):
-        if key in item:
-            f[key] = _occasion_ref(item[key], occasions, f"{where}.{key}")
-    paired = statistic in ("paired_change", "follow_up", "transition", "did")
-    if paired and f.get("occasion") is None:
-        raise StudyError(f"{where}.occasion: a {statistic} needs the follow-up occasion")
-    if paired:
-        f["baseline"] = f.get("baseline") or INTAKE
-    f.update(_options(item, statistic, where))
-    return f
-
-
-def _options(item: Mapping[str, Any], statistic: str, where: str) -> dict[str, Any]:
-    f: dict[str, Any] = {}
-    if "clip" in item:
-        f["clip"] = _pair(item["clip"], f"{where}.clip")
-    if "where" in item:
-        f["where"] = _where(item["where"], f"{where}.where")
-    if "group_by" in item:
-        f["group_by"] = _strings(item["group_by"], f"{where}.group_by")
-    if "bins" in item:
-        f["bins"] = tuple(_numbers(item["bins"], f"{where}.bins"))
-    if "categories" in item:
-        f["categories"] = _strings(item["categories"], f"{where}.categories")
-    elif statistic in ("proportion", "compare"):
-        raise StudyError(f"{where}.categories: a {statistic} needs the categories counted in")
-    if "group" in item:
-        f["group"] = _text(item, "group", where, required=True)
-    if "groups" in item:
-        groups = _strings(item["groups"], f"{where}.groups")
-        if len(groups) != 2 or groups[0] == groups[1]:
-            raise StudyError(f"{where}.groups: must name two different groups")
-        f["groups"] = groups
-    if "improvement" in item:
-        if item["improvement"] not in ("increase", "decrease"):
-            raise StudyError(f"{where}.improvement: must be increase or decrease")
-        f["improvement"] = item["improvement"]
-        f["share_epsilon"] = _number(item, "share_epsilon", where)
-    elif "share_epsilon" in item:
-        raise StudyError(f"{where}.share_epsilon: only with improvement")
-    if statistic == "quantile":
-        f["q"] = _number(item, "q", where)
-        if not 0 < f["q"] < 1:
-            raise StudyError(f"{where}.q: must lie in (0, 1), got {f['q']:g}")
-        f["candidates"] = _candidates(item.get("candidates"), f"{where}.candidates")
-    if "meta" in item:
-        if not isinstance(item["meta"], bool):
-            raise StudyError(f"{where}.meta: must be true or false")
-        if item["meta"] and statistic not in _META:
-            raise StudyError(f"{where}.meta: a meta-analysis needs member estimates "
-                             f"({', '.join(sorted(_META))}), not a {statistic}")
-        f["meta"] = item["meta"]
-    return f
-
-
-def _occasion_ref(value: Any, occasions: Mapping[str, Occasion], where: str) -> Occasion:
-    if not isinstance(value, str) or value not in occasions:
-        raise StudyError(f"{where}: unknown occasion {value!r} (defined: "
-                         f"{', '.join(occasions)})")
-    return occasions[value]
-
-
-def _pair(value: Any, where: str) -> tuple[float, float]:
-    numbers = _numbers(value, where)
-    if len(numbers) != 2 or not numbers[0] < numbers[1]:
-        raise StudyError(f"{where}: must be [lower, upper] with lower < upper, got {value!r}")
-    return numbers[0], numbers[1]
-
-
-def _numbers(value: Any, where: str) -> list[float]:
-    if not isinstance(value, list) or not all(_finite(v) for v in value):
-        raise StudyError(f"{where}: must be a list of numbers, got {value!r}")
-    return [float(v) for v in value]
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value or \
-            not all(isinstance(v, str) and v for v in value):
-        raise StudyError(f"{where}: must be a non-empty list of names, got {value!r}")
-    return tuple(value)
-
-
-def _where(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    if not isinstance(value, dict) or not value:
-        raise StudyError(f"{where}: must map columns to lists of categories")
-    return tuple((str(k), _strings(v, f"{where}.{k}")) for k, v in value.items())
-
-
-def _candidates(value: Any, where: str) -> tuple[float, ...]:
-    if isinstance(value, dict):
-        _no_unknown(value, {"from", "to", "step"}, where)
-        start, stop, step = (_number(value, k, where, positive=False) for k in
-                             ("from", "to", "step"))
-        if step <= 0 or stop <= start or (stop - start) / step > 10_000:
-            raise StudyError(f"{where}: needs from < to and 0 < step, at most 10,000 steps")
-        count = int(round((stop - start) / step))
-        return tuple(start + i * step for i in range(count + 1))
-    numbers = _numbers(value, where)
-    if len(numbers) < 2 or numbers != sorted(set(numbers)):
-        raise StudyError(f"{where}: must be at least two increasing numbers")
-    return tuple(numbers)
-
-
-def _terms(value: Any, occasions: Mapping[str, Occasion], where: str) -> tuple[Term, ...]:
-    if not isinstance(value, list) or len(value) < 2:
-        raise StudyError(f"{where}.terms: must list regressors then the response (>= 2)")
-    terms = []
-    for i, item in enumerate(value):
-        at = f"{where}.terms[{i}]"
-        if not isinstance(item, dict):
-            raise StudyError(f"{at}: must be a mapping with a column")
-        _no_unknown(item, _TERM_KEYS, at)
-        occasion = _occasion_ref(item["occasion"], occasions, f"{at}.occasion") \
-            if "occasion" in item else None
-        baseline = _occasion_ref(item["baseline"], occasions, f"{at}.baseline") \
-            if "baseline" in item else None
-        clip = _pair(item["clip"], f"{at}.clip") if "clip" in item else None
-        terms.append(Term(_text(item, "column", at, required=True), occasion, baseline,
-                          _text(item, "category", at), clip))
-    return tuple(terms)
+def _internal(part: int | str) -> bool:
+    """Pydantic's names for validators and union members in a location (not the file's)."""
+    return isinstance(part, str) and (part.startswith(("function-", "tagged-union["))
+                                      or "[" in part)
 
 
 # -- checks against the network's public schema --------------------------------------------------
@@ -425,31 +359,34 @@ def check_against(study: Study, tables: Mapping[str, TableInfo]) -> None:
 
 class _Checker:
     def __init__(self, a: Analysis, tables: Mapping[str, TableInfo], where: str) -> None:
-        self.a, self.tables, self.where = a, tables, where
+        self.a, self.p, self.tables, self.where = a, a.params, tables, where
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self.p, name, default)
 
     def fail(self, key: str, problem: str) -> StudyError:
         return StudyError(f"{self.where}.{key}: {problem}")
 
     def run(self) -> None:
-        a = self.a
-        if a.table not in self.tables:
-            raise self.fail("table", f"unknown table {a.table!r} (tables: "
+        p = self.p
+        if p.table not in self.tables:
+            raise self.fail("table", f"unknown table {p.table!r} (tables: "
                             f"{', '.join(self.tables)})")
-        table = self.tables[a.table]
+        table = self.tables[p.table]
         for key in ("occasion", "baseline"):
-            occ = getattr(a, key)
+            occ = self.get(key)
             if occ is not None:
                 self.occasion(table, occ, key)
-        if a.column:
-            self.measured(self.column(table, a.column, "column"))
-        for name, values in a.where:
+        if self.get("column"):
+            self.measured(self.column(table, p.column, "column"))
+        for name, values in p.where:
             self.categories(self.grouping(table, name, f"where.{name}"), values,
                             f"where.{name}")
-        for i, name in enumerate(a.group_by):
+        for i, name in enumerate(self.get("group_by", ())):
             self.grouping(table, name, f"group_by[{i}]")
-        if a.statistic in ("compare", "did"):
-            self.categories(self.grouping(table, a.group, "group"), a.groups, "groups")
-        for i, term in enumerate(a.terms):
+        if self.get("groups") is not None:
+            self.categories(self.grouping(table, p.group, "group"), p.groups, "groups")
+        for i, term in enumerate(self.get("terms", ())):
             self.term(table, term, f"terms[{i}]")
 
     def column(self, table: TableInfo, name: str, key: str) -> ColumnInfo:
@@ -484,24 +421,24 @@ class _Checker:
                             f"{month.name} [{month.lower:g}, {month.upper:g}]")
 
     def measured(self, info: ColumnInfo) -> None:
-        a = self.a
-        numeric = ("mean", "paired_change", "did", "quantile", "follow_up")
-        if a.statistic in numeric and not info.numeric:
-            raise self.fail("column", f"a {a.statistic} needs a numeric column; "
+        kind = self.a.kind
+        if kind.column_kind == "numeric" and not info.numeric:
+            raise self.fail("column", f"a {kind.name} needs a numeric column; "
                             f"{info.name!r} is {info.kind}")
-        if a.statistic == "transition" and not info.categorical:
-            raise self.fail("column", f"a transition needs a categorical column; "
+        if kind.column_kind == "categorical" and not info.categorical:
+            raise self.fail("column", f"a {kind.name} needs a categorical column; "
                             f"{info.name!r} is {info.kind}")
-        if a.statistic in ("histogram", "proportion", "compare") and info.numeric \
-                and not a.bins:
-            raise self.fail("bins", f"{info.name!r} is numeric: give public bin edges")
-        if a.categories and a.statistic != "transition" and info.categorical:
-            self.categories(info, a.categories, "categories")
-        if a.categories and a.statistic == "transition":
-            self.categories(info, a.categories, "categories")
-        if a.clip is not None:
-            self.inside(info, a.clip, "clip", change=a.baseline is not None)
-        if a.candidates and (a.candidates[0] < info.lower or a.candidates[-1] > info.upper):
+        if kind.column_kind == "any" and info.numeric and not self.get("bin_edges"):
+            key = "bins" if "bins" in self.a.spec else "bin_edges"
+            raise self.fail(key, f"{info.name!r} is numeric: give public bin edges")
+        categories = self.get("categories")
+        if categories and info.categorical:
+            self.categories(info, categories, "categories")
+        clip = self.get("clip")
+        if clip is not None:
+            self.inside(info, clip, "clip", change=self.get("baseline") is not None)
+        candidates = self.get("candidates")
+        if candidates and (candidates[0] < info.lower or candidates[-1] > info.upper):
             raise self.fail("candidates", f"must lie in [{info.lower:g}, {info.upper:g}] for "
                             f"{info.name!r}")
 
@@ -513,7 +450,7 @@ class _Checker:
         if not lower <= clip[0] < clip[1] <= upper:
             raise self.fail(key, f"must lie inside [{lower:g}, {upper:g}] for {info.name!r}")
 
-    def term(self, table: TableInfo, term: Term, key: str) -> None:
+    def term(self, table: TableInfo, term: Term | TermSpec, key: str) -> None:
         info = self.column(table, term.column, f"{key}.column")
         owner = table if term.column in table.columns else self.tables[PARTICIPANT]
         for name in ("occasion", "baseline"):
@@ -575,29 +512,34 @@ def plan_costs(study: Study, budgets: Sequence[MemberBudget]) -> list[MemberCost
     spend = study.spend()
     costs = []
     for b in budgets:
-        pure_before = b.spent - Spend(0.0, b.spent_rho).guarantee(b.delta)
-        after = Spend(pure_before + spend.epsilon, b.spent_rho + spend.rho).guarantee(b.delta)
+        pure_before = b.spent - _guarantee(Spend(0.0, b.spent_rho), b.delta)
+        after = _guarantee(Spend(pure_before + spend.epsilon, b.spent_rho + spend.rho),
+                           b.delta)
         costs.append(MemberCost(b.member, b.spent, after, b.total))
     return costs
 
 
 def check_per_query(study: Study, budgets: Sequence[MemberBudget]) -> None:
-    """Refuse an analysis whose single query exceeds a member's largest loss per query."""
+    """Refuse an analysis one of whose queries exceeds a member's largest loss per query; the
+    refusal names the field that pays that query."""
     for a in study.analyses:
-        for b in budgets:
-            losses = [("epsilon", a.epsilon)] if not a.rho else \
-                [("rho", Spend(0.0, a.rho).guarantee(b.delta))]
-            if a.statistic == "quantile":
-                losses = [("epsilon", a.epsilon / 2)]
-            if a.improvement:
-                losses.append(("share_epsilon", a.share_epsilon))
-            for key, loss in losses:
+        for planned in a.plan():
+            for b in budgets:
+                loss = _guarantee(planned.spend(), b.delta)
                 if loss > b.max_per_query * (1 + 1e-12):
-                    shown = f"rho {a.rho:g} is epsilon {loss:.4g} at delta {b.delta:g}, which" \
-                        if key == "rho" else f"{loss:g}"
-                    raise StudyError(f"{study.source}: {a.label}.{key}: {shown} exceeds "
-                                     f"{b.member}'s largest loss per query "
+                    rho = planned.query.rho
+                    shown = f"rho {rho:g} is epsilon {loss:.4g} at delta {b.delta:g}, which" \
+                        if rho else f"{loss:g}"
+                    raise StudyError(f"{study.source}: {a.label}.{planned.pays}: {shown} "
+                                     f"exceeds {b.member}'s largest loss per query "
                                      f"({b.max_per_query:g})")
+
+
+@functools.lru_cache(maxsize=4096)
+def _guarantee(spend: Spend, delta: float) -> float:
+    """`spend.guarantee(delta)`, remembered: OpenDP's rho conversion takes milliseconds and
+    a plan asks it for every member and query, mostly with the same arguments."""
+    return spend.guarantee(delta)
 
 
 def check_affordable(study: Study, costs: Sequence[MemberCost]) -> None:

@@ -10,9 +10,17 @@ import pytest
 import yaml
 
 from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import (MemberBudget, StudyError, check_affordable,
-                                              check_against, check_per_query, load_study,
-                                              parse_study, plan_costs, schema_tables)
+from bridgestat.coordinator.studyfile import (
+    MemberBudget,
+    StudyError,
+    check_affordable,
+    check_against,
+    check_per_query,
+    load_study,
+    parse_study,
+    plan_costs,
+    schema_tables,
+)
 from bridgestat.node.schema import load_schema
 from bridgestat.node.serde import schema_to_pb
 
@@ -95,7 +103,7 @@ def test_duplicate_ids_and_bad_files_are_refused(tmp_path: Path) -> None:
         parse_study(doc, "study.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("analyses: [1, 2\n", encoding="utf-8")
-    with pytest.raises(StudyError, match=f"{bad}: not valid YAML"):
+    with pytest.raises(StudyError, match=f"{bad}: the study file is not valid YAML"):
         load_study(bad)
     with pytest.raises(StudyError, match="cannot read the study file"):
         load_study(tmp_path / "missing.yaml")

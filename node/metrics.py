@@ -1,4 +1,5 @@
-"""The node's Prometheus metrics: queries, refusals, loss spent, latency and budget left.
+"""The node's Prometheus metrics: queries, refusals, loss spent, latency, budget left and
+the days left on its certificates.
 
 Recorded by the servicer around `Engine.run` (the engine knows nothing of transport or
 monitoring) and served over HTTP on the config's `metrics` address. Every metric depends
@@ -69,6 +70,16 @@ class NodeMetrics:
                 ("total", "The dataset's total epsilon", lambda: float(budget().total))):
             gauge = Gauge(f"{PREFIX}_budget_{name}_epsilon", text, registry=self.registry)
             gauge.set_function(read)
+
+    def watch_certificates(self, days: Callable[[], dict[str, int]]) -> None:
+        """Gauges of the days left on the node's and the CA's certificates in use, read at
+        each scrape (after a reload on SIGHUP, the new certificate's); `days` maps "node"
+        and "ca" to whole days (negative: expired). Alert below 30."""
+        gauge = Gauge(f"{PREFIX}_certificate_expiry_days", "Whole days until the certificate "
+                      "in use expires (node: the node's own, ca: the network CA's); warn from "
+                      "30", ["certificate"], registry=self.registry)
+        for name in ("node", "ca"):
+            gauge.labels(name).set_function(lambda name=name: float(days()[name]))
 
     def answered(self, statistic: str, seconds: float, epsilon: float, rho: float,
                  replayed: bool) -> None:

@@ -79,7 +79,7 @@ class NodeMetrics:
                       "in use expires (node: the node's own, ca: the network CA's); warn from "
                       "30", ["certificate"], registry=self.registry)
         for name in ("node", "ca"):
-            gauge.labels(name).set_function(lambda name=name: float(days()[name]))
+            gauge.labels(name).set_function(_days_of(days, name))
 
     def answered(self, statistic: str, seconds: float, epsilon: float, rho: float,
                  replayed: bool) -> None:
@@ -106,3 +106,7 @@ class NodeMetrics:
         httpd, thread = start_http_server(int(port), addr=host.strip("[]"),
                                           registry=self.registry)
         return MetricsServer(httpd, thread, int(httpd.server_address[1]))
+
+
+def _days_of(days: Callable[[], dict[str, int]], name: str) -> Callable[[], float]:
+    return lambda: float(days()[name])

@@ -86,9 +86,10 @@ class ServerTls:
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials that demand a client certificate signed by the network CA, and
         pick up a reloaded certificate at the next handshake."""
-        return grpc.dynamic_ssl_server_credentials(self.pem.server_configuration(),
-                                                   self._fetch,
-                                                   require_client_authentication=True)
+        # grpc documents None from the fetcher as "no change"; grpc-stubs leave None out
+        return grpc.dynamic_ssl_server_credentials(
+            self.pem.server_configuration(), self._fetch,  # type: ignore[arg-type]
+            require_client_authentication=True)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """The current identity as a client (a node dialling out in connect mode); ask again

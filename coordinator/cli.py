@@ -350,8 +350,8 @@ def _ca_renew(args: argparse.Namespace) -> int:
     renewed = ca.renew(args.dir, args.cert, args.key)
     found = certs.file_expiry(renewed.cert)
     print(f"renewed {renewed.cert} and its key {renewed.key} for {renewed.name}: valid until "
-          f"{found.not_after:%Y-%m-%d} ({found.days} days); send a serving node SIGHUP to "
-          "use them")
+          f"{found.not_after:%Y-%m-%d} ({found.days} days); a serving node uses them after "
+          "SIGHUP, the coordinator (`coordinator serve`, the API) from its next start")
     return 0
 
 

@@ -6,11 +6,16 @@ certificate signed by it, whose DNS subject alternative name (else common name) 
 member's name, with its private key. `check_identity` checks such a triple in a fixed order
 and returns the first problem as (role, message), role "ca", "cert" or "key": the key under
 `tls` of the node config or network file that names the file at fault.
+
+Certificates have a lifetime (`bridgestat ca` issues members' for two years): `expiry`
+gives the days left on one, and every place that shows it (`bridgestat-node check` and
+`budget`, the node's metric and log, `bridgestat ca status`) warns from `WARN_DAYS` on.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -20,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 Problem = tuple[str, str]  # (role: "ca" | "cert" | "key", message naming the file)
+WARN_DAYS = 30  # warn when a certificate expires within this many days
+RENEW_HINT = "renew it with `bridgestat ca renew` (see the README, Certificates with a lifetime)"
 
 
 class CertificateError(ValueError):
@@ -99,6 +106,44 @@ def name_problem(cert: x509.Certificate, path: Path, name: str, what: str = "nam
     if name in names:
         return ""
     return f"certificate {path} is for {', '.join(names) or 'no name'}, not {what} {name}"
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """When a certificate expires and how many whole days are left (negative: expired)."""
+
+    what: str  # e.g. "certificate", "CA certificate"
+    path: Path
+    not_after: dt.datetime
+    days: int
+
+    @property
+    def warning(self) -> bool:
+        """Expired, or expiring within WARN_DAYS days."""
+        return self.days <= WARN_DAYS
+
+    def describe(self) -> str:
+        """One line for people: the file, the date, the days left, and a warning when due."""
+        date = f"{self.not_after:%Y-%m-%d %H:%M} UTC"
+        if self.days < 0:
+            return f"{self.what} {self.path} EXPIRED on {date}: {RENEW_HINT}"
+        text = f"{self.what} {self.path} expires {date} (in {self.days} days)"
+        if self.warning:
+            return f"{text}: WARNING, fewer than {WARN_DAYS + 1} days left; {RENEW_HINT}"
+        return text
+
+
+def expiry(cert: x509.Certificate, path: Path, what: str = "certificate",
+           now: dt.datetime | None = None) -> Expiry:
+    """The expiry of `cert` (read from `path`) as of `now` (default: the current time);
+    days are whole days left, rounded down."""
+    left = cert.not_valid_after_utc - (now or dt.datetime.now(dt.UTC))
+    return Expiry(what, Path(path), cert.not_valid_after_utc, left.days)
+
+
+def file_expiry(path: Path, what: str = "certificate") -> Expiry:
+    """The expiry of the certificate at `path`; CertificateError naming the file."""
+    return expiry(load_certificate(path), path, what)
 
 
 def check_identity(ca: Path, cert: Path, key: Path, name: str | None = None,

@@ -10,6 +10,16 @@ Two ways to a member certificate:
 - `issue`: the CA makes key and certificate (local demos, tests, the coordinator itself);
 - `make_csr` at the member, `sign_csr` at the CA: the member's private key never leaves it.
 
+Certificates have a lifetime (members' and the coordinator's `MEMBER_DAYS`, the CA's
+`CA_DAYS`); `status` lists the days left on each, and `renew` replaces one before it expires,
+always with a new key:
+
+- `renew` at the CA, for an identity whose key the CA made (the coordinator's own, local
+  demos): a new key and certificate for the same name, replacing both files atomically;
+- `renew_request` at the member: a new key and a signing request for the name of its current
+  certificate, written apart from the files in use; the CA signs it with `sign_csr`, and the
+  member puts certificate and key in place and sends the node SIGHUP.
+
 Keys are EC P-256, written unencrypted with mode 0600; certificates carry serverAuth and
 clientAuth, since a node is a server and the coordinator a client of the same CA.
 `check_identity` (from `bridgestat.common.certs`, shared with the node) validates a
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +43,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from bridgestat.common import names
 from bridgestat.common.certs import (
     CertificateError,
+    Expiry,
+    certificate_names,
     check_identity,
     common_name,
+    expiry,
+    issuer_problem,
     load_certificate,
     load_private_key,
 )
@@ -43,7 +58,7 @@ from bridgestat.common.names import NAME_RULE, is_name
 # here for the callers that import them from the CA module.
 __all__ = ["CA_CERT", "CA_DAYS", "CA_KEY", "CA_NAME", "COORDINATOR", "MEMBER_DAYS", "CaError",
            "Identity", "check_identity", "common_name", "init_ca", "issue", "make_csr",
-           "sign_csr"]
+           "renew", "renew_request", "sign_csr", "status"]
 
 CA_NAME = "bridgestat network CA"
 CA_KEY = "ca.key"
@@ -147,6 +162,46 @@ def sign_csr(directory: Path, csr_path: Path, out: Path | None = None, *,
     return cert_path
 
 
+def status(directory: Path, extra: tuple[Path, ...] = ()) -> list[Expiry]:
+    """Days left on the CA's certificate in `directory`, every other certificate there
+    (those the CA issued into it), and the certificates `extra` names; sorted soonest first
+    after the CA's."""
+    directory = Path(directory)
+    ca_cert = _load_cert(directory / CA_CERT)
+    found = [expiry(ca_cert, directory / CA_CERT, "CA certificate")]
+    paths = sorted(p for p in directory.glob("*.pem") if p.name != CA_CERT)
+    others = [expiry(_load_cert(p), p) for p in dict.fromkeys([*paths, *map(Path, extra)])]
+    return found + sorted(others, key=lambda e: e.days)
+
+
+def renew(directory: Path, cert_path: Path, key_path: Path | None = None, *,
+          days: int = MEMBER_DAYS) -> Identity:
+    """At the CA: a new key and a certificate valid from now for the name of the certificate
+    at `cert_path` (which this CA must have signed), replacing the certificate and its key
+    (default: beside it, <name>.key) atomically. A serving node picks them up on SIGHUP."""
+    cert_path = Path(cert_path)
+    key_path = Path(key_path or cert_path.with_suffix(".key"))
+    name = _name_of(cert_path, Path(directory))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _sign(Path(directory), name, key.public_key(), days, None)
+    _replace(key_path, _key_bytes(key), 0o600)
+    _replace(cert_path, cert, 0o644)
+    return Identity(name, cert_path, key_path)
+
+
+def renew_request(cert_path: Path, out: Path) -> tuple[Path, Path]:
+    """At the member: a new key and a signing request for the name of the certificate at
+    `cert_path`, written to `out` as <name>.key and <name>.csr; refused when that would
+    overwrite the key in use (beside the certificate). Returns (key, csr)."""
+    cert_path, out = Path(cert_path), Path(out)
+    name = _single_name(_load_cert(cert_path), cert_path)
+    if (out / f"{name}.key").resolve() == cert_path.with_suffix(".key").resolve():
+        raise CaError(f"{out / f'{name}.key'}: is the key in use beside {cert_path}; choose "
+                      "another --out folder (the new key replaces it only with the new "
+                      "certificate)")
+    return make_csr(name, out)
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 def _sign(directory: Path, name: str, public: SubjectKey, days: int,
@@ -169,6 +224,24 @@ def _sign(directory: Path, name: str, public: SubjectKey, days: int,
                 ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
             .sign(ca_key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name_of(cert_path: Path, directory: Path) -> str:
+    """The name of a certificate this CA signed; CaError naming the file otherwise."""
+    cert = _load_cert(cert_path)
+    ca_cert = _load_cert(directory / CA_CERT)
+    if problem := issuer_problem(cert, cert_path, ca_cert, directory / CA_CERT):
+        raise CaError(problem.replace("tls.ca", "--dir"))
+    return _single_name(cert, cert_path)
+
+
+def _single_name(cert: x509.Certificate, path: Path) -> str:
+    names = certificate_names(cert)
+    if len(names) != 1:
+        raise CaError(f"{path}: a renewal needs a certificate for exactly one name, this one "
+                      f"is for {', '.join(names) or 'no name'}")
+    _check_name(names[0])
+    return names[0]
 
 
 def _key_usage(**allowed: bool) -> x509.KeyUsage:
@@ -208,12 +281,31 @@ def _check_name(name: str) -> None:
         raise CaError(f"name {name!r}: {NAME_RULE}, as in the network file")
 
 
-def _write_key(path: Path, key: PrivateKey) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+def _key_bytes(key: PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+        handle.write(_key_bytes(key))
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` whole or not at all: a reader (a node reloading) sees the old file or
+    the new one, never part of it."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -20,6 +20,8 @@ EXIT_OK = 0  # every member answered
 EXIT_USAGE = 2  # a usage, file or input error (argparse's own usage errors too)
 EXIT_PARTIAL = 3  # some members failed; the rest were pooled
 EXIT_NONE = 4  # no member answered, or every member refused
+CERT_WARN_DAYS = 30  # common.certs.WARN_DAYS (cryptography is not imported for --help);
+# tests/unit/test_cli_imports.py keeps them equal
 EXIT_CODES = """exit codes (info, query, study run):
   0  every member answered
   1  study plan only: an analysis does not fit a member's budget
@@ -341,7 +343,7 @@ def _insecure_flag(cmd: argparse.ArgumentParser) -> None:
 
 
 def _ca_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`bridgestat ca init|issue|csr|sign`: the network's certificate authority."""
+    """`bridgestat ca init|issue|csr|sign|renew|status`: the network's certificate authority."""
     cas = sub.add_parser("ca", help="the network CA: certificates for mutual TLS"
                          ).add_subparsers(dest="ca_command", required=True)
     init = cas.add_parser("init", help="create the CA key and certificate in --dir")
@@ -349,6 +351,18 @@ def _ca_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                            "made here: prefer csr + sign for a member)")
     csr = cas.add_parser("csr", help="at a member: make its key and a signing request")
     sign = cas.add_parser("sign", help="at the CA: sign a member's request (.csr)")
+    renew = cas.add_parser("renew", help="replace a certificate before it expires, with a new "
+                           "key", description="With --dir (at the CA, for a certificate "
+                           "whose key the CA made, e.g. the coordinator's): a new key and "
+                           "certificate for the same name replace both files. With --out (at "
+                           "a member): a new key and a signing request for the name of the "
+                           "current certificate, to send to the CA (`bridgestat ca sign`); "
+                           "then put the signed certificate and the new key in place of the "
+                           "old and send the node SIGHUP.")
+    status = cas.add_parser("status", help="days left on the CA's and each certificate",
+                            description="Days until the CA's certificate, every certificate in "
+                            "--dir and those named expire; exit 1 when one has expired or "
+                            f"has {CERT_WARN_DAYS} days or fewer left.")
     for cmd in (init, issue, sign):
         cmd.add_argument("--dir", type=Path, required=True, help="the CA folder")
     for cmd in (issue, csr):
@@ -358,7 +372,18 @@ def _ca_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     csr.add_argument("--out", type=Path, required=True, help="folder for <name>.key and .csr")
     sign.add_argument("--csr", type=Path, required=True, help="the member's request")
     sign.add_argument("--out", type=Path, help="folder for <name>.pem (default: the .csr's)")
-    for cmd, func in ((init, _ca_init), (issue, _ca_issue), (csr, _ca_csr), (sign, _ca_sign)):
+    renew.add_argument("--cert", type=Path, required=True, help="the certificate to renew")
+    renew.add_argument("--key", type=Path, help="with --dir: its key, replaced too (default: "
+                       "<name>.key beside the certificate)")
+    where = renew.add_mutually_exclusive_group(required=True)
+    where.add_argument("--dir", type=Path, help="the CA folder: renew here, in place")
+    where.add_argument("--out", type=Path, help="at the member: folder for the new <name>.key "
+                       "and <name>.csr (not the folder of the key in use)")
+    status.add_argument("--dir", type=Path, required=True, help="the CA folder")
+    status.add_argument("--cert", type=Path, action="append", default=[],
+                        help="another certificate to include (repeat for several)")
+    for cmd, func in ((init, _ca_init), (issue, _ca_issue), (csr, _ca_csr), (sign, _ca_sign),
+                      (renew, _ca_renew), (status, _ca_status)):
         cmd.set_defaults(func=func)
 
 
@@ -393,6 +418,34 @@ def _ca_sign(args: argparse.Namespace) -> int:
     cert = ca.sign_csr(args.dir, args.csr, args.out)
     print(f"signed {cert} (send it back with {args.dir / ca.CA_CERT})")
     return 0
+
+
+def _ca_renew(args: argparse.Namespace) -> int:
+    from bridgestat.common import certs
+    from bridgestat.coordinator import ca
+
+    if args.dir is None:
+        key, request = ca.renew_request(args.cert, args.out)
+        print(f"wrote a new key {key} and request {request} for the name in {args.cert}: send "
+              f"the .csr to the network's CA (`bridgestat ca sign`), put the returned "
+              f"certificate and this key in place of {args.cert} and its key, then send the "
+              "node SIGHUP")
+        return 0
+    renewed = ca.renew(args.dir, args.cert, args.key)
+    found = certs.file_expiry(renewed.cert)
+    print(f"renewed {renewed.cert} and its key {renewed.key} for {renewed.name}: valid until "
+          f"{found.not_after:%Y-%m-%d} ({found.days} days); a serving node uses them after "
+          "SIGHUP, the coordinator (`coordinator serve`, the API) from its next start")
+    return 0
+
+
+def _ca_status(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import ca
+
+    found = ca.status(args.dir, tuple(args.cert))
+    for one in found:
+        print(one.describe())
+    return 1 if any(one.warning for one in found) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,15 @@
 """Assemble a node from its config: schema, data, ledger, engine, TLS, server and/or
-connector, metrics, logs; and stop it gracefully.
+connector, metrics, logs; reload the certificate on SIGHUP; and stop it gracefully.
 
 Inbound mode (`listen`) serves NodeService; connect mode (`connect`) runs a `Connector` in a
 thread that dials out to the coordinator with the node's own certificate. Both share the
 engine, the allow-list and the metrics, so a query is treated the same whichever way it
 comes; a node may run both.
+
+SIGHUP re-reads `tls.cert`, `tls.key` and `tls.ca` (checked as at start-up; refused files
+leave the old ones in use): new handshakes, and connect mode's next reconnect, use them,
+calls in flight go on. Days left on the node's and the CA's certificates are logged at
+start-up and daily, as a warning from `WARN_DAYS` on, and exported as a metric.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ import logging
 import signal
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bridgestat.common.certs import WARN_DAYS
 from bridgestat.node import logs
 from bridgestat.node.audit import open_audit
 from bridgestat.node.config import NodeConfig, load_config
@@ -36,6 +43,7 @@ from bridgestat.node.tls import ServerTls, load_server_tls
 
 log = logging.getLogger("bridgestat.node")
 GRACE_SECONDS = 30.0  # how long in-flight queries may take to finish after SIGTERM
+EXPIRY_CHECK_SECONDS = 86_400.0  # how often a serving node logs its certificates' days left
 
 
 def open_engine(config: NodeConfig) -> Engine:
@@ -73,27 +81,30 @@ def release_free_memory() -> None:
 def serve(config_path: Path, ready: threading.Event | None = None, *, insecure: bool = False,
           grace: float = GRACE_SECONDS) -> None:
     """Serve until SIGTERM/SIGINT, then refuse new calls and finish in-flight queries (for
-    up to `grace` seconds). Without `tls` in the config only with `insecure` (plain text,
+    up to `grace` seconds); reload the certificate and key on SIGHUP. Without `tls` in the config only with `insecure` (plain text,
     local demos). Every config, certificate, data and ledger problem is raised here, at
     start-up, as a ConfigError naming the file and key."""
     config = load_config(config_path)
     logs.configure(config.log_format, fields={"node_id": config.node_id})
     tls = server_tls(config, insecure)
+    if tls is not None:
+        log_expiry(tls)
     engine = open_engine(config)
     counters = NodeMetrics(engine.ledger.state)
+    if tls is not None:
+        counters.watch_certificates(lambda: {k: e.days for k, e in tls.expiries().items()})
     node = _listen(config, engine, tls, counters) if config.listen is not None else None
     metrics = _metrics_endpoint(config, counters, node)
     connector = _connector(config, engine, tls, counters)
-    stop = threading.Event()
-    with _stop_on_signals(stop):
+    stop, reload = threading.Event(), threading.Event()
+    with _on_signals(stop, reload):
         if node is not None:
             node.server.start()
             _announce(config, node, tls is not None)
         thread = _start_connector(config, connector, tls is not None)
         if ready is not None:
             ready.set()
-        while not stop.wait(0.5):  # wake up now and then: Python runs signal handlers
-            pass                   # only in the main thread, between waits
+        _wait_for_stop(stop, reload, tls)
         log.info("stopping: refusing new calls, finishing in-flight queries (grace %g s)",
                  grace, extra={"event": "stopping"})
         if connector is not None:
@@ -105,6 +116,33 @@ def serve(config_path: Path, ready: threading.Event | None = None, *, insecure: 
     if metrics is not None:
         metrics.close()
     log.info("stopped", extra={"event": "stopped"})
+
+
+def _wait_for_stop(stop: threading.Event, reload: threading.Event,
+                   tls: ServerTls | None) -> None:
+    """Until `stop`: reload the certificate when `reload` is set (SIGHUP), and log the days
+    left on the certificates daily (and after a reload). Wakes up now and then: Python runs
+    signal handlers only in the main thread, between waits."""
+    checked = time.monotonic()  # serve logged them at start-up
+    while not stop.wait(0.5):
+        if reload.is_set():
+            reload.clear()
+            if tls is None:
+                log.warning("SIGHUP: no tls section, no certificate to reload")
+            elif tls.reload():
+                checked = float("-inf")
+        if tls is not None and time.monotonic() - checked >= EXPIRY_CHECK_SECONDS:
+            checked = time.monotonic()
+            log_expiry(tls)
+
+
+def log_expiry(tls: ServerTls) -> None:
+    """One log line per certificate in use: days left, a warning within WARN_DAYS."""
+    for name, found in tls.expiries().items():
+        level = logging.WARNING if found.warning else logging.INFO
+        log.log(level, "%s", found.describe(),
+                extra={"event": "certificate_expiry", "certificate": name,
+                       "expiry_days": found.days, "warn_days": WARN_DAYS})
 
 
 def server_tls(config: NodeConfig, insecure: bool) -> ServerTls | None:
@@ -131,14 +169,14 @@ def _listen(config: NodeConfig, engine: Engine, tls: ServerTls | None,
 
 def _connector(config: NodeConfig, engine: Engine, tls: ServerTls | None,
                metrics: NodeMetrics) -> Connector | None:
-    """Connect mode: the node's own certificate as client identity, the coordinator's
-    checked against `connect.server_name`, and the node's allow-list for the researchers
-    the coordinator relays. Plain text only when `tls` is absent (--insecure)."""
+    """Connect mode: the node's own certificate as client identity (as last reloaded, at
+    each reconnect), the coordinator's checked against `connect.server_name`, and the
+    node's allow-list for the researchers the coordinator relays. Plain text only when `tls` is absent (--insecure)."""
     if config.connect is None:
         return None
     if tls is None:
         return Connector(engine, config.connect.coordinator, None, metrics=metrics)
-    return Connector(engine, config.connect.coordinator, tls.channel_credentials(),
+    return Connector(engine, config.connect.coordinator, tls.channel_credentials,
                      server_name=config.connect.server_name, metrics=metrics, allow=tls.allow)
 
 
@@ -182,13 +220,15 @@ def _announce(config: NodeConfig, node: NodeServer, secure: bool) -> None:
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set `stop` on SIGTERM/SIGINT (main thread only); restore the old handlers after."""
+def _on_signals(stop: threading.Event, reload: threading.Event) -> Iterator[None]:
+    """Set `stop` on SIGTERM/SIGINT and `reload` on SIGHUP (main thread only); restore the
+    old handlers after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, lambda *_, event=event: event.set())
+                for sig, event in ((signal.SIGTERM, stop), (signal.SIGINT, stop),
+                                   (signal.SIGHUP, reload))}
     try:
         yield
     finally:

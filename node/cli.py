@@ -31,9 +31,11 @@ def _check_start_up(config: NodeConfig, schema: Schema) -> None:
     if config.tls is None:
         print("tls: not configured (serve needs --insecure: plain text, local demos only)")
         return
-    load_server_tls(config)
+    tls = load_server_tls(config)
     print(f"tls {config.tls.cert}: ok (signed by {config.tls.ca.name}, callers allowed: "
           f"{', '.join(config.tls.allow)})")
+    for found in tls.expiries().values():
+        print(found.describe())
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -87,7 +89,21 @@ def _budget(args: argparse.Namespace) -> int:
               f"{state.period_remaining}")
     if policy.source:
         print(f"policy {policy.source}")
+    _print_expiry(config)
     return 0
+
+
+def _print_expiry(config: NodeConfig) -> None:
+    """Days left on the node's and the CA's certificates (a warning from WARN_DAYS on)."""
+    from bridgestat.common.certs import CertificateError, file_expiry
+
+    if config.tls is None:
+        return
+    for path, what in ((config.tls.cert, "certificate"), (config.tls.ca, "CA certificate")):
+        try:
+            print(file_expiry(path, what).describe())
+        except CertificateError as exc:
+            print(f"{what}: {exc}")
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ exactly as the NodeService server would: the same allow-list (applied to the res
 coordinator relays), the same decoding, engine and audit log, the same metrics and log
 lines, the same status codes. A dropped stream is re-opened with exponential backoff and
 jitter; a request whose answer could not be sent is simply asked again by the coordinator,
-and its idempotency key makes the retry free.
+and its idempotency key makes the retry free. Each (re)connection asks for the node's
+credentials afresh, so a certificate reloaded on SIGHUP is used from the next reconnect on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,9 @@ _CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),  # the stream is mostly idle: keep pinging
 ]
+# The node's client identity: fixed credentials, or a function giving the current ones (the
+# certificate as last reloaded), called for each new connection; None: plain text.
+Credentials = grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,7 @@ class Connector:
     coordinator's refusal of a certificate that does not match the node id).
     """
 
-    def __init__(self, engine: Engine, target: str,
-                 credentials: grpc.ChannelCredentials | None,
+    def __init__(self, engine: Engine, target: str, credentials: Credentials,
                  server_name: str = "", workers: int = 4,
                  backoff: Backoff = Backoff(), *, metrics: NodeMetrics | None = None,
                  allow: tuple[str, ...] | None = None) -> None:
@@ -172,7 +175,9 @@ class Connector:
             options.append(("grpc.ssl_target_name_override", self.server_name))
         if self.credentials is None:
             return grpc.insecure_channel(self.target, options=options)
-        return grpc.secure_channel(self.target, self.credentials, options=options)
+        credentials = (self.credentials() if callable(self.credentials)
+                       else self.credentials)
+        return grpc.secure_channel(self.target, credentials, options=options)
 
     def _session(self) -> None:
         outgoing: queue.Queue[object] = queue.Queue()

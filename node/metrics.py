@@ -1,4 +1,5 @@
-"""The node's Prometheus metrics: queries, refusals, loss spent, latency and budget left.
+"""The node's Prometheus metrics: queries, refusals, loss spent, latency, budget left and
+the days left on its certificates.
 
 Recorded by the servicer around `Engine.run` (the engine knows nothing of transport or
 monitoring) and served over HTTP on the config's `metrics` address. Every metric depends
@@ -70,6 +71,16 @@ class NodeMetrics:
             gauge = Gauge(f"{PREFIX}_budget_{name}_epsilon", text, registry=self.registry)
             gauge.set_function(read)
 
+    def watch_certificates(self, days: Callable[[], dict[str, int]]) -> None:
+        """Gauges of the days left on the node's and the CA's certificates in use, read at
+        each scrape (after a reload on SIGHUP, the new certificate's); `days` maps "node"
+        and "ca" to whole days (negative: expired). Alert below 30."""
+        gauge = Gauge(f"{PREFIX}_certificate_expiry_days", "Whole days until the certificate "
+                      "in use expires (node: the node's own, ca: the network CA's); warn from "
+                      "30", ["certificate"], registry=self.registry)
+        for name in ("node", "ca"):
+            gauge.labels(name).set_function(_days_of(days, name))
+
     def answered(self, statistic: str, seconds: float, epsilon: float, rho: float,
                  replayed: bool) -> None:
         """A query answered; a replay charged nothing now."""
@@ -95,3 +106,7 @@ class NodeMetrics:
         httpd, thread = start_http_server(int(port), addr=host.strip("[]"),
                                           registry=self.registry)
         return MetricsServer(httpd, thread, int(httpd.server_address[1]))
+
+
+def _days_of(days: Callable[[], dict[str, int]], name: str) -> Callable[[], float]:
+    return lambda: float(days()[name])

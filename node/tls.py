@@ -8,18 +8,25 @@ handshake failure on the first query; the checks are the coordinator's too
 (`bridgestat.common.certs`). The server then requires a client certificate from
 the network CA (`require_client_auth`), and `AllowList` refuses, before any handler runs,
 every call whose certificate's common name is not in `tls.allow`.
+
+The certificate and key can be replaced while the node serves: `ServerTls.reload` (SIGHUP)
+checks the new files like at start-up and hands them to gRPC's dynamic server credentials,
+which use them from the next handshake on; calls in flight are not touched.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from cryptography import x509
 
-from bridgestat.common.certs import check_identity
+from bridgestat.common.certs import Expiry, check_identity, expiry
 from bridgestat.node.config import NodeConfig, TlsConfig
 from bridgestat.node.errors import ConfigError
 
@@ -30,31 +37,106 @@ if TYPE_CHECKING:  # grpc-stubs' generics; at run time these classes take no par
 else:
     _Interceptor = grpc.ServerInterceptor
 
+log = logging.getLogger("bridgestat.node.tls")
 ANONYMOUS = "anonymous"  # the caller of a plain-text (--insecure) node
 
 
 @dataclass(frozen=True)
-class ServerTls:
-    """The checked PEM bytes the server needs, and who may call it."""
+class TlsPem:
+    """One checked set of the node's PEM files: private key, certificate and network CA."""
 
     key: bytes
     cert: bytes
     ca: bytes
-    allow: tuple[str, ...]
+
+    def server_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(self.key, self.cert)],
+                                                         root_certificates=self.ca)
+
+    def serial(self) -> int:
+        return int(x509.load_pem_x509_certificate(self.cert).serial_number)
+
+    def expiries(self, tls: TlsConfig) -> dict[str, Expiry]:
+        """Days left on the node's certificate ("node") and the CA's ("ca")."""
+        return {"node": expiry(x509.load_pem_x509_certificate(self.cert), tls.cert),
+                "ca": expiry(x509.load_pem_x509_certificate(self.ca), tls.ca,
+                             "CA certificate")}
+
+
+class ServerTls:
+    """The node's TLS identity and who may call it. `reload` (on SIGHUP) re-reads and checks
+    `tls.ca`, `tls.cert` and `tls.key` as at start-up; new handshakes, in both directions,
+    then use the new files, while connections already open (and their calls) go on. Files
+    that fail a check are refused with a log line naming file and key, and the old ones stay
+    in use. The allow-list is read at start-up only."""
+
+    def __init__(self, config: NodeConfig, pem: TlsPem) -> None:
+        assert config.tls is not None
+        self.config, self.files = config, config.tls
+        self.allow: tuple[str, ...] = config.tls.allow
+        self._pem = pem
+        self._fresh = False  # a reloaded configuration not yet handed to the server
+        self._lock = threading.Lock()
+
+    @property
+    def pem(self) -> TlsPem:
+        with self._lock:
+            return self._pem
 
     def credentials(self) -> grpc.ServerCredentials:
-        """Server credentials that demand a client certificate signed by the network CA."""
-        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
-                                           require_client_auth=True)
+        """Server credentials that demand a client certificate signed by the network CA, and
+        pick up a reloaded certificate at the next handshake."""
+        # grpc documents None from the fetcher as "no change"; grpc-stubs leave None out
+        return grpc.dynamic_ssl_server_credentials(
+            self.pem.server_configuration(), self._fetch,  # type: ignore[arg-type]
+            require_client_authentication=True)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        """The same identity as a client (a node dialling out in connect mode)."""
-        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+        """The current identity as a client (a node dialling out in connect mode); ask again
+        for each new connection to use a reloaded certificate."""
+        pem = self.pem
+        return grpc.ssl_channel_credentials(pem.ca, pem.key, pem.cert)
+
+    def expiries(self) -> dict[str, Expiry]:
+        """Days left on the certificates in use: the node's ("node") and the CA's ("ca")."""
+        return self.pem.expiries(self.files)
+
+    def reload(self) -> bool:
+        """Re-read and check the tls files; use them for new handshakes if they pass, else
+        log why (naming file and key) and keep the old ones. True when reloaded."""
+        try:
+            pem = _checked_pem(self.config)
+        except ConfigError as exc:
+            old = self.pem.serial()
+            log.error("certificate reload refused, still using the certificate with serial "
+                      "%x: %s", old, exc, extra={"event": "tls_reload_refused",
+                                                 "serial": f"{old:x}"})
+            return False
+        with self._lock:
+            self._pem, self._fresh = pem, True
+        node = pem.expiries(self.files)["node"]
+        log.info("certificate reloaded: new handshakes use serial %x; %s", pem.serial(),
+                 node.describe(), extra={"event": "tls_reloaded", "serial": f"{pem.serial():x}",
+                                         "expiry_days": node.days})
+        return True
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC asks before every new handshake: the reloaded configuration once, else None
+        (no change)."""
+        with self._lock:
+            if not self._fresh:
+                return None
+            self._fresh = False
+            return self._pem.server_configuration()
 
 
 def load_server_tls(config: NodeConfig) -> ServerTls:
     """Read and check the node's `tls` files (the shared checks, the certificate for
     `node_id`); raise ConfigError naming file and key."""
+    return ServerTls(config, _checked_pem(config))
+
+
+def _checked_pem(config: NodeConfig) -> TlsPem:
     if config.tls is None:
         raise ConfigError(config.source, "tls", "no tls section")
     tls: TlsConfig = config.tls
@@ -66,7 +148,7 @@ def load_server_tls(config: NodeConfig) -> ServerTls:
         raise ConfigError(config.source, f"tls.{role}", message)
     key, cert, ca = (_read(config.source, f"tls.{k}", getattr(tls, k))
                      for k in ("key", "cert", "ca"))
-    return ServerTls(key, cert, ca, tls.allow)
+    return TlsPem(key, cert, ca)
 
 
 def caller_identity(context: grpc.ServicerContext) -> str:

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from bridgestat.common.certs import WARN_DAYS
+from bridgestat.coordinator import cli as coordinator_cli
 from bridgestat.node import cli as node_cli
 from bridgestat.node.ledger import PERIODS
 
@@ -29,3 +31,7 @@ def test_building_the_parser_imports_no_heavy_library(module: str) -> None:
 
 def test_the_audit_periods_offered_are_the_ledgers() -> None:
     assert node_cli.PERIODS == PERIODS
+
+
+def test_the_certificate_warning_named_in_help_is_the_checks() -> None:
+    assert coordinator_cli.CERT_WARN_DAYS == WARN_DAYS

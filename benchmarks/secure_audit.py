@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import benchmarks.* from the checkout
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import privacy_audit, secagg_cpu
+from benchmarks import privacy_audit, secagg_cpu, validity
 from benchmarks.gaussian_audit import Audit, audit
 from bridgestat.common import secagg as sa
 from bridgestat.common.distributed_dp import (
@@ -97,7 +97,7 @@ C = sa.default_colluding(K)  # 1
 H = T - C  # 3
 MEMBERS = tuple(f"m{i:03d}" for i in range(K))  # the names `secagg_cpu.identities` issues
 VICTIM, HONEST, COLLUDERS, DROPPED = MEMBERS[0], MEMBERS[:H], MEMBERS[H:T], MEMBERS[T:]
-CLIP = (-40.0, 40.0)  # the paired change's clip bounds (benchmarks.validity.CHANGE_CLIP)
+CLIP = validity.CHANGE_CLIP  # the paired change's clip bounds, (-40, 40)
 DELTA = FIXED_POINT  # the added participant's centred fixed-point value at the clip bound
 RHO = 1.0  # on the network sum; the victim's shift is sqrt(2) sd of the attacker's sum
 ALPHA = 1e-5  # one-sided, per bound

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+import bridgestat.node.arrowless  # noqa: F401  # first: pandas without Arrow (-60 MiB)
 from bridgestat.node import audit, sources
 from bridgestat.node.config import NodeConfig, load_config
 from bridgestat.node.errors import NodeError

@@ -5,6 +5,8 @@ Each size is a synthetic member (participants plus their assessments, as CSV) se
 mutual TLS; RSS and its peak (VmHWM) are read from /proc. Start-up time (load, validation
 against the data matrix, ledger and audit log) is printed beside them. The queries cover the
 node's caches: a mean, a histogram, a paired change, a transition table and a quantile.
+The last column says whether Arrow (libarrow) is mapped into the node after the queries: a
+CSV source should never load it (node/arrowless.py).
 Usage: python benchmarks/node_memory.py [--sizes 10000 100000 1000000]
 """
 
@@ -28,6 +30,11 @@ def rss_mib(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in
                   Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def arrow_loaded(pid: int) -> bool:
+    """Whether the process has Arrow's library mapped (pyarrow imported)."""
+    return "libarrow" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def query_round(net: Network) -> None:
@@ -56,16 +63,17 @@ def measure(n: int, workdir: Path) -> str:
             for _ in range(3):
                 query_round(net)
         busy, peak = rss_mib(process.pid)
+        arrow = "yes" if arrow_loaded(process.pid) else "no"
     finally:
         local.stop_nodes([process])
-    return (f"{n:>9,} | {ready:8.1f} | {idle:8.0f} | {busy:8.0f} | {peak:8.0f}")
+    return f"{n:>9,} | {ready:8.1f} | {idle:8.0f} | {busy:8.0f} | {peak:8.0f} | {arrow}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
-    print("participants | start s | idle MiB | after queries MiB | peak MiB")
+    print("participants | start s | idle MiB | after queries MiB | peak MiB | Arrow")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             print(measure(n, Path(tmp)), flush=True)

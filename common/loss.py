@@ -21,7 +21,7 @@ def rho_to_epsilon(rho: float, delta: float) -> float:
     """
     if rho <= 0:
         return 0.0
-    import opendp.prelude as dp  # lazily: only Gaussian releases need it
+    from bridgestat.common import opendp_core as dp  # lazily: only Gaussian releases need it
 
     dp.enable_features("contrib")
     scale = (1 - 1e-12) / math.sqrt(2 * rho)

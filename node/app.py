@@ -19,6 +19,7 @@ import ctypes
 import logging
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -70,10 +71,11 @@ def open_engine(config: NodeConfig) -> Engine:
 def release_free_memory() -> None:
     """Give the memory freed after loading back to the system. Parsing goes through Arrow
     (mimalloc) and glibc malloc, which both keep freed pages; without this an idle node of
-    100,000 participants holds 791 MiB instead of 366 MiB (benchmarks/node_memory.py)."""
-    import pyarrow as pa  # already loaded by pandas' string columns
-
-    pa.default_memory_pool().release_unused()
+    100,000 participants holds 791 MiB instead of 366 MiB (benchmarks/node_memory.py).
+    Arrow's pool only if a source loaded Arrow (Parquet): importing it costs 50 MiB."""
+    arrow = sys.modules.get("pyarrow")
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 

@@ -52,9 +52,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import opendp.prelude as dp
 from opendp.mod import _Encoder
 
+from bridgestat.common import opendp_core as dp
 from bridgestat.node.config import NodeConfig
 from bridgestat.node.errors import AuditError, ConfigError, NodeError
 from bridgestat.node.ledger import (

@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from bridgestat.node import arrowless
+
+    if argv is None and arrowless.is_node_program():  # the program, not a test calling main
+        arrowless.import_pandas_without_arrow()  # first, before any node module: -60 MiB
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

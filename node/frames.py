@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from bridgestat.node.planner import PARTICIPANT_TABLE, Plan, ResolvedTerm
@@ -42,9 +43,13 @@ class Frames:
 
     def __init__(self, tables: dict[str, pd.DataFrame], schema: Schema) -> None:
         self.schema = schema
-        self.tables = tables
+        # Only what a query can read: a table with many rows per participant and no
+        # occasions (goal, coaching_contact) served only its derived participant columns,
+        # computed at load; keeping it would hold most of a node's memory for nothing.
+        self.tables = {name: _compact(frame) for name, frame in tables.items()
+                       if queryable(schema.table(name))}
         participant = schema.table(PARTICIPANT_TABLE)
-        self.participants = tables[PARTICIPANT_TABLE].set_index(participant.key, drop=True)
+        self.participants = self.tables[PARTICIPANT_TABLE].set_index(participant.key, drop=True)
         self._occasion = lru_cache(maxsize=32)(self._select_occasion)
         self._joined = lru_cache(maxsize=32)(self._join)
         self._paired = lru_cache(maxsize=32)(self._pair)
@@ -57,9 +62,10 @@ class Frames:
         month_column = table.month_column
         if month_column is None:
             raise ValueError(f"table {table_name} has no month column: no occasions")
-        month = rows[month_column]
-        rows = rows[(month >= occ.window_lower) & (month <= occ.window_upper)]
-        distance = (rows[month_column] - occ.target_month).abs()
+        month = rows[month_column].astype(np.float64)
+        inside = (month >= occ.window_lower) & (month <= occ.window_upper)
+        rows = rows[inside]
+        distance = (month[inside] - occ.target_month).abs()
         ordered = rows.assign(_distance=distance).sort_values(
             [table.key, "_distance", month_column], kind="stable")
         first = ordered.drop_duplicates(subset=table.key, keep="first")
@@ -75,8 +81,8 @@ class Frames:
               column: str) -> pd.DataFrame:
         """Baseline rows with `_value` = follow-up minus baseline (NaN without follow-up)."""
         base = self._joined(table_name, baseline)
-        follow = self._occasion(table_name, occasion)[column]
-        return base.assign(_value=follow.reindex(base.index) - base[column])
+        follow = self._occasion(table_name, occasion)[column].astype(np.float64)
+        return base.assign(_value=follow.reindex(base.index) - base[column].astype(np.float64))
 
     def _transition(self, table_name: str, baseline: Occasion, occasion: Occasion,
                     column: str, edges: tuple[float, ...]) -> pd.DataFrame:
@@ -94,7 +100,7 @@ class Frames:
             a = pd.Categorical(after, dtype=before.dtype).codes.astype(np.int64)
             codes = np.where((b < 0) | (a < 0), -1, b * k + a)
         else:
-            change = (after - before).to_numpy(dtype=np.float64)
+            change = (after.astype(np.float64) - before.astype(np.float64)).to_numpy()
             binned = (np.searchsorted(np.asarray(edges), change, side="right") if edges
                       else np.sign(change) + 1)
             codes = np.where(np.isnan(change), -1, binned)
@@ -122,7 +128,8 @@ class Frames:
             values = at.reindex(frame.index)
             if term.baseline is not None:
                 before = self._occasion(resolved.table, term.baseline)[name]
-                values = values - before.reindex(frame.index)
+                values = (values.astype(np.float64)
+                          - before.reindex(frame.index).astype(np.float64))
         if term.category:
             indicator = (values.astype(object) == term.category).astype(np.float64)
             return indicator.where(values.notna())
@@ -165,6 +172,31 @@ class Frames:
             yield CellRows(group, values[picked], int(hi - lo))
 
 
+def _compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """Float columns in the smallest float type that holds every value exactly (float16:
+    whole numbers up to 2048, e.g. steps and months; float32), a quarter or half of the
+    memory. Values read back as float64 are the same numbers, and every comparison and
+    difference here is taken in float64 (a bound or a change may not fit the small type)."""
+    narrower: dict[str, npt.NDArray[Any]] = {}
+    for name in frame.columns:
+        values = frame[name].to_numpy()
+        if values.dtype != np.float64:
+            continue
+        for dtype in (np.float16, np.float32):
+            with np.errstate(over="ignore", invalid="ignore"):
+                narrow = values.astype(dtype)
+            if np.array_equal(narrow.astype(np.float64), values, equal_nan=True):
+                narrower[name] = narrow
+                break
+    return frame.assign(**narrower) if narrower else frame
+
+
+def queryable(table: TableSpec) -> bool:
+    """Whether queries may read `table` (the planner refuses the others: their columns are
+    queried as derived participant columns)."""
+    return table.max_rows_per_participant <= 1 or table.has_occasions
+
+
 def _filtered(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
     if not plan.query.filters:
         return frame
@@ -176,7 +208,8 @@ def _filtered(frame: pd.DataFrame, plan: Plan) -> pd.DataFrame:
         else:
             lower = -np.inf if flt.lower is None else flt.lower
             upper = np.inf if flt.upper is None else flt.upper
-            keep &= ((column >= lower) & (column <= upper)).fillna(False).to_numpy(dtype=bool)
+            number = column.astype(np.float64)  # compared as read: 3 < 3.0000001
+            keep &= ((number >= lower) & (number <= upper)).fillna(False).to_numpy(dtype=bool)
     return frame[keep]
 
 

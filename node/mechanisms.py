@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import opendp.prelude as dp
 
+from bridgestat.common import opendp_core as dp
 from bridgestat.common.labels import COUNT, SUM, SUM_SQUARES
 
 dp.enable_features("contrib")

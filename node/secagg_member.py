@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
-import opendp.prelude as dp
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
+from bridgestat.common import opendp_core as dp
 from bridgestat.common import secagg as sa
 from bridgestat.common.secagg import SecAggError, SecAggParams
 

@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from bridgestat.coordinator.network import NetworkFileError, load_network
 from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import (StudyError, check_against, parse_study,
-                                              schema_tables)
+from bridgestat.coordinator.studyfile import StudyError, check_against, parse_study, schema_tables
 from bridgestat.node.schema import load_schema
 from bridgestat.node.serde import schema_to_pb
 

@@ -32,12 +32,12 @@ import math
 import random
 import signal
 import sqlite3
-from contextlib import closing
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -51,8 +51,13 @@ from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import NETWORK, Network
 from bridgestat.coordinator.network import Member
 from bridgestat.coordinator.query import Occasion, Query, Term
-from bridgestat.coordinator.tables import (QueryResult, cross_products, mean_table,
-                                           regression_fits, term_names)
+from bridgestat.coordinator.tables import (
+    QueryResult,
+    cross_products,
+    mean_table,
+    regression_fits,
+    term_names,
+)
 from bridgestat.coordinator.wire import query_to_pb
 from bridgestat.node.ledger import Ledger, Reserved
 from bridgestat.node.loss import Epsilon, Loss
@@ -131,7 +136,7 @@ def _kill_between_reserve_and_commit(net: Network, query: Query, key: str,
     def run() -> None:
         try:
             box["result"] = net.run(query, key)
-        except Exception as exc:  # reported to the test thread
+        except Exception as exc:  # noqa: BLE001  # reported to the test thread
             box["result"] = exc
 
     db = sqlite3.connect(f"file:{ledger_path(victim)}?mode=ro", uri=True, timeout=30)

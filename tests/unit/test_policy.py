@@ -159,8 +159,8 @@ REFUSED = [
                             bin_edges=(10.0, 20.0), quantile=0.5),
      "query.statistic", "policy rule statistics: a quantile is not allowed"),
     ("group by", _count(group_by=("arm", "team")), "query.group_by[1]",
-     "policy rule group_by: 'team' may not be grouped by (allowed: arm, gender, "
-     "household_type)"),
+     ("policy rule group_by: 'team' may not be grouped by (allowed: arm, gender, "
+     "household_type)")),
     ("filter", _count(filters=(CategoryFilter("team", ("team_1",)),)),
      "query.filters[0].column", "policy rule filter: 'team' may not be filtered on"),
     ("indicator regressor", QuerySpec(Statistic.CROSS_PRODUCTS, "assessment", "", 0.0, rho=0.001,

@@ -13,10 +13,20 @@ import pytest
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.pooling import Noisy
 from bridgestat.coordinator.query import Query, Term
-from bridgestat.coordinator.tables import (NETWORK, WITHHELD, WITHHELD_NETWORK, Group,
-                                           QueryResult, compare_table, count_table, did_table,
-                                           histogram_table, quantile_table, regression_fits,
-                                           transition_table)
+from bridgestat.coordinator.tables import (
+    NETWORK,
+    WITHHELD,
+    WITHHELD_NETWORK,
+    Group,
+    QueryResult,
+    compare_table,
+    count_table,
+    did_table,
+    histogram_table,
+    quantile_table,
+    regression_fits,
+    transition_table,
+)
 from bridgestat.coordinator.wire import CellRelease, MemberRelease
 
 T, C = (("arm", "t"),), (("arm", "c"),)

@@ -33,7 +33,14 @@ from starlette.staticfiles import StaticFiles
 from bridgestat.coordinator import report
 from bridgestat.coordinator.api import AsyncNetwork
 from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.i18n import LANGUAGES, TEMPLATE_DIR, Translator, check_language, render
+from bridgestat.coordinator.i18n import (
+    LANGUAGES,
+    N_,
+    TEMPLATE_DIR,
+    Translator,
+    check_language,
+    render,
+)
 from bridgestat.coordinator.network import NetworkSpec, load_network
 from bridgestat.coordinator.study import STANDARD_STUDY
 from bridgestat.coordinator.studyfile import (
@@ -66,7 +73,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 INFO_TIMEOUT = 5.0  # seconds a page waits for GetNodeInfo
 RUN_TIMEOUT = 30.0  # deadline per query of a run
 UPLOAD_LIMIT = 1_000_000  # bytes of an uploaded study file
-RAW_NOTE = ("Raw, unbiased noisy values as the nodes released them (pooling needs them): "
+RAW_NOTE = N_("Raw, unbiased noisy values as the nodes released them (pooling needs them): "
             "shares may lie outside 0-1; charts show them within the possible range.")
 
 

@@ -433,7 +433,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
     if "session" not in request.scope:
         return Response(detail, status, media_type="text/plain")
-    return page(request, "error.html", status, status=status, detail=detail)
+    return page(request, "error.html", status, code=status, detail=detail)
 
 
 def create_app(workspace: Workspace, sessions: Sessions, secure: bool) -> Guard:

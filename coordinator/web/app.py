@@ -31,6 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bridgestat.coordinator import report
+from bridgestat.coordinator.analyses import REGISTRY
 from bridgestat.coordinator.api import AsyncNetwork
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.i18n import (
@@ -242,7 +243,7 @@ async def compare_plan(request: Request) -> Response:
         costs, unreachable, _ = await plan_study(workspace, study)
     except StudyError as exc:
         message = str(exc)
-        names = forms.field_names(forms.REGISTRY[entry.kind])
+        names = forms.field_names(REGISTRY[entry.kind])
         field = forms.error_field(message, names)
         fields = forms.form_fields(entry, await schema(workspace), values,
                                    {field: message} if field else {}, t)
@@ -297,7 +298,7 @@ async def compare_result(request: Request) -> Response:
     lang = lang_of(request)
     section = Markup(report.analysis_html(analysis[0], doc["members"], lang)) \
         if analysis and doc else None
-    tables = [(i, t.get("caption") or t.get("name")) for i, t in
+    tables = [(i, t.get("name") or str(i + 1)) for i, t in
               enumerate(analysis[0].get("tables") or [])] if analysis else []
     return page(request, "result.html", run_id=run_id, doc=doc, section=section,
                 tables=tables, run=active, raw_note=Translator(lang)(RAW_NOTE))

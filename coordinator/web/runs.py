@@ -82,7 +82,7 @@ class RunNetwork(Network):
         super().__init__(members, timeout, tls=tls, insecure=insecure)
         self.record, self.spend_log = record, spend_log
 
-    def run(self, query: Query, key: str | None = None) -> QueryResult:  # type: ignore[override]
+    def run(self, query: Query, key: str | None = None) -> QueryResult:
         analysis = key.split(":")[1] if key and key.count(":") >= 2 else ""
         step = self.record.step(analysis)
         for other in self.record.steps:

@@ -301,7 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     _ca_parsers(sub)
     _coordinator_parsers(sub)
+    web = sub.add_parser("web", help="the coordinators' workspace in the browser (prints a URL "
+                         "with an access token)")
+    web.add_argument("--network", type=Path, required=True, help="network file (YAML)")
+    web.add_argument("--lang", choices=["en", "nl"], default="en", help="default language")
+    web.add_argument("--host", default="127.0.0.1", help="beyond loopback only with TLS")
+    web.add_argument("--port", type=int, default=8765, help="0: any free port")
+    web.add_argument("--data-dir", type=Path, default=Path("bridgestat-web"),
+                     help="runs, results, member contacts and the spend log")
+    web.add_argument("--certfile", help="TLS certificate (PEM) for https")
+    web.add_argument("--keyfile", help="TLS private key (PEM) for https")
+    web.add_argument("--user", help="name written in the spend log (default: the session)")
+    _insecure_flag(web)
+    web.set_defaults(func=_web)
     return parser
+
+
+def _web(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator.web.app import serve  # starlette and uvicorn only here
+
+    serve(args.network, lang=args.lang, host=args.host, port=args.port,
+          data_dir=args.data_dir, certfile=args.certfile, keyfile=args.keyfile,
+          user=args.user, insecure=args.insecure)
+    return 0
 
 
 def _coordinator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

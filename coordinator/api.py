@@ -31,6 +31,7 @@ from bridgestat.coordinator.tables import (NETWORK, QueryResult, compare_table, 
                                            share_improved_table)
 from bridgestat.coordinator.wire import (MemberRelease, check_release, query_to_pb,
                                         release_from_pb)
+from bridgestat.coordinator.witness import Witness, default_path
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -42,21 +43,27 @@ class Network:
     """A client of every member's node; not thread-safe (one event loop of its own)."""
 
     def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
-                 tls: TlsFiles | None = None, insecure: bool = False) -> None:
-        """Mutual TLS with `tls` (the network file's); plain text only with `insecure`."""
+                 tls: TlsFiles | None = None, insecure: bool = False,
+                 witness: Path | None = None) -> None:
+        """Mutual TLS with `tls` (the network file's); plain text only with `insecure`.
+        `witness`: the file the members' audit heads are recorded in (coordinator/witness.py)."""
         require_tls(tls, insecure, "Network")
         self.members = tuple(members)
         self.timeout = timeout
         self.tls = tls
         self._loop = asyncio.new_event_loop()
-        self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None)
+        self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None,
+                              Witness(witness) if witness is not None else None)
 
     @classmethod
     def from_file(cls, path: str | Path, timeout: float = 10.0, *,
-                  insecure: bool = False) -> Network:
+                  insecure: bool = False, witness: Path | None = None) -> Network:
+        """The network file's members; their audit heads are witnessed in `witness`
+        (default: `<network file>.witness.jsonl` beside it)."""
         spec = load_network(Path(path))
         require_tls(spec.tls, insecure, str(path))
-        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure)
+        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
+                   witness=witness or default_path(Path(path)))
 
     def close(self) -> None:
         self._loop.run_until_complete(self._fanout.close())

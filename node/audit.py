@@ -342,11 +342,13 @@ def lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def verify(path: Path, ledger: Snapshot | None = None, dataset: str = "",
-           anchor: str = "") -> Verification:
+           anchor: str = "", witnessed: Sequence[Head] = ()) -> Verification:
     """Recompute the chain; with `ledger`, reconcile the log with it (`ledger_mismatch`);
-    with `anchor`, check that the hash is in the chain."""
+    with `anchor`, check that the hash is in the chain; with `witnessed` (heads the
+    coordinator saw), check that each is still in the chain and the chain reaches them."""
     head, entries = Head(0, GENESIS), []
     seen_anchor = not anchor
+    expected = {w.seq: w.hash for w in witnessed}
     numbered = lines(path) if path.exists() else iter([])
     for number, raw in numbered:
         problem = _check_line(number, raw, head)
@@ -355,16 +357,33 @@ def verify(path: Path, ledger: Snapshot | None = None, dataset: str = "",
         entry = json.loads(raw)
         head = Head(entry["seq"], entry["hash"])
         seen_anchor = seen_anchor or head.hash == anchor
+        if expected.get(head.seq, head.hash) != head.hash:
+            return Verification(head.seq - 1, str(entry["prev_hash"]), _rewritten(
+                number, head, expected[head.seq]), number)
         entries.append(entry)
     if not seen_anchor:
         return Verification(head.seq, head.hash, f"anchor {anchor} is not in the chain: the "
                             "log was rewritten or cut back since that hash was noted")
+    if expected and max(expected) > head.seq:
+        return Verification(head.seq, head.hash, _cut_back(head, max(expected)))
     if ledger is None:
         return Verification(head.seq, head.hash)
     problem = ledger_mismatch(entries, ledger, dataset)
     held = tuple(c for c in ledger.charges if c.state == "reserved")
     return Verification(head.seq, head.hash, problem, released=released_loss(entries, dataset),
                         held=held)
+
+
+def _rewritten(number: int, head: Head, witnessed: str) -> str:
+    return (f"line {number}: seq {head.seq} has hash {head.hash}, but the coordinator "
+            f"witnessed {witnessed} at that seq: the log was rewritten at or before this "
+            "entry (or replaced by another log)")
+
+
+def _cut_back(head: Head, witnessed: int) -> str:
+    return (f"the chain ends at seq {head.seq}, but the coordinator witnessed seq "
+            f"{witnessed}: entries were cut off the end, or an older log (and ledger) was "
+            "restored")
 
 
 def _check_line(number: int, raw: bytes, head: Head) -> str | None:

@@ -146,7 +146,8 @@ def _check_member(member: str, seen: list[Witnessed],
         return Finding(member, f"REWRITTEN: head seq {seq} has hash {digest}, but "
                        f"{at_seq[0].hash} was witnessed at that seq at {at_seq[0].time}: the "
                        "audit log's tail was rewritten", True)
-    return Finding(member, f"head seq {seq} agrees with {len(seen)} witnessed heads "
+    distinct = len({(w.seq, w.hash) for w in seen})
+    return Finding(member, f"head seq {seq} agrees with {distinct} witnessed heads "
                    f"(highest seq {top.seq})", False)
 
 

@@ -112,7 +112,7 @@ def _witnessed(path: Path, node_id: str) -> tuple[audit.Head, ...]:
     if not seen:
         raise NodeError(f"--witness {path}: no heads witnessed for node {node_id!r} (the "
                         "coordinator's witness file, or its lines for this node)")
-    return tuple(audit.Head(w.seq, w.hash) for w in seen)
+    return tuple(dict.fromkeys(audit.Head(w.seq, w.hash) for w in seen))  # each head once
 
 
 def _backup(args: argparse.Namespace) -> int:

@@ -33,6 +33,10 @@ append meanwhile) and copies the log and the ledger (SQLite's online backup API)
 is then the state of a node stopped at that instant with no query between commit and
 append. Queries wait for the ledger lock while the copy runs (the busy timeout is 60 s).
 
+A copy that `audit verify` would not pass (e.g. a charge whose audit write failed long
+ago) is still written, with the problem in its manifest: it is the node's state, and a
+backup of it is better than none.
+
 A backup directory holds `ledger.sqlite`, `audit.jsonl` and `manifest.json` (time, node,
 dataset, the ledger's totals, the audit head, and both files' sha256).
 """
@@ -96,6 +100,7 @@ class Manifest:
     audit_hash: str
     ledger_sha256: str
     audit_sha256: str
+    verified: str = "ok"  # or the problem `audit verify` names in the copy (as on the node)
 
     @property
     def head(self) -> Head:
@@ -190,14 +195,11 @@ def _describe(config: NodeConfig, folder: Path, created: str) -> Manifest:
     """The manifest of the copy in `folder`, from the copy itself (checked by verify)."""
     snapshot = _snapshot(config, folder / LEDGER_FILE)
     result = audit.verify(folder / AUDIT_FILE, snapshot, config.budget.dataset)
-    if not result.ok:
-        raise BackupError(f"{folder}: the copy does not verify: {result.problem} (the node's "
-                          "own log or ledger has this problem: run `bridgestat-node audit "
-                          "verify`)")
     return Manifest(created, config.node_id, config.budget.dataset, len(snapshot.charges),
                     snapshot.spent.encode(), float(snapshot.spent.epsilon_at(
                         config.budget.delta)), result.count, result.last_hash,
-                    _sha256(folder / LEDGER_FILE), _sha256(folder / AUDIT_FILE))
+                    _sha256(folder / LEDGER_FILE), _sha256(folder / AUDIT_FILE),
+                    result.problem or "ok")
 
 
 def _snapshot(config: NodeConfig, path: Path) -> Snapshot:
@@ -259,7 +261,7 @@ def restore(config: NodeConfig, source: Path, witness_file: Path | None = None,
     if reasons and not force:
         raise RestoreRefused(
             f"{source}: refusing to restore a backup taken {manifest.created} (audit seq "
-            f"{manifest.audit_seq}, spent {manifest.spent}): " + "; ".join(reasons) +
+            f"{manifest.audit_seq}, spent {manifest.spent_loss}): " + "; ".join(reasons) +
             ". An older ledger forgets the budget spent since, so every query answered "
             "since the backup could be charged again. Restore a newer backup, or pass "
             "--force if you know why (e.g. the witness belongs to another node)")

@@ -120,9 +120,12 @@ def _backup(args: argparse.Namespace) -> int:
     from bridgestat.node import backup
 
     manifest = backup.backup(load_config(args.config), args.out)
-    print(f"backup {args.out}: ledger ({manifest.charges} charges, spent {manifest.spent}: "
+    print(f"backup {args.out}: ledger ({manifest.charges} charges, spent {manifest.spent_loss}: "
           f"epsilon {manifest.epsilon_spent:.6g}) and audit log (seq {manifest.audit_seq}, "
-          f"hash {manifest.audit_hash}), verified; manifest {args.out / backup.MANIFEST_FILE}")
+          f"hash {manifest.audit_hash}); manifest {args.out / backup.MANIFEST_FILE}")
+    if manifest.verified != "ok":
+        print(f"warning: the copy, like the node, does not pass audit verify: "
+              f"{manifest.verified}", file=sys.stderr)
     return 0
 
 
@@ -139,7 +142,7 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"warning: restored with --force although {reason}", file=sys.stderr)
     kept = "".join(f"; previous file kept as {path}" for path in done.kept)
     print(f"restored {args.source} (taken {done.manifest.created}, audit seq "
-          f"{done.manifest.audit_seq}, spent {done.manifest.spent}){kept}")
+          f"{done.manifest.audit_seq}, spent {done.manifest.spent_loss}){kept}")
     return 0
 
 

@@ -34,9 +34,10 @@ after a restart if need be) is logged as its release, with the ledger's charge (
 Limits, honestly: a hash chain without a secret proves that the log is internally
 consistent, not who wrote it. Someone who can write the file can rewrite the whole chain,
 or cut entries off its end. `audit verify` therefore also reconciles the log with the budget
-ledger (`ledger_mismatch`: per key and in total, overall and per period) and accepts an
-`--anchor`: a hash printed by an earlier verify and kept elsewhere (a ticket, an e-mail),
-which must still be in the chain.
+ledger (`ledger_mismatch`: per key and in total, overall and per period), and checks the
+chain against heads kept outside the node: the coordinator's witness (every answer carries
+the head; `witnessed`: each must still be in the chain, and the chain must reach the highest)
+or an `--anchor` noted by hand.
 """
 
 from __future__ import annotations

@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--user", help="name written in the spend log (default: the session)")
     _insecure_flag(web)
     web.set_defaults(func=_web)
+    _witness_parsers(sub)
     return parser
 
 
@@ -324,6 +325,27 @@ def _web(args: argparse.Namespace) -> int:
           data_dir=args.data_dir, certfile=args.certfile, keyfile=args.keyfile,
           user=args.user, insecure=args.insecure)
     return 0
+
+
+def _witness_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`bridgestat witness check`: every member's audit head against the witness file."""
+    text = ("ask every member for its audit log's head and compare it with the heads "
+            "witnessed so far: names each member whose log was cut back or rewritten")
+    check = sub.add_parser("witness", help="the witness of the members' audit logs"
+                           ).add_subparsers(dest="witness_command", required=True
+                                            ).add_parser("check", help=text, description=text)
+    check.add_argument("--network", type=Path, required=True, help="network file (YAML)")
+    check.add_argument("--witness", type=Path, help="witness file (default: "
+                       "<network file>.witness.jsonl beside it)")
+    check.add_argument("--timeout", type=float, default=10.0, help="deadline per call (s)")
+    _insecure_flag(check)
+    check.set_defaults(func=_witness_check)
+
+
+def _witness_check(args: argparse.Namespace) -> int:
+    from bridgestat.coordinator import witness
+
+    return witness.check_network(args.network, args.witness, args.timeout, args.insecure)
 
 
 def _coordinator_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -38,6 +38,7 @@ from bridgestat.coordinator.pooling import PoolingError
 from bridgestat.coordinator.query import Query
 from bridgestat.coordinator.tables import QueryResult
 from bridgestat.coordinator.wire import MemberRelease, check_release, query_to_pb, release_from_pb
+from bridgestat.coordinator.witness import Witness, default_path
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -80,25 +81,30 @@ class AsyncNetwork:
     first call: use it from that loop only (a `Network` per thread otherwise)."""
 
     def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
-                 tls: TlsFiles | None = None, insecure: bool = False) -> None:
+                 tls: TlsFiles | None = None, insecure: bool = False,
+                 witness: Path | None = None) -> None:
         """Mutual TLS with `tls` (the network file's); plain text only with `insecure`.
-        Channels open on first use, on the loop that makes the call."""
+        Channels open on first use, on the loop that makes the call. `witness`: the file the
+        members' audit heads are recorded in (`coordinator/witness.py`; None: not recorded)."""
         require_tls(tls, insecure, type(self).__name__)
         self.members = tuple(members)
         self.timeout = timeout
         self.tls = tls
-        self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None)
+        self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None,
+                              Witness(witness) if witness is not None else None)
         self._logs: list[CallLog] = []
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, timeout: float = 10.0, *,
-                  insecure: bool = False) -> Self:
-        """The client of the network file at `path` (members and TLS identity)."""
+                  insecure: bool = False, witness: Path | None = None) -> Self:
+        """The client of the network file at `path` (members and TLS identity); the members'
+        audit heads are witnessed in `witness` (default: `<network>.witness.jsonl` beside it)."""
         spec = load_network(Path(path))
         require_tls(spec.tls, insecure, str(path))
-        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure)
+        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
+                   witness=witness or default_path(Path(path)))
 
     async def aclose(self) -> None:
         """Close every channel; harmless when already closed."""
@@ -292,9 +298,12 @@ class Network:
     """The client whose coroutine methods this one's blocking methods run."""
 
     def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
-                 tls: TlsFiles | None = None, insecure: bool = False) -> None:
-        """Mutual TLS with `tls` (the network file's); plain text only with `insecure`."""
-        self.aio = self.asynchronous(members, timeout, tls=tls, insecure=insecure)
+                 tls: TlsFiles | None = None, insecure: bool = False,
+                 witness: Path | None = None) -> None:
+        """Mutual TLS with `tls` (the network file's); plain text only with `insecure`;
+        `witness` as in `AsyncNetwork`."""
+        self.aio = self.asynchronous(members, timeout, tls=tls, insecure=insecure,
+                                     witness=witness)
         self._thread = _LoopThread(f"bridgestat-{type(self).__name__}-{id(self):x}")
         # A client nobody closed still stops its thread once it is garbage (or at exit).
         self._finalizer = weakref.finalize(self, self._thread.stop, self.aio)
@@ -313,11 +322,13 @@ class Network:
 
     @classmethod
     def from_file(cls, path: str | Path, timeout: float = 10.0, *,
-                  insecure: bool = False) -> Self:
-        """The client of the network file at `path` (members and TLS identity)."""
+                  insecure: bool = False, witness: Path | None = None) -> Self:
+        """The client of the network file at `path` (members and TLS identity); the members'
+        audit heads are witnessed in `witness` (default: `<network>.witness.jsonl` beside it)."""
         spec = load_network(Path(path))
         require_tls(spec.tls, insecure, str(path))
-        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure)
+        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
+                   witness=witness or default_path(Path(path)))
 
     def close(self) -> None:
         """Close the channels and stop the loop thread; harmless when already closed."""

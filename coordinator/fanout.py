@@ -19,6 +19,7 @@ import grpc
 
 from bridgestat.common.headers import MEMBER_HEADER
 from bridgestat.coordinator.network import Member
+from bridgestat.coordinator.witness import Witness
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
@@ -66,9 +67,11 @@ class Fanout:
     """
 
     def __init__(self, members: Sequence[Member],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 witness: Witness | None = None) -> None:
         self.members = tuple(members)
         self.credentials = credentials
+        self.witness = witness  # records the audit heads the answers carry
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.NodeServiceStub]] = {}
 
     def _stub(self, member: Member) -> pb_grpc.NodeServiceStub:
@@ -118,8 +121,14 @@ class Fanout:
         return details
 
     async def call_all(self, call: Call[T], timeout: float = 10.0) -> list[Success[T] | Failure]:
-        """Run `call` against every member concurrently; results in member order."""
-        return list(await asyncio.gather(*(self._one(m, call, timeout) for m in self.members)))
+        """Run `call` against every member concurrently; results in member order. The
+        answers' audit heads go to the witness file (one write for the fan-out)."""
+        outcomes = list(await asyncio.gather(*(self._one(m, call, timeout)
+                                               for m in self.members)))
+        if self.witness is not None:
+            self.witness.observe([(o.member, o.value) for o in outcomes
+                                  if isinstance(o, Success)])
+        return outcomes
 
     async def close(self) -> None:
         for channel, _ in self._stubs.values():

@@ -34,9 +34,10 @@ after a restart if need be) is logged as its release, with the ledger's charge (
 Limits, honestly: a hash chain without a secret proves that the log is internally
 consistent, not who wrote it. Someone who can write the file can rewrite the whole chain,
 or cut entries off its end. `audit verify` therefore also reconciles the log with the budget
-ledger (`ledger_mismatch`: per key and in total, overall and per period) and accepts an
-`--anchor`: a hash printed by an earlier verify and kept elsewhere (a ticket, an e-mail),
-which must still be in the chain.
+ledger (`ledger_mismatch`: per key and in total, overall and per period), and checks the
+chain against heads kept outside the node: the coordinator's witness (every answer carries
+the head; `witnessed`: each must still be in the chain, and the chain must reach the highest)
+or an `--anchor` noted by hand.
 """
 
 from __future__ import annotations
@@ -342,11 +343,15 @@ def lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def verify(path: Path, ledger: Snapshot | None = None, dataset: str = "",
-           anchor: str = "") -> Verification:
+           anchor: str = "", witnessed: Sequence[Head] = ()) -> Verification:
     """Recompute the chain; with `ledger`, reconcile the log with it (`ledger_mismatch`);
-    with `anchor`, check that the hash is in the chain."""
+    with `anchor`, check that the hash is in the chain; with `witnessed` (heads the
+    coordinator saw), check that each is still in the chain and the chain reaches them."""
     head, entries = Head(0, GENESIS), []
     seen_anchor = not anchor
+    expected: dict[int, list[str]] = {}
+    for seen in witnessed:
+        expected.setdefault(seen.seq, []).append(seen.hash)
     numbered = lines(path) if path.exists() else iter([])
     for number, raw in numbered:
         problem = _check_line(number, raw, head)
@@ -355,16 +360,34 @@ def verify(path: Path, ledger: Snapshot | None = None, dataset: str = "",
         entry = json.loads(raw)
         head = Head(entry["seq"], entry["hash"])
         seen_anchor = seen_anchor or head.hash == anchor
+        other = [h for h in expected.get(head.seq, ()) if h != head.hash]
+        if other:
+            return Verification(head.seq - 1, str(entry["prev_hash"]), _rewritten(
+                number, head, other[0]), number)
         entries.append(entry)
     if not seen_anchor:
         return Verification(head.seq, head.hash, f"anchor {anchor} is not in the chain: the "
                             "log was rewritten or cut back since that hash was noted")
+    if expected and max(expected) > head.seq:
+        return Verification(head.seq, head.hash, _cut_back(head, max(expected)))
     if ledger is None:
         return Verification(head.seq, head.hash)
     problem = ledger_mismatch(entries, ledger, dataset)
     held = tuple(c for c in ledger.charges if c.state == "reserved")
     return Verification(head.seq, head.hash, problem, released=released_loss(entries, dataset),
                         held=held)
+
+
+def _rewritten(number: int, head: Head, witnessed: str) -> str:
+    return (f"line {number}: seq {head.seq} has hash {head.hash}, but the coordinator "
+            f"witnessed {witnessed} at that seq: the log was rewritten at or before this "
+            "entry (or replaced by another log)")
+
+
+def _cut_back(head: Head, witnessed: int) -> str:
+    return (f"the chain ends at seq {head.seq}, but the coordinator witnessed seq "
+            f"{witnessed}: entries were cut off the end, or an older log (and ledger) was "
+            "restored")
 
 
 def _check_line(number: int, raw: bytes, head: Head) -> str | None:

@@ -14,6 +14,7 @@ from bridgestat.node.errors import NodeError
 PERIODS = ("year", "quarter", "month")  # ledger.PERIODS (the ledger imports sqlite3 and
 # decimal, a third of --help's start-up); tests/unit/test_cli_imports.py keeps them equal
 if TYPE_CHECKING:
+    from bridgestat.node import audit
     from bridgestat.node.config import NodeConfig
     from bridgestat.node.ledger import Charge, Snapshot
     from bridgestat.node.schema import Schema
@@ -116,7 +117,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     path = audit.audit_path(config)
     ledger = None if args.no_ledger else _ledger_snapshot(config)
-    result = audit.verify(path, ledger, config.budget.dataset, args.anchor)
+    witnessed = _witnessed(args.witness, config.node_id) if args.witness else ()
+    result = audit.verify(path, ledger, config.budget.dataset, args.anchor, witnessed)
     if not result.ok:
         print(f"audit log {path}: {result.problem} ({result.count} entries verified before "
               f"it; last good hash {result.last_hash})")
@@ -125,9 +127,79 @@ def _audit_verify(args: argparse.Namespace) -> int:
         (f"; every committed charge of ledger {config.ledger_path} is logged once as released "
          f"with its loss, and the released entries add up to the ledger's totals, overall "
          f"and per period ({result.released or Loss()}){_held(result.held)}")
+    seen = f"; the {len(witnessed)} heads the coordinator witnessed are in the chain" \
+        if witnessed else ""
     print(f"audit log {path}: {result.count} entries, chain intact, last hash "
-          f"{result.last_hash}{checked}")
+          f"{result.last_hash}{checked}{seen}")
     return 0
+
+
+def _witnessed(path: Path, node_id: str) -> tuple[audit.Head, ...]:
+    """The heads of this node in a coordinator's witness file (lines of others skipped)."""
+    from bridgestat.common import witness
+    from bridgestat.node import audit
+
+    try:
+        seen = witness.of_member(path, node_id)
+    except witness.WitnessError as exc:
+        raise NodeError(str(exc)) from exc
+    if not seen:
+        raise NodeError(f"--witness {path}: no heads witnessed for node {node_id!r} (the "
+                        "coordinator's witness file, or its lines for this node)")
+    return tuple(dict.fromkeys(audit.Head(w.seq, w.hash) for w in seen))  # each head once
+
+
+def _backup(args: argparse.Namespace) -> int:
+    """Copy ledger and audit log consistently while the node serves."""
+    from bridgestat.node import backup
+    from bridgestat.node.config import load_config
+
+    manifest = backup.backup(load_config(args.config), args.out)
+    print(f"backup {args.out}: ledger ({manifest.charges} charges, spent {manifest.spent_loss}: "
+          f"epsilon {manifest.epsilon_spent:.6g}) and audit log (seq {manifest.audit_seq}, "
+          f"hash {manifest.audit_hash}); manifest {args.out / backup.MANIFEST_FILE}")
+    if manifest.verified != "ok":
+        print(f"warning: the copy, like the node, does not pass audit verify: "
+              f"{manifest.verified}", file=sys.stderr)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    """Restore a backup; refused (exit 1) when older than the node or the witness."""
+    from bridgestat.node import backup
+    from bridgestat.node.config import load_config
+
+    try:
+        done = backup.restore(load_config(args.config), args.source, args.witness, args.force)
+    except backup.RestoreRefused as exc:
+        print(f"bridgestat-node: {exc}", file=sys.stderr)
+        return 1
+    for reason in done.overridden:
+        print(f"warning: restored with --force although {reason}", file=sys.stderr)
+    kept = "".join(f"; previous file kept as {path}" for path in done.kept)
+    print(f"restored {args.source} (taken {done.manifest.created}, audit seq "
+          f"{done.manifest.audit_seq}, spent {done.manifest.spent_loss}){kept}")
+    return 0
+
+
+def _add_backup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "copy the ledger and audit log consistently while the node serves"
+    copy = sub.add_parser("backup", help=text, description=text + " (SQLite's online backup; "
+                          "queries wait while the copy is taken).")
+    copy.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    copy.set_defaults(func=_backup)
+    text = "restore a backup (stop the node first)"
+    restore = sub.add_parser("restore", help=text, description=text + ". Refused when the "
+                             "backup is older than the node's own ledger and audit log or than "
+                             "the coordinator's witness: an older ledger forgets spent budget.")
+    restore.add_argument("--from", dest="source", type=Path, required=True,
+                         help="a folder written by `bridgestat-node backup`")
+    restore.add_argument("--witness", type=Path, help="the coordinator's witness file")
+    restore.add_argument("--force", action="store_true",
+                         help="restore even an older backup (says why it would be refused)")
+    restore.set_defaults(func=_restore)
+    for cmd in (copy, restore):
+        cmd.add_argument("--config", type=Path, required=True, help="node config (YAML)")
 
 
 def _held(held: tuple[Charge, ...]) -> str:
@@ -182,6 +254,9 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="do not check the log against the budget ledger")
     verify.add_argument("--anchor", default="", help="a hash printed by an earlier verify and "
                         "kept elsewhere; it must still be in the chain")
+    verify.add_argument("--witness", type=Path, help="a witness file from the coordinator "
+                        "(or its lines for this node): every head witnessed must still be in "
+                        "the chain, and the chain must reach the highest")
     show = actions.add_parser("show", help="queries and loss per caller and period",
                               description="Queries released, replayed, refused and failed, "
                               "and the loss charged, per caller and period (UTC).")
@@ -208,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--max-per-kind", type=int, default=20,
                              help="problems printed per file, column and kind")
     _add_audit(sub)
+    _add_backup(sub)
     return parser
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bridgestat.node.audit import AuditLog, Record, measurement
+from bridgestat.node.audit import AuditLog, Head, Record, measurement
 from bridgestat.node.errors import NodeError, QueryError, QueryInProgress
 from bridgestat.node.frames import CellRows, FloatArray, Frames, IntArray
 from bridgestat.node.ledger import BudgetState, Ledger, Replay
@@ -62,6 +62,7 @@ class Answer:
     budget: BudgetState
     replayed: bool
     pooled_only: bool = False  # the member's policy allows this answer only for pooling
+    audit_head: Head | None = None  # this answer's own audit entry (None: no audit log)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class NodeInfo:
     schema: Schema
     budget: BudgetState
     policy: Policy
+    audit_head: Head | None = None  # the audit log's last entry (None: no audit log)
 
 
 class Engine:
@@ -89,7 +91,8 @@ class Engine:
         self._serialized = lru_cache(maxsize=512)(self._serialize_uncached)
 
     def info(self) -> NodeInfo:
-        return NodeInfo(self.node_id, self.schema, self.ledger.state(), self.policy)
+        head = self.audit.head() if self.audit is not None else None
+        return NodeInfo(self.node_id, self.schema, self.ledger.state(), self.policy, head)
 
     def plan(self, query: QuerySpec) -> Plan:
         return self._compile(query)
@@ -122,9 +125,12 @@ class Engine:
         self._record(Record(caller, self.ledger.dataset, key, query, outcome, shown,
                             error=exc))
 
-    def _record(self, record: Record) -> None:
-        if self.audit is not None:
-            self.audit.append(record)
+    def _record(self, record: Record) -> Head | None:
+        """Append `record`; its entry's (seq, hash) is the head the answer carries."""
+        if self.audit is None:
+            return None
+        entry = self.audit.append(record)
+        return Head(int(entry["seq"]), str(entry["hash"]))
 
     def _measurement(self, query: QuerySpec) -> list[dict[str, Any]]:
         """The audit entry's measurements (copies: the cached ones are shared)."""
@@ -146,10 +152,11 @@ class Engine:
         try:
             self.ledger.commit(key, release.encode())
             self._kill("after-commit")
-            self._log_release(key, query, caller, release, outcome.loss, outcome.charged_at)
+            head = self._log_release(key, query, caller, release, outcome.loss,
+                                     outcome.charged_at)
         finally:
             self._unclaim(key)
-        return self._answer(key, query, release, replayed=False)
+        return self._answer(key, query, release, False, head)
 
     def _replay(self, key: str, query: QuerySpec, caller: str, stored: Replay) -> Answer:
         """Answer from the ledger; the first answer of a charge whose entry was never
@@ -159,15 +166,15 @@ class Engine:
             self._claim(key)
             try:
                 if not self._already_logged(self.audit, key):
-                    self._log_release(key, query, caller, release, stored.loss,
-                                      stored.charged_at)
-                    return self._answer(key, query, release, replayed=True)
+                    head = self._log_release(key, query, caller, release, stored.loss,
+                                             stored.charged_at)
+                    return self._answer(key, query, release, True, head)
             finally:
                 self._unclaim(key)
-        self._record(Record(caller, self.ledger.dataset, key, query, "replayed",
-                            self._measurement(query), release=release,
-                            pooled_only=not self.policy.comparison))
-        return self._answer(key, query, release, replayed=True)
+        head = self._record(Record(caller, self.ledger.dataset, key, query, "replayed",
+                                   self._measurement(query), release=release,
+                                   pooled_only=not self.policy.comparison))
+        return self._answer(key, query, release, True, head)
 
     def _already_logged(self, audit: AuditLog, key: str) -> bool:
         """Whether the log holds `key`'s released entry (a kill between the append and the
@@ -180,17 +187,19 @@ class Engine:
         return False
 
     def _log_release(self, key: str, query: QuerySpec, caller: str, release: Release,
-                     loss: Loss, charged_at: str) -> None:
-        """The released entry, with the charge as the ledger holds it, then the mark."""
-        if self.audit is None:
-            return
-        self.audit.append(Record(caller, self.ledger.dataset, key, query, "released",
-                                 self._measurement(query), loss, release,
-                                 pooled_only=not self.policy.comparison,
-                                 charged_at=charged_at))
+                     loss: Loss, charged_at: str) -> Head | None:
+        """The released entry, with the charge as the ledger holds it, then the mark;
+        returns the entry's head."""
+        head = self._record(Record(caller, self.ledger.dataset, key, query, "released",
+                                   self._measurement(query), loss, release,
+                                   pooled_only=not self.policy.comparison,
+                                   charged_at=charged_at))
+        if head is None:
+            return None
         self._kill("after-audit-append")
         with suppress(sqlite3.Error):  # an unmarked entry is found in the log next time
             self.ledger.mark_logged(key)
+        return head
 
     def _claim(self, key: str) -> None:
         """Only one request of this process writes a key's released entry."""
@@ -208,9 +217,10 @@ class Engine:
         if self._kill_at == point:  # test hook only (BRIDGESTAT_NODE_TEST_KILL_AT)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _answer(self, key: str, query: QuerySpec, release: Release, replayed: bool) -> Answer:
+    def _answer(self, key: str, query: QuerySpec, release: Release, replayed: bool,
+                head: Head | None) -> Answer:
         return Answer(self.node_id, key, query, release, self.ledger.state(), replayed,
-                      pooled_only=not self.policy.comparison)
+                      pooled_only=not self.policy.comparison, audit_head=head)
 
     def _release(self, plan: Plan) -> Release:
         cells = tuple(self._cell(plan, rows) for rows in self.frames.cells(plan))

@@ -438,3 +438,43 @@ class Ledger:
                 return Snapshot(charges, self._spent(db), periods)
             finally:
                 db.execute("COMMIT")
+
+
+# --- backup ----------------------------------------------------------------------------
+
+
+@contextmanager
+def writers_paused(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the ledger's write lock (`BEGIN IMMEDIATE` on a connection of its own) so that no
+    process reserves, commits, cancels or marks a charge meanwhile; readers go on (WAL). The
+    node's writers wait (busy timeout) and resume when it is released."""
+    db = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        finally:
+            db.execute("ROLLBACK")
+    finally:
+        db.close()
+
+
+def unlogged_since(db: sqlite3.Connection, dataset: str, since: str) -> list[str]:
+    """Keys of committed charges committed at or after `since` whose audit mark is not set:
+    those whose released entry may still be on its way to the log."""
+    rows = db.execute("SELECT query_key FROM charge WHERE dataset = ? AND state = 'committed' "
+                      "AND logged = 0 AND committed_at >= ?", (dataset, since))
+    return [str(key) for (key,) in rows]
+
+
+def copy_database(path: Path, target: Path) -> None:
+    """A consistent copy of the ledger at `path` as it is now, by SQLite's online backup API
+    (a read transaction of its own: concurrent writers are neither blocked nor seen)."""
+    source = sqlite3.connect(path, timeout=60)
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)
+        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    finally:
+        copy.close()
+        source.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bridgestat.common import wire
 from bridgestat.common.loss import rho_to_epsilon
+from bridgestat.node.audit import Head
 from bridgestat.node.engine import Answer, NodeInfo
 from bridgestat.node.errors import QueryError
 from bridgestat.node.ledger import BudgetState
@@ -62,7 +63,12 @@ def info_to_pb(info: NodeInfo, software_version: str) -> pb.GetNodeInfoResponse:
     return pb.GetNodeInfoResponse(
         node_id=info.node_id, schema=schema_to_pb(info.schema),
         budget=budget_to_pb(info.budget, info.policy.max_epsilon_per_query),
-        software_version=software_version)
+        software_version=software_version, audit_head=head_to_pb(info.audit_head))
+
+
+def head_to_pb(head: Head | None) -> pb.AuditHead | None:
+    """The audit chain head for the coordinator's witness (None: the field stays unset)."""
+    return None if head is None else pb.AuditHead(seq=head.seq, hash=head.hash)
 
 
 def schema_to_pb(schema: Schema) -> pb.Schema:
@@ -90,7 +96,8 @@ def answer_to_pb(answer: Answer, max_per_query: float) -> pb.RunQueryResponse:
         release=release_to_pb(answer.release),
         charged=charged_to_pb(answer.release, answer.budget.delta),
         budget=budget_to_pb(answer.budget, max_per_query),
-        replayed=answer.replayed, node_id=answer.node_id, pooled_only=answer.pooled_only)
+        replayed=answer.replayed, node_id=answer.node_id, pooled_only=answer.pooled_only,
+        audit_head=head_to_pb(answer.audit_head))
 
 
 def release_to_pb(release: Release) -> pb.Release:

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bridgestat/v1/node_service.proto\x12\rbridgestat.v1\"\x97\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.bridgestat.v1.ColumnType\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65rived\x18\x07 \x01(\x08\"\x8c\x01\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x15.bridgestat.v1.Column\x12 \n\x18max_rows_per_participant\x18\x03 \x01(\r\x12\x15\n\rhas_occasions\x18\x04 \x01(\x08\x12\x14\n\x0cmonth_column\x18\x05 \x01(\t\"M\n\x06Schema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x06tables\x18\x03 \x03(\x0b\x32\x14.bridgestat.v1.Table\":\n\x0bPrivacyLoss\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x0b\n\x03rho\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xd1\x01\n\x06\x42udget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x05spent\x18\x03 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12-\n\tremaining\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12\x31\n\rmax_per_query\x18\x05 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\"\x14\n\x12GetNodeInfoRequest\"\x8e\x01\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\x06schema\x18\x02 \x01(\x0b\x32\x15.bridgestat.v1.Schema\x12%\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x18\n\x10software_version\x18\x04 \x01(\t\"L\n\x08Occasion\x12\x14\n\x0ctarget_month\x18\x01 \x01(\x05\x12\x14\n\x0cwindow_lower\x18\x02 \x01(\x05\x12\x14\n\x0cwindow_upper\x18\x03 \x01(\x05\"0\n\x0e\x43\x61tegoryFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"Y\n\x0bRangeFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x12\n\x05lower\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_lowerB\x08\n\x06_upper\"p\n\x06\x46ilter\x12\x31\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32\x1d.bridgestat.v1.CategoryFilterH\x00\x12+\n\x05range\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.RangeFilterH\x00\x42\x06\n\x04kind\"\xfb\x02\n\x05Query\x12+\n\tstatistic\x18\x01 \x01(\x0e\x32\x18.bridgestat.v1.Statistic\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.bridgestat.v1.Filter\x12\x10\n\x08group_by\x18\x05 \x03(\t\x12(\n\x04loss\x18\x06 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x08occasion\x18\x07 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x08 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x11\n\tbin_edges\x18\t \x03(\x01\x12#\n\x04\x63lip\x18\n \x01(\x0b\x32\x15.bridgestat.v1.Bounds\x12\x10\n\x08quantile\x18\x0b \x01(\x01\x12\"\n\x05terms\x18\x0c \x03(\x0b\x32\x13.bridgestat.v1.Term\"&\n\x06\x42ounds\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\"\xa3\x01\n\x04Term\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12)\n\x08occasion\x18\x02 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x03 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12#\n\x04\x63lip\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Bounds\"O\n\x0fRunQueryRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\"t\n\nNoisyValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bnoise_scale\x18\x03 \x01(\x01\x12\x16\n\x0enoise_variance\x18\x04 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x0b\n\x03rho\x18\x06 \x01(\x01\"+\n\nGroupValue\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"o\n\x04\x43\x65ll\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12)\n\x06values\x18\x02 \x03(\x0b\x32\x19.bridgestat.v1.NoisyValue\x12\x12\n\nsuppressed\x18\x03 \x01(\x08\"\xb2\x01\n\x07Release\x12\"\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x13.bridgestat.v1.Cell\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x11\n\tmechanism\x18\x05 \x01(\t\x12*\n\x0bterm_bounds\x18\x06 \x03(\x0b\x32\x15.bridgestat.v1.Bounds\x12\x16\n\x0emin_group_size\x18\x07 \x01(\x01\"\x85\x02\n\x10RunQueryResponse\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\'\n\x07release\x18\x03 \x01(\x0b\x32\x16.bridgestat.v1.Release\x12+\n\x07\x63harged\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x13\n\x0bpooled_only\x18\x08 \x01(\x08*\xa3\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OLUMN_TYPE_KEY\x10\x01\x12\x17\n\x13\x43OLUMN_TYPE_INTEGER\x10\x02\x12\x14\n\x10\x43OLUMN_TYPE_REAL\x10\x03\x12\x17\n\x13\x43OLUMN_TYPE_BOOLEAN\x10\x04\x12\x1b\n\x17\x43OLUMN_TYPE_CATEGORICAL\x10\x05*\xbb\x01\n\tStatistic\x12\x19\n\x15STATISTIC_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATISTIC_COUNT\x10\x01\x12\x12\n\x0eSTATISTIC_MEAN\x10\x02\x12\x17\n\x13STATISTIC_HISTOGRAM\x10\x03\x12\x1b\n\x17STATISTIC_PAIRED_CHANGE\x10\x04\x12\x16\n\x12STATISTIC_QUANTILE\x10\x05\x12\x1c\n\x18STATISTIC_CROSS_PRODUCTS\x10\x06\x32\xb0\x01\n\x0bNodeService\x12T\n\x0bGetNodeInfo\x12!.bridgestat.v1.GetNodeInfoRequest\x1a\".bridgestat.v1.GetNodeInfoResponse\x12K\n\x08RunQuery\x12\x1e.bridgestat.v1.RunQueryRequest\x1a\x1f.bridgestat.v1.RunQueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bridgestat/v1/node_service.proto\x12\rbridgestat.v1\"\x97\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.bridgestat.v1.ColumnType\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65rived\x18\x07 \x01(\x08\"\x8c\x01\n\x05Table\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x15.bridgestat.v1.Column\x12 \n\x18max_rows_per_participant\x18\x03 \x01(\r\x12\x15\n\rhas_occasions\x18\x04 \x01(\x08\x12\x14\n\x0cmonth_column\x18\x05 \x01(\t\"M\n\x06Schema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x06tables\x18\x03 \x03(\x0b\x32\x14.bridgestat.v1.Table\":\n\x0bPrivacyLoss\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x0b\n\x03rho\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xd1\x01\n\x06\x42udget\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x05spent\x18\x03 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12-\n\tremaining\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12\x31\n\rmax_per_query\x18\x05 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\"\x14\n\x12GetNodeInfoRequest\"\xbc\x01\n\x13GetNodeInfoResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12%\n\x06schema\x18\x02 \x01(\x0b\x32\x15.bridgestat.v1.Schema\x12%\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x18\n\x10software_version\x18\x04 \x01(\t\x12,\n\naudit_head\x18\x05 \x01(\x0b\x32\x18.bridgestat.v1.AuditHead\"&\n\tAuditHead\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\"L\n\x08Occasion\x12\x14\n\x0ctarget_month\x18\x01 \x01(\x05\x12\x14\n\x0cwindow_lower\x18\x02 \x01(\x05\x12\x14\n\x0cwindow_upper\x18\x03 \x01(\x05\"0\n\x0e\x43\x61tegoryFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"Y\n\x0bRangeFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x12\n\x05lower\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x08\n\x06_lowerB\x08\n\x06_upper\"p\n\x06\x46ilter\x12\x31\n\x08\x63\x61tegory\x18\x01 \x01(\x0b\x32\x1d.bridgestat.v1.CategoryFilterH\x00\x12+\n\x05range\x18\x02 \x01(\x0b\x32\x1a.bridgestat.v1.RangeFilterH\x00\x42\x06\n\x04kind\"\xfb\x02\n\x05Query\x12+\n\tstatistic\x18\x01 \x01(\x0e\x32\x18.bridgestat.v1.Statistic\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.bridgestat.v1.Filter\x12\x10\n\x08group_by\x18\x05 \x03(\t\x12(\n\x04loss\x18\x06 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12)\n\x08occasion\x18\x07 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x08 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x11\n\tbin_edges\x18\t \x03(\x01\x12#\n\x04\x63lip\x18\n \x01(\x0b\x32\x15.bridgestat.v1.Bounds\x12\x10\n\x08quantile\x18\x0b \x01(\x01\x12\"\n\x05terms\x18\x0c \x03(\x0b\x32\x13.bridgestat.v1.Term\"&\n\x06\x42ounds\x12\r\n\x05lower\x18\x01 \x01(\x01\x12\r\n\x05upper\x18\x02 \x01(\x01\"\xa3\x01\n\x04Term\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12)\n\x08occasion\x18\x02 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12)\n\x08\x62\x61seline\x18\x03 \x01(\x0b\x32\x17.bridgestat.v1.Occasion\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12#\n\x04\x63lip\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Bounds\"O\n\x0fRunQueryRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\"t\n\nNoisyValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x13\n\x0bnoise_scale\x18\x03 \x01(\x01\x12\x16\n\x0enoise_variance\x18\x04 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\x01\x12\x0b\n\x03rho\x18\x06 \x01(\x01\"+\n\nGroupValue\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"o\n\x04\x43\x65ll\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12)\n\x06values\x18\x02 \x03(\x0b\x32\x19.bridgestat.v1.NoisyValue\x12\x12\n\nsuppressed\x18\x03 \x01(\x08\"\xb2\x01\n\x07Release\x12\"\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x13.bridgestat.v1.Cell\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x11\n\tmechanism\x18\x05 \x01(\t\x12*\n\x0bterm_bounds\x18\x06 \x03(\x0b\x32\x15.bridgestat.v1.Bounds\x12\x16\n\x0emin_group_size\x18\x07 \x01(\x01\"\xb3\x02\n\x10RunQueryResponse\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12#\n\x05query\x18\x02 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\'\n\x07release\x18\x03 \x01(\x0b\x32\x16.bridgestat.v1.Release\x12+\n\x07\x63harged\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.PrivacyLoss\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.bridgestat.v1.Budget\x12\x10\n\x08replayed\x18\x06 \x01(\x08\x12\x0f\n\x07node_id\x18\x07 \x01(\t\x12\x13\n\x0bpooled_only\x18\x08 \x01(\x08\x12,\n\naudit_head\x18\t \x01(\x0b\x32\x18.bridgestat.v1.AuditHead*\xa3\x01\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43OLUMN_TYPE_KEY\x10\x01\x12\x17\n\x13\x43OLUMN_TYPE_INTEGER\x10\x02\x12\x14\n\x10\x43OLUMN_TYPE_REAL\x10\x03\x12\x17\n\x13\x43OLUMN_TYPE_BOOLEAN\x10\x04\x12\x1b\n\x17\x43OLUMN_TYPE_CATEGORICAL\x10\x05*\xbb\x01\n\tStatistic\x12\x19\n\x15STATISTIC_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTATISTIC_COUNT\x10\x01\x12\x12\n\x0eSTATISTIC_MEAN\x10\x02\x12\x17\n\x13STATISTIC_HISTOGRAM\x10\x03\x12\x1b\n\x17STATISTIC_PAIRED_CHANGE\x10\x04\x12\x16\n\x12STATISTIC_QUANTILE\x10\x05\x12\x1c\n\x18STATISTIC_CROSS_PRODUCTS\x10\x06\x32\xb0\x01\n\x0bNodeService\x12T\n\x0bGetNodeInfo\x12!.bridgestat.v1.GetNodeInfoRequest\x1a\".bridgestat.v1.GetNodeInfoResponse\x12K\n\x08RunQuery\x12\x1e.bridgestat.v1.RunQueryRequest\x1a\x1f.bridgestat.v1.RunQueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridgestat.v1.node_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COLUMNTYPE']._serialized_start=2590
-  _globals['_COLUMNTYPE']._serialized_end=2753
-  _globals['_STATISTIC']._serialized_start=2756
-  _globals['_STATISTIC']._serialized_end=2943
+  _globals['_COLUMNTYPE']._serialized_start=2722
+  _globals['_COLUMNTYPE']._serialized_end=2885
+  _globals['_STATISTIC']._serialized_start=2888
+  _globals['_STATISTIC']._serialized_end=3075
   _globals['_COLUMN']._serialized_start=52
   _globals['_COLUMN']._serialized_end=203
   _globals['_TABLE']._serialized_start=206
@@ -48,33 +48,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETNODEINFOREQUEST']._serialized_start=699
   _globals['_GETNODEINFOREQUEST']._serialized_end=719
   _globals['_GETNODEINFORESPONSE']._serialized_start=722
-  _globals['_GETNODEINFORESPONSE']._serialized_end=864
-  _globals['_OCCASION']._serialized_start=866
-  _globals['_OCCASION']._serialized_end=942
-  _globals['_CATEGORYFILTER']._serialized_start=944
-  _globals['_CATEGORYFILTER']._serialized_end=992
-  _globals['_RANGEFILTER']._serialized_start=994
-  _globals['_RANGEFILTER']._serialized_end=1083
-  _globals['_FILTER']._serialized_start=1085
-  _globals['_FILTER']._serialized_end=1197
-  _globals['_QUERY']._serialized_start=1200
-  _globals['_QUERY']._serialized_end=1579
-  _globals['_BOUNDS']._serialized_start=1581
-  _globals['_BOUNDS']._serialized_end=1619
-  _globals['_TERM']._serialized_start=1622
-  _globals['_TERM']._serialized_end=1785
-  _globals['_RUNQUERYREQUEST']._serialized_start=1787
-  _globals['_RUNQUERYREQUEST']._serialized_end=1866
-  _globals['_NOISYVALUE']._serialized_start=1868
-  _globals['_NOISYVALUE']._serialized_end=1984
-  _globals['_GROUPVALUE']._serialized_start=1986
-  _globals['_GROUPVALUE']._serialized_end=2029
-  _globals['_CELL']._serialized_start=2031
-  _globals['_CELL']._serialized_end=2142
-  _globals['_RELEASE']._serialized_start=2145
-  _globals['_RELEASE']._serialized_end=2323
-  _globals['_RUNQUERYRESPONSE']._serialized_start=2326
-  _globals['_RUNQUERYRESPONSE']._serialized_end=2587
-  _globals['_NODESERVICE']._serialized_start=2946
-  _globals['_NODESERVICE']._serialized_end=3122
+  _globals['_GETNODEINFORESPONSE']._serialized_end=910
+  _globals['_AUDITHEAD']._serialized_start=912
+  _globals['_AUDITHEAD']._serialized_end=950
+  _globals['_OCCASION']._serialized_start=952
+  _globals['_OCCASION']._serialized_end=1028
+  _globals['_CATEGORYFILTER']._serialized_start=1030
+  _globals['_CATEGORYFILTER']._serialized_end=1078
+  _globals['_RANGEFILTER']._serialized_start=1080
+  _globals['_RANGEFILTER']._serialized_end=1169
+  _globals['_FILTER']._serialized_start=1171
+  _globals['_FILTER']._serialized_end=1283
+  _globals['_QUERY']._serialized_start=1286
+  _globals['_QUERY']._serialized_end=1665
+  _globals['_BOUNDS']._serialized_start=1667
+  _globals['_BOUNDS']._serialized_end=1705
+  _globals['_TERM']._serialized_start=1708
+  _globals['_TERM']._serialized_end=1871
+  _globals['_RUNQUERYREQUEST']._serialized_start=1873
+  _globals['_RUNQUERYREQUEST']._serialized_end=1952
+  _globals['_NOISYVALUE']._serialized_start=1954
+  _globals['_NOISYVALUE']._serialized_end=2070
+  _globals['_GROUPVALUE']._serialized_start=2072
+  _globals['_GROUPVALUE']._serialized_end=2115
+  _globals['_CELL']._serialized_start=2117
+  _globals['_CELL']._serialized_end=2228
+  _globals['_RELEASE']._serialized_start=2231
+  _globals['_RELEASE']._serialized_end=2409
+  _globals['_RUNQUERYRESPONSE']._serialized_start=2412
+  _globals['_RUNQUERYRESPONSE']._serialized_end=2719
+  _globals['_NODESERVICE']._serialized_start=3078
+  _globals['_NODESERVICE']._serialized_end=3254
 # @@protoc_insertion_point(module_scope)

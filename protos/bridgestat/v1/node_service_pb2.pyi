@@ -110,16 +110,26 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetNodeInfoResponse(_message.Message):
-    __slots__ = ("node_id", "schema", "budget", "software_version")
+    __slots__ = ("node_id", "schema", "budget", "software_version", "audit_head")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     schema: Schema
     budget: Budget
     software_version: str
-    def __init__(self, node_id: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., software_version: _Optional[str] = ...) -> None: ...
+    audit_head: AuditHead
+    def __init__(self, node_id: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., software_version: _Optional[str] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...
+
+class AuditHead(_message.Message):
+    __slots__ = ("seq", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., hash: _Optional[str] = ...) -> None: ...
 
 class Occasion(_message.Message):
     __slots__ = ("target_month", "window_lower", "window_upper")
@@ -268,7 +278,7 @@ class Release(_message.Message):
     def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., mechanism: _Optional[str] = ..., term_bounds: _Optional[_Iterable[_Union[Bounds, _Mapping]]] = ..., min_group_size: _Optional[float] = ...) -> None: ...
 
 class RunQueryResponse(_message.Message):
-    __slots__ = ("idempotency_key", "query", "release", "charged", "budget", "replayed", "node_id", "pooled_only")
+    __slots__ = ("idempotency_key", "query", "release", "charged", "budget", "replayed", "node_id", "pooled_only", "audit_head")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +287,7 @@ class RunQueryResponse(_message.Message):
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     POOLED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     query: Query
     release: Release
@@ -285,4 +296,5 @@ class RunQueryResponse(_message.Message):
     replayed: bool
     node_id: str
     pooled_only: bool
-    def __init__(self, idempotency_key: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., charged: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., replayed: _Optional[bool] = ..., node_id: _Optional[str] = ..., pooled_only: _Optional[bool] = ...) -> None: ...
+    audit_head: AuditHead
+    def __init__(self, idempotency_key: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., charged: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., replayed: _Optional[bool] = ..., node_id: _Optional[str] = ..., pooled_only: _Optional[bool] = ..., audit_head: _Optional[_Union[AuditHead, _Mapping]] = ...) -> None: ...

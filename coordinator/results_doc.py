@@ -209,6 +209,7 @@ class AnalysisDoc(DocModel):
     audience: str | None = None
     kind: str | None = None
     spec: dict[str, Any] = Field(default_factory=dict)  # the study file's analysis, echoed
+    column_bounds: tuple[float, float] | None = None  # the schema's [lower, upper] of `column`
     tables: list[TableDoc] = Field(default_factory=list)
     plots: list[PlotDoc] = Field(default_factory=list)
     meta: list[MetaDoc] = Field(default_factory=list)

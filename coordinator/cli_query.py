@@ -64,7 +64,15 @@ def occasion(text: str) -> Occasion:
 
 
 def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",")]
+    """Comma-separated parts; a comma inside brackets belongs to its part, so that a bin's
+    label such as '[1.2, 4]' stays one category."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "[(") - (char in "])")
+        if char == "," and depth <= 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [part.strip() for part in [*parts, text[start:]]]
 
 
 def _numbers(text: str) -> list[float | str]:
@@ -294,9 +302,9 @@ def print_tables(found: Sequence[Table], notes: Sequence[str], style: str) -> No
 
     if style == "json":
         if len(found) == 1:
-            print(found[0][2].to_json(orient="records", indent=2))
+            print(_json(found[0][2], indent=2))
         else:
-            print(json.dumps({_unique(found, i): json.loads(f.to_json(orient="records"))
+            print(json.dumps({_unique(found, i): json.loads(_json(f))
                               for i, (_, _, f) in enumerate(found)}, indent=2))
     elif style == "csv":
         if len(found) == 1:
@@ -315,6 +323,11 @@ def print_tables(found: Sequence[Table], notes: Sequence[str], style: str) -> No
         for note in notes:
             if note.startswith("meta-analysis not possible"):
                 print(f"bridgestat: {note}", file=sys.stderr)
+
+
+def _json(frame: pd.DataFrame, indent: int = 0) -> str:
+    """Records with 15 decimals (pandas' default 10 would round small SEs)."""
+    return frame.to_json(orient="records", indent=indent, double_precision=15)
 
 
 def _unique(found: Sequence[Table], index: int) -> str:

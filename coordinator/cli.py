@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bridgestat.coordinator import cli_query  # the kinds' arguments: a static table, no pydantic
 
 # Only the standard library at import time: `bridgestat --help` must start fast. pandas,
 # grpc, cryptography, scipy and matplotlib are imported by the commands that use them.
@@ -14,12 +16,13 @@ if TYPE_CHECKING:
 
     from bridgestat.coordinator.api import Network
     from bridgestat.coordinator.client import CallLog
-    from bridgestat.coordinator.query import Occasion
 
 EXIT_OK = 0  # every member answered
 EXIT_USAGE = 2  # a usage, file or input error (argparse's own usage errors too)
 EXIT_PARTIAL = 3  # some members failed; the rest were pooled
 EXIT_NONE = 4  # no member answered, or every member refused
+EXIT_PIPE = 141  # stdout's reader went away (128 + SIGPIPE, as the shell reports it)
+LANGUAGES = ("en", "nl")  # the reports' languages (coordinator/i18n.py)
 CERT_WARN_DAYS = 30  # common.certs.WARN_DAYS (cryptography is not imported for --help);
 # tests/unit/test_cli_imports.py keeps them equal
 EXIT_CODES = """exit codes (info, query, study run):
@@ -67,59 +70,25 @@ def _info(args: argparse.Namespace) -> int:
     return _exit_code(log)
 
 
-def _occasion(text: str | None) -> Occasion | None:
-    """'12' (window +-3), '12:9-15', or 'intake'."""
-    from bridgestat.coordinator.query import Occasion
-
-    if text is None:
-        return None
-    if text == "intake":
-        return Occasion(0, 0, 0)
-    try:
-        target, _, window = text.partition(":")
-        if not window:
-            return Occasion.month(int(target), 3)
-        low, _, high = window.partition("-")
-        return Occasion(int(target), int(low), int(high))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"occasion must be MONTH, MONTH:LOW-HIGH or intake, got {text!r}") from None
-
-
-def _where(items: list[str]) -> dict[str, list[str]]:
-    where = {}
-    for item in items:
-        column, sep, values = item.partition("=")
-        if not sep or not values:
-            raise argparse.ArgumentTypeError(f"--where needs column=v1,v2, got {item!r}")
-        where[column] = values.split(",")
-    return where
-
-
 def _query(args: argparse.Namespace) -> int:
-    from bridgestat.coordinator.query import Occasion
-
-    occasion = _occasion(args.occasion)
-    baseline = _occasion(args.baseline) or Occasion(0, 0, 0)
-    common: dict[str, Any] = {"epsilon": args.epsilon, "where": _where(args.where),
-                              "group_by": args.group_by}
+    """Run one analysis kind (`cli_query` reads its arguments); validated before anything is
+    sent, so a refused value spends nothing."""
+    if args.network is None:  # may stand before or after KIND, so argparse cannot require it
+        raise argparse.ArgumentTypeError("query: the following arguments are required: "
+                                         "--network")
+    kind, params = cli_query.params(args)
+    planned = kind.plan(params)  # a kind's own refusal (ValueError) comes before any query
     with _network(args) as net, net.recording() as log:
-        if args.statistic == "count":
-            frame = net.count(args.table, occasion=occasion, **common)
-        elif args.statistic == "mean":
-            frame = net.mean(args.table, args.column, occasion=occasion, **common)
-        elif args.statistic == "histogram":
-            frame = net.histogram(args.table, args.column, occasion=occasion,
-                                  bin_edges=args.bins, **common)
-        elif args.statistic == "proportion":
-            frame = net.proportion(args.table, args.column, args.categories, occasion=occasion,
-                                   bin_edges=args.bins, **common)
-        else:  # channels open on the first call: nothing was sent before this refusal
-            if occasion is None:
-                raise argparse.ArgumentTypeError("paired_change needs --occasion")
-            frame = net.paired_change(args.table, args.column, occasion=occasion,
-                                      baseline=baseline, **common)
-    _print_frame(frame, args.output)
+        results = [net.run(q.query, cli_query.key_of(args.key, q, len(planned) == 1))
+                   for q in planned]
+    try:
+        found, notes = cli_query.output(kind, params, results, args.meta)
+    except ValueError as exc:  # no table without answers: the failures say why
+        if all(call.answered for call in log.calls):
+            raise
+        print(f"bridgestat: no table: {exc}", file=sys.stderr)
+        return _exit_code(log)
+    cli_query.print_tables(found, notes, args.output)
     return _exit_code(log)
 
 
@@ -166,15 +135,30 @@ def _study_run(args: argparse.Namespace) -> int:
     return code
 
 
-def _report_from(results: Path, out: Path) -> Path:
+def _report_from(results: Path, out: Path, lang: str = "en") -> Path:
     from bridgestat.coordinator import report  # matplotlib only when a report is written
+    from bridgestat.coordinator.results_doc import load_results
 
-    return report.write_report(report.load_results(results), out)
+    return report.write_report(load_results(results), out, lang=lang)
 
 
 def _report(args: argparse.Namespace) -> int:
-    out = args.out or args.results.with_name("report.html")
-    print(f"wrote {_report_from(args.results, out)}")
+    """The network's report, or with --member one member's (HTML, and PDF with --pdf)."""
+    if args.member is None:
+        if args.pdf:
+            raise argparse.ArgumentTypeError("report: --pdf needs --member (the network "
+                                             "report is HTML only)")
+        out = args.out or args.results.with_name("report.html")
+        print(f"wrote {_report_from(args.results, out, args.lang)}")
+        return 0
+    from bridgestat.coordinator.member_report import write_member_report
+    from bridgestat.coordinator.results_doc import load_results
+
+    out = args.out or args.results.parent
+    html = write_member_report(load_results(args.results), args.member, args.lang, out,
+                               pdf=args.pdf)
+    pdf = f" and {html.with_suffix('.pdf')}" if args.pdf else ""
+    print(f"wrote {html}{pdf}")
     return 0
 
 
@@ -232,30 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="every member: reachable, schema, budget",
                           epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    query = sub.add_parser("query", help="run one query on every member and pool it",
-                           epilog=EXIT_CODES,
+    query = sub.add_parser("query", help="run one analysis (KIND) on every member and pool "
+                           "it", description="Run one analysis kind on every member and pool "
+                           "it: `bridgestat query KIND --help` lists its arguments. The "
+                           "options below may also follow KIND.", epilog=EXIT_CODES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    for cmd in (info, query):
-        cmd.add_argument("--network", type=Path, required=True, help="network file (YAML)")
-        cmd.add_argument("--timeout", type=float, default=10.0, help="deadline per call (s)")
-        output = cmd.add_mutually_exclusive_group()
-        output.add_argument("--json", dest="output", action="store_const", const="json",
-                            default="table", help="print JSON records")
-        output.add_argument("--csv", dest="output", action="store_const", const="csv",
-                            help="print CSV (a header row, then one row per member)")
-        _insecure_flag(cmd)
+    _network_options(info, suppress=False, required=True)
     info.set_defaults(func=_info)
-    query.add_argument("statistic", choices=["count", "mean", "histogram", "proportion",
-                                             "paired_change"])
-    query.add_argument("table")
-    query.add_argument("column", nargs="?", default="")
-    query.add_argument("--epsilon", type=float, default=0.5, help="loss to spend per member")
-    query.add_argument("--where", action="append", default=[], metavar="COL=V1,V2")
-    query.add_argument("--group-by", action="append", default=[], metavar="COL")
-    query.add_argument("--occasion", help="MONTH (window +-3), MONTH:LOW-HIGH, or intake")
-    query.add_argument("--baseline", help="baseline occasion of a paired change (intake)")
-    query.add_argument("--bins", type=float, nargs="*", default=[], help="numeric bin edges")
-    query.add_argument("--categories", nargs="*", default=[], help="categories of a proportion")
+    _network_options(query, suppress=False)
+    cli_query.add_shared(query, suppress=False)
+    cli_query.add_parsers(query, _query_options, EXIT_CODES)
     query.set_defaults(func=_query)
 
     syn = sub.add_parser("synth", help="write a synthetic network with known truth")
@@ -284,9 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "nodes already answered is replayed, free")
             cmd.add_argument("--report", action="store_true", help="also write report.html")
 
-    rep = sub.add_parser("report", help="write the HTML report of saved study results")
+    rep = sub.add_parser("report", help="write the HTML report of saved study results",
+                         description="The network's report of a study run (report.html), or "
+                         "with --member a member's own short report (member-NAME.html, and "
+                         "its PDF with --pdf). Nothing is queried: no budget is spent.")
     rep.add_argument("results", type=Path, help="results.json of a study run")
-    rep.add_argument("--out", type=Path, help="HTML file (default: report.html beside it)")
+    rep.add_argument("--out", type=Path, help="HTML file or folder (default: report.html, or "
+                     "member-NAME.html, beside the results)")
+    rep.add_argument("--lang", choices=LANGUAGES, default="en", help="language (default: en)")
+    rep.add_argument("--member", metavar="NAME", help="a member's report instead of the "
+                     "network's")
+    rep.add_argument("--pdf", action="store_true", help="with --member: also print the PDF "
+                     "beside the HTML (needs chromium)")
     rep.set_defaults(func=_report)
 
     demo = sub.add_parser("demo", help="local network + the standard effect study + report")
@@ -379,6 +358,33 @@ def _coordinator_serve(args: argparse.Namespace) -> int:
     hub.serve(args.network, args.listen, tuple(args.allow or hub.DEFAULT_ALLOW),
               insecure=args.insecure, grace=args.grace)
     return 0
+
+
+def _network_options(cmd: argparse.ArgumentParser, suppress: bool,
+                     required: bool = False) -> None:
+    """--network, --timeout, --json/--csv and --insecure. With `suppress` (a query kind's own
+    parser) they have no defaults, so that given before KIND they are not overwritten."""
+    default = argparse.SUPPRESS if suppress else None
+    cmd.add_argument("--network", type=Path, required=required, default=default,
+                     help="network file (YAML)")
+    cmd.add_argument("--timeout", type=float, default=argparse.SUPPRESS if suppress else 10.0,
+                     help="deadline per call (s)")
+    output = cmd.add_mutually_exclusive_group()
+    output.add_argument("--json", dest="output", action="store_const", const="json",
+                        default=argparse.SUPPRESS if suppress else "table",
+                        help="print JSON records (several tables: an object of them by name)")
+    output.add_argument("--csv", dest="output", action="store_const", const="csv",
+                        default=argparse.SUPPRESS,
+                        help="print CSV (a header row, then one row per member; several "
+                        "tables: a leading `table` column)")
+    cmd.add_argument("--insecure", action="store_true",
+                     default=argparse.SUPPRESS if suppress else False,
+                     help="allow plain text when the network file has no tls (local demos)")
+
+
+def _query_options(cmd: argparse.ArgumentParser, suppress: bool) -> None:
+    _network_options(cmd, suppress)
+    cli_query.add_shared(cmd, suppress)
 
 
 def _insecure_flag(cmd: argparse.ArgumentParser) -> None:
@@ -493,14 +499,38 @@ def _ca_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command; `bridgestat ... | head -1` ends quietly when the reader stops."""
+    try:
+        try:
+            code = _run(argv)
+        finally:  # also after --help's SystemExit: a closed pipe shows here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_gone()
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        raise
     except (argparse.ArgumentTypeError, ValueError, RuntimeError, TimeoutError,
-            OSError) as exc:  # NetworkFileError and StudyError are ValueErrors
+            OSError) as exc:  # NetworkFileError, StudyError and ReportError are ValueErrors
         print(f"bridgestat: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _reader_gone() -> int:
+    """The reader of stdout closed it (`| head -1`): point stdout at /dev/null so that the
+    interpreter's final flush does not fail again, and exit as a process ended by SIGPIPE."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 
@@ -43,7 +43,13 @@ Outcome = Success[T] | Failure
 Call = Callable[[pb_grpc.NodeServiceStub, float], Awaitable[T]]
 
 
-class MemberHeader(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+if TYPE_CHECKING:  # grpc-stubs makes the interceptor generic; at runtime it is a plain ABC
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.aio.UnaryUnaryClientInterceptor
+
+
+class MemberHeader(_Interceptor):
     """Names the member in every call's metadata, for the hub to route it."""
 
     def __init__(self, member: str) -> None:
@@ -54,7 +60,11 @@ class MemberHeader(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
                                     request: Any) -> Any:
         metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
         metadata.add(MEMBER_HEADER, self.member)
-        return await continuation(client_call_details._replace(metadata=metadata), request)
+        details = grpc.aio.ClientCallDetails(  # the same call, with the member's header
+            method=client_call_details.method, timeout=client_call_details.timeout,
+            metadata=metadata, credentials=client_call_details.credentials,
+            wait_for_ready=client_call_details.wait_for_ready)
+        return await continuation(details, request)
 
 
 class Fanout:
@@ -83,7 +93,8 @@ class Fanout:
     def _channel(self, member: Member) -> grpc.aio.Channel:
         """The node's own channel, or (connect mode) one to the hub naming the member."""
         name = member.hub.name if member.hub else member.name
-        interceptors = [MemberHeader(member.name)] if member.hub else None
+        # grpc-stubs leaves the interceptors' element type for the caller to choose (Any)
+        interceptors: list[Any] | None = [MemberHeader(member.name)] if member.hub else None
         if self.credentials is None:
             return grpc.aio.insecure_channel(member.address, interceptors=interceptors)
         return grpc.aio.secure_channel(member.address, self.credentials,
@@ -132,5 +143,5 @@ class Fanout:
 
     async def close(self) -> None:
         for channel, _ in self._stubs.values():
-            await channel.close()
+            await channel.close(grace=None)
         self._stubs.clear()

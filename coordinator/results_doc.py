@@ -58,6 +58,15 @@ def finite(value: Any) -> float | None:
 # -- the document, as `study.run` writes it ---------------------------------------------------
 
 
+def _bounds(value: object) -> list[float] | None:
+    """A column's [lower, upper] (numbers), or None when the run did not save it."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or not all(map(is_number, value)):
+        raise ValueError(f"must be [lower, upper], two numbers, got {value!r}")
+    return [float(v) for v in value]
+
+
 def _analysis_id(value: object) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError(f"must be a non-empty string without spaces, got {shown(value)}")
@@ -78,6 +87,7 @@ def _format(value: object) -> str:
 
 
 Number = float | None  # NaN and infinities pass: `finite` draws them as missing
+Bounds = Annotated[list[float] | None, PlainValidator(_bounds)]
 AnalysisId = Annotated[str, PlainValidator(_analysis_id),
                        WithJsonSchema({"type": "string", "pattern": r"^\S+$"})]
 PlotKind = Annotated[str, PlainValidator(_plot_kind),
@@ -209,6 +219,7 @@ class AnalysisDoc(DocModel):
     audience: str | None = None
     kind: str | None = None
     spec: dict[str, Any] = Field(default_factory=dict)  # the study file's analysis, echoed
+    column_bounds: Bounds = None  # the schema's [lower, upper] of `column` (figures.public_range)
     tables: list[TableDoc] = Field(default_factory=list)
     plots: list[PlotDoc] = Field(default_factory=list)
     meta: list[MetaDoc] = Field(default_factory=list)

@@ -15,8 +15,8 @@ import datetime as _dt
 import json
 import math
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from bridgestat.coordinator.studyfile import (
     MemberCost,
     Study,
     StudyError,
+    TableInfo,
     check_affordable,
     check_against,
     check_per_query,
@@ -52,6 +53,7 @@ class StudyPlan:
     budgets: tuple[MemberBudget, ...]
     costs: tuple[MemberCost, ...]
     unreachable: dict[str, str]
+    tables: Mapping[str, TableInfo] = field(default_factory=dict)  # the members' schema
 
     def format(self) -> str:
         lines = [f"Study {self.study.name}: {len(self.study.analyses)} analyses", "",
@@ -85,13 +87,14 @@ def plan(study: Study, net: Network) -> StudyPlan:
     if len(versions) > 1:
         raise StudyError(f"members publish different schemas ({', '.join(sorted(versions))})")
     first = next(iter(reachable.values()))
-    check_against(study, schema_tables(first.schema))
+    schema = schema_tables(first.schema)
+    check_against(study, schema)
     budgets = tuple(MemberBudget(m, i.budget.total.epsilon, i.budget.spent.epsilon,
                                  i.budget.spent.rho, i.budget.total.delta or 1e-6,
                                  i.budget.max_per_query.epsilon)
                     for m, i in reachable.items())
     check_per_query(study, budgets)
-    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable)
+    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable, schema)
 
 
 # -- running --------------------------------------------------------------------------------
@@ -121,7 +124,8 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         echo(f"\n-- [{a.index + 1}/{len(study.analyses)}] {a.id}: {a.title}")
         output = run_analysis(net, a, f"{run_id}:{a.id}")
         _progress(output, echo)
-        results.add(_analysis_doc(a, output, doc["members"]))
+        bounds = column_bounds(a, checked.tables)
+        results.add(_analysis_doc(a, output, doc["members"], bounds))
         results.save()
     doc["budget"] = _budget(checked, net, doc["budget_before"])
     results.save()
@@ -284,10 +288,22 @@ def _meta(out: Output, frame: pd.DataFrame, label: str) -> None:
 # -- the results document ---------------------------------------------------------------------
 
 
-def _analysis_doc(a: Analysis, output: Output, members: list[str]) -> dict[str, Any]:
+def column_bounds(a: Analysis, schema: Mapping[str, TableInfo]) -> list[float] | None:
+    """The schema's [lower, upper] of the analysis's numeric column (public; the report hides
+    estimates whose interval is wider than the range they can take), or None."""
+    table = schema.get(str(getattr(a.params, "table", "")))
+    column = table.columns.get(str(getattr(a.params, "column", ""))) if table else None
+    if column is None or not column.numeric or not column.lower < column.upper:
+        return None
+    return [float(column.lower), float(column.upper)]
+
+
+def _analysis_doc(a: Analysis, output: Output, members: list[str],
+                  bounds: list[float] | None = None) -> dict[str, Any]:
+    extra = {} if bounds is None else {"column_bounds": bounds}
     return {
         "id": a.id, "number": a.number, "title": a.title, "description": a.description,
-        "audience": a.audience, "kind": a.statistic, "spec": _plain(dict(a.spec)),
+        "audience": a.audience, "kind": a.statistic, "spec": _plain(dict(a.spec)), **extra,
         "tables": [{"name": n, "caption": c, "columns": [str(x) for x in f.columns],
                     "rows": _records(f)} for n, c, f in output.tables],
         "plots": output.plots, "meta": output.meta, "regression": output.regression,

@@ -35,3 +35,9 @@ def test_the_audit_periods_offered_are_the_ledgers() -> None:
 
 def test_the_certificate_warning_named_in_help_is_the_checks() -> None:
     assert coordinator_cli.CERT_WARN_DAYS == WARN_DAYS
+
+
+def test_the_report_languages_offered_are_the_translations() -> None:
+    from bridgestat.coordinator.i18n import LANGUAGES
+
+    assert coordinator_cli.LANGUAGES == LANGUAGES

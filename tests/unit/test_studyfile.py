@@ -103,9 +103,9 @@ def test_duplicate_ids_and_bad_files_are_refused(tmp_path: Path) -> None:
         parse_study(doc, "study.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("analyses: [1, 2\n", encoding="utf-8")
-    with pytest.raises(StudyError, match=f"{bad}: the study file is not valid YAML"):
+    with pytest.raises(StudyError, match=f"{bad}: cannot read study file: not valid YAML"):
         load_study(bad)
-    with pytest.raises(StudyError, match="cannot read the study file"):
+    with pytest.raises(StudyError, match="cannot read study file"):
         load_study(tmp_path / "missing.yaml")
 
 

@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	PYTHON=$(PY) sh scripts/typecheck
 
-test: $(STAMP) chromium postgresql containers
+test: $(STAMP) lint chromium postgresql containers
 	$(PY) -m pytest -q -ra
 
 protos: $(STAMP)

@@ -201,7 +201,18 @@ def _info_row(member: str, info: pb.GetNodeInfoResponse | Failure) -> dict[str, 
             "epsilon_total": budget.total.epsilon,
             "rho_spent": budget.spent.rho, "delta": budget.total.delta,
             "max_epsilon_per_query": budget.max_per_query.epsilon,
+            **_period_columns(budget),
             "software": info.software_version, "status": "ok"}
+
+
+def _period_columns(budget: pb.Budget) -> dict[str, Any]:
+    """The current period's cap, spent and left when the member's policy sets one."""
+    if not budget.HasField("period"):
+        return {"period": None, "period_epsilon_spent": None, "period_epsilon_remaining": None}
+    period = budget.period
+    return {"period": f"{period.period} {period.name}",
+            "period_epsilon_spent": period.spent.epsilon,
+            "period_epsilon_remaining": period.remaining.epsilon}
 
 
 class _LoopThread:

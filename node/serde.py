@@ -43,12 +43,21 @@ def query_to_pb(query: QuerySpec) -> pb.Query:
 def budget_to_pb(state: BudgetState, max_per_query: float) -> pb.Budget:
     """Spent and remaining as the (epsilon, delta) guarantee; spent.rho is the zCDP part."""
     delta = state.delta
-    return pb.Budget(dataset=state.dataset,
-                     total=pb.PrivacyLoss(epsilon=float(state.total), delta=delta),
-                     spent=pb.PrivacyLoss(epsilon=float(state.spent),
-                                          rho=float(state.spent_loss.rho), delta=delta),
-                     remaining=pb.PrivacyLoss(epsilon=float(state.remaining), delta=delta),
-                     max_per_query=pb.PrivacyLoss(epsilon=max_per_query, delta=delta))
+    budget = pb.Budget(dataset=state.dataset,
+                       total=pb.PrivacyLoss(epsilon=float(state.total), delta=delta),
+                       spent=pb.PrivacyLoss(epsilon=float(state.spent),
+                                            rho=float(state.spent_loss.rho), delta=delta),
+                       remaining=pb.PrivacyLoss(epsilon=float(state.remaining), delta=delta),
+                       max_per_query=pb.PrivacyLoss(epsilon=max_per_query, delta=delta))
+    period_left = state.period_remaining
+    if state.period is not None and period_left is not None:
+        budget.period.CopyFrom(pb.BudgetPeriod(
+            period=state.period.period, name=state.period_name,
+            total=pb.PrivacyLoss(epsilon=float(state.period.epsilon), delta=delta),
+            spent=pb.PrivacyLoss(epsilon=float(state.period_spent),
+                                 rho=float(state.period_spent_loss.rho), delta=delta),
+            remaining=pb.PrivacyLoss(epsilon=float(period_left), delta=delta)))
+    return budget
 
 
 def charged_to_pb(release: Release, delta: float) -> pb.PrivacyLoss:

@@ -58,11 +58,23 @@ class MemberView:
     left: float = 0.0
     spent_rho: float = 0.0
     max_per_query: float = 0.0
+    period: str = ""  # the policy's calendar period (year, quarter, month), if capped
+    period_name: str = ""  # the current one, e.g. 2026-Q4
+    period_total: float = 0.0
+    period_spent: float = 0.0
+    period_left: float = 0.0
 
     @property
     def used_share(self) -> float:
         """Share of the budget spent, for the bar (0-1)."""
         return min(1.0, max(0.0, self.spent / self.total)) if self.total > 0 else 0.0
+
+    @property
+    def period_used_share(self) -> float:
+        """Share of the current period's cap spent, for its bar (0-1)."""
+        if self.period_total <= 0:
+            return 0.0
+        return min(1.0, max(0.0, self.period_spent / self.period_total))
 
 
 class Contacts:
@@ -103,10 +115,13 @@ class Contacts:
                 rows.append(MemberView(m.name, mode, m.address, False, contact, problem))
                 continue
             b = info.budget
+            p = b.period if b.HasField("period") else None
             rows.append(MemberView(
                 m.name, mode, m.address, True, contact, "", info.software_version,
                 f"{info.schema.name} {info.schema.version}", b.dataset, b.total.epsilon,
-                b.spent.epsilon, b.remaining.epsilon, b.spent.rho, b.max_per_query.epsilon))
+                b.spent.epsilon, b.remaining.epsilon, b.spent.rho, b.max_per_query.epsilon,
+                p.period if p else "", p.name if p else "", p.total.epsilon if p else 0.0,
+                p.spent.epsilon if p else 0.0, p.remaining.epsilon if p else 0.0))
         return rows
 
 

@@ -10,6 +10,7 @@ still pools them.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import subprocess
@@ -146,6 +147,10 @@ def test_the_yearly_cap_refuses_naming_its_rule(members: TwoMembers) -> None:
     assert info.budget.spent.epsilon == pytest.approx(2.0)
     assert info.budget.remaining.epsilon == pytest.approx(0.5)  # the year's rest binds
     assert info.budget.total.epsilon == 8.0  # the policy's total, tighter than the config's
+    period = info.budget.period  # the current year's cap, for the coordinator's workspace
+    assert (period.period, period.total.epsilon) == ("year", 2.5)
+    assert period.name == str(datetime.datetime.now(datetime.UTC).year)
+    assert (period.spent.epsilon, period.remaining.epsilon) == pytest.approx((2.0, 0.5))
     result = _node_cli("budget", "--config", str(members.configs["member-01"]))
     assert result.returncode == 0, result.stderr
     assert "spent epsilon 2 of 8, remaining 6" in result.stdout

@@ -92,18 +92,34 @@ class PrivacyLoss(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., rho: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("dataset", "total", "spent", "remaining", "max_per_query")
+    __slots__ = ("dataset", "total", "spent", "remaining", "max_per_query", "period")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     MAX_PER_QUERY_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     total: PrivacyLoss
     spent: PrivacyLoss
     remaining: PrivacyLoss
     max_per_query: PrivacyLoss
-    def __init__(self, dataset: _Optional[str] = ..., total: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., spent: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., remaining: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., max_per_query: _Optional[_Union[PrivacyLoss, _Mapping]] = ...) -> None: ...
+    period: BudgetPeriod
+    def __init__(self, dataset: _Optional[str] = ..., total: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., spent: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., remaining: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., max_per_query: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., period: _Optional[_Union[BudgetPeriod, _Mapping]] = ...) -> None: ...
+
+class BudgetPeriod(_message.Message):
+    __slots__ = ("period", "name", "total", "spent", "remaining")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    name: str
+    total: PrivacyLoss
+    spent: PrivacyLoss
+    remaining: PrivacyLoss
+    def __init__(self, period: _Optional[str] = ..., name: _Optional[str] = ..., total: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., spent: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., remaining: _Optional[_Union[PrivacyLoss, _Mapping]] = ...) -> None: ...
 
 class GetNodeInfoRequest(_message.Message):
     __slots__ = ()

@@ -40,7 +40,7 @@ weights make the problem non-convex: scipy's SLSQP refines the closed form, star
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import lru_cache
@@ -177,6 +177,8 @@ class PlanItem:
         if self.kind is Kind.RISK_DIFFERENCE:
             return math.sqrt((self.share * (1 - self.share)
                               + self.share_other * (1 - self.share_other)) / 2)
+        if self.kind is Kind.GAUSSIAN and self.sd is not None:
+            return self.sd
         return 1.0
 
 
@@ -639,7 +641,8 @@ def numerical(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
     if not pure:
         return first
     k_members = len(budgets)
-    x0 = np.array([first.losses[i.name][k] for i in pure for k in range(k_members)])
+    x0 = np.array([first.losses[i.name][k] for i in pure for k in range(k_members)],
+                  dtype=np.float64)
     left = [b.epsilon - _rho_epsilon(math.fsum(first.losses[i.name][k] for i in items if i.rho),
                                      b.delta) if any(i.rho for i in items) else b.epsilon
             for k, b in enumerate(budgets)]
@@ -649,11 +652,14 @@ def numerical(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
         value, grad = _total(pure, x, k_members)
         return value / scale, grad / scale
 
-    constraints = [{"type": "ineq", "fun": _budget_fun(k, k_members, left[k]),
-                    "jac": _budget_jac(k, k_members)} for k in range(k_members)]
-    bounds = [(MIN_LOSS, budgets[k].cap) for _ in pure for k in range(k_members)]
-    result = optimize.minimize(fun, x0, jac=True, method="SLSQP", bounds=bounds,
-                               constraints=constraints, options={"maxiter": 500, "ftol": 1e-14})
+    rows = np.zeros((k_members, len(x0)))
+    for k in range(k_members):
+        rows[k, k::k_members] = 1.0
+    budget = optimize.LinearConstraint(rows, -np.inf, np.array(left))
+    caps = np.array([budgets[k].cap for _ in pure for k in range(k_members)])
+    result = optimize.minimize(fun, x0, jac=True, method="SLSQP",
+                               bounds=optimize.Bounds(np.full(len(x0), MIN_LOSS), caps),
+                               constraints=budget, options={"maxiter": 500, "ftol": 1e-14})
     x = result.x if fun(result.x)[0] <= fun(x0)[0] and _feasible(result.x, left, k_members) \
         else x0
     losses = dict(first.losses)
@@ -664,18 +670,6 @@ def numerical(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
 
 def _feasible(x: Floats, left: Sequence[float], k_members: int) -> bool:
     return all(float(np.sum(x[k::k_members])) <= left[k] * (1 + 1e-9) for k in range(k_members))
-
-
-def _budget_fun(k: int, k_members: int, budget: float) -> Callable[[Floats], float]:
-    return lambda x: budget - float(np.sum(x[k::k_members]))
-
-
-def _budget_jac(k: int, k_members: int) -> Callable[[Floats], Floats]:
-    def jac(x: Floats) -> Floats:
-        g = np.zeros_like(x)
-        g[k::k_members] = -1.0
-        return g
-    return jac
 
 
 def optimise(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
@@ -701,13 +695,14 @@ def simple_slope_item(name: str, sizes: Sequence[float], x_bounds: tuple[float, 
     product units). Delta method on b = S_xy,c / S_xx,c with S_xx,c ~ N var(u_x): the DP
     variance of the scaled slope is about v_e (1 + b_s^2) / (N var(u_x))^2 (the noise in the
     centring sums is of lower order), times (H_y / H_x)^2 in the variable's units. The sampling
-    variance is sd_residual^2 / (N sd_x^2). The slope is the item's scale unit (scale 1)."""
+    variance is sd_residual^2 / (N sd_x^2). The objective weighs it in units of
+    sd_residual / sd_x (a slope of one residual SD per SD of x)."""
     hx, hy = (x_bounds[1] - x_bounds[0]) / 2, (y_bounds[1] - y_bounds[0]) / 2
     entries = (n_terms + 2) * (n_terms + 1) / 2
     n = math.fsum(sizes)
     var_ux = (sd_x / hx) ** 2
     b_s = slope * hx / hy
     per_member = entries / 2 * (1 + b_s**2) * (hy / hx) ** 2 / (n * var_ux) ** 2
-    return PlanItem(name, Kind.GAUSSIAN, tuple(sizes), weight=weight,
+    return PlanItem(name, Kind.GAUSSIAN, tuple(sizes), weight=weight, sd=sd_residual / sd_x,
                     sampling_variance=sd_residual**2 / (n * sd_x**2),
                     dp_coefficients=tuple(per_member for _ in sizes))

@@ -154,6 +154,9 @@ class Settings:
     rho: float = 0.5
     replicates: int = 300
     workers: int = 2
+    epsilon_small: float = 0.3  # the small networks: paired change only (d_z flag, tau2)
+    pilot: tuple[int, float] = (2, 150.0)  # members, participants each
+    tiny: tuple[int, float] = (5, 40.0)
 
 
 @dataclass(frozen=True)
@@ -567,6 +570,60 @@ def slope_outcomes(releases: Sequence[MemberRelease], truth: float, replicates: 
             _interval("slope_ols", truth, coef.estimate, Z95 * coef.se_ols)]
 
 
+def d_z_outcomes(prefix: str, releases: Sequence[MemberRelease], truth: float) -> list[Outcome]:
+    """Pooled d_z with the flag of `pooling.d_z_flag`: `{prefix}` on every network (not
+    estimable: no interval), and the same outcome again under `{prefix}_flagged` or
+    `{prefix}_unflagged` (a network whose s^2 came out <= 0 is counted as flagged: the flag
+    depends on public metadata and the noisy count only, and it is computed for it too)."""
+    half = (CHANGE_CLIP[1] - CHANGE_CLIP[0]) / 2
+    stats_k = mean_stats(releases)
+    pooled = pooling.MeanStats(pooling.sum_noisy([s.count for s in stats_k]),
+                               pooling.sum_noisy([s.sum for s in stats_k]),
+                               pooling.sum_noisy([s.sum_squares for s in stats_k]), 0.0)
+    flagged = pooling.d_z_flag(pooled.count.value, pooled.sum_squares.variance, half) is not None
+    found = from_estimate(prefix, truth,
+                          lambda: pooling.pooled_change(stats_k, half_width=half).d_z,
+                          contrast=False)[0]
+    return [found, replace(found, key=f"{prefix}_{'flagged' if flagged else 'unflagged'}")]
+
+
+def tau2_outcome(key: str, releases: Sequence[MemberRelease], truth: float) -> Outcome:
+    """The Q-profile interval for tau2 from the members' mean changes."""
+    try:
+        members = member_changes(releases)
+        result = meta_analysis([e.estimate for e in members], [e.se**2 for e in members])
+    except (PoolingError, MetaError):
+        return Outcome(key, truth)
+    assert result.tau2_ci is not None
+    return Outcome(key, truth, result.tau2, *result.tau2_ci)
+
+
+def tau2_truth(model: Model = MODEL) -> float:
+    """Variance of the member effects a_k (normal truncated at +- tau_bound tau)."""
+    bound = model.tau_bound * model.tau
+    return float(truncated_normal(0.0, model.tau, -bound, bound).var())
+
+
+def small_networks(rng: np.random.Generator, settings: Settings, folder: Path
+                   ) -> list[Outcome]:
+    """Pilot (2 x 150) at epsilon_small and at epsilon, members of 40 at epsilon_small:
+    the paired change only; flagged / unflagged d_z and the tau2 interval."""
+    out: list[Outcome] = []
+    small = replace(settings, epsilon=settings.epsilon_small)
+    for name, (k, size), eps_settings in (("pilot", settings.pilot, small),
+                                          ("pilot_eps1", settings.pilot, settings),
+                                          ("tiny", settings.tiny, small)):
+        draws = tuple(replace(d, expected_size=size)
+                      for d in draw_network(rng, k, heterogeneous=True))
+        truth = network_truth(draws)
+        released = run_members(draws, {"change": change_query(eps_settings)}, name, rng,
+                               folder).releases["change"]
+        out += d_z_outcomes(f"dz_{name}", released, truth.d_z)
+        if k > 2:
+            out.append(tau2_outcome(f"tau2_{name}", released, tau2_truth()))
+    return out
+
+
 # --------------------------------------------------------------------------- one network
 
 
@@ -592,12 +649,16 @@ def simulate_network(index: int, settings: Settings, workdir: Path | None = None
         released = run_members(main, queries(settings), "main", rng, folder)
         fe = run_members(homogeneous, change_only, "fe", rng, folder).releases["change"]
         re = run_members(wide, change_only, "re", rng, folder).releases["change"]
+        small = small_networks(rng, settings, folder)
     by_query = released.releases
     outcomes = [*main_outcomes(by_query, truth, sum(released.sizes), settings),
                 *meta_outcomes("fe", fe, MODEL.change_mean, fixed=True),
                 *meta_outcomes("re", by_query["change"], MODEL.change_mean, fixed=False),
                 *meta_outcomes(f"re{settings.members_re}", re, MODEL.change_mean, fixed=False),
-                *slope_outcomes(by_query["dose"], MODEL.slope, settings.replicates, index)]
+                *slope_outcomes(by_query["dose"], MODEL.slope, settings.replicates, index),
+                tau2_outcome("tau2_re", by_query["change"], tau2_truth()),
+                tau2_outcome(f"tau2_re{settings.members_re}", re, tau2_truth()),
+                *small]
     return NetworkResult(index, tuple(outcomes))
 
 
@@ -678,7 +739,30 @@ def quantities(settings: Settings) -> tuple[Quantity, ...]:
                  "population OLS slope"),
         Quantity("slope_ols", "  same, textbook OLS SE (no DP term)", "population OLS slope",
                  contrast=True),
+        Quantity("tau2_re", f"tau2 Q-profile (heterog., K={k}, eps {eps:g})",
+                 "variance of member effects"),
+        Quantity(f"tau2_re{k_re}", f"tau2 Q-profile (heterog., K={k_re}, eps {eps:g})",
+                 "variance of member effects"),
+        *small_quantities(settings),
     )
+
+
+def small_quantities(settings: Settings) -> tuple[Quantity, ...]:
+    """Rows of the small networks (d_z all / flagged / unflagged; tau2)."""
+    target = "pop. mean change / pop. SD"
+    rows: list[Quantity] = []
+    for name, (k, size), eps in (("pilot", settings.pilot, settings.epsilon_small),
+                                 ("pilot_eps1", settings.pilot, settings.epsilon),
+                                 ("tiny", settings.tiny, settings.epsilon_small)):
+        label = f"d_z, {k} x {size:g} members, eps {eps:g}"
+        rows += [Quantity(f"dz_{name}", label, target),
+                 Quantity(f"dz_{name}_unflagged", "  unflagged", target),
+                 Quantity(f"dz_{name}_flagged", "  flagged (SD not well determined)", target,
+                          contrast=True)]
+        if k > 2:
+            rows.append(Quantity(f"tau2_{name}", f"tau2 Q-profile, {k} x {size:g}, eps {eps:g}",
+                                 "variance of member effects"))
+    return tuple(rows)
 
 
 @dataclass(frozen=True)

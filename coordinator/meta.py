@@ -16,6 +16,11 @@ tau2) and a random-effects mean that allows them to differ.
   SE^2 = sum w* (theta - theta_RE)^2 / ((K-1) sum w*), t interval on K-1 df.
 - Prediction interval for a new member's true effect (Higgins, Thompson & Spiegelhalter 2009):
   theta_RE +- t_{K-2} sqrt(tau2 + SE_RE^2) with the Wald SE_RE; needs K >= 3.
+- Confidence interval for tau2 by the Q-profile method (Viechtbauer 2007), as metafor's
+  `confint(rma(...))`: the generalised Q(tau2) = sum w(tau2) (theta - theta(tau2))^2 with
+  w(tau2) = 1/(v + tau2) falls monotonically in tau2; the bounds solve Q(tau2) =
+  chi2_{K-1} quantiles (1+level)/2 (lower) and (1-level)/2 (upper), each set to 0 when
+  Q(0) is already below its quantile.
 
 With few members tau2 is poorly estimated and the Wald random-effects interval is too narrow;
 the result then carries a warning, and the HKSJ interval is the one to read.
@@ -28,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
+from scipy import optimize, stats
 
 FEW_MEMBERS = 10
 """Below this many members the result warns that tau2 and the Wald RE interval are unreliable."""
@@ -116,6 +121,7 @@ class MetaResult:
     prediction: tuple[float, float] | None
     level: float
     warnings: tuple[str, ...]
+    tau2_ci: tuple[float, float] | None = None  # Q-profile interval (None in older documents)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (floats, ints, str, lists, dicts, None): json.dumps-ready."""
@@ -138,6 +144,7 @@ class MetaResult:
             "prediction": None if self.prediction is None else list(self.prediction),
             "level": self.level,
             "warnings": list(self.warnings),
+            "tau2_ci": None if self.tau2_ci is None else list(self.tau2_ci),
         }
 
     @classmethod
@@ -160,6 +167,10 @@ def _result_from_dict(doc: Mapping[str, Any]) -> MetaResult:
     if prediction is not None:
         low, high = _floats(prediction)
         prediction = (low, high)
+    tau2_ci = doc.get("tau2_ci")
+    if tau2_ci is not None:
+        low, high = _floats(tau2_ci)
+        tau2_ci = (low, high)
     return MetaResult(
         k=int(doc["k"]),
         labels=tuple(str(s) for s in doc["labels"]),
@@ -179,6 +190,7 @@ def _result_from_dict(doc: Mapping[str, Any]) -> MetaResult:
         prediction=prediction,
         level=float(doc["level"]),
         warnings=tuple(str(s) for s in doc["warnings"]),
+        tau2_ci=tau2_ci,
     )
 
 
@@ -303,6 +315,35 @@ def prediction_interval(
     return theta_re - half, theta_re + half
 
 
+def generalised_q(tau2: float, estimates: Sequence[float], variances: Sequence[float]) -> float:
+    """Q(tau2) = sum w (theta - theta_w)^2 with w = 1/(v + tau2) (Q at tau2 = 0)."""
+    w = [1 / (v + tau2) for v in variances]
+    return _weighted_ss(w, estimates, _weighted_mean(w, estimates))
+
+
+def _q_root(estimates: Sequence[float], variances: Sequence[float], target: float) -> float:
+    """The tau2 >= 0 where Q(tau2) = target (0 if Q(0) <= target); Q falls in tau2."""
+    def gap(t: float) -> float:
+        return generalised_q(t, estimates, variances) - target
+
+    if gap(0.0) <= 0:
+        return 0.0
+    spread = max(estimates) - min(estimates)
+    high = max(spread**2, max(variances))
+    while gap(high) > 0:
+        high *= 2
+    return float(optimize.brentq(gap, 0.0, high, xtol=1e-14, rtol=1e-12))
+
+
+def tau2_interval(estimates: Sequence[float], variances: Sequence[float],
+                  level: float = 0.95) -> tuple[float, float]:
+    """Q-profile confidence interval for tau2 (Viechtbauer 2007; metafor's `confint`)."""
+    df = len(estimates) - 1
+    low = _q_root(estimates, variances, float(stats.chi2.ppf((1 + level) / 2, df)))
+    high = _q_root(estimates, variances, float(stats.chi2.ppf((1 - level) / 2, df)))
+    return low, high
+
+
 def _warnings(k: int) -> tuple[str, ...]:
     """Plain-language caveats that depend on the number of members."""
     notes: list[str] = []
@@ -381,4 +422,5 @@ def meta_analysis(
         prediction=prediction_interval(theta_re, se_re, tau2, k, level),
         level=level,
         warnings=_warnings(k),
+        tau2_ci=tau2_interval(theta, v, level),
     )

@@ -43,6 +43,7 @@ from bridgestat.coordinator.meta import (
     Pooled,
     dl_tau2,
     meta_analysis,
+    tau2_interval,
 )
 
 REL = 1e-8  # relative agreement required with statsmodels
@@ -288,3 +289,39 @@ def test_default_labels_and_weights_sum_to_one() -> None:
     assert res.labels == ("0", "1", "2", "3", "4")
     assert math.isclose(sum(res.weights_fixed), 1.0) and math.isclose(sum(res.weights_random), 1.0)
     assert res.estimates == tuple(HETEROGENEOUS["five"][0])
+
+
+# Printed by tests/fixtures/tau2_qprofile.R (metafor 3.8.1, R 4.2.2): confint(rma(y, v,
+# method = "DL"), level)$random["tau^2", c("ci.lb", "ci.ub")], the Q-profile interval.
+METAFOR_TAU2_CI = [
+    ("five", 0.95, 0, 0.196308987322),
+    ("five", 0.90, 0, 0.127843459039),
+    ("seven_unequal", 0.95, 0.00339260875621, 0.133688834421),
+    ("seven_unequal", 0.90, 0.00461484802395, 0.0979300932158),
+    ("twelve", 0.95, 0, 0.0770866556841),
+    ("twelve", 0.90, 0, 0.0595656344635),
+    ("two", 0.95, 0, 45.8066221374),
+    ("two", 0.90, 0, 11.4291500048),
+    ("homogeneous", 0.95, 0, 0),
+    ("homogeneous", 0.90, 0, 0),
+]
+
+
+@pytest.mark.parametrize(("name", "level", "low", "high"), METAFOR_TAU2_CI)
+def test_tau2_interval_agrees_with_metafor(name: str, level: float, low: float,
+                                           high: float) -> None:
+    """Q-profile bounds to metafor's printed 12 significant digits (its root finder's own
+    tolerance set to 1e-12 in the script)."""
+    estimates, variances = HETEROGENEOUS.get(name, HOMOGENEOUS)
+    result = meta_analysis(estimates, variances, level=level)
+    assert result.tau2_ci == pytest.approx((low, high), rel=1e-8, abs=1e-12)
+    assert result.tau2_ci == tau2_interval(estimates, variances, level)
+    assert result.tau2_ci[0] <= result.tau2 or result.tau2_ci[0] == 0
+
+
+def test_tau2_interval_survives_the_round_trip_and_old_documents() -> None:
+    result = meta_analysis(*HETEROGENEOUS["five"])
+    assert MetaResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    old = result.to_dict()
+    del old["tau2_ci"]
+    assert MetaResult.from_dict(old).tau2_ci is None

@@ -140,7 +140,7 @@ def check_query(query: QuerySpec, engine: Engine, params: SecAggParams) -> tuple
     # cells, bounds. Its measurements are never run; the noise is the secure share's.
     proxy = query if gaussian else replace(query, epsilon=policy.max_epsilon_per_query, rho=0.0)
     plan = engine.plan(proxy)
-    layout = _layout(plan, params, len(plan.cells) or 1)
+    layout = _layout(plan, params, len(plan.cells) or 1, query.rho)
     charged = rho_to_epsilon(layout.noise.rho_network, policy.delta)
     if charged > policy.max_epsilon_per_query:
         raise PolicyError("query.loss.rho", f"policy rule budget.max_epsilon_per_query: rho "
@@ -150,7 +150,7 @@ def check_query(query: QuerySpec, engine: Engine, params: SecAggParams) -> tuple
     return plan, layout
 
 
-def _layout(plan: Plan, params: SecAggParams, n_cells: int) -> Layout:
+def _layout(plan: Plan, params: SecAggParams, n_cells: int, rho: float) -> Layout:
     stat = plan.query.statistic
     groups = plan.cells or ((),)
     half = (plan.upper - plan.lower) / 2
@@ -172,7 +172,7 @@ def _layout(plan: Plan, params: SecAggParams, n_cells: int) -> Layout:
         raise QueryError("query.group_by", f"the secure vector has {dim} values, more than "
                          f"{sa.MAX_DIM}")
     try:
-        sigma = sigma_for_rho(delta, plan.query.rho, params.honest, dim=dim)
+        sigma = sigma_for_rho(delta, rho, params.honest, dim=dim)
         noise = account(params.threshold, params.colluding, delta, sigma, dim)
     except DistributedDpError as exc:
         raise QueryError("query.loss.rho", str(exc)) from None

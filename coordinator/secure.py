@@ -145,10 +145,8 @@ class SecureDriver:
         self.members = tuple(sorted(members, key=lambda m: m.name))
         self.settings, self.timeout = settings, timeout
         self.ca = x509.load_pem_x509_certificate(tls.ca.read_bytes()) if tls else None
-        credentials = tls.channel_credentials() if tls else None
-        self._channels = {m.name: _channel(m, credentials) for m in self.members}
-        self._stubs = {name: spb_grpc.SecureAggregationServiceStub(channel)
-                       for name, channel in self._channels.items()}
+        self._credentials = tls.channel_credentials() if tls else None
+        self._channels: dict[str, grpc.aio.Channel] = {}  # opened on the loop of the first call
 
     @property
     def warning(self) -> str:
@@ -247,7 +245,7 @@ class SecureDriver:
                      ) -> dict[str, T]:
         """One round, concurrently, each call with the deadline; failures are dropped."""
         async def one(member: str) -> tuple[str, T | None]:
-            stub = self._stubs[member]
+            stub = self.stub(member)
             try:
                 if per_member:
                     return member, await call(stub, self.timeout, m=member)
@@ -260,9 +258,17 @@ class SecureDriver:
         outcomes = await asyncio.gather(*(one(m) for m in members))
         return {m: v for m, v in outcomes if v is not None}
 
+    def stub(self, member: str) -> spb_grpc.SecureAggregationServiceStub:
+        """The member's stub; its channel opens on the running loop at first use."""
+        if member not in self._channels:
+            found = next(m for m in self.members if m.name == member)
+            self._channels[member] = _channel(found, self._credentials)
+        return spb_grpc.SecureAggregationServiceStub(self._channels[member])
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+        self._channels.clear()
 
 
 def _why(dropped: Mapping[str, str]) -> str:

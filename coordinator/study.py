@@ -264,7 +264,8 @@ def run_analysis(net: Network, a: Analysis, key: str) -> Output:
     """Run the analysis's queries (keys `<key>:0`, `<key>:1`, ...) and build its output; with
     `meta: true`, meta-analyse the members' estimates."""
     run = net.run_secure if getattr(a.params, "secure", False) else net.run
-    results = [run(planned.query, f"{key}:{planned.suffix}") for planned in a.plan()]
+    results: list[Any] = [run(planned.query, f"{key}:{planned.suffix}")
+                          for planned in a.plan()]
     output = a.kind.output(a.params, results, a.title)
     if a.meta:
         for label, frame in a.kind.meta_frames(a.params, output, a.title):

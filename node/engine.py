@@ -262,9 +262,10 @@ def exact_cell_sums(plan: Plan, rows: CellRows) -> tuple[tuple[str, int], ...]:
     if stat is Statistic.CROSS_PRODUCTS:
         matrix = rows.values
         complete = matrix[~np.isnan(matrix).any(axis=1)]
-        u = [None, *((np.clip(complete[:, t], term.lower, term.upper)
-                      - (term.lower + term.upper) / 2) / ((term.upper - term.lower) / 2)
-                     for t, term in enumerate(plan.terms))]
+        u: list[FloatArray | None] = [None]
+        for t, term in enumerate(plan.terms):
+            centred = np.clip(complete[:, t], term.lower, term.upper) - (term.lower + term.upper) / 2
+            u.append(np.asarray(centred / ((term.upper - term.lower) / 2), dtype=np.float64))
         out = []
         for component in plan.components:
             i, j = (int(k) for k in component.name[3:-1].split(","))

@@ -33,9 +33,10 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -59,6 +60,7 @@ from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.node.secagg_member import SecAggMember, secure_input
 
 SESSION_SECONDS = 300.0
+_T = TypeVar("_T")
 SUMS = (Statistic.COUNT, Statistic.HISTOGRAM, Statistic.MEAN, Statistic.PAIRED_CHANGE,
         Statistic.CROSS_PRODUCTS)
 
@@ -339,7 +341,7 @@ class SecureNode:
 
     # -- sessions ------------------------------------------------------------------------------
 
-    def _protocol(self, s: Session, step: Any) -> Any:
+    def _protocol(self, s: Session, step: Callable[[], _T]) -> _T:
         """Run one round of the member state machine; an abort drops the session."""
         try:
             return step()

@@ -294,3 +294,46 @@ def test_killed_members_between_rounds(tmp_path: Path) -> None:
             assert math.isclose(middle[member] - before[member], done.rho, rel_tol=1e-6)
             # the masked input left the node before the abort: the charge stays
             assert math.isclose(after[member] - middle[member], done.rho, rel_tol=1e-6)
+
+
+def test_refused_queries_name_the_field_and_spend_nothing(network: LocalNetwork) -> None:
+    quantile = Query("quantile", "assessment", "bridge_total", 0.5, quantile=0.5,
+                     bin_edges=(10.0, 20.0, 30.0))
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        result = _run(_driver(network), quantile, "refused-1")
+        too_much = _run(_driver(network), Query("count", "participant", "", 50.0), "refused-2")
+        after = _rho_spent(net)
+    assert result.aborted.startswith("advertise: no member answered")
+    assert all("INVALID_ARGUMENT: query.statistic: a quantile is not a sum"
+               in why for why in result.dropped.values()), result.dropped
+    assert all("PERMISSION_DENIED: query.loss.rho: policy rule budget.max_epsilon_per_query"
+               in why for why in too_much.dropped.values()), too_much.dropped
+    assert after == before
+
+
+def test_network_file_secure_section(tmp_path: Path, network: LocalNetwork) -> None:
+    from bridgestat.coordinator.network import NetworkFileError, SecureSettings
+
+    text = network.network.read_text()
+    path = network.root / "network-secure.yaml"
+    path.write_text(text + "secure: {threshold: 5, colluding: 2}\n")
+    assert load_network(path).secure_settings == SecureSettings(5, 2)
+    assert load_network(network.network).secure_settings == SecureSettings(4, 1)  # defaults
+    path.write_text(text + "secure: {threshold: 2}\n")
+    with pytest.raises(NetworkFileError, match=r"secure\.threshold: t = 2 must satisfy K/2 < t"):
+        load_network(path)
+    path.write_text(text + "secure: {threshold: 4, colluding: 4}\n")
+    with pytest.raises(NetworkFileError, match=r"secure\.colluding: c = 4 must be below t = 4"):
+        load_network(path)
+
+
+def test_connect_mode_members_are_refused_with_a_clear_message(network: LocalNetwork) -> None:
+    from bridgestat.coordinator.network import Hub, Member
+    from bridgestat.coordinator.secure import SecureError
+
+    spec = load_network(network.network)
+    members = [*spec.members[:4], Member("member-05", "127.0.0.1:1", Hub("127.0.0.1:1"))]
+    with pytest.raises(SecureError, match="member-05 are connect-mode .via: hub.; the hub "
+                                          "does not relay secure aggregation yet"):
+        SecureDriver(members, spec.tls, spec.secure_settings)

@@ -22,6 +22,7 @@ import concurrent.futures
 import functools
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -33,9 +34,16 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, Self, TypeVar
 import pandas as pd
 
 from bridgestat.coordinator.fanout import Failure, Fanout, Success
-from bridgestat.coordinator.network import Member, TlsFiles, load_network, require_tls
+from bridgestat.coordinator.network import (
+    Member,
+    SecureSettings,
+    TlsFiles,
+    load_network,
+    require_tls,
+)
 from bridgestat.coordinator.pooling import PoolingError
 from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.secure import Hook, SecureDriver, SecureResult
 from bridgestat.coordinator.tables import QueryResult
 from bridgestat.coordinator.wire import MemberRelease, check_release, query_to_pb, release_from_pb
 from bridgestat.coordinator.witness import Witness, default_path
@@ -82,14 +90,20 @@ class AsyncNetwork:
 
     def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
                  tls: TlsFiles | None = None, insecure: bool = False,
-                 witness: Path | None = None) -> None:
+                 witness: Path | None = None,
+                 secure: SecureSettings | None = None) -> None:
         """Mutual TLS with `tls` (the network file's); plain text only with `insecure`.
         Channels open on first use, on the loop that makes the call. `witness`: the file the
-        members' audit heads are recorded in (`coordinator/witness.py`; None: not recorded)."""
+        members' audit heads are recorded in (`coordinator/witness.py`; None: not recorded).
+        `secure`: t and c of secure aggregation (the network file's; default from the number
+        of members)."""
         require_tls(tls, insecure, type(self).__name__)
         self.members = tuple(members)
         self.timeout = timeout
         self.tls = tls
+        self.secure = secure or SecureSettings.default(len(self.members))
+        self._insecure = insecure
+        self._secure_driver: SecureDriver | None = None
         self._fanout = Fanout(self.members, tls.channel_credentials() if tls else None,
                               Witness(witness) if witness is not None else None)
         self._logs: list[CallLog] = []
@@ -104,12 +118,15 @@ class AsyncNetwork:
         spec = load_network(Path(path))
         require_tls(spec.tls, insecure, str(path))
         return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
-                   witness=witness or default_path(Path(path)))
+                   witness=witness or default_path(Path(path)),
+                   secure=spec.secure_settings)
 
     async def aclose(self) -> None:
         """Close every channel; harmless when already closed."""
         self._closed = True
         await self._fanout.close()
+        if self._secure_driver is not None:
+            await self._secure_driver.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -186,6 +203,21 @@ class AsyncNetwork:
                 releases[outcome.member] = release
         self._record(failures)
         return QueryResult(query, key, tuple(m.name for m in self.members), releases, failures)
+
+
+    async def run_secure(self, query: Query, key: str | None = None, *,
+                         hook: Hook | None = None) -> SecureResult:
+        """One query by secure aggregation (issue 13): the network's noisy sums only, its
+        loss as rho (`coordinator/secure.py`). `hook(round)` runs before each round (tests)."""
+        self._check_open()
+        if self._secure_driver is None:
+            self._secure_driver = SecureDriver(self.members, self.tls, self.secure,
+                                               self.timeout, insecure=self._insecure)
+            if self._secure_driver.warning:
+                warnings.warn(self._secure_driver.warning, stacklevel=2)
+        result = await self._secure_driver.run(query, key, hook=hook)
+        self._record({m: Failure(m, "SECURE_DROPPED", why) for m, why in result.dropped.items()})
+        return result
 
 
 def _info_row(member: str, info: pb.GetNodeInfoResponse | Failure) -> dict[str, Any]:
@@ -310,11 +342,12 @@ class Network:
 
     def __init__(self, members: Sequence[Member], timeout: float = 10.0, *,
                  tls: TlsFiles | None = None, insecure: bool = False,
-                 witness: Path | None = None) -> None:
+                 witness: Path | None = None,
+                 secure: SecureSettings | None = None) -> None:
         """Mutual TLS with `tls` (the network file's); plain text only with `insecure`;
-        `witness` as in `AsyncNetwork`."""
+        `witness` and `secure` as in `AsyncNetwork`."""
         self.aio = self.asynchronous(members, timeout, tls=tls, insecure=insecure,
-                                     witness=witness)
+                                     witness=witness, secure=secure)
         self._thread = _LoopThread(f"bridgestat-{type(self).__name__}-{id(self):x}")
         # A client nobody closed still stops its thread once it is garbage (or at exit).
         self._finalizer = weakref.finalize(self, self._thread.stop, self.aio)
@@ -339,7 +372,8 @@ class Network:
         spec = load_network(Path(path))
         require_tls(spec.tls, insecure, str(path))
         return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
-                   witness=witness or default_path(Path(path)))
+                   witness=witness or default_path(Path(path)),
+                   secure=spec.secure_settings)
 
     def close(self) -> None:
         """Close the channels and stop the loop thread; harmless when already closed."""
@@ -369,5 +403,6 @@ class Network:
     node_infos = synced(AsyncNetwork.node_infos)
     info = synced(AsyncNetwork.info)
     run = synced(AsyncNetwork.run)
+    run_secure = synced(AsyncNetwork.run_secure)
 
 

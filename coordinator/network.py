@@ -6,6 +6,7 @@ coordinator's identity for mutual TLS.
     members:
       - {name: member-01, address: 10.0.0.11:50051}   # inbound: its node listens
       - {name: member-02, via: hub}                   # connect: its node dials the hub
+    secure: {threshold: 4, colluding: 1}   # optional: secure aggregation's t and c
 
 Paths are relative to the network file. A member `via: hub` runs its node in connect mode:
 the node dials `bridgestat coordinator serve` at `hub` and the researcher's calls for it go
@@ -95,12 +96,21 @@ class NetworkTlsFile(FileModel):
     key: Text
 
 
+class SecureFile(FileModel):
+    """`secure`: secure aggregation's threshold t and assumed colluding members c
+    (defaults from `common/secagg.py`: t = floor(2K/3) + 1, c = 1)."""
+
+    threshold: Annotated[int | None, NotNull, Field(ge=2)] = None
+    colluding: Annotated[int | None, NotNull, Field(ge=0)] = None
+
+
 class NetworkFile(FileModel):
     """The network file (see the module docstring)."""
 
     members: Annotated[list[MemberFile], Field(min_length=1)]
     tls: Annotated[NetworkTlsFile | None, NotNull] = None
     hub: Annotated[HubFile | None, BeforeValidator(_hub)] = None
+    secure: Annotated[SecureFile | None, NotNull] = None
 
 
 # -- the values the coordinator runs with -----------------------------------------------------
@@ -146,10 +156,28 @@ class TlsFiles:
 
 
 @dataclass(frozen=True)
+class SecureSettings:
+    """Secure aggregation's t and c for this network (checked against K when read)."""
+
+    threshold: int
+    colluding: int
+
+    @classmethod
+    def default(cls, members: int) -> SecureSettings:
+        from bridgestat.common.secagg import default_colluding, default_threshold  # lazily
+        return cls(default_threshold(members), default_colluding(members))
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     members: tuple[Member, ...]
     tls: TlsFiles | None = None
     hub: Hub | None = None
+    secure: SecureSettings | None = None  # None: the defaults for K members
+
+    @property
+    def secure_settings(self) -> SecureSettings:
+        return self.secure or SecureSettings.default(len(self.members))
 
     @property
     def connect_members(self) -> tuple[str, ...]:
@@ -169,10 +197,24 @@ def load_network(path: Path) -> NetworkSpec:
         members = tuple(_member(item, i, hub) for i, item in enumerate(doc.members))
         _unique(members)
         tls = None if doc.tls is None else _tls(doc.tls, Path(path))
+        secure = None if doc.secure is None else _secure(doc.secure, len(members))
     except (ValidationError, KeyProblem) as exc:
         key, problem = first_problem(exc, NetworkFile)
         raise NetworkFileError(f"{path}: {key}: {problem}") from None
-    return NetworkSpec(members, tls, hub)
+    return NetworkSpec(members, tls, hub, secure)
+
+
+def _secure(doc: SecureFile, k: int) -> SecureSettings:
+    """t and c, defaults filled in, within the protocol's limits: K/2 < t <= K, 0 <= c < t."""
+    default = SecureSettings.default(k)
+    threshold = default.threshold if doc.threshold is None else doc.threshold
+    colluding = default.colluding if doc.colluding is None else doc.colluding
+    if not k // 2 < threshold <= k:
+        raise KeyProblem("secure.threshold", f"t = {threshold} must satisfy K/2 < t <= K "
+                         f"(K = {k} members)")
+    if not colluding < threshold:
+        raise KeyProblem("secure.colluding", f"c = {colluding} must be below t = {threshold}")
+    return SecureSettings(threshold, colluding)
 
 
 def load_tls(value: Any, path: Path) -> TlsFiles:

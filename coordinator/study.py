@@ -267,7 +267,9 @@ def _budget(checked: StudyPlan, net: Network, before: dict[str, float]
 def run_analysis(net: Network, a: Analysis, key: str) -> Output:
     """Run the analysis's queries (keys `<key>:0`, `<key>:1`, ...) and build its output; with
     `meta: true`, meta-analyse the members' estimates."""
-    results = [net.run(planned.query, f"{key}:{planned.suffix}") for planned in a.plan()]
+    run = net.run_secure if getattr(a.params, "secure", False) else net.run
+    results: list[Any] = [run(planned.query, f"{key}:{planned.suffix}")
+                          for planned in a.plan()]
     output = a.kind.output(a.params, results, a.title)
     if a.meta:
         for label, frame in a.kind.meta_frames(a.params, output, a.title):

@@ -41,7 +41,7 @@ from bridgestat.node.errors import NodeError, QueryError, QueryInProgress
 from bridgestat.node.frames import CellRows, FloatArray, Frames, IntArray
 from bridgestat.node.ledger import BudgetState, Ledger, Replay
 from bridgestat.node.loss import Loss
-from bridgestat.node.mechanisms import FIXED_POINT, Component, fixed_point
+from bridgestat.node.mechanisms import FIXED_POINT, Component, bounded_sum, fixed_point
 from bridgestat.node.planner import MISSING, Plan, compile_query
 from bridgestat.node.policy import Policy
 from bridgestat.node.query import QuerySpec, Statistic
@@ -230,6 +230,16 @@ class Engine:
                        charged_rho=float(loss.rho),
                        term_bounds=tuple((t.lower, t.upper) for t in plan.terms))
 
+    def exact_sums(self, plan: Plan) -> tuple[tuple[tuple[tuple[str, str], ...],
+                                                     tuple[tuple[str, int], ...]], ...]:
+        """The exact fixed-point integer sums of every cell, before any noise, for secure
+        aggregation (`node/secure.py`): per cell its group and (name, sum) pairs with the
+        integers the releases above noise: count (rows), histogram cells (MISSING last),
+        count/sum/sum_squares of a mean or change (F = FIXED_POINT units, clamped to
+        [-F, F] and [0, F]) and the entries of U'U. Never leaves the node unnoised."""
+        return tuple((rows.group, exact_cell_sums(plan, rows))
+                     for rows in self.frames.cells(plan))
+
     def _cell(self, plan: Plan, rows: CellRows) -> ReleasedCell:
         stat = plan.query.statistic
         if stat is Statistic.COUNT:
@@ -245,6 +255,41 @@ class Engine:
         count, total, squares = plan.components
         return ReleasedCell(rows.group, (_scalar(count, z), _scalar(total, z),
                                          _scalar(squares, w)))
+
+
+def exact_cell_sums(plan: Plan, rows: CellRows) -> tuple[tuple[str, int], ...]:
+    """One cell's exact integer sums (see `Engine.exact_sums`), computed as `_cell` does."""
+    stat = plan.query.statistic
+    if stat is Statistic.COUNT:
+        return ((plan.components[0].name, len(rows.values)),)
+    if stat is Statistic.HISTOGRAM:
+        codes = np.asarray(rows.values, dtype=np.int64)
+        k = len(plan.labels) - 1
+        inside = codes[(codes >= 0) & (codes < k)]
+        counts = np.bincount(inside, minlength=k)
+        return (*((label, int(n)) for label, n in zip(plan.labels[:-1], counts, strict=True)),
+                (plan.labels[-1], int(len(codes) - len(inside))))
+    if stat is Statistic.CROSS_PRODUCTS:
+        matrix = rows.values
+        complete = matrix[~np.isnan(matrix).any(axis=1)]
+        u: list[FloatArray | None] = [None]
+        for t, term in enumerate(plan.terms):
+            centred = np.clip(complete[:, t], term.lower, term.upper) - (term.lower + term.upper) / 2
+            u.append(np.asarray(centred / ((term.upper - term.lower) / 2), dtype=np.float64))
+        out = []
+        for component in plan.components:
+            i, j = (int(k) for k in component.name[3:-1].split(","))
+            out.append((component.name, bounded_sum(_fixed_product(u[i], u[j], len(complete)),
+                                                    FIXED_POINT)))
+        return tuple(out)
+    if stat in (Statistic.MEAN, Statistic.PAIRED_CHANGE):
+        values = rows.values[~np.isnan(rows.values)].astype(np.float64, copy=False)
+        z, w = fixed_point(values, plan.lower, plan.upper)
+        count, total, squares = plan.components
+        return ((count.name, len(z)), (total.name, bounded_sum(z, FIXED_POINT)),
+                (squares.name, bounded_sum(w, FIXED_POINT)))
+    raise QueryError("query.statistic", f"a {stat.value} is not a sum; secure aggregation "
+                     "takes count, histogram, mean, paired_change and cross_products")
 
 
 def _kill_point() -> str | None:

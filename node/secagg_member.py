@@ -47,14 +47,15 @@ def secure_input(values: Sequence[int], sigma_share: float
 
 class SecAggMember:
     """One member in one session. `vector`: its input (fixed-point sums + noise share) as
-    uint64; `signing_key`/`certificate`: its network-CA identity (DER certificate)."""
+    uint64, or None when the node computes it after U2 is known (`receive_shares`, charge,
+    then `mask`); `signing_key`/`certificate`: its network-CA identity (DER certificate)."""
 
     def __init__(self, params: SecAggParams, name: str, signing_key: ec.EllipticCurvePrivateKey,
                  certificate: bytes, ca: x509.Certificate,
-                 vector: np.ndarray[Any, np.dtype[np.uint64]]) -> None:
+                 vector: np.ndarray[Any, np.dtype[np.uint64]] | None = None) -> None:
         if name not in params.members:
             raise SecAggError(f"member {name}: not among the session's members")
-        if vector.shape != (params.dim,) or vector.dtype != np.uint64:
+        if vector is not None and (vector.shape != (params.dim,) or vector.dtype != np.uint64):
             raise SecAggError(f"member {name}: the input must be {params.dim} uint64 values")
         self.params, self.name, self._ca = params, name, ca
         self._signing_key, self._certificate = signing_key, certificate
@@ -72,6 +73,7 @@ class SecAggMember:
         self._revealed_b: set[str] = set()
         self._revealed_s: set[str] = set()
         self._transport: dict[str, bytes] = {}
+        self._masked = False
 
     @property
     def aborted(self) -> str | None:
@@ -98,8 +100,25 @@ class SecAggMember:
 
     def masked_input(self, shares: Sequence[sa.EncryptedShares]) -> sa.MaskedInput:
         """Round 2: decrypt the shares addressed here; U2 = their senders and this member."""
+        self.receive_shares(shares)
+        return self.mask(self._vector)
+
+    def receive_shares(self, shares: Sequence[sa.EncryptedShares]) -> frozenset[str]:
+        """Round 2, first half: check and decrypt the shares; returns U2 (the replay key of
+        the masked input, which the node charges before calling `mask`)."""
         self._enter(sa.MASKED_INPUT)
-        return self._guard(lambda: self._masked_input(shares))
+        return self._guard(lambda: self._receive_shares(shares))
+
+    def mask(self, vector: np.ndarray[Any, np.dtype[np.uint64]] | None) -> sa.MaskedInput:
+        """Round 2, second half: y = vector + masks. Only once, after `receive_shares`."""
+        if self._masked or not self._u2 or self._done != _ORDER.index(sa.CONSISTENCY):
+            self._aborted = self._aborted or "mask called out of order"
+            raise SecAggError(f"masked-input at {self.name}: mask called out of order")
+        if vector is None or vector.shape != (self.params.dim,) or vector.dtype != np.uint64:
+            raise SecAggError(f"member {self.name}: the input must be {self.params.dim} "
+                              "uint64 values")
+        self._masked = True
+        return self._guard(lambda: self._mask(vector))
 
     def consistency(self, survivors: Sequence[str]) -> sa.ConsistencySignature:
         """Round 3: sign the survivor set U3 the coordinator announces."""
@@ -154,15 +173,19 @@ class SecAggMember:
         self._peers[ad.member] = ad
         self._peer_keys[ad.member] = public
 
-    def _masked_input(self, shares: Sequence[sa.EncryptedShares]) -> sa.MaskedInput:
+    def _receive_shares(self, shares: Sequence[sa.EncryptedShares]) -> frozenset[str]:
         senders = [e.sender for e in shares]
         if self.name in senders:
             raise SecAggError(f"masked-input at {self.name}: shares claim to come from itself")
-        self._u2 = sa.check_survivors("masked-input", self.name, [*senders, self.name],
-                                      self._peers, self.params.threshold)
+        u2 = sa.check_survivors("masked-input", self.name, [*senders, self.name],
+                                self._peers, self.params.threshold)
         for e in shares:
             self._receive(e)
-        y = self._vector + sa.prg(sa.self_mask_seed(self.params.session, self._b),
+        self._u2 = u2
+        return u2
+
+    def _mask(self, vector: np.ndarray[Any, np.dtype[np.uint64]]) -> sa.MaskedInput:
+        y = vector + sa.prg(sa.self_mask_seed(self.params.session, self._b),
                                   self.params.dim)
         for v in sorted(self._u2 - {self.name}):
             seed = sa.pair_seed(self.params.session, self._s_sk,

@@ -234,17 +234,35 @@ def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = N
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_NodeServiceServicer_to_server(NodeServicer(engine, metrics), server)
+    secure_name = _add_secure_service(engine, tls, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, secure_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = (server.add_insecure_port(address) if tls is None
             else server.add_secure_port(address, tls.credentials()))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, secure_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return NodeServer(server, port, health_servicer, metrics)
+
+
+def _add_secure_service(engine: Engine, tls: ServerTls | None, server: grpc.Server) -> str:
+    """Register SecureAggregationService (issue 13); its name. It signs with the node's TLS
+    key as read at start-up; without TLS it refuses every session (no identity)."""
+    from bridgestat.node.secure import Identity, SecureNode
+    from bridgestat.node.secure_service import SERVICE_NAME as SECURE_NAME
+    from bridgestat.node.secure_service import SecureServicer
+    from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
+
+    identity = None
+    if tls is not None:
+        pem = tls.pem
+        identity = Identity.from_pem(engine.node_id, pem.key, pem.cert, pem.ca)
+    spb_grpc.add_SecureAggregationServiceServicer_to_server(
+        SecureServicer(SecureNode(engine, identity)), server)
+    return SECURE_NAME
 
 
 def build_server(engine: Engine, address: str, workers: int = 8, *,

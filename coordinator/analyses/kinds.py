@@ -9,13 +9,13 @@ study runner and `study plan`'s cost all read the registry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import pandas as pd
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
-from bridgestat.coordinator import tables
+from bridgestat.coordinator import secure, tables
 from bridgestat.coordinator.analyses.base import Kind, Output
 from bridgestat.coordinator.analyses.fields import (
     Candidates,
@@ -41,6 +41,7 @@ from bridgestat.coordinator.analyses.fields import (
 )
 from bridgestat.coordinator.query import INTAKE, Query
 from bridgestat.coordinator.regression import RegressionResult
+from bridgestat.coordinator.secure import SecureResult
 from bridgestat.coordinator.tables import NETWORK, QueryResult
 
 REGISTRY: dict[str, Kind] = {}
@@ -101,6 +102,17 @@ class CountParams(Frozen):
     where: WhereField = ()
     group_by: Names = ()
     occasion: OptionalOccasion = None
+    secure: bool = False  # secure aggregation: the NETWORK row only, one release's noise
+
+
+def _secure_output(name: str, title: str, results: Sequence[Any],
+                   table: Callable[[SecureResult], pd.DataFrame]) -> Output:
+    """A secure run's output: the NETWORK-only table, with who took part and dropped out."""
+    result: SecureResult = results[0]
+    out = Output(results=[], notes=[f"{title or name}: {result.note()}"])
+    out.table(name, f"{title} (secure aggregation, NETWORK only)" if title else name,
+              table(result))
+    return out
 
 
 def _member_vs_network(out: Output, name: str, title: str, frame: pd.DataFrame,
@@ -124,12 +136,15 @@ class Count(Kind):
                       occasion=p.occasion)]
 
     def output(self, p: CountParams, results: Sequence[QueryResult], title: str) -> Output:
+        if p.secure:
+            return _secure_output("count", title, results, secure.count_table)
         return _member_vs_network(Output(results=list(results)), "count", title,
                                   tables.count_table(results[0]), p.group_by)
 
 
 class MeanParams(Grouped):
     clip: Clip = None
+    secure: bool = False  # secure aggregation: the NETWORK row only, one release's noise
 
 
 @register
@@ -148,12 +163,15 @@ class Mean(Kind):
                       occasion=p.occasion, clip=p.clip)]
 
     def output(self, p: MeanParams, results: Sequence[QueryResult], title: str) -> Output:
+        if p.secure:
+            return _secure_output("mean", title, results, secure.mean_table)
         return _member_vs_network(Output(results=list(results)), "mean", title,
                                   tables.mean_table(results[0]), p.group_by)
 
 
 class HistogramParams(Grouped):
     bin_edges: Numbers = _edges()
+    secure: bool = False  # secure aggregation: the NETWORK rows only, one release's noise
 
 
 def _histogram(p: HistogramParams) -> Query:
@@ -174,6 +192,8 @@ class Histogram(Kind):
         return [_histogram(p)]
 
     def output(self, p: HistogramParams, results: Sequence[QueryResult], title: str) -> Output:
+        if p.secure:
+            return _secure_output("shares", title, results, secure.histogram_table)
         out = Output(results=list(results))
         index = out.table("shares", title, tables.histogram_table(results[0]))
         out.plots.append({"kind": "shares", "table": index, "category": "category"})
@@ -183,6 +203,7 @@ class Histogram(Kind):
 class ProportionParams(Grouped):
     categories: Categories
     bin_edges: Numbers = _edges()
+    secure: bool = False  # secure aggregation: the NETWORK row only, one release's noise
 
 
 @register
@@ -200,6 +221,9 @@ class Proportion(Kind):
 
     def output(self, p: ProportionParams, results: Sequence[QueryResult], title: str
                ) -> Output:
+        if p.secure:
+            return _secure_output("proportion", title, results,
+                                  lambda r: secure.proportion_table(r, p.categories))
         frame = tables.proportion_table(results[0], p.categories)
         return _member_vs_network(Output(results=list(results)), "proportion", title, frame,
                                   p.group_by)
@@ -213,6 +237,15 @@ class PairedChangeParams(Paired):
     clip: Clip = None
     improvement: OptionalImprovement = None  # also the share improved (one more query)
     share_epsilon: OptionalPositive = Field(default=None, validate_default=True)
+    secure: bool = False  # secure aggregation: the NETWORK row only, one release's noise
+
+    @field_validator("secure")
+    @classmethod
+    def _secure_without_share(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("improvement") is not None:
+            raise ValueError("secure mode takes the mean change only; run the share improved "
+                             "(improvement) as its own analysis")
+        return value
 
     @field_validator("share_epsilon")
     @classmethod
@@ -256,6 +289,8 @@ class PairedChange(Kind):
 
     def output(self, p: PairedChangeParams, results: Sequence[QueryResult], title: str
                ) -> Output:
+        if p.secure:
+            return _secure_output("change", title, results, secure.paired_change_table)
         out = Output(results=list(results))
         index = out.table("change", f"Mean change with Cohen's d_z: {title}",
                           tables.paired_change_table(results[0]))

@@ -84,7 +84,8 @@ def _sync_method(kind: Kind) -> Callable[..., Any]:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         p, key = params_of(kind, (self, *args), kwargs)
         planned = kind.plan(p)
-        results = [self.run(q.query, query_key(key, q, len(planned) == 1)) for q in planned]
+        run = self.run_secure if getattr(p, "secure", False) else self.run
+        results = [run(q.query, query_key(key, q, len(planned) == 1)) for q in planned]
         return kind.value(p, results)
     return _named(method, kind)
 
@@ -93,8 +94,8 @@ def _async_method(kind: Kind) -> Callable[..., Any]:
     async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         p, key = params_of(kind, (self, *args), kwargs)
         planned = kind.plan(p)
-        results = [await self.run(q.query, query_key(key, q, len(planned) == 1))
-                   for q in planned]
+        run = self.run_secure if getattr(p, "secure", False) else self.run
+        results = [await run(q.query, query_key(key, q, len(planned) == 1)) for q in planned]
         return kind.value(p, results)
     return _named(method, kind)
 

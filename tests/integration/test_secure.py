@@ -1,0 +1,339 @@
+"""Secure aggregation end to end (issue 13): real node processes over mutual TLS, the
+coordinator's driver (`coordinator/secure.py`), the nodes' ledgers read through GetNodeInfo.
+
+Tolerances: the secure mean's noise is the sum of |U3| discrete Gaussian shares (public
+variance, in the table's `se_dp`) plus a ratio's error; a check fails by chance with
+probability under 2 Phi(-Z) = 2.5e-6 per check at Z = 4.7 DP standard errors (Gaussian tail),
+with a 20 % margin for the ratio's second-order terms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+
+from bridgestat.common import secagg as sa
+from bridgestat.coordinator import local
+from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.network import load_network
+from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.secure import NETWORK, SecureDriver, SecureResult, secure_rho
+from bridgestat.v1 import secure_aggregation_pb2 as spb
+from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
+from tests.integration.conftest import LocalNetwork, local_network
+
+Z = 4.7 * 1.2
+T = TypeVar("T")
+COUNT = Query("count", "participant", "", 1.0)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    with local_network(tmp_path_factory.mktemp("secure"), members=5, seed=7,
+                       total_epsilon=20.0, max_per_query=2.0) as running:
+        yield running
+
+
+def _rho_spent(net: Network) -> dict[str, float]:
+    info = net.info()
+    return {row.member: float(row.rho_spent) for row in info.itertuples()}
+
+
+def _driver(network: LocalNetwork, cls: type[SecureDriver] = SecureDriver,
+            timeout: float = 10.0) -> SecureDriver:
+    spec = load_network(network.network)
+    return cls(spec.members, spec.tls, spec.secure_settings, timeout)
+
+
+def _run(driver: SecureDriver, query: Query, key: str,
+         hook: Callable[[str], Awaitable[None] | None] | None = None) -> SecureResult:
+    async def go() -> SecureResult:
+        try:
+            return await driver.run(query, key, hook=hook)
+        finally:
+            await driver.close()
+    return asyncio.run(go())
+
+
+def test_secure_mean_recovers_truth_and_charges_each_member_once(network: LocalNetwork
+                                                                 ) -> None:
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        frame = net.mean("assessment", "bridge_total", epsilon=1.0, secure=True, key="sm-1")
+        middle = _rho_spent(net)
+        again = net.mean("assessment", "bridge_total", epsilon=1.0, secure=True, key="sm-1")
+        after = _rho_spent(net)
+    assert list(frame.member) == [NETWORK]
+    row = frame.iloc[0]
+    assert row["status"].startswith("ok; secure aggregation (t = 4, c = 1): took part: "
+                                    "member-01, member-02, member-03, member-04, member-05")
+    truth = network.truth["network"]["sample"]["intake_bridge_mean"]
+    assert abs(row["estimate"] - truth) <= Z * row["se_dp"] + 1e-9, (row.to_dict(), truth)
+    assert row["ci_low"] < row["estimate"] < row["ci_high"]
+    # theory: the sum's noise variance is |U3| sigma_share^2 (units^2), sigma_share from
+    # the KLS bound for H = t - c = 3 at the rho of epsilon 1 at delta 1e-6
+    rho = secure_rho(1.0)
+    assert math.isclose(row["loss"], rho, rel_tol=1e-6)
+    for member in before:
+        charged = middle[member] - before[member]
+        assert math.isclose(charged, rho, rel_tol=1e-6), (member, charged)
+        # another session with the same key and the same members is a new charge (fresh
+        # noise and masks): a session's masks cannot be reused
+        assert math.isclose(after[member] - middle[member], rho, rel_tol=1e-6)
+    assert again.iloc[0]["estimate"] != row["estimate"]
+
+
+class RetryingDriver(SecureDriver):
+    """Sends every masked-input request twice, as a coordinator that lost the first answers
+    and retried within the same session."""
+
+    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
+                     call: Callable[..., Awaitable[T]], per_member: bool = False
+                     ) -> dict[str, T]:
+        first = await super()._round(name, members, dropped, call, per_member)
+        if name != sa.MASKED_INPUT:
+            return first
+        second: dict[str, Any] = await super()._round(name, members, dropped, call, per_member)
+        assert all(r.replayed for r in second.values()), "the retry must replay"
+        assert all(bytes(second[m].vector) == bytes(first[m].vector)  # type: ignore[attr-defined]
+                   for m in first)
+        return second  # type: ignore[return-value]
+
+
+def test_retry_in_the_same_session_replays_without_a_new_charge(network: LocalNetwork) -> None:
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        result = _run(_driver(network, RetryingDriver), COUNT, "retry-1")
+        after = _rho_spent(net)
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5
+    truth = network.truth["network"]["sample"]["n_participants"]
+    value = result.cells()[()]["count"]
+    assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+    for member in before:  # charged once although round 2 was answered twice
+        assert math.isclose(after[member] - before[member], result.rho, rel_tol=1e-6)
+
+
+class ExcludingDriver(SecureDriver):
+    """The replay attack: a coordinator that leaves one member's shares out of round 2, so
+    the others' masked inputs are for a survivor set without it."""
+
+    victim = "member-05"
+
+    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
+                     call: Callable[..., Awaitable[T]], per_member: bool = False
+                     ) -> dict[str, T]:
+        result = await super()._round(name, members, dropped, call, per_member)
+        if name == sa.SHARE_KEYS:
+            result.pop(self.victim, None)
+        return result
+
+
+def test_replay_attack_with_another_survivor_set_is_a_new_charge(network: LocalNetwork
+                                                                 ) -> None:
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        full = _run(_driver(network), COUNT, "attack-1")
+        middle = _rho_spent(net)
+        without = _run(_driver(network, ExcludingDriver), COUNT, "attack-1")
+        after = _rho_spent(net)
+    assert not full.aborted and not without.aborted, (full.aborted, without.aborted)
+    assert "member-05" not in without.survivors and len(without.survivors) == 4
+    for member in before:
+        assert math.isclose(middle[member] - before[member], full.rho, rel_tol=1e-6)
+        extra = after[member] - middle[member]
+        if member == ExcludingDriver.victim:
+            assert extra == 0.0  # never charged: it never sent a masked input
+        else:  # the same key, another survivor set: a new charge, fresh noise and masks
+            assert math.isclose(extra, full.rho, rel_tol=1e-6), (member, extra)
+    # The difference of the two sums is the victim's count plus fresh noise from every
+    # survivor (two independent draws), not the victim's count under its own share alone.
+    victim = next(m for m in network.truth["members"] if m["name"] == "member-05")
+    diff = full.cells()[()]["count"].value - without.cells()[()]["count"].value
+    noise_sd = math.sqrt(full.cells()[()]["count"].variance
+                         + without.cells()[()]["count"].variance)
+    assert abs(diff - victim["sample"]["n_participants"]) <= Z * noise_sd
+
+
+def test_a_member_that_sends_garbage_fails_cleanly(network: LocalNetwork,
+                                                   tmp_path: Path) -> None:
+    """A fake member-05 (its real certificate, garbage answers) is dropped at advertise;
+    the session completes with the four others."""
+    spec = load_network(network.network)
+    real = next(m for m in spec.members if m.name == "member-05")
+    port = local.free_port()
+    server = _garbage_server(network.root, f"127.0.0.1:{port}")
+    members = [m if m.name != "member-05" else type(m)(m.name, f"127.0.0.1:{port}")
+               for m in spec.members]
+    try:
+        driver = SecureDriver(members, spec.tls, spec.secure_settings, 10.0)
+        result = _run(driver, COUNT, "garbage-1")
+    finally:
+        server.stop(None)
+    assert real.address != members[-1].address
+    assert not result.aborted, result.aborted
+    assert result.survivors == ("member-01", "member-02", "member-03", "member-04")
+    assert "member-05" in result.dropped
+    others = sum(m["sample"]["n_participants"] for m in network.truth["members"]
+                 if m["name"] != "member-05")
+    value = result.cells()[()]["count"]
+    assert abs(value.value - others) <= Z * math.sqrt(value.variance)
+
+
+class _Garbage(spb_grpc.SecureAggregationServiceServicer):
+    def Advertise(self, request: spb.AdvertiseRequest, context: grpc.ServicerContext
+                  ) -> spb.AdvertiseResponse:
+        return spb.AdvertiseResponse(advertisement=spb.Advertisement(
+            member="member-05", c_pk=os.urandom(32), s_pk=os.urandom(31),
+            signature=os.urandom(70), certificate=os.urandom(300)),
+            layout=spb.SecureLayout(values=[spb.SecureValue(name="count", unit=1e300)]))
+
+
+def _garbage_server(root: Path, address: str) -> grpc.Server:
+    folder = next(p.parent for p in root.rglob("member-05.pem"))
+    key = (folder / "member-05.key").read_bytes()
+    cert = (folder / "member-05.pem").read_bytes()
+    ca = next(root.rglob("ca.pem")).read_bytes()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    spb_grpc.add_SecureAggregationServiceServicer_to_server(_Garbage(), server)
+    creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                        require_client_auth=True)
+    server.add_secure_port(address, creds)
+    server.start()
+    return server
+
+
+class LyingDriver(SecureDriver):
+    """Announces to member-01 a survivor set without member-05 (the others get the true
+    one), then asks member-01 for member-05's mask-key share: with the others' self-mask
+    shares of member-05 that would unmask member-05's input."""
+
+    refusal: grpc.aio.AioRpcError | None = None
+
+    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
+                     call: Callable[..., Awaitable[T]], per_member: bool = False
+                     ) -> dict[str, T]:
+        if name != sa.CONSISTENCY:
+            return await super()._round(name, members, dropped, call, per_member)
+        honest: dict[str, Any] = await super()._round(
+            name, [m for m in members if m != "member-01"], dropped, call, per_member)
+        fake_u3 = [m for m in members if m != "member-05"]
+        stub = self.stub("member-01")
+        mine = await stub.Consistency(spb.ConsistencyRequest(session=self.session,
+                                                             survivors=fake_u3))
+        lie = spb.UnmaskRequest(session=self.session, survivors=fake_u3, dropped=["member-05"],
+                                signatures=[mine.signature,
+                                            *(r.signature for m, r in honest.items()
+                                              if m != "member-05")])
+        try:
+            await stub.Unmask(lie)
+        except grpc.aio.AioRpcError as exc:
+            self.refusal = exc
+        return honest  # type: ignore[return-value]
+
+    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
+                         dropped: dict[str, str], hook: Any) -> Any:
+        self.session = session
+        return await super()._advertise(query, key, session, names, dropped, hook)
+
+
+def test_inconsistent_survivor_sets_make_the_member_refuse(network: LocalNetwork) -> None:
+    driver = _driver(network, LyingDriver)
+    result = _run(driver, COUNT, "liar-1")
+    refusal = driver.refusal
+    assert refusal is not None, "member-01 revealed shares for an inconsistent survivor set"
+    assert refusal.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "signature over the survivor set" in (refusal.details() or "")
+    # the session goes on without member-01's unmask answer; its input is still in the sum
+    assert not result.aborted, result.aborted
+    truth = network.truth["network"]["sample"]["n_participants"]
+    value = result.cells()[()]["count"]
+    assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+
+
+def test_killed_members_between_rounds(tmp_path: Path) -> None:
+    """SIGKILL in a round: with >= t survivors the session completes without the member;
+    below t it aborts and the charges of those who sent their masked input stay."""
+    with local_network(tmp_path / "net", members=5, seed=3, total_epsilon=20.0,
+                       max_per_query=2.0) as net:
+        names = [m.name for m in net.members]
+
+        def killer(at: str, victims: Sequence[int]) -> Callable[[str], None]:
+            def hook(round_name: str) -> None:
+                if round_name == at:
+                    for i in victims:
+                        net.processes[i].kill()
+                        net.processes[i].wait()
+            return hook
+
+        with Network.from_file(net.network, timeout=5.0) as client:
+            before = _rho_spent(client)
+            done = _run(_driver(net, timeout=5.0), COUNT, "kill-1",
+                        hook=killer(sa.MASKED_INPUT, [4]))
+            assert not done.aborted, done.aborted
+            assert done.survivors == tuple(names[:4])
+            assert done.dropped["member-05"].startswith("masked-input: UNAVAILABLE")
+            truth = sum(m["sample"]["n_participants"] for m in net.truth["members"][:4])
+            value = done.cells()[()]["count"]
+            assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+            middle = _rho_spent(client)
+            aborted = _run(_driver(net, timeout=5.0), COUNT, "kill-2",
+                           hook=killer(sa.CONSISTENCY, [3]))
+            after = _rho_spent(client)
+        assert aborted.aborted.startswith("consistency: 3 members took part, fewer than t = 4")
+        assert not aborted.values
+        for member in names[:3]:
+            assert math.isclose(middle[member] - before[member], done.rho, rel_tol=1e-6)
+            # the masked input left the node before the abort: the charge stays
+            assert math.isclose(after[member] - middle[member], done.rho, rel_tol=1e-6)
+
+
+def test_refused_queries_name_the_field_and_spend_nothing(network: LocalNetwork) -> None:
+    quantile = Query("quantile", "assessment", "bridge_total", 0.5, quantile=0.5,
+                     bin_edges=(10.0, 20.0, 30.0))
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        result = _run(_driver(network), quantile, "refused-1")
+        too_much = _run(_driver(network), Query("count", "participant", "", 50.0), "refused-2")
+        after = _rho_spent(net)
+    assert result.aborted.startswith("advertise: no member answered")
+    assert all("INVALID_ARGUMENT: query.statistic: a quantile is not a sum"
+               in why for why in result.dropped.values()), result.dropped
+    assert all("PERMISSION_DENIED: query.loss.rho: policy rule budget.max_epsilon_per_query"
+               in why for why in too_much.dropped.values()), too_much.dropped
+    assert after == before
+
+
+def test_network_file_secure_section(tmp_path: Path, network: LocalNetwork) -> None:
+    from bridgestat.coordinator.network import NetworkFileError, SecureSettings
+
+    text = network.network.read_text()
+    path = network.root / "network-secure.yaml"
+    path.write_text(text + "secure: {threshold: 5, colluding: 2}\n")
+    assert load_network(path).secure_settings == SecureSettings(5, 2)
+    assert load_network(network.network).secure_settings == SecureSettings(4, 1)  # defaults
+    path.write_text(text + "secure: {threshold: 2}\n")
+    with pytest.raises(NetworkFileError, match=r"secure\.threshold: t = 2 must satisfy K/2 < t"):
+        load_network(path)
+    path.write_text(text + "secure: {threshold: 4, colluding: 4}\n")
+    with pytest.raises(NetworkFileError, match=r"secure\.colluding: c = 4 must be below t = 4"):
+        load_network(path)
+
+
+def test_connect_mode_members_are_refused_with_a_clear_message(network: LocalNetwork) -> None:
+    from bridgestat.coordinator.network import Hub, Member
+    from bridgestat.coordinator.secure import SecureError
+
+    spec = load_network(network.network)
+    members = [*spec.members[:4], Member("member-05", "127.0.0.1:1", Hub("127.0.0.1:1"))]
+    with pytest.raises(SecureError, match="member-05 are connect-mode .via: hub.; the hub "
+                                          "does not relay secure aggregation yet"):
+        SecureDriver(members, spec.tls, spec.secure_settings)

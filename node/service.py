@@ -33,7 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridgestat.node import serde
 from bridgestat.node.audit import refusal_reason
-from bridgestat.node.engine import Answer, Engine
+from bridgestat.node.engine import MAX_KEY_LENGTH, Answer, Engine
 from bridgestat.node.errors import (
     BudgetExhausted,
     IdempotencyConflict,
@@ -137,6 +137,7 @@ def refuse_caller(engine: Engine, metrics: NodeMetrics, refused: CallerRefused,
     and reflection), before anything ran: audited (caller, method, reason; nothing
     charged), counted by reason, logged (`via` says how the call came, if not directly),
     and answered PERMISSION_DENIED."""
+    key = key[:MAX_KEY_LENGTH]  # the caller's text: an audit entry stays small
     metrics.caller_refused(refused.caller, refused.reason)
     log.warning("refused caller %s%s (%s): %s", refused.caller, via, refused.reason, refused,
                 extra={"caller": refused.caller, "outcome": "PERMISSION_DENIED",

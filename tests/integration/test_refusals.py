@@ -23,7 +23,7 @@ from bridgestat.node import audit, cli
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.connect import answer
-from bridgestat.node.engine import Engine
+from bridgestat.node.engine import MAX_KEY_LENGTH, Engine
 from bridgestat.node.service import NodeServer, build_node_server
 from bridgestat.node.tls import load_server_tls
 from bridgestat.v1 import coordinator_service_pb2 as cpb
@@ -178,3 +178,11 @@ def test_summaries_read_entries_written_before_reasons_were_recorded() -> None:
     rows = audit.summarize_refusals(old)
     assert [(r.caller, r.reason, r.count) for r in rows] == [("c", "budget", 1),
                                                              ("c", "internal", 1)]
+
+
+def test_a_refused_callers_key_is_cut_to_the_longest_key_the_node_accepts(node: Node) -> None:
+    stranger = ca.issue(node.root / "ca", "member-99", node.root / "member-99")
+    with node.channel(stranger) as channel:
+        _refused(pb_grpc.NodeServiceStub(channel).RunQuery, _mean("k" * 100_000))
+    (entry,) = node.entries()
+    assert entry["key"] == "k" * MAX_KEY_LENGTH

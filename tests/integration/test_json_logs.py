@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -51,7 +52,9 @@ def json_node(tmp_path: Path) -> Iterator[JsonNode]:
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(
             [*local.node_command(), "serve", "--config", str(member.config)],
-            stdout=stdout, stderr=stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=stdout, stderr=stderr,
+            # gRPC's default; pinned so that its handshake lines are there to be routed
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "GRPC_VERBOSITY": "INFO"})
     try:
         local.wait_serving(member.address, process, err, tls=member.client_tls,
                            name=member.name)
@@ -148,7 +151,7 @@ def test_output_into_a_closed_pipe_ends_quietly_with_the_sigpipe_code(tmp_path: 
 
 def test_budget_piped_into_head_exits_without_a_traceback(tmp_path: Path) -> None:
     member = _json_member(tmp_path)
-    command = " ".join(_budget_command(member.config)) + " | head -1"
+    command = shlex.join(_budget_command(member.config)) + " | head -1"
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0 and done.stdout.startswith("dataset ")

@@ -66,6 +66,6 @@ def enable_reflection(service_names: tuple[str, ...], server: Server) -> None:
         request_deserializer=v1alpha_pb2.ServerReflectionRequest.FromString,
         response_serializer=v1alpha_pb2.ServerReflectionResponse.SerializeToString)
     handlers: dict[str, Any] = {"ServerReflectionInfo": handler}
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(V1ALPHA_SERVICE_NAME, handlers),
-         grpc.method_handlers_generic_handler(V1_SERVICE_NAME, handlers)))
+    for name in (V1ALPHA_SERVICE_NAME, V1_SERVICE_NAME):  # as generated code registers
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]

@@ -632,7 +632,7 @@ def summarize_refusals(items: Iterable[dict[str, Any]]) -> list[Refusals]:
     return [table[k] for k in sorted(table)]
 
 
-def format_refusals(rows: Sequence[Refusals], width: int = 100) -> str:
+def format_refusals(rows: Sequence[Refusals], width: int = 160) -> str:
     """A text table of `summarize_refusals`' rows; the message is cut to fit `width`."""
     if not rows:
         return "no refusals"

@@ -33,5 +33,13 @@ WORKDIR /var/lib/bridgestat
 # (read-only); /var/lib/bridgestat: ledger and audit log (the only writable state).
 VOLUME ["/var/lib/bridgestat"]
 EXPOSE 50051 9464
+# Health: grpc.health.v1 Check on the config's listen port over loopback, through the same
+# mutual TLS as every caller, as the node's own certificate (a probe identity: health and
+# reflection only, never a query). Exit 0 SERVING, 1 otherwise. A node started with another
+# config path needs the same path here (compose: `healthcheck`); a connect-only node (no
+# listen) has no port to probe: run it with --no-healthcheck and watch the
+# bridgestat_node_connected metric instead. Start period: loading a large export takes time.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=180s --retries=3 \
+    CMD ["bridgestat-node", "health", "--config", "/etc/bridgestat/node.yaml"]
 ENTRYPOINT ["bridgestat-node"]
 CMD ["serve", "--config", "/etc/bridgestat/node.yaml"]

@@ -87,7 +87,9 @@ def serve(config_path: Path, ready: threading.Event | None = None, *, insecure: 
     local demos). Every config, certificate, data and ledger problem is raised here, at
     start-up, as a ConfigError naming the file and key."""
     config = load_config(config_path)
-    logs.configure(config.log_format, fields={"node_id": config.node_id})
+    # With JSON logs every line the node writes is JSON, gRPC's own lines included.
+    stream = logs.route_stderr().original if config.log_format == "json" else None
+    logs.configure(config.log_format, fields={"node_id": config.node_id}, stream=stream)
     tls = server_tls(config, insecure)
     if tls is not None:
         log_expiry(tls)

@@ -12,8 +12,12 @@ One JSON object per line (JSON Lines) at the config's `audit` path:
 
 - `outcome`: released (the one entry of a committed ledger charge: its loss as the ledger
   holds it, `charged.at` the ledger's time of the charge, which decides its period), replayed
-  (a later answer from the ledger, nothing charged), refused (a NodeError: the query, the
-  policy or the budget did not allow it) or failed (an internal error; nothing left the node).
+  (a later answer from the ledger, nothing charged), refused (a NodeError: the caller, the
+  query, the policy or the budget did not allow it) or failed (an internal error; nothing
+  left the node). A refused or failed entry charges nothing and its `error` says why:
+  `code` (the exception), `reason` (one of REASONS, also the label of the refusals metric)
+  and `message`. A caller refused for who it is (not on `tls.allow`, or a probe identity
+  calling more than health or reflection) has `query: null` and the method in the message.
 - `measurement`: OpenDP's serialized form of every measurement the query runs (or would have
   run, for a budget refusal), identical components listed once with their names; `input`
   says what a measurement is applied to when that step is not OpenDP's (a regression's
@@ -57,7 +61,16 @@ from opendp.mod import _Encoder
 
 from bridgestat.common import opendp_core as dp
 from bridgestat.node.config import NodeConfig
-from bridgestat.node.errors import AuditError, ConfigError, NodeError
+from bridgestat.node.errors import (
+    AuditError,
+    BudgetExhausted,
+    ConfigError,
+    IdempotencyConflict,
+    NodeError,
+    PolicyError,
+    QueryError,
+    QueryInProgress,
+)
 from bridgestat.node.ledger import (
     PERIODS,
     Charge,
@@ -130,10 +143,43 @@ def charged_doc(loss: Loss, at: str = "") -> dict[str, Any]:
     return {**doc, "at": at} if at else doc
 
 
+# Why a call was refused, by the exception that refused it; callers refused for who they are
+# carry their own reason ("allow-list" or "probe", see tls.CallerRefused).
+_REASONS: tuple[tuple[type[NodeError], str], ...] = (
+    (QueryError, "schema"), (PolicyError, "policy"), (BudgetExhausted, "budget"),
+    (IdempotencyConflict, "idempotency"), (QueryInProgress, "in-progress"),
+    (AuditError, "audit"))
+_REASON_OF_CODE = {cls.__name__: reason for cls, reason in _REASONS} | {
+    "CallerRefused": "allow-list"}
+REASONS = ("allow-list", "probe", *(r for _, r in _REASONS), "other", "internal")
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The reason (one of REASONS) a call was refused or failed."""
+    given = getattr(exc, "reason", None)
+    if isinstance(given, str) and given in REASONS:
+        return given
+    if not isinstance(exc, NodeError):
+        return "internal"
+    return next((reason for cls, reason in _REASONS if isinstance(exc, cls)), "other")
+
+
 def error_doc(exc: BaseException) -> dict[str, Any]:
-    """A refusal's type and message (an internal error's message stays in the node's log)."""
+    """A refusal's type, reason and message (an internal error's message stays in the
+    node's log)."""
     message = str(exc) if isinstance(exc, NodeError) else "internal error; see the node's log"
-    return {"code": type(exc).__name__, "message": message}
+    return {"code": type(exc).__name__, "reason": refusal_reason(exc), "message": message}
+
+
+def entry_reason(entry: dict[str, Any]) -> str:
+    """A refused or failed entry's reason; entries written before reasons were recorded get
+    it from their exception's name."""
+    error = entry.get("error") or {}
+    if error.get("reason"):
+        return str(error["reason"])
+    if entry.get("outcome") == "failed":
+        return "internal"
+    return _REASON_OF_CODE.get(str(error.get("code")), "other")
 
 
 @dataclass(frozen=True)
@@ -578,6 +624,54 @@ def summarize(items: Iterable[dict[str, Any]], period: str = "month") -> list[Su
         row.epsilon += loss.epsilon
         row.rho += loss.rho
     return [table[k] for k in sorted(table)]
+
+
+@dataclass
+class Refusals:
+    """Calls refused (or failed) for one caller and one reason."""
+
+    caller: str
+    reason: str
+    count: int = 0
+    first: str = ""
+    last: str = ""
+    example: str = ""  # the last refusal's message
+
+
+def summarize_refusals(items: Iterable[dict[str, Any]]) -> list[Refusals]:
+    """Refused and failed entries per caller and reason, with when they were first and last
+    seen and the last message: who tried what, for a security officer's review."""
+    table: dict[tuple[str, str], Refusals] = {}
+    for entry in items:
+        if entry.get("outcome") not in ("refused", "failed"):
+            continue
+        caller, reason = str(entry.get("caller")), entry_reason(entry)
+        row = table.setdefault((caller, reason), Refusals(caller, reason))
+        row.count += 1
+        when = str(entry.get("time", ""))
+        row.first = min(row.first or when, when)
+        row.last = max(row.last, when)
+        row.example = str((entry.get("error") or {}).get("message", ""))
+    return [table[k] for k in sorted(table)]
+
+
+def format_refusals(rows: Sequence[Refusals], width: int = 160) -> str:
+    """A text table of `summarize_refusals`' rows; the message is cut to fit `width`."""
+    if not rows:
+        return "no refusals"
+    header = ("caller", "reason", "refused", "first", "last", "last message")
+    table = [header] + [(r.caller, r.reason, str(r.count), r.first, r.last, r.example)
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    room = max(20, width - sum(widths) - 2 * len(widths))
+    return "\n".join("  ".join([*(cell.rjust(w) if i == 2 else cell.ljust(w)
+                                 for i, (cell, w) in enumerate(zip(row[:-1], widths,
+                                                                   strict=True))),
+                                _cut(row[-1], room)]).rstrip() for row in table)
+
+
+def _cut(text: str, room: int) -> str:
+    return text if len(text) <= room else text[: room - 3] + "..."
 
 
 def format_summary(rows: Sequence[Summary]) -> str:

@@ -1,8 +1,9 @@
-"""`bridgestat-node`: the command member IT uses (check, serve, budget, audit)."""
+"""`bridgestat-node`: the command member IT uses (check, serve, health, budget, audit)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -231,6 +232,8 @@ def _audit_show(args: argparse.Namespace) -> int:
     chain = "intact" if result.ok else f"BROKEN ({result.problem}; run audit verify)"
     print(f"audit log {path}: {result.count} entries verified, chain {chain}")
     print(audit.format_summary(audit.summarize(audit.entries(path), args.period)))
+    print("refused calls per caller and reason (nothing charged):")
+    print(audit.format_refusals(audit.summarize_refusals(audit.entries(path))))
     dataset, delta = config.budget.dataset, config.budget.delta
     released = [e for e in audit.entries(path)
                 if e.get("dataset") == dataset and e.get("outcome") == "released"]
@@ -259,11 +262,44 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "the chain, and the chain must reach the highest")
     show = actions.add_parser("show", help="queries and loss per caller and period",
                               description="Queries released, replayed, refused and failed, "
-                              "and the loss charged, per caller and period (UTC).")
+                              "and the loss charged, per caller and period (UTC); then the "
+                              "refused calls per caller and reason (allow-list, probe, "
+                              "schema, policy, budget, ...).")
     show.add_argument("--period", choices=PERIODS, default="month")
     for cmd, func in ((verify, _audit_verify), (show, _audit_show)):
         cmd.add_argument("--config", type=Path, required=True, help="node config (YAML)")
         cmd.set_defaults(func=func)
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when the node answers grpc.health.v1 SERVING, 1 otherwise."""
+    from bridgestat.node.config import load_config
+    from bridgestat.node.probe import ProbeIdentity, check_health  # imports grpc
+
+    if (args.cert is None) != (args.key is None):
+        print("bridgestat-node health: --cert and --key go together", file=sys.stderr)
+        return 2
+    identity = ProbeIdentity(args.cert, args.key) if args.cert is not None else None
+    result = check_health(load_config(args.config), address=args.address, identity=identity,
+                          service=args.service, timeout=args.timeout)
+    print(result.message)
+    return 0 if result.serving else 1
+
+
+def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "probe a running node: grpc.health.v1 Check over mutual TLS (exit 0 SERVING, 1 not)"
+    health = sub.add_parser("health", help=text, description=text + "; by default as the "
+                            "node's own certificate, dialling its listen address (a wildcard "
+                            "host: loopback). For container health checks and monitors.")
+    health.add_argument("--config", type=Path, required=True, help="node config (YAML)")
+    health.add_argument("--address", help="host:port to dial instead of the config's listen")
+    health.add_argument("--cert", type=Path, help="a probe certificate (a name on tls.probe) "
+                        "instead of the node's own")
+    health.add_argument("--key", type=Path, help="the probe certificate's key")
+    health.add_argument("--service", default="", help="the service to check (default: the "
+                        "whole node; bridgestat.v1.NodeService for the query service)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    health.set_defaults(func=_health)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,12 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "check":
             cmd.add_argument("--max-per-kind", type=int, default=20,
                              help="problems printed per file, column and kind")
+    _add_health(sub)
     _add_audit(sub)
     _add_backup(sub)
     return parser
 
 
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process ended by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Its output piped into a reader that stops early (`| head`) ends the
+    command quietly with exit code 141, as SIGPIPE ends other Unix tools (`set -o pipefail`
+    sees it), without a BrokenPipeError traceback."""
     args = build_parser().parse_args(argv)
     from bridgestat.node import arrowless
 
@@ -297,10 +340,23 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be caught
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except NodeError as exc:
         print(f"bridgestat-node: {exc}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still
+    buffered cannot fail again at exit."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
 
 
 if __name__ == "__main__":

@@ -117,11 +117,17 @@ class TlsFile(FileModel):
     cert: Text
     key: Text
     allow: list[Name]  # caller certificate names
+    probe: list[Name] = Field(default_factory=list)  # may call health and reflection only
 
     def check(self) -> None:
         if not self.allow:
             raise KeyProblem("tls.allow", "must list the caller identities allowed "
                              "(certificate names), e.g. [coordinator]")
+        both = sorted(set(self.allow) & set(self.probe))
+        if both:
+            raise KeyProblem("tls.probe", f"{', '.join(both)} also on tls.allow: a probe "
+                             "identity may only call health and reflection, so it cannot "
+                             "also be allowed to query")
 
 
 class ConnectFile(FileModel):
@@ -189,6 +195,7 @@ class TlsConfig:
     cert: Path
     key: Path
     allow: tuple[str, ...]  # caller identities (certificate common names)
+    probe: tuple[str, ...] = ()  # identities that may call health and reflection only
 
 
 @dataclass(frozen=True)
@@ -279,7 +286,7 @@ def _data(doc: DataFile, base: Path) -> DataConfig:
 
 def _tls(doc: TlsFile, base: Path) -> TlsConfig:
     ca, cert, key = (_existing(base / getattr(doc, k), f"tls.{k}") for k in ("ca", "cert", "key"))
-    return TlsConfig(ca, cert, key, allow=tuple(doc.allow))
+    return TlsConfig(ca, cert, key, allow=tuple(doc.allow), probe=tuple(doc.probe))
 
 
 def _existing(path: Path, key: str) -> Path:

@@ -29,6 +29,7 @@ from bridgestat.common.headers import SESSION_HEADER
 from bridgestat.node.engine import Engine
 from bridgestat.node.metrics import NodeMetrics
 from bridgestat.node.service import (
+    SERVICE_NAME,
     Status,
     node_info,
     refuse_caller,
@@ -36,7 +37,7 @@ from bridgestat.node.service import (
     software_version,
     status_of,
 )
-from bridgestat.node.tls import ANONYMOUS
+from bridgestat.node.tls import ANONYMOUS, CallerRefused
 from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
 from bridgestat.v1 import node_service_pb2 as pb
@@ -93,9 +94,11 @@ def _result(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetric
             ) -> pb.GetNodeInfoResponse | pb.RunQueryResponse | Status:
     """The relayed caller checked against `allow`, then the call it asks for."""
     caller = request.caller or ANONYMOUS
-    if allow is not None and caller not in allow:
-        return refuse_caller(metrics, caller, _VIA)
     kind = request.WhichOneof("kind")
+    if allow is not None and caller not in allow:
+        method = f"/{SERVICE_NAME}/{'GetNodeInfo' if kind == 'get_node_info' else 'RunQuery'}"
+        return refuse_caller(engine, metrics, CallerRefused(caller, method),
+                             request.run_query.idempotency_key, _VIA)
     if kind == "get_node_info":
         return node_info(engine, software_version())
     if kind == "run_query":

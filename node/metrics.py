@@ -46,8 +46,9 @@ class NodeMetrics:
         self.queries = Counter(f"{PREFIX}_queries", "RunQuery calls by statistic and outcome "
                                "(ok, replayed, or the refusal's gRPC status)",
                                ["statistic", "outcome"], registry=self.registry)
-        self.refusals = Counter(f"{PREFIX}_refusals", "Refused calls by gRPC status (queries "
-                                "and callers not on the allow-list)", ["code"],
+        self.refusals = Counter(f"{PREFIX}_refusals", "Refused calls by gRPC status and "
+                                "reason (allow-list, probe, schema, policy, budget, "
+                                "idempotency, in-progress, audit, internal)", ["code", "reason"],
                                 registry=self.registry)
         self.epsilon = Counter(f"{PREFIX}_loss_spent_epsilon", "Pure-DP epsilon charged by "
                                "answered queries since start", registry=self.registry)
@@ -90,15 +91,17 @@ class NodeMetrics:
             self.epsilon.inc(max(epsilon, 0.0))
             self.rho.inc(max(rho, 0.0))
 
-    def refused(self, statistic: str, code: str, seconds: float) -> None:
-        """A query refused (or failed) with gRPC status `code`; nothing was charged."""
+    def refused(self, statistic: str, code: str, seconds: float, reason: str) -> None:
+        """A query refused (or failed) with gRPC status `code` for `reason`; nothing was
+        charged."""
         self.queries.labels(statistic, code).inc()
         self.seconds.labels(statistic).observe(seconds)
-        self.refusals.labels(code).inc()
+        self.refusals.labels(code, reason).inc()
 
-    def caller_refused(self, _caller: str) -> None:
-        """A caller not on the allow-list (the identity goes to the log, not a label)."""
-        self.refusals.labels("PERMISSION_DENIED").inc()
+    def caller_refused(self, _caller: str, reason: str = "allow-list") -> None:
+        """A caller refused for who it is (the identity goes to the audit log and the log,
+        not a label: labels must stay few)."""
+        self.refusals.labels("PERMISSION_DENIED", reason).inc()
 
     def serve(self, address: str) -> MetricsServer:
         """Serve /metrics on host:port (port 0: any free port); raises OSError."""

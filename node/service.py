@@ -11,9 +11,11 @@ internal error, logged here and answered without details. Every query is recorde
 metrics and the log (statistic, outcome, caller, duration; never data values), and one whose
 query cannot even be decoded is audited as refused too.
 
-The server also offers grpc.health.v1 and server reflection; with TLS it requires a client
-certificate from the network CA and refuses callers not on the allow-list (`node/tls.py`),
-counted and logged by `refuse_caller` as connect mode does.
+The server also offers grpc.health.v1 and server reflection (v1 and v1alpha); with TLS it
+requires a client certificate from the network CA and refuses callers not on the allow-list,
+and probe identities outside health and reflection (`node/tls.py`). `refuse_caller` audits,
+counts (by reason) and logs every such refusal, for both transports: every call the node
+refuses, for who made it or for what it asked, has its audit entry and its metric.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from bridgestat.node import serde
-from bridgestat.node.engine import Answer, Engine
+from bridgestat.node.audit import refusal_reason
+from bridgestat.node.engine import MAX_KEY_LENGTH, Answer, Engine
 from bridgestat.node.errors import (
     BudgetExhausted,
     IdempotencyConflict,
@@ -42,7 +44,8 @@ from bridgestat.node.errors import (
 )
 from bridgestat.node.metrics import NodeMetrics
 from bridgestat.node.query import QuerySpec
-from bridgestat.node.tls import AllowList, ServerTls, caller_identity, not_allowed
+from bridgestat.node.reflection import enable_reflection
+from bridgestat.node.tls import AllowList, CallerRefused, ServerTls, caller_identity
 
 if TYPE_CHECKING:
     from bridgestat.node.tls import _Interceptor
@@ -121,19 +124,31 @@ def run_query(engine: Engine, metrics: NodeMetrics, request: pb.RunQueryRequest,
         response = serde.answer_to_pb(answer, engine.policy.max_epsilon_per_query)
     except Exception as exc:  # noqa: BLE001  # every error becomes a gRPC status, in one place
         status = status_of(exc)
-        _record_refused(metrics, request, statistic, caller, started, status)
+        _record_refused(metrics, request, statistic, caller, started, status,
+                        refusal_reason(exc))
         return status
     _record_answered(metrics, answer, statistic, caller, started)
     return response
 
 
-def refuse_caller(metrics: NodeMetrics, caller: str, via: str = "") -> Status:
-    """A caller not on the allow-list (tls.allow), refused before anything runs: counted,
-    logged (`via` says how the call came, if not directly) and answered PERMISSION_DENIED."""
-    metrics.caller_refused(caller)
-    log.warning("refused caller %s%s: not on the allow-list (tls.allow)", caller, via,
-                extra={"caller": caller, "outcome": "PERMISSION_DENIED"})
-    return Status(grpc.StatusCode.PERMISSION_DENIED, not_allowed(caller))
+def refuse_caller(engine: Engine, metrics: NodeMetrics, refused: CallerRefused,
+                  key: str = "", via: str = "") -> Status:
+    """A call refused for who made it (not on tls.allow, or a probe identity beyond health
+    and reflection), before anything ran: audited (caller, method, reason; nothing
+    charged), counted by reason, logged (`via` says how the call came, if not directly),
+    and answered PERMISSION_DENIED."""
+    key = key[:MAX_KEY_LENGTH]  # the caller's text: an audit entry stays small
+    metrics.caller_refused(refused.caller, refused.reason)
+    log.warning("refused caller %s%s (%s): %s", refused.caller, via, refused.reason, refused,
+                extra={"caller": refused.caller, "outcome": "PERMISSION_DENIED",
+                       "reason": str(refused), "refusal": refused.reason,
+                       "method": refused.method, "key": key})
+    try:
+        engine.refused(key, None, refused, refused.caller)
+    except NodeError as exc:  # the call is refused anyway; the failed write must be seen
+        log.error("cannot audit the refusal of caller %s: %s", refused.caller, exc,
+                  extra={"caller": refused.caller, "refusal": refused.reason})
+    return Status(grpc.StatusCode.PERMISSION_DENIED, refused.public)
 
 
 def _decode_query(engine: Engine, request: pb.RunQueryRequest, caller: str) -> QuerySpec:
@@ -165,16 +180,17 @@ def _record_answered(metrics: NodeMetrics, answer: Answer, statistic: str, calle
 
 
 def _record_refused(metrics: NodeMetrics, request: pb.RunQueryRequest, statistic: str,
-                    caller: str, started: float, status: Status) -> None:
+                    caller: str, started: float, status: Status, reason: str) -> None:
     """Metrics and one log line for a refused (or failed) query."""
     seconds = time.perf_counter() - started
     code = status.code.name
-    metrics.refused(statistic, code, seconds)
+    metrics.refused(statistic, code, seconds, reason)
     log.info("query %s (%s) by %s refused: %s: %s", request.idempotency_key, statistic,
              caller, code, status.message,
              extra={"key": request.idempotency_key, "statistic": statistic,
                     "table": request.query.table, "outcome": code, "caller": caller,
-                    "duration_ms": round(seconds * 1000, 3), "reason": status.message})
+                    "duration_ms": round(seconds * 1000, 3), "reason": status.message,
+                    "refusal": reason})
 
 
 # -- the NodeService server ----------------------------------------------------------------
@@ -224,11 +240,12 @@ class NodeServer:
 
 def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = None,
                       metrics: NodeMetrics | None = None, workers: int = 8) -> NodeServer:
-    """A node's gRPC server (not started): NodeService, grpc.health.v1 and reflection, over
-    mutual TLS when `tls` is given, else plain text. Raises OSError if it cannot listen."""
+    """A node's gRPC server (not started): NodeService, grpc.health.v1 and reflection (v1
+    and v1alpha), over mutual TLS when `tls` is given, else plain text. Raises OSError if
+    it cannot listen."""
     metrics = metrics or NodeMetrics(engine.ledger.state)
-    interceptors: list[_Interceptor] = ([] if tls is None
-                                        else [AllowList(tls.allow, _on_refusal(metrics))])
+    interceptors: list[_Interceptor] = (
+        [] if tls is None else [AllowList(tls.allow, _on_refusal(engine, metrics), tls.probe)])
     # No SO_REUSEPORT: a second node on an address in use must fail to start, not silently
     # split the coordinator's connections with the first.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
@@ -237,8 +254,8 @@ def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = N
     secure_name = _add_secure_service(engine, tls, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, secure_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection(tuple(n for n in (SERVICE_NAME, secure_name, health.SERVICE_NAME) if n),
+                      server)
     port = (server.add_insecure_port(address) if tls is None
             else server.add_secure_port(address, tls.credentials()))
     if port == 0:
@@ -272,8 +289,8 @@ def build_server(engine: Engine, address: str, workers: int = 8, *,
     return node.server, node.port
 
 
-def _on_refusal(metrics: NodeMetrics) -> Callable[[str], None]:
+def _on_refusal(engine: Engine, metrics: NodeMetrics) -> Callable[[CallerRefused, str], None]:
     """The allow-list's callback: the interceptor aborts the call itself."""
-    def refused(caller: str) -> None:
-        refuse_caller(metrics, caller)
+    def refused(refusal: CallerRefused, key: str) -> None:
+        refuse_caller(engine, metrics, refusal, key)
     return refused

@@ -7,7 +7,13 @@ name than `node_id`) is a `ConfigError` naming the config file and key at start-
 handshake failure on the first query; the checks are the coordinator's too
 (`bridgestat.common.certs`). The server then requires a client certificate from
 the network CA (`require_client_auth`), and `AllowList` refuses, before any handler runs,
-every call whose certificate's common name is not in `tls.allow`.
+every call whose certificate's common name is not in `tls.allow`; a probe identity
+(`tls.probe`, and the node's own certificate) may call health and reflection only. Each
+refusal is handed to a callback (service.py audits, counts and logs it).
+
+Callers whose handshake fails (no certificate, another CA) never reach this code: gRPC's
+core refuses them and logs the failure itself (`logs.route_stderr` turns those lines into
+JSON objects with `log_format: json`).
 
 The certificate and key can be replaced while the node serves: `ServerTls.reload` (SIGHUP)
 checks the new files like at start-up and hands them to gRPC's dynamic server credentials,
@@ -28,7 +34,7 @@ from cryptography import x509
 
 from bridgestat.common.certs import Expiry, check_identity, expiry
 from bridgestat.node.config import NodeConfig, TlsConfig
-from bridgestat.node.errors import ConfigError
+from bridgestat.node.errors import ConfigError, NodeError
 
 if TYPE_CHECKING:  # grpc-stubs' generics; at run time these classes take no parameters
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -39,6 +45,10 @@ else:
 
 log = logging.getLogger("bridgestat.node.tls")
 ANONYMOUS = "anonymous"  # the caller of a plain-text (--insecure) node
+# What a probe identity may call: health and reflection (both versions), nothing that reads
+# data or spends budget.
+PROBE_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                  "grpc.reflection.v1alpha.ServerReflection")
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,10 @@ class ServerTls:
         assert config.tls is not None
         self.config, self.files = config, config.tls
         self.allow: tuple[str, ...] = config.tls.allow
+        # The node's own certificate is a probe identity too: whoever holds its key holds the
+        # ledger as well, and a health check inside the node's container needs no other files.
+        probe = tuple(dict.fromkeys((*config.tls.probe, config.node_id)))
+        self.probe: tuple[str, ...] = tuple(p for p in probe if p not in self.allow)
         self._pem = pem
         self._fresh = False  # a reloaded configuration not yet handed to the server
         self._lock = threading.Lock()
@@ -169,15 +183,35 @@ def _read(source: str, key: str, path: Path) -> bytes:
 
 # -- allow-list ------------------------------------------------------------------------------
 
-Refused = Callable[[str], None]
+class CallerRefused(NodeError):
+    """A call refused for who made it, before anything ran: `reason` is "allow-list" (the
+    caller is not on `tls.allow`) or "probe" (a probe identity calling more than health or
+    reflection). The message names the caller and the method; the audit log keeps it."""
+
+    def __init__(self, caller: str, method: str, reason: str = "allow-list") -> None:
+        self.caller, self.method, self.reason = caller, method, reason
+        why = not_allowed(caller) if reason == "allow-list" else probe_only(caller)
+        super().__init__(f"{why}; called {method}" if method else why)
+
+    @property
+    def public(self) -> str:
+        """What the caller is told (the method is its own)."""
+        return not_allowed(self.caller) if self.reason == "allow-list" \
+            else probe_only(self.caller)
+
+
+Refused = Callable[[CallerRefused, str], None]  # (the refusal, the request's idempotency key)
 
 
 class AllowList(_Interceptor):
     """Refuses (PERMISSION_DENIED, naming the identity) every call whose client certificate's
-    common name is not allowed, before the handler runs: nothing is read or spent."""
+    common name is not allowed, and every call of a probe identity to anything but
+    PROBE_SERVICES, before the handler runs: nothing is read or spent."""
 
-    def __init__(self, allow: tuple[str, ...], on_refusal: Refused | None = None) -> None:
+    def __init__(self, allow: tuple[str, ...], on_refusal: Refused | None = None,
+                 probe: tuple[str, ...] = ()) -> None:
         self.allow = frozenset(allow)
+        self.probe = frozenset(probe) - self.allow
         self.on_refusal = on_refusal
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -187,14 +221,30 @@ class AllowList(_Interceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        return _guarded(handler, self._check)
+        method = str(handler_call_details.method)
+        return _guarded(handler, lambda request, context: self._check(method, request,
+                                                                      context))
 
-    def _check(self, context: grpc.ServicerContext) -> None:
-        caller = caller_identity(context)
-        if caller not in self.allow:
-            if self.on_refusal is not None:
-                self.on_refusal(caller)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, not_allowed(caller))
+    def refusal(self, caller: str, method: str) -> CallerRefused | None:
+        """Why `caller` may not call `method` (a full gRPC method name), or None."""
+        if caller in self.allow:
+            return None
+        if caller in self.probe:
+            return None if is_probe_method(method) else CallerRefused(caller, method, "probe")
+        return CallerRefused(caller, method)
+
+    def _check(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        refused = self.refusal(caller_identity(context), method)
+        if refused is None:
+            return
+        if self.on_refusal is not None:
+            self.on_refusal(refused, str(getattr(request, "idempotency_key", "") or ""))
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, refused.public)
+
+
+def is_probe_method(method: str) -> bool:
+    """Whether `method` ("/package.Service/Method") belongs to health or reflection."""
+    return method.strip("/").partition("/")[0] in PROBE_SERVICES
 
 
 def not_allowed(caller: str) -> str:
@@ -203,13 +253,20 @@ def not_allowed(caller: str) -> str:
     return f"caller {caller!r} is not on this node's allow-list (tls.allow)"
 
 
+def probe_only(caller: str) -> str:
+    """The message for a probe identity that called more than health or reflection."""
+    return (f"caller {caller!r} is a probe identity (tls.probe): it may call only "
+            "grpc.health.v1 and server reflection")
+
+
 def _guarded(handler: Handler,
-             check: Callable[[Context], None]) -> Handler:
-    """The same handler with `check(context)` run before its behaviour, for all four kinds."""
+             check: Callable[[Any, Context], None]) -> Handler:
+    """The same handler with `check(request, context)` run before its behaviour, for all four
+    kinds (a streaming call's request is its iterator, not yet read)."""
     def wrap(behaviour: Callable[[Any, grpc.ServicerContext], Any]
              ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def checked(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
+            check(request, context)
             return behaviour(request, context)
         return checked
 

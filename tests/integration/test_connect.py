@@ -204,8 +204,9 @@ def test_the_node_applies_its_allow_list_to_the_caller_the_coordinator_relays(
     assert reply.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert "'researcher-x'" in reply.error.message and "tls.allow" in reply.error.message
     assert node.engine.ledger.charges() == []
-    assert metrics.registry.get_sample_value("bridgestat_node_refusals_total",
-                                             {"code": "PERMISSION_DENIED"}) == 1
+    assert metrics.registry.get_sample_value(
+        "bridgestat_node_refusals_total",
+        {"code": "PERMISSION_DENIED", "reason": "allow-list"}) == 1
     request.caller = "coordinator"
     reply = answer(node.engine, request, metrics, allow=("coordinator",))
     assert reply.WhichOneof("kind") == "run_query"

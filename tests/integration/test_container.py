@@ -6,7 +6,9 @@ from the host with the coordinator's API. Slow (about 1-2 minutes), and run in C
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,7 +104,8 @@ def _network(root: Path, port: int) -> Path:
 
 
 @pytest.fixture
-def running(node_image: str, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+def running(node_image: str, tmp_path: Path
+            ) -> Iterator[tuple[Path, subprocess.Popen[str], str]]:
     port = local.free_port()
     data, etc = _member(tmp_path, port)
     container = _run("buildah", "from", node_image).strip()
@@ -112,7 +115,7 @@ def running(node_image: str, tmp_path: Path) -> Iterator[tuple[Path, subprocess.
          "bridgestat-node", "serve", "--config", "/etc/bridgestat/node.yaml"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        yield _network(tmp_path, port), process
+        yield _network(tmp_path, port), process, container
     finally:
         process.terminate()
         try:
@@ -123,8 +126,8 @@ def running(node_image: str, tmp_path: Path) -> Iterator[tuple[Path, subprocess.
 
 
 def test_the_node_image_serves_queries_over_mtls(
-        running: tuple[Path, subprocess.Popen[str]]) -> None:
-    network, process = running
+        running: tuple[Path, subprocess.Popen[str], str]) -> None:
+    network, process, _ = running
     deadline = time.monotonic() + 90
     with Network.from_file(network, timeout=5.0) as net:
         while True:
@@ -158,3 +161,26 @@ def test_the_node_image_holds_the_node_extra_only(node_image: str) -> None:
     finally:
         subprocess.run(["buildah", "rm", container], capture_output=True)
     assert found == ["pandas", "opendp"], found
+
+
+def _healthcheck_command() -> list[str]:
+    """The image's HEALTHCHECK command, as deploy/node.Dockerfile gives it."""
+    text = (ROOT / "deploy" / "node.Dockerfile").read_text(encoding="utf-8")
+    found = re.search(r"^HEALTHCHECK .*?CMD (\[.*\])$", text.replace("\\\n", " "), re.MULTILINE)
+    assert found is not None, "deploy/node.Dockerfile has no HEALTHCHECK"
+    return list(json.loads(found[1]))
+
+
+def test_the_images_healthcheck_passes_while_the_node_serves(
+        running: tuple[Path, subprocess.Popen[str], str]) -> None:
+    _, process, container = running
+    command = _healthcheck_command()
+    deadline = time.monotonic() + 90
+    while True:
+        done = subprocess.run(["buildah", "run", "--isolation", "chroot", container, "--",
+                               *command], capture_output=True, text=True, timeout=60)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        time.sleep(2)
+    assert done.returncode == 0 and "SERVING" in done.stdout, done.stdout + done.stderr

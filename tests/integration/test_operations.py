@@ -129,8 +129,9 @@ def test_metrics_count_queries_refusals_loss_and_latency(queried: ServedNode) ->
     assert value(f"{prefix}queries_total", statistic="mean", outcome="ok") == 1
     assert value(f"{prefix}queries_total", statistic="mean", outcome="replayed") == 1
     assert value(f"{prefix}queries_total", statistic="mean", outcome="INVALID_ARGUMENT") == 1
-    assert value(f"{prefix}refusals_total", code="INVALID_ARGUMENT") == 1
-    assert value(f"{prefix}refusals_total", code="PERMISSION_DENIED") == 1  # the stranger
+    assert value(f"{prefix}refusals_total", code="INVALID_ARGUMENT", reason="schema") == 1
+    assert value(f"{prefix}refusals_total", code="PERMISSION_DENIED",
+                 reason="allow-list") == 1  # the stranger
     assert value(f"{prefix}loss_spent_epsilon_total") == pytest.approx(0.5)  # replay is free
     assert value(f"{prefix}loss_spent_rho_total") == 0
     assert value(f"{prefix}query_seconds_count", statistic="mean") == 3

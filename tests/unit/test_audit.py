@@ -328,7 +328,7 @@ def test_refusal_records_error_and_no_loss(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
     entry = log.append(_record("r", outcome="refused"))
     assert entry["outcome"] == "refused" and entry["charged"]["exact"] == "0;0"
-    assert entry["error"] == {"code": "PolicyError",
+    assert entry["error"] == {"code": "PolicyError", "reason": "policy",
                               "message": "query.statistic: policy rule statistics: no"}
     assert entry["release"] is None
 

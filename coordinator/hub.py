@@ -1,16 +1,19 @@
-"""`bridgestat coordinator serve`: holds connect-mode nodes and proxies NodeService to them.
+"""`bridgestat coordinator serve`: holds connect-mode nodes and proxies NodeService and
+SecureAggregationService to them.
 
 Nodes behind firewalls dial in on `CoordinatorService.Connect` and keep one stream open.
 Researchers' clients keep calling `NodeService` (GetNodeInfo, RunQuery) on the coordinator,
 naming the member in the `bridgestat-member` metadata; the hub forwards the request on that
 member's stream and returns its reply, or the node's own status code. So the API and CLI work
-the same whichever mode a member uses.
+the same whichever mode a member uses. The secure-aggregation driver (`coordinator/secure.py`)
+calls SecureAggregationService on the hub the same way, one relayed request per round, so
+connect-mode members take part in secure sessions unchanged.
 
 Who may do what, over mutual TLS (every caller needs a certificate from the network CA):
 
 - `Connect`: a node whose certificate is for the name in its Hello (one member cannot take
   another's place), and that the network file lists `via: hub`;
-- the NodeService proxy: the identities on the `allow` list (`coordinator serve --allow`,
+- the NodeService and SecureAggregationService proxies: the identities on the `allow` list (`coordinator serve --allow`,
   default `coordinator`, the identity researchers use from the network file). The hub relays
   the caller's identity, and the node applies its own `tls.allow` to it as if called
   directly, so a member's allow-list means the same in both modes;
@@ -50,6 +53,8 @@ from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import coordinator_service_pb2_grpc as cpb_grpc
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
+from bridgestat.v1 import secure_aggregation_pb2 as spb
+from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 
 if TYPE_CHECKING:  # grpc-stubs' generic; at run time the class takes no parameters
     AioContext = grpc.aio.ServicerContext[Any, Any]
@@ -68,6 +73,7 @@ _SERVER_OPTIONS = [
 ]
 COORDINATOR_SERVICE = cpb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 NODE_SERVICE = pb.DESCRIPTOR.services_by_name["NodeService"].full_name
+SECURE_SERVICE = spb.DESCRIPTOR.services_by_name["SecureAggregationService"].full_name
 
 
 @dataclass
@@ -220,27 +226,16 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServiceServicer):
                 future.set_result(message.reply)
 
 
-class ProxyServicer(pb_grpc.NodeServiceServicer):
-    """NodeService for connect-mode members, chosen by the `bridgestat-member` metadata.
-
-    `allow`: the caller identities that may use it (None: no check, plain text)."""
+class Relay:
+    """Forwards one call to the member named in its metadata, for callers on `allow` (None:
+    no check, plain text); the member's own status code comes back as the call's."""
 
     def __init__(self, hub: Hub, allow: Sequence[str] | None = None) -> None:
         self.hub = hub
         self.allow = None if allow is None else frozenset(allow)
 
-    async def GetNodeInfo(self, request: pb.GetNodeInfoRequest,
-                          context: AioContext) -> pb.GetNodeInfoResponse:
-        reply = await self._forward(context, cpb.CoordinatorRequest(get_node_info=request))
-        return reply.node_info
-
-    async def RunQuery(self, request: pb.RunQueryRequest,
-                       context: AioContext) -> pb.RunQueryResponse:
-        reply = await self._forward(context, cpb.CoordinatorRequest(run_query=request))
-        return reply.run_query
-
-    async def _forward(self, context: AioContext,
-                       request: cpb.CoordinatorRequest) -> cpb.NodeReply:
+    async def forward(self, context: AioContext,
+                      request: cpb.CoordinatorRequest) -> cpb.NodeReply:
         caller = _peer_identity(context)
         if self.allow is not None and caller not in self.allow:
             log.warning("refused caller %r: not on the coordinator's allow list", caller)
@@ -268,27 +263,92 @@ class ProxyServicer(pb_grpc.NodeServiceServicer):
         return reply
 
 
+class ProxyServicer(pb_grpc.NodeServiceServicer):
+    """NodeService for connect-mode members, chosen by the `bridgestat-member` metadata."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def GetNodeInfo(self, request: pb.GetNodeInfoRequest,
+                          context: AioContext) -> pb.GetNodeInfoResponse:
+        reply = await self.relay.forward(context, cpb.CoordinatorRequest(get_node_info=request))
+        return reply.node_info
+
+    async def RunQuery(self, request: pb.RunQueryRequest,
+                       context: AioContext) -> pb.RunQueryResponse:
+        reply = await self.relay.forward(context, cpb.CoordinatorRequest(run_query=request))
+        return reply.run_query
+
+
+class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
+    """SecureAggregationService for connect-mode members: each round is one request kind on
+    the member's stream, its reply under the same field name. The hub only relays: what it
+    sees is what the coordinator's driver sees (the protocol's messages, no member's input)."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+
+    async def Advertise(self, request: spb.AdvertiseRequest,
+                        context: AioContext) -> spb.AdvertiseResponse:
+        reply = await self._round(context, cpb.CoordinatorRequest(secure_advertise=request))
+        return reply.secure_advertise
+
+    async def ShareKeys(self, request: spb.ShareKeysRequest,
+                        context: AioContext) -> spb.ShareKeysResponse:
+        reply = await self._round(context, cpb.CoordinatorRequest(secure_share_keys=request))
+        return reply.secure_share_keys
+
+    async def MaskedInput(self, request: spb.MaskedInputRequest,
+                          context: AioContext) -> spb.MaskedInputResponse:
+        reply = await self._round(context,
+                                  cpb.CoordinatorRequest(secure_masked_input=request))
+        return reply.secure_masked_input
+
+    async def Consistency(self, request: spb.ConsistencyRequest,
+                          context: AioContext) -> spb.ConsistencyResponse:
+        reply = await self._round(context, cpb.CoordinatorRequest(secure_consistency=request))
+        return reply.secure_consistency
+
+    async def Unmask(self, request: spb.UnmaskRequest,
+                     context: AioContext) -> spb.UnmaskResponse:
+        reply = await self._round(context, cpb.CoordinatorRequest(secure_unmask=request))
+        return reply.secure_unmask
+
+    async def _round(self, context: AioContext,
+                     request: cpb.CoordinatorRequest) -> cpb.NodeReply:
+        """The reply, which must answer the round asked (an older node answers
+        UNIMPLEMENTED, passed on as it is)."""
+        reply = await self.relay.forward(context, request)
+        asked = request.WhichOneof("kind")
+        if reply.WhichOneof("kind") != asked:
+            await context.abort(grpc.StatusCode.INTERNAL, f"the member answered "
+                                f"{reply.WhichOneof('kind')!r} to {asked!r}")
+        return reply
+
+
 async def start_hub(address: str, credentials: grpc.ServerCredentials | None, *,
                     members: Sequence[str] | None = None,
                     allow: Sequence[str] | None = None) -> tuple[grpc.aio.Server, Hub, int]:
-    """Start the coordinator's server: CoordinatorService, the NodeService proxy,
-    grpc.health.v1 (SERVING once listening) and server reflection; returns (server, hub,
+    """Start the coordinator's server: CoordinatorService, the NodeService and
+    SecureAggregationService proxies, grpc.health.v1 (SERVING once listening) and server reflection; returns (server, hub,
     port). `members` may connect (None: any); `allow` may use the proxy (None: anyone)."""
     hub = Hub(members)
     server = grpc.aio.server(options=_SERVER_OPTIONS)
     cpb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(hub), server)
-    pb_grpc.add_NodeServiceServicer_to_server(ProxyServicer(hub, allow), server)
+    relay = Relay(hub, allow)
+    pb_grpc.add_NodeServiceServicer_to_server(ProxyServicer(relay), server)
+    spb_grpc.add_SecureAggregationServiceServicer_to_server(SecureProxyServicer(relay), server)
     hub.health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hub.health, server)
     reflection.enable_server_reflection(
-        (COORDINATOR_SERVICE, NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-        server)
+        (COORDINATOR_SERVICE, NODE_SERVICE, SECURE_SERVICE, health.SERVICE_NAME,
+         reflection.SERVICE_NAME), server)
     port = (server.add_insecure_port(address) if credentials is None
             else server.add_secure_port(address, credentials))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    for name in ("", COORDINATOR_SERVICE, NODE_SERVICE):
+    for name in ("", COORDINATOR_SERVICE, NODE_SERVICE, SECURE_SERVICE):
         await hub.health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, hub, port
 

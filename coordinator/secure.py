@@ -17,8 +17,10 @@ Tables. The network's noisy count, sums and sums of squares go through the pooli
 unit^2 (= |U3|/H times the central Gaussian variance of the guarantee). Only the NETWORK
 row exists; its `status` names who took part and who dropped out.
 
-Connect-mode members (`via: hub`) are refused: the hub relays NodeService calls only, and
-relaying the new service is left for later.
+Connect-mode members (`via: hub`) take part unchanged: their rounds go to the hub
+(`coordinator serve`), which relays each on the member's outbound stream, named in the
+`bridgestat-member` metadata as for NodeService. Every message already goes through the
+coordinator, so the hub learns nothing the driver does not.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from bridgestat.common.labels import MISSING
 from bridgestat.common.loss import rho_to_epsilon
 from bridgestat.common.secagg import SecAggError, SecAggParams
 from bridgestat.coordinator import pooling
+from bridgestat.coordinator.fanout import MemberHeader
 from bridgestat.coordinator.network import Member, SecureSettings, TlsFiles
 from bridgestat.coordinator.pooling import Estimate, MeanStats, Noisy, PoolingError
 from bridgestat.coordinator.query import Query
@@ -57,7 +60,7 @@ ROUNDS = (sa.ADVERTISE, sa.SHARE_KEYS, sa.MASKED_INPUT, sa.CONSISTENCY, sa.UNMAS
 
 
 class SecureError(ValueError):
-    """Secure mode cannot run here (a connect-mode member, no TLS, too few members)."""
+    """Secure mode cannot run here (no TLS, too few members)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -120,24 +123,23 @@ class SecureResult:
 
 
 def _channel(member: Member, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """The node's own channel, or (via: hub) one to the hub naming the member in every
+    call, the hub's certificate checked against its name."""
+    name = member.hub.name if member.hub is not None else member.name
+    interceptors: list[Any] | None = [MemberHeader(member.name)] if member.hub else None
     if credentials is None:
-        return grpc.aio.insecure_channel(member.address)
+        return grpc.aio.insecure_channel(member.address, interceptors=interceptors)
     return grpc.aio.secure_channel(member.address, credentials,
-                                   options=[("grpc.ssl_target_name_override", member.name)])
+                                   options=[("grpc.ssl_target_name_override", name)],
+                                   interceptors=interceptors)
 
 
 class SecureDriver:
-    """Runs secure sessions over the members' nodes (direct members only, mutual TLS)."""
+    """Runs secure sessions over the members' nodes (inbound, or via the hub), mutual TLS."""
 
     def __init__(self, members: Sequence[Member], tls: TlsFiles | None,
                  settings: SecureSettings, timeout: float = 10.0, *,
                  insecure: bool = False) -> None:
-        via_hub = [m.name for m in members if m.hub is not None]
-        if via_hub:
-            raise SecureError(f"secure mode: members {', '.join(via_hub)} are connect-mode "
-                              "(via: hub); the hub does not relay secure aggregation yet. "
-                              "Run this analysis without secure, or with inbound members "
-                              "only")
         if tls is None and not insecure:
             raise SecureError("secure mode needs the network's CA (tls in the network file)")
         if len(members) < 2:

@@ -38,6 +38,7 @@ from bridgestat.node.ledger import Ledger
 from bridgestat.node.loss import Epsilon
 from bridgestat.node.metrics import MetricsServer, NodeMetrics
 from bridgestat.node.policy import load_policy
+from bridgestat.node.secure_service import secure_node
 from bridgestat.node.service import NodeServer, build_node_server
 from bridgestat.node.sources import load as load_data
 from bridgestat.node.tls import ServerTls, load_server_tls
@@ -175,13 +176,15 @@ def _connector(config: NodeConfig, engine: Engine, tls: ServerTls | None,
                metrics: NodeMetrics) -> Connector | None:
     """Connect mode: the node's own certificate as client identity (as last reloaded, at
     each reconnect), the coordinator's checked against `connect.server_name`, and the
-    node's allow-list for the researchers the coordinator relays. Plain text only when `tls` is absent (--insecure)."""
+    node's allow-list for the researchers the coordinator relays; secure-aggregation rounds
+    signed with the node's TLS key. Plain text only when `tls` is absent (--insecure)."""
     if config.connect is None:
         return None
     if tls is None:
         return Connector(engine, config.connect.coordinator, None, metrics=metrics)
     return Connector(engine, config.connect.coordinator, tls.channel_credentials,
-                     server_name=config.connect.server_name, metrics=metrics, allow=tls.allow)
+                     server_name=config.connect.server_name, metrics=metrics, allow=tls.allow,
+                     secure=secure_node(engine, tls))
 
 
 def _start_connector(config: NodeConfig, connector: Connector | None,

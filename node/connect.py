@@ -6,8 +6,10 @@ the node presents its own certificate and checks that the coordinator's is for
 `connect.server_name`), says Hello with its node id, and answers each `CoordinatorRequest`
 exactly as the NodeService server would: the same allow-list (applied to the researcher the
 coordinator relays), the same decoding, engine and audit log, the same metrics and log
-lines, the same status codes. A dropped stream is re-opened with exponential backoff and
-jitter; a request whose answer could not be sent is simply asked again by the coordinator,
+lines, the same status codes. SecureAggregationService's rounds come the same way (one
+request kind per round) and go to the same `secure_service.answer` as the node's own server,
+so a connect-mode member takes part in secure sessions unchanged. A dropped stream is
+re-opened with exponential backoff and jitter; a request whose answer could not be sent is simply asked again by the coordinator,
 and its idempotency key makes the retry free. Each (re)connection asks for the node's
 credentials afresh, so a certificate reloaded on SIGHUP is used from the next reconnect on.
 """
@@ -28,6 +30,9 @@ import grpc
 from bridgestat.common.headers import SESSION_HEADER
 from bridgestat.node.engine import Engine
 from bridgestat.node.metrics import NodeMetrics
+from bridgestat.node.secure import SecureNode
+from bridgestat.node.secure_service import Response as SecureResponse
+from bridgestat.node.secure_service import answer as secure_answer
 from bridgestat.node.service import (
     SERVICE_NAME,
     Status,
@@ -45,6 +50,8 @@ from bridgestat.v1 import node_service_pb2 as pb
 log = logging.getLogger("bridgestat.node.connect")
 _CLOSE = object()
 _VIA = " (via the coordinator)"  # in the log line of a refused caller
+SECURE_KINDS = ("secure_advertise", "secure_share_keys", "secure_masked_input",
+                "secure_consistency", "secure_unmask")  # request and reply field names
 _CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
     ("grpc.keepalive_time_ms", 20_000),  # notice a dead coordinator or NAT within ~30 s
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -70,28 +77,32 @@ class Backoff:
 
 
 def answer(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics | None = None,
-           allow: tuple[str, ...] | None = None) -> cpb.NodeReply:
-    """One request to one reply, answered as the NodeService server answers it (service.py):
-    a caller not in `allow` (None: no allow-list, plain text) is refused before anything
-    runs; refusals become an ErrorStatus with the server's code and message. Every request
-    gets its reply, even when answering it fails unexpectedly (INTERNAL)."""
+           allow: tuple[str, ...] | None = None,
+           secure: SecureNode | None = None) -> cpb.NodeReply:
+    """One request to one reply, answered as the node's gRPC server answers it (service.py,
+    secure_service.py): a caller not in `allow` (None: no allow-list, plain text) is refused
+    before anything runs; refusals become an ErrorStatus with the server's code and message.
+    `secure` answers the secure rounds (None: a node without one refuses them). Every
+    request gets its reply, even when answering it fails unexpectedly (INTERNAL)."""
     reply = cpb.NodeReply(request_id=request.request_id)
     try:
-        result = _result(engine, request, metrics or NodeMetrics(), allow)
+        result = _result(engine, request, metrics or NodeMetrics(), allow, secure)
     except Exception as exc:  # noqa: BLE001 - every request gets its reply (INTERNAL, logged)
         result = status_of(exc)
     if isinstance(result, Status):
         reply.error.CopyFrom(_error(result))
     elif isinstance(result, pb.GetNodeInfoResponse):
         reply.node_info.CopyFrom(result)
-    else:
+    elif isinstance(result, pb.RunQueryResponse):
         reply.run_query.CopyFrom(result)
+    else:  # a secure round: the reply's field has the request's name
+        getattr(reply, str(request.WhichOneof("kind"))).CopyFrom(result)
     return reply
 
 
 def _result(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics,
-            allow: tuple[str, ...] | None
-            ) -> pb.GetNodeInfoResponse | pb.RunQueryResponse | Status:
+            allow: tuple[str, ...] | None, secure: SecureNode | None
+            ) -> pb.GetNodeInfoResponse | pb.RunQueryResponse | SecureResponse | Status:
     """The relayed caller checked against `allow`, then the call it asks for."""
     caller = request.caller or ANONYMOUS
     kind = request.WhichOneof("kind")
@@ -103,6 +114,11 @@ def _result(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetric
         return node_info(engine, software_version())
     if kind == "run_query":
         return run_query(engine, metrics, request.run_query, caller)
+    if kind in SECURE_KINDS:
+        if secure is None:
+            return Status(grpc.StatusCode.UNIMPLEMENTED,
+                          "this node does not take part in secure aggregation")
+        return secure_answer(secure, getattr(request, kind), caller)
     return Status(grpc.StatusCode.UNIMPLEMENTED, f"unknown request kind {kind!r}")
 
 
@@ -113,7 +129,8 @@ def _error(status: Status) -> cpb.ErrorStatus:
 class Connector:
     """Keeps one stream to the coordinator open until `stop` is called.
 
-    `run` blocks (give it a thread). `connected` is set while the coordinator has accepted
+    `secure` answers the secure-aggregation rounds the coordinator relays (default: one
+    without an identity, which refuses every session). `run` blocks (give it a thread). `connected` is set while the coordinator has accepted
     this node's Hello; `last_error` is the status that ended the last stream (e.g. the
     coordinator's refusal of a certificate that does not match the node id).
     """
@@ -121,11 +138,14 @@ class Connector:
     def __init__(self, engine: Engine, target: str, credentials: Credentials,
                  server_name: str = "", workers: int = 4,
                  backoff: Backoff = Backoff(), *, metrics: NodeMetrics | None = None,
-                 allow: tuple[str, ...] | None = None) -> None:
+                 allow: tuple[str, ...] | None = None,
+                 secure: SecureNode | None = None) -> None:
         self.engine, self.target, self.credentials = engine, target, credentials
         self.server_name, self.backoff = server_name, backoff
         self.metrics = metrics or NodeMetrics(engine.ledger.state)
         self.allow = allow
+        # secure rounds; without TLS its sessions are refused (no identity to sign with)
+        self.secure = secure if secure is not None else SecureNode(engine, None)
         self._pool = futures.ThreadPoolExecutor(max_workers=workers)
         self._stop = threading.Event()
         self._grace = 0.0
@@ -234,7 +254,7 @@ class Connector:
     def _reply(self, request: cpb.CoordinatorRequest, outgoing: queue.Queue[object]) -> None:
         try:
             outgoing.put(cpb.NodeMessage(reply=answer(self.engine, request, self.metrics,
-                                                      self.allow)))
+                                                      self.allow, self.secure)))
         finally:
             with self._idle:
                 self._in_flight -= 1

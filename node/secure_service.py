@@ -1,7 +1,10 @@
 """SecureAggregationService over gRPC: a thin servicer over `node/secure.py`.
 
-The caller is the certificate's common name (the allow-list interceptor has already refused
-others). Errors map to statuses as NodeService's do (`service.status_of`); a protocol abort
+`answer` answers one round's request for a caller, whether it came to the node's own
+server (the caller is the certificate's common name; the allow-list interceptor has already
+refused others) or through the hub on the node's outbound stream (`node/connect.py`: the
+caller the hub relays, checked against the same allow-list there). Errors map to statuses
+as NodeService's do (`service.status_of`); a protocol abort
 (`SessionError`: a bad signature, an inconsistent survivor set, a request for both shares of
 one member, an unknown session) is FAILED_PRECONDITION, and malformed bytes from the
 coordinator are INVALID_ARGUMENT. Nothing of the member's data is in any error.
@@ -11,16 +14,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from bridgestat.common import secagg_wire as wire
 from bridgestat.common.secagg import SecAggError
 from bridgestat.node import serde
-from bridgestat.node.secure import Layout, SecureNode
+from bridgestat.node.engine import Engine
+from bridgestat.node.secure import Identity, Layout, SecureNode
 from bridgestat.node.service import Status, status_of
-from bridgestat.node.tls import caller_identity
+from bridgestat.node.tls import ServerTls, caller_identity
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
@@ -40,74 +44,115 @@ def layout_to_pb(layout: Layout) -> spb.SecureLayout:
         rho_alone=n.rho_alone, honest=n.honest)
 
 
+Request = (spb.AdvertiseRequest | spb.ShareKeysRequest | spb.MaskedInputRequest
+           | spb.ConsistencyRequest | spb.UnmaskRequest)
+Response = (spb.AdvertiseResponse | spb.ShareKeysResponse | spb.MaskedInputResponse
+            | spb.ConsistencyResponse | spb.UnmaskResponse)
+
+
+def secure_node(engine: Engine, tls: ServerTls | None) -> SecureNode:
+    """The node's secure-aggregation side, signing with its TLS key as read now; without
+    TLS it refuses every session (no identity)."""
+    identity = None
+    if tls is not None:
+        pem = tls.pem
+        identity = Identity.from_pem(engine.node_id, pem.key, pem.cert, pem.ca)
+    return SecureNode(engine, identity)
+
+
+def answer(secure: SecureNode, request: Request, caller: str) -> Response | Status:
+    """One round's request to its response, or the status the gRPC server would abort
+    with: the same for a direct call and one relayed by the hub (connect mode)."""
+    try:
+        return _ROUNDS[type(request)](secure, request, caller)
+    except SecAggError as exc:
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except Exception as exc:  # noqa: BLE001  # every error becomes a gRPC status, in one place
+        return status_of(exc)
+
+
+def _advertise(secure: SecureNode, request: spb.AdvertiseRequest,
+               caller: str) -> spb.AdvertiseResponse:
+    try:
+        query = serde.query_from_pb(request.query)
+    except Exception as exc:
+        secure.engine.refused(request.idempotency_key, None, exc, caller)
+        raise
+    advert, layout = secure.advertise(
+        request.idempotency_key, query, request.session, tuple(request.members),
+        request.threshold, request.colluding, caller)
+    log.info("secure session %s (%s) opened by %s", request.session, query.statistic.value,
+             caller)
+    return spb.AdvertiseResponse(advertisement=wire.advert_to_pb(advert),
+                                 layout=layout_to_pb(layout))
+
+
+def _share_keys(secure: SecureNode, request: spb.ShareKeysRequest,
+                caller: str) -> spb.ShareKeysResponse:
+    adverts = [wire.advert_from_pb(a) for a in request.advertisements]
+    return spb.ShareKeysResponse(shares=wire.shares_to_pb(
+        secure.share_keys(request.session, adverts)))
+
+
+def _masked_input(secure: SecureNode, request: spb.MaskedInputRequest,
+                  caller: str) -> spb.MaskedInputResponse:
+    masked, replayed = secure.masked_input(request.session, wire.shares_from_pb(request.shares))
+    engine = secure.engine
+    return spb.MaskedInputResponse(
+        member=masked.member, vector=masked.vector, replayed=replayed,
+        budget=serde.budget_to_pb(engine.ledger.state(), engine.policy.max_epsilon_per_query))
+
+
+def _consistency(secure: SecureNode, request: spb.ConsistencyRequest,
+                 caller: str) -> spb.ConsistencyResponse:
+    signature = secure.consistency(request.session, list(request.survivors))
+    return spb.ConsistencyResponse(signature=wire.signature_to_pb(signature))
+
+
+def _unmask(secure: SecureNode, request: spb.UnmaskRequest, caller: str) -> spb.UnmaskResponse:
+    response = secure.unmask(request.session, wire.unmask_request_from_pb(request))
+    return wire.unmask_response_to_pb(response)
+
+
+_ROUNDS: dict[type[Any], Callable[[SecureNode, Any, str], Response]] = {
+    spb.AdvertiseRequest: _advertise, spb.ShareKeysRequest: _share_keys,
+    spb.MaskedInputRequest: _masked_input, spb.ConsistencyRequest: _consistency,
+    spb.UnmaskRequest: _unmask}
+
+
 class SecureServicer(spb_grpc.SecureAggregationServiceServicer):
-    """The five rounds, each one call."""
+    """The five rounds, each one call (the caller is the certificate's common name)."""
 
     def __init__(self, secure: SecureNode) -> None:
         self.secure = secure
 
     def Advertise(self, request: spb.AdvertiseRequest,
                   context: grpc.ServicerContext) -> spb.AdvertiseResponse:
-        caller = caller_identity(context)
-
-        def run() -> spb.AdvertiseResponse:
-            try:
-                query = serde.query_from_pb(request.query)
-            except Exception as exc:
-                self.secure.engine.refused(request.idempotency_key, None, exc, caller)
-                raise
-            advert, layout = self.secure.advertise(
-                request.idempotency_key, query, request.session, tuple(request.members),
-                request.threshold, request.colluding, caller)
-            log.info("secure session %s (%s) opened by %s", request.session,
-                     query.statistic.value, caller)
-            return spb.AdvertiseResponse(advertisement=wire.advert_to_pb(advert),
-                                         layout=layout_to_pb(layout))
-        return _answer(context, run)
+        return _respond(context, self.secure, request, spb.AdvertiseResponse)
 
     def ShareKeys(self, request: spb.ShareKeysRequest,
                   context: grpc.ServicerContext) -> spb.ShareKeysResponse:
-        def run() -> spb.ShareKeysResponse:
-            adverts = [wire.advert_from_pb(a) for a in request.advertisements]
-            shares = self.secure.share_keys(request.session, adverts)
-            return spb.ShareKeysResponse(shares=wire.shares_to_pb(shares))
-        return _answer(context, run)
+        return _respond(context, self.secure, request, spb.ShareKeysResponse)
 
     def MaskedInput(self, request: spb.MaskedInputRequest,
                     context: grpc.ServicerContext) -> spb.MaskedInputResponse:
-        def run() -> spb.MaskedInputResponse:
-            masked, replayed = self.secure.masked_input(request.session,
-                                                        wire.shares_from_pb(request.shares))
-            engine = self.secure.engine
-            return spb.MaskedInputResponse(
-                member=masked.member, vector=masked.vector, replayed=replayed,
-                budget=serde.budget_to_pb(engine.ledger.state(),
-                                          engine.policy.max_epsilon_per_query))
-        return _answer(context, run)
+        return _respond(context, self.secure, request, spb.MaskedInputResponse)
 
     def Consistency(self, request: spb.ConsistencyRequest,
                     context: grpc.ServicerContext) -> spb.ConsistencyResponse:
-        def run() -> spb.ConsistencyResponse:
-            signature = self.secure.consistency(request.session, list(request.survivors))
-            return spb.ConsistencyResponse(signature=wire.signature_to_pb(signature))
-        return _answer(context, run)
+        return _respond(context, self.secure, request, spb.ConsistencyResponse)
 
     def Unmask(self, request: spb.UnmaskRequest,
                context: grpc.ServicerContext) -> spb.UnmaskResponse:
-        def run() -> spb.UnmaskResponse:
-            response = self.secure.unmask(request.session, wire.unmask_request_from_pb(request))
-            return wire.unmask_response_to_pb(response)
-        return _answer(context, run)
+        return _respond(context, self.secure, request, spb.UnmaskResponse)
 
 
-def _answer(context: grpc.ServicerContext, run: Callable[[], R]) -> R:
-    """The response, or abort with the status: protocol aborts FAILED_PRECONDITION,
-    malformed messages INVALID_ARGUMENT, the node's errors as NodeService maps them."""
-    try:
-        return run()
-    except SecAggError as exc:
-        status = Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except Exception as exc:  # noqa: BLE001  # every error becomes a gRPC status, in one place
-        status = status_of(exc)
-    context.abort(status.code, status.message)
+def _respond(context: grpc.ServicerContext, secure: SecureNode, request: Request,
+             kind: type[R]) -> R:
+    """The response, or abort the call with the status (abort raises)."""
+    result = answer(secure, request, caller_identity(context))
+    if isinstance(result, kind):
+        return result
+    assert isinstance(result, Status)
+    context.abort(result.code, result.message)
     raise AssertionError("unreachable")  # context.abort always raises

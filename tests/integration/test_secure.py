@@ -259,41 +259,97 @@ def test_inconsistent_survivor_sets_make_the_member_refuse(network: LocalNetwork
     assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
 
 
-def test_killed_members_between_rounds(tmp_path: Path) -> None:
-    """SIGKILL in a round: with >= t survivors the session completes without the member;
-    below t it aborts and the charges of those who sent their masked input stay."""
-    with local_network(tmp_path / "net", members=5, seed=3, total_epsilon=20.0,
-                       max_per_query=2.0) as net:
-        names = [m.name for m in net.members]
+@pytest.fixture(scope="module")
+def killable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    """A network of its own for the kill tests: each test restarts the nodes it killed."""
+    with local_network(tmp_path_factory.mktemp("killable"), members=5, seed=3,
+                       total_epsilon=20.0, max_per_query=2.0) as running:
+        yield running
 
-        def killer(at: str, victims: Sequence[int]) -> Callable[[str], None]:
-            def hook(round_name: str) -> None:
-                if round_name == at:
-                    for i in victims:
-                        net.processes[i].kill()
-                        net.processes[i].wait()
-            return hook
 
+def _killer(net: LocalNetwork, at: str, victims: Sequence[int]) -> Callable[[str], None]:
+    """The driver's hook: SIGKILL the victims' nodes just before round `at`."""
+    def hook(round_name: str) -> None:
+        if round_name == at:
+            for i in victims:
+                net.processes[i].kill()
+                net.processes[i].wait()
+    return hook
+
+
+def _restart(net: LocalNetwork, victims: Sequence[int]) -> None:
+    for i in victims:
+        net.processes[i] = local.start_nodes([net.members[i]], net.root)[0]
+
+
+def _audit_verifies(net: LocalNetwork) -> None:
+    """`bridgestat-node audit verify` for every member: the chain holds and every committed
+    charge of its ledger is logged once as released with its loss."""
+    from bridgestat.node import cli as node_cli
+
+    for member in net.members:
+        assert node_cli.main(["audit", "verify", "--config", str(member.config)]) == 0, member
+
+
+# (the round the victims are killed before, how many of the 5 are killed; t = 4)
+KILLS = [
+    pytest.param(sa.SHARE_KEYS, 1, id="after-advertise-completes"),
+    pytest.param(sa.SHARE_KEYS, 2, id="after-advertise-aborts"),
+    pytest.param(sa.MASKED_INPUT, 1, id="after-share-keys-completes"),
+    pytest.param(sa.MASKED_INPUT, 2, id="after-share-keys-aborts"),
+    pytest.param(sa.CONSISTENCY, 1, id="after-masked-input-completes"),
+    pytest.param(sa.CONSISTENCY, 2, id="after-masked-input-aborts"),
+    pytest.param(sa.UNMASK, 1, id="after-consistency-completes"),
+    pytest.param(sa.UNMASK, 2, id="after-consistency-aborts"),
+]
+
+
+@pytest.mark.parametrize(("at", "killed"), KILLS)
+def test_members_killed_in_each_round(killable: LocalNetwork, at: str, killed: int) -> None:
+    """SIGKILL before round `at`. With >= t survivors the session completes: killed before
+    their masked vector left, the victims are recovered as dropped (their pairwise masks
+    from the others' shares of their keys) and not in the sum; killed after, their input is
+    in the sum (their self-masks from the others' shares). Below t it aborts, and the charge
+    stays exactly where a masked vector left a node. Restarted, every node's ledger shows
+    that and `audit verify` passes."""
+    net = killable
+    names = [m.name for m in net.members]
+    victims = list(range(5 - killed, 5))
+    sent_before_kill = at in (sa.CONSISTENCY, sa.UNMASK)  # the victims' vectors had left
+    key = f"kill-{at}-{killed}"
+    try:
         with Network.from_file(net.network, timeout=5.0) as client:
             before = _rho_spent(client)
-            done = _run(_driver(net, timeout=5.0), COUNT, "kill-1",
-                        hook=killer(sa.MASKED_INPUT, [4]))
-            assert not done.aborted, done.aborted
-            assert done.survivors == tuple(names[:4])
-            assert done.dropped["member-05"].startswith("masked-input: UNAVAILABLE")
-            truth = sum(m["sample"]["n_participants"] for m in net.truth["members"][:4])
-            value = done.cells()[()]["count"]
-            assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
-            middle = _rho_spent(client)
-            aborted = _run(_driver(net, timeout=5.0), COUNT, "kill-2",
-                           hook=killer(sa.CONSISTENCY, [3]))
-            after = _rho_spent(client)
-        assert aborted.aborted.startswith("consistency: 3 members took part, fewer than t = 4")
-        assert not aborted.values
-        for member in names[:3]:
-            assert math.isclose(middle[member] - before[member], done.rho, rel_tol=1e-6)
-            # the masked input left the node before the abort: the charge stays
-            assert math.isclose(after[member] - middle[member], done.rho, rel_tol=1e-6)
+        result = _run(_driver(net, timeout=5.0), COUNT, key, hook=_killer(net, at, victims))
+    finally:
+        _restart(net, victims)
+    with Network.from_file(net.network, timeout=5.0) as client:
+        after = _rho_spent(client)
+    rho = secure_rho(COUNT.epsilon)
+    if killed == 1:  # 4 >= t members go on
+        assert not result.aborted, result.aborted
+        took_part = names if sent_before_kill else names[:4]
+        assert result.survivors == tuple(took_part)
+        assert result.dropped["member-05"].startswith(f"{at}: UNAVAILABLE"), result.dropped
+        truth = sum(m["sample"]["n_participants"] for m in net.truth["members"]
+                    if m["name"] in took_part)
+        value = result.cells()[()]["count"]
+        assert abs(value.value - truth) <= Z * math.sqrt(value.variance), (value, truth)
+    else:  # 3 < t = 4: the round after the kill aborts
+        assert result.aborted.startswith(f"{at}: 3 members took part, fewer than t = 4"), \
+            result.aborted
+        assert not result.values
+    if sent_before_kill:
+        sent = names
+    elif at == sa.SHARE_KEYS and killed == 2:  # aborted before any masked vector
+        sent = []
+    else:  # the members still running when round 2 came
+        sent = names[:5 - killed]
+    for member in names:
+        charged = after[member] - before[member]
+        expected = rho if member in sent else 0.0
+        assert math.isclose(charged, expected, rel_tol=1e-6, abs_tol=1e-12), (member, charged)
+    _audit_verifies(net)
 
 
 def test_refused_queries_name_the_field_and_spend_nothing(network: LocalNetwork) -> None:
@@ -326,14 +382,3 @@ def test_network_file_secure_section(tmp_path: Path, network: LocalNetwork) -> N
     path.write_text(text + "secure: {threshold: 4, colluding: 4}\n")
     with pytest.raises(NetworkFileError, match=r"secure\.colluding: c = 4 must be below t = 4"):
         load_network(path)
-
-
-def test_connect_mode_members_are_refused_with_a_clear_message(network: LocalNetwork) -> None:
-    from bridgestat.coordinator.network import Hub, Member
-    from bridgestat.coordinator.secure import SecureError
-
-    spec = load_network(network.network)
-    members = [*spec.members[:4], Member("member-05", "127.0.0.1:1", Hub("127.0.0.1:1"))]
-    with pytest.raises(SecureError, match="member-05 are connect-mode .via: hub.; the hub "
-                                          "does not relay secure aggregation yet"):
-        SecureDriver(members, spec.tls, spec.secure_settings)

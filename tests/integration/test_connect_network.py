@@ -212,7 +212,7 @@ NETWORK_PROBLEMS = [
     ({"members": [{"name": "m"}]}, "members[0].address", "missing"),
     ({"members": []}, "members", "must not be empty"),
     ({"members": [{"name": "m", "address": "h:1"}], "hubs": "h:2"}, "hubs",
-     "unknown key (allowed: hub, members, tls)"),
+     "unknown key (allowed: hub, members, secure, tls)"),
     ({"members": [{"name": "m", "address": "h:1", "port": 1}]}, "members[0].port",
      "unknown key (allowed: address, name, via)"),
     ({"hub": {"address": "h:1", "port": 2}, "members": [{"name": "m", "via": "hub"}]},

@@ -167,6 +167,8 @@ class MetaDoc(DocModel):
     i2: Number = None
     h2: Number = None
     tau2: Number = None
+    # Q-profile 95 % interval of tau2 (older documents have none)
+    tau2_ci: Annotated[list[Number], Field(min_length=2, max_length=2)] | None = None
     prediction: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     level: Number = None
     warnings: list[str] = Field(default_factory=list)

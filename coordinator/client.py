@@ -115,11 +115,7 @@ class AsyncNetwork:
                   insecure: bool = False, witness: Path | None = None) -> Self:
         """The client of the network file at `path` (members and TLS identity); the members'
         audit heads are witnessed in `witness` (default: `<network>.witness.jsonl` beside it)."""
-        spec = load_network(Path(path))
-        require_tls(spec.tls, insecure, str(path))
-        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
-                   witness=witness or default_path(Path(path)),
-                   secure=spec.secure_settings)
+        return cls(timeout=timeout, **_from_file(path, insecure, witness))
 
     async def aclose(self) -> None:
         """Close every channel; harmless when already closed."""
@@ -218,6 +214,15 @@ class AsyncNetwork:
         result = await self._secure_driver.run(query, key, hook=hook)
         self._record({m: Failure(m, "SECURE_DROPPED", why) for m, why in result.dropped.items()})
         return result
+
+
+def _from_file(path: str | Path, insecure: bool, witness: Path | None) -> dict[str, Any]:
+    """A client's arguments from the network file at `path`: members, TLS identity, secure
+    aggregation's settings, and where the members' audit heads are witnessed."""
+    spec = load_network(Path(path))
+    require_tls(spec.tls, insecure, str(path))
+    return {"members": spec.members, "tls": spec.tls, "insecure": insecure,
+            "witness": witness or default_path(Path(path)), "secure": spec.secure_settings}
 
 
 def _info_row(member: str, info: pb.GetNodeInfoResponse | Failure) -> dict[str, Any]:
@@ -369,11 +374,7 @@ class Network:
                   insecure: bool = False, witness: Path | None = None) -> Self:
         """The client of the network file at `path` (members and TLS identity); the members'
         audit heads are witnessed in `witness` (default: `<network>.witness.jsonl` beside it)."""
-        spec = load_network(Path(path))
-        require_tls(spec.tls, insecure, str(path))
-        return cls(spec.members, timeout, tls=spec.tls, insecure=insecure,
-                   witness=witness or default_path(Path(path)),
-                   secure=spec.secure_settings)
+        return cls(timeout=timeout, **_from_file(path, insecure, witness))
 
     def close(self) -> None:
         """Close the channels and stop the loop thread; harmless when already closed."""

@@ -9,26 +9,16 @@ resolved from the validation context `{"occasions": {name: Occasion}}`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationInfo
 
+from bridgestat.common.numbers import finite
 from bridgestat.coordinator.query import Occasion, Term
 
 Where = tuple[tuple[str, tuple[str, ...]], ...]
 MAX_CANDIDATES = 10_000
-
-
-def finite(value: Any) -> bool:
-    """A finite int or float (a huge YAML integer overflows float: not finite here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _positive(value: Any) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import tables
+from bridgestat.coordinator import precision, tables
 from bridgestat.coordinator.analyses import Output
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.fanout import Failure
@@ -54,14 +54,25 @@ class StudyPlan:
     costs: tuple[MemberCost, ...]
     unreachable: dict[str, str]
     tables: Mapping[str, TableInfo] = field(default_factory=dict)  # the members' schema
+    precision: tuple[precision.Precision, ...] = ()  # per analysis, in the study's order
 
     def format(self) -> str:
-        lines = [f"Study {self.study.name}: {len(self.study.analyses)} analyses", "",
-                 "analysis                         statistic       loss per member"]
+        """The plan as `bridgestat study plan` prints it: per analysis its loss and predicted
+        NETWORK precision, then per member what the study would spend."""
+        head = (f"{'analysis':<32} {'statistic':<15} {'loss per member':<30} "
+                f"{'network SE':>10} {'MDE':>10}")
+        lines = [f"Study {self.study.name}: {len(self.study.analyses)} analyses", "", head]
+        predicted = {p.analysis: p for p in self.precision}
         for a in self.study.analyses:
             spend = a.spend()
-            loss = f"rho {spend.rho:g}" if spend.rho else f"epsilon {spend.epsilon:g}"
-            lines.append(f"{a.id:<32} {a.statistic:<15} {loss}")
+            loss = f"rho {spend.rho:g}" if spend.rho else f"epsilon {spend.epsilon:.4g}"
+            if a.target is not None:
+                loss += f" ({a.target[0]} {a.target[1]:g})"
+            p = predicted.get(a.id)
+            se, mde = (p.se, p.mde) if p is not None else (None, None)
+            lines.append(f"{a.id:<32} {a.statistic:<15} {loss:<30} {_figure(se):>10} "
+                         f"{_figure(mde):>10}")
+        lines += ["", *precision.describe(self.precision)]
         total = self.study.spend()
         lines += ["", f"total per member: epsilon {total.epsilon:g}"
                   + (f" + rho {total.rho:g}" if total.rho else ""), "",
@@ -75,8 +86,14 @@ class StudyPlan:
         return "\n".join(lines)
 
 
+def _figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
 def plan(study: Study, net: Network) -> StudyPlan:
-    """Check the study against every reachable member; raise StudyError on the first fault."""
+    """Check the study against every reachable member and predict each analysis's precision
+    (a target precision becomes its loss); raise StudyError on the first fault. Spends
+    nothing: only the members' public information is read."""
     infos = net.node_infos()
     reachable = {m: i for m, i in infos.items() if not isinstance(i, Failure)}
     unreachable = {m: f"{i.code}: {i.message}" for m, i in infos.items()
@@ -93,8 +110,10 @@ def plan(study: Study, net: Network) -> StudyPlan:
                                  i.budget.spent.rho, i.budget.total.delta or 1e-6,
                                  i.budget.max_per_query.epsilon)
                     for m, i in reachable.items())
+    study, predicted = precision.resolve(study, budgets, schema)
     check_per_query(study, budgets)
-    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable, schema)
+    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable, schema,
+                     predicted)
 
 
 # -- running --------------------------------------------------------------------------------
@@ -104,6 +123,7 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         echo: Printer = print) -> dict[str, Any]:
     """Run every analysis; refuse first if anything does not fit or cannot be afforded."""
     checked = plan(study, net)
+    study = checked.study  # with the losses its target precisions need
     earlier = _earlier_run(out, run_id, study)
     saved = _saved_analyses(earlier)  # the nodes replay these for free
     pending = replace(study, analyses=tuple(a for a in study.analyses if a.id not in saved))

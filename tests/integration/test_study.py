@@ -151,3 +151,52 @@ def test_report_of_a_real_run_renders_in_chromium(network: LocalNetwork, tmp_pat
     report = tmp_path / "out" / "report.html"
     plots = assert_renders_in_chromium(report, ARTIFACTS / "study-report.png")
     assert plots == list(iter_plot_keys(load_results(tmp_path / "out" / "results.json")))
+
+
+def _predicted(stdout: str, ident: str) -> tuple[float, float]:
+    """(network SE, MDE) that `study plan` printed for an analysis."""
+    parts = next(x for x in stdout.splitlines() if x.startswith(ident + " ")).split()
+    return float(parts[-2]), float(parts[-1])
+
+
+def test_plan_predicts_precision_from_released_counts_and_a_target_sets_the_loss(
+        network: LocalNetwork, tmp_path: Path) -> None:
+    counted = {"name": "counts", "analyses": [
+        {"id": "participants", "statistic": "count", "table": "participant", "epsilon": 0.5}]}
+    first = _bridgestat("study", "run", _write(tmp_path, counted, "counts.yaml"), "--network",
+                        network.network, "--out", tmp_path / "counts")
+    assert first.returncode == 0, first.stderr
+    doc = _subset()
+    doc["sizes_from"] = "counts/results.json"  # relative to the study file
+    doc["analyses"] = [a for a in doc["analyses"] if a["id"] == "a06_bridge_change"]
+    for key in ("improvement", "share_epsilon"):  # the mean change alone: one query
+        doc["analyses"][0].pop(key, None)
+    before = _spent(network)
+    plan = _bridgestat("study", "plan", _write(tmp_path, doc), "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    assert "noisy participant count (participants) released earlier" in plan.stdout
+    se, mde = _predicted(plan.stdout, "a06_bridge_change")
+    assert 0 < se and mde == pytest.approx(2.8016 * se, rel=1e-3)
+    assert _spent(network) == before  # planning spends nothing
+
+    target = copy.deepcopy(doc)
+    entry = target["analyses"][0]
+    wanted = 1.2 * se
+    del entry["epsilon"]
+    entry["target_se"] = round(wanted, 6)
+    study = _write(tmp_path, target)
+    plan = _bridgestat("study", "plan", study, "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    assert _predicted(plan.stdout, "a06_bridge_change")[0] == pytest.approx(wanted, rel=1e-3)
+    line = next(x for x in plan.stdout.splitlines() if x.startswith("a06_bridge_change "))
+    loss = float(line.split("epsilon ")[1].split()[0])
+    assert 0 < loss < doc["analyses"][0]["epsilon"]  # a looser target needs less loss
+    assert _spent(network) == before
+    done = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                       tmp_path / "target")
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "target" / "results.json").read_text())
+    [query] = ran["analyses"][0]["queries"]
+    assert query["query"]["epsilon"] == pytest.approx(loss, rel=1e-3)  # the run used it
+    for member, spent in _spent(network).items():
+        assert spent - before[member] == pytest.approx(query["query"]["epsilon"], rel=1e-9)

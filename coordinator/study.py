@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import pandas as pd
@@ -27,11 +28,14 @@ from bridgestat.coordinator.analyses import Output
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaError
+from bridgestat.coordinator.multiplicity import adjust
 from bridgestat.coordinator.results_doc import is_number
 from bridgestat.coordinator.studyfile import (
+    EFFECTS,
     Analysis,
     MemberBudget,
     MemberCost,
+    MultiplicitySpec,
     Study,
     StudyError,
     TableInfo,
@@ -147,6 +151,8 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         bounds = column_bounds(a, checked.tables)
         results.add(_analysis_doc(a, output, doc["members"], bounds))
         results.save()
+    if study.multiplicity is not None:
+        doc["multiplicity"] = multiplicity_doc(study.multiplicity, doc["analyses"])
     doc["budget"] = _budget(checked, net, doc["budget_before"])
     results.save()
     echo(f"\n== Saved {out / 'results.json'}")
@@ -305,6 +311,51 @@ def _meta(out: Output, frame: pd.DataFrame, label: str) -> None:
         return
     out.meta.append({**result.to_dict(), "label": label})
     out.plots.append({"kind": "forest", "meta": len(out.meta) - 1, "label": label})
+
+
+# -- multiplicity ------------------------------------------------------------------------------
+
+
+def network_effect(analysis: Mapping[str, Any]) -> tuple[float, float] | str:
+    """(estimate, SE) of the NETWORK row of an analysis's effect table (`EFFECTS`), or why
+    there is none."""
+    name, measure = EFFECTS.get(str(analysis.get("kind")), ("", None))
+    table = next((t for t in analysis.get("tables") or [] if t.get("name") == name), None)
+    rows = [r for r in (table or {}).get("rows") or [] if r.get("member") == NETWORK
+            and (measure is None or r.get("measure") == measure)]
+    if len(rows) != 1:
+        return f"no single NETWORK row in its {name or 'effect'} table"
+    row = rows[0]
+    estimate, se = row.get("estimate"), row.get("se")
+    if row.get("status") != "ok" or not (is_number(estimate) and is_number(se) and se > 0):
+        return f"NETWORK {row.get('status') or 'not estimable'}"
+    return float(estimate), float(se)
+
+
+def multiplicity_doc(spec: MultiplicitySpec, analyses: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """Raw two-sided p-values of the named analyses' NETWORK effects against 0 (normal, from
+    the estimate and its SE, which includes the DP noise) and their adjusted values under the
+    rule. An effect that could not be estimated is named, and counts as p = 1 in the family
+    (its size stays as the study declared it: the adjustment is never made smaller by a
+    failed analysis)."""
+    by_id = {a["id"]: a for a in analyses}
+    rows: list[dict[str, Any]] = []
+    for ident in spec.analyses:
+        found = network_effect(by_id.get(ident, {}))
+        if isinstance(found, str):
+            rows.append({"id": ident, "estimate": None, "se": None, "pvalue": None,
+                         "status": found})
+            continue
+        estimate, se = found
+        p = 2 * NormalDist().cdf(-abs(estimate / se))
+        rows.append({"id": ident, "estimate": estimate, "se": se, "pvalue": p,
+                     "status": "ok"})
+    adjusted = adjust([r["pvalue"] if r["pvalue"] is not None else 1.0 for r in rows],
+                      spec.rule)
+    for r, a in zip(rows, adjusted, strict=True):
+        r["adjusted"] = a if r["pvalue"] is not None else None
+    return {"rule": spec.rule, "null": 0.0, "analyses": rows}
 
 
 # -- the results document ---------------------------------------------------------------------

@@ -196,7 +196,43 @@ def test_plan_predicts_precision_from_released_counts_and_a_target_sets_the_loss
                        tmp_path / "target")
     assert done.returncode == 0, done.stderr
     ran = json.loads((tmp_path / "target" / "results.json").read_text())
-    [query] = ran["analyses"][0]["queries"]
+    query = ran["analyses"][0]["queries"][0]  # the change (then the share improved)
     assert query["query"]["epsilon"] == pytest.approx(loss, rel=1e-3)  # the run used it
     for member, spent in _spent(network).items():
         assert spent - before[member] == pytest.approx(query["query"]["epsilon"], rel=1e-9)
+
+
+def test_a_run_stores_raw_and_adjusted_p_values_and_flags_d_z(network: LocalNetwork,
+                                                                 tmp_path: Path) -> None:
+    from statistics import NormalDist
+
+    from bridgestat.coordinator.multiplicity import holm
+
+    doc = _subset()
+    doc["analyses"] = [a for a in doc["analyses"]
+                       if a["id"] in ("a06_bridge_change", "a10_did_bridge")]
+    doc["multiplicity"] = {"rule": "holm", "analyses": ["a06_bridge_change", "a10_did_bridge"]}
+    done = _bridgestat("study", "run", _write(tmp_path, doc), "--network", network.network,
+                       "--out", tmp_path / "out", "--report")
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "out" / "results.json").read_text())
+    raw = []
+    for analysis, table in zip(ran["analyses"], ("change", "did"), strict=True):
+        [row] = [r for t in analysis["tables"] if t["name"] == table for r in t["rows"]
+                 if r["member"] == "NETWORK"]
+        raw.append(2 * NormalDist().cdf(-abs(row["estimate"] / row["se"])))
+    tested = ran["multiplicity"]["analyses"]
+    assert [t["id"] for t in tested] == ["a06_bridge_change", "a10_did_bridge"]
+    assert [t["pvalue"] for t in tested] == pytest.approx(raw)
+    assert [t["adjusted"] for t in tested] == pytest.approx(holm(raw))
+    # the NETWORK d_z is flagged exactly as the rule says, from the public release figures
+    from bridgestat.coordinator.pooling import d_z_flag
+    query = ran["analyses"][0]["queries"][0]  # the change (then the share improved)
+    cells = [r["cells"][0]["values"] for r in query["releases"].values()]
+    flag = d_z_flag(sum(c["count"]["value"] for c in cells),
+                    sum(c["sum_squares"]["variance"] for c in cells), 40.0)
+    [network_row] = [r for r in ran["analyses"][0]["tables"][0]["rows"]
+                     if r["member"] == "NETWORK"]
+    assert network_row["d_z_status"] == ("ok" if flag is None else f"flagged: {flag}")
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'id="multiplicity"' in report and "p adjusted (Holm" in report

@@ -21,8 +21,9 @@ The plan names the source of every analysis's sizes; without any, it shows "—"
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bridgestat.coordinator import planning
@@ -36,6 +37,7 @@ from bridgestat.coordinator.studyfile import (
     Study,
     StudyError,
     TableInfo,
+    plan_costs,
     plans_precision,
 )
 
@@ -196,35 +198,103 @@ def _target_loss(study: Study, a: Analysis, item: PlanItem,
 
 
 def resolve(study: Study, budgets: Sequence[MemberBudget], schema: Mapping[str, TableInfo]
-            ) -> tuple[Study, tuple[Precision, ...]]:
-    """The study with every target precision turned into its loss, and each analysis's
-    predicted precision at its loss over the reachable members (`budgets`)."""
+            ) -> tuple[Study, tuple[Precision, ...], AutoShare | None]:
+    """The study with every target precision and every `epsilon: auto` turned into a loss,
+    and each analysis's predicted precision at its loss over the reachable members."""
     members = [b.member for b in budgets]
     earlier = earlier_results(study)
-    resolved: list[Analysis] = []
-    found: list[Precision] = []
+    analyses: list[Analysis] = []
+    items: dict[str, tuple[PlanItem, str] | str] = {}
     for a in study.analyses:
         built = plan_item(study, a, members, schema, earlier)
+        items[a.id] = built
+        if isinstance(built, str) and (a.target is not None or a.auto):
+            key = a.target[0] if a.target is not None else "epsilon"
+            raise StudyError(f"{study.source}: {a.label}.{key}: {built}")
+        if a.target is not None and not isinstance(built, str):
+            a = a.with_epsilon(_target_loss(study, a, built[0], budgets))
+        analyses.append(a)
+    share = auto_share(replace(study, analyses=tuple(analyses)), budgets,
+                       {k: v[0] for k, v in items.items() if not isinstance(v, str)})
+    chosen = share.losses if share is not None else {}
+    analyses = [a.with_epsilon(chosen[a.id]) if a.id in chosen else a for a in analyses]
+    found: list[Precision] = []
+    for a in analyses:
+        built = items[a.id]
         if isinstance(built, str):
-            if a.target is not None:
-                raise StudyError(f"{study.source}: {a.label}.{a.target[0]}: {built}")
-            resolved.append(a)
             found.append(Precision(a.id, reason=built))
             continue
-        item, source = built
-        if a.target is not None:
-            a = a.with_epsilon(_target_loss(study, a, item, budgets))
         epsilon = float(a.params.epsilon)
-        prediction = planning.predict(item, [epsilon] * len(members))
-        resolved.append(a)
-        found.append(Precision(a.id, epsilon, prediction, source))
-    return Study(study.source, study.name, study.title, study.description, tuple(resolved),
-                 study.occasions, study.sizes, study.expected_size, study.sizes_from,
-                 study.multiplicity), tuple(found)
+        found.append(Precision(a.id, epsilon, planning.predict(built[0],
+                                                               [epsilon] * len(members)),
+                               built[1]))
+    return replace(study, analyses=tuple(analyses)), tuple(found), share
 
 
-def describe(sources: Sequence[Precision]) -> list[str]:
-    """The plan's footnote: what the figures are and where each analysis's sizes come from."""
+@dataclass(frozen=True)
+class AutoShare:
+    """What the `epsilon: auto` analyses share per member and the objective it reaches."""
+
+    pool: float  # epsilon per member the auto analyses' own queries share
+    losses: Mapping[str, float]
+    weighted: float  # sum w_a Var_a / scale_a^2 at the chosen losses
+    weighted_equal: float  # ... at an equal split of the pool, for comparison
+
+
+def auto_share(study: Study, budgets: Sequence[MemberBudget],
+               items: Mapping[str, PlanItem]) -> AutoShare | None:
+    """The losses of the study's `epsilon: auto` analyses (None when it has none).
+
+    One query carries one loss to every member, so each auto analysis gets one loss a_e for
+    all members. Its pooled variance is V_a + C_a / e_a^2 with C_a the DP variance summed over
+    members at loss 1; minimising sum w_a (V_a + C_a / e_a^2) / scale_a^2 under sum e_a <=
+    pool gives the cube-root rule e_a ~ (w_a C_a / scale_a^2)^(1/3), water-filled under the
+    tightest per-query cap (`planning.water_fill`). The pool is the study's `auto_budget`, no
+    more than the tightest member has left after every other analysis, less the auto
+    analyses' other queries (a paired change's `share_epsilon`). The node's split of a mean's
+    loss is fixed (a query cannot carry another), so it is not optimised here. A loss is
+    rounded down to four significant digits (never more than the rule's)."""
+    auto = [a for a in study.analyses if a.auto]
+    if not auto:
+        return None
+    assert study.auto_budget is not None  # parse_study refuses auto without it
+    others = replace(study, analyses=tuple(a for a in study.analyses if not a.auto))
+    left = min(c.total - c.after for c in plan_costs(others, budgets)) \
+        if others.analyses else min(b.total - b.spent for b in budgets)
+    extra = sum(a.with_epsilon(0.0).spend().epsilon for a in auto)
+    pool = min(study.auto_budget, left) - extra
+    first = auto[0]
+    if not pool > 0:
+        raise StudyError(f"{study.source}: {first.label}.epsilon: auto has nothing to share: "
+                         f"auto_budget {study.auto_budget:g}, the tightest member has "
+                         f"{left:.4g} left after the other analyses, their other queries "
+                         f"take {extra:g}")
+    cap = min(b.max_per_query for b in budgets)
+    chosen = [replace(items[a.id], weight=a.weight) for a in auto]
+    coefficients = [i.weight * planning.predict(i, [1.0] * i.members).dp / i.scale**2
+                    for i in chosen]
+    losses = [_round_down(e) for e in planning.water_fill(coefficients, pool,
+                                                           [cap] * len(auto), 1 / 3)]
+    equal = [min(pool / len(auto), cap)] * len(auto)
+    return AutoShare(pool, {a.id: e for a, e in zip(auto, losses, strict=True)},
+                     _weighted(chosen, losses), _weighted(chosen, equal))
+
+
+def _weighted(items: Sequence[PlanItem], losses: Sequence[float]) -> float:
+    allocation = planning.Allocation({i.name: (e,) * i.members
+                                      for i, e in zip(items, losses, strict=True)})
+    return planning.weighted_variance(items, allocation)
+
+
+def _round_down(loss: float) -> float:
+    """Four significant digits, rounded down (a loss that reads well and stays within)."""
+    step = 10.0 ** (math.floor(math.log10(loss)) - 3)
+    return math.floor(loss / step) * step
+
+
+def describe(sources: Sequence[Precision], auto: AutoShare | None = None) -> list[str]:
+    """The plan's footnote: what the figures are, where each analysis's sizes come from and
+    how the `epsilon: auto` analyses share their loss."""
     lines = [("network SE, MDE: the NETWORK estimate's predicted standard error and minimal "
               "detectable effect (80 % power, two-sided 5 %) from the expected sizes, the "
               "clip bounds and the loss (sampling and DP noise); —: not predicted.")]
@@ -233,4 +303,10 @@ def describe(sources: Sequence[Precision]) -> list[str]:
         by_source.setdefault(p.sizes_source or p.reason, []).append(p.analysis)
     for source, ids in by_source.items():
         lines.append(f"  {source}: {', '.join(ids)}")
+    if auto is not None:
+        gain = 1 - auto.weighted / auto.weighted_equal if auto.weighted_equal > 0 else 0.0
+        lines.append(f"epsilon: auto: {len(auto.losses)} analyses share epsilon "
+                     f"{auto.pool:.4g} per member by the cube-root rule; their weighted "
+                     f"variance sum w Var / sd^2 is {auto.weighted:.4g} against "
+                     f"{auto.weighted_equal:.4g} for an equal split ({100 * gain:.1f} % lower)")
     return lines

@@ -59,6 +59,7 @@ class StudyPlan:
     unreachable: dict[str, str]
     tables: Mapping[str, TableInfo] = field(default_factory=dict)  # the members' schema
     precision: tuple[precision.Precision, ...] = ()  # per analysis, in the study's order
+    auto: precision.AutoShare | None = None  # how the `epsilon: auto` analyses share
 
     def format(self) -> str:
         """The plan as `bridgestat study plan` prints it: per analysis its loss and predicted
@@ -72,11 +73,13 @@ class StudyPlan:
             loss = f"rho {spend.rho:g}" if spend.rho else f"epsilon {spend.epsilon:.4g}"
             if a.target is not None:
                 loss += f" ({a.target[0]} {a.target[1]:g})"
+            elif self.auto is not None and a.id in self.auto.losses:
+                loss += " (auto" + (f", weight {a.weight:g})" if a.weight != 1 else ")")
             p = predicted.get(a.id)
             se, mde = (p.se, p.mde) if p is not None else (None, None)
             lines.append(f"{a.id:<32} {a.statistic:<15} {loss:<30} {_figure(se):>10} "
                          f"{_figure(mde):>10}")
-        lines += ["", *precision.describe(self.precision)]
+        lines += ["", *precision.describe(self.precision, self.auto)]
         total = self.study.spend()
         lines += ["", f"total per member: epsilon {total.epsilon:g}"
                   + (f" + rho {total.rho:g}" if total.rho else ""), "",
@@ -114,10 +117,10 @@ def plan(study: Study, net: Network) -> StudyPlan:
                                  i.budget.spent.rho, i.budget.total.delta or 1e-6,
                                  i.budget.max_per_query.epsilon)
                     for m, i in reachable.items())
-    study, predicted = precision.resolve(study, budgets, schema)
+    study, predicted, auto = precision.resolve(study, budgets, schema)
     check_per_query(study, budgets)
     return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable, schema,
-                     predicted)
+                     predicted, auto)
 
 
 # -- running --------------------------------------------------------------------------------

@@ -144,6 +144,19 @@ def _size(value: Any) -> float:
 
 SizeSpec = Annotated[float | dict[str, float] | None, PlainValidator(_size_map)]
 TARGETS = ("target_se", "target_mde")
+AUTO = "auto"
+
+
+def _loss_or_auto(value: Any) -> float | str | None:
+    """A loss > 0, `auto` (the planner chooses it), or None (a target stands in for it)."""
+    if value is None or value == AUTO:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"must be a number > 0 or auto, got {value!r}")
+    return float(value)
+
+
+LossOrAuto = Annotated[float | str | None, PlainValidator(_loss_or_auto)]
 
 
 def plans_precision(kind: Kind) -> bool:
@@ -161,6 +174,9 @@ def _targets_check(kind: Kind) -> tuple[Any, Any]:
 
     def after(self: Any) -> Any:
         given = [k for k in ("epsilon", *TARGETS) if getattr(self, k) is not None]
+        if self.weight is not None and self.epsilon != AUTO:
+            raise ValueError("weight: only with epsilon: auto (it weighs the analysis's "
+                             "variance when the planner shares the loss)")
         if len(given) > 1:
             raise ValueError(f"give one of epsilon, {', '.join(TARGETS)}, not "
                              f"{' and '.join(given)}")
@@ -192,7 +208,8 @@ def entry_model(kind: Kind) -> type[BaseModel]:
         own["expected_size"] = (SizeSpec, None)
         own["planning"] = (PlanningSpec | None, None)
         if "epsilon" in own:
-            own["epsilon"] = (OptionalPositive, ...)
+            own["epsilon"] = (LossOrAuto, ...)
+            own["weight"] = (OptionalPositive, None)
             own.update({t: (OptionalPositive, None) for t in TARGETS})
             validators["_before"], validators["_targets"] = _targets_check(kind)
     name = f"{type(kind).__name__}Analysis"
@@ -239,6 +256,7 @@ class StudyFile(Frozen):
     expected_size: Annotated[float | None, PlainValidator(lambda v: None if v is None
                                                           else _size(v))] = None
     sizes_from: str | None = None
+    auto_budget: OptionalPositive = None  # epsilon per member the `epsilon: auto` analyses share
     multiplicity: MultiplicitySpec | None = None
     analyses: Annotated[list[AnalysisEntry], Field(min_length=1)]
 
@@ -308,6 +326,17 @@ class Analysis:
         return None
 
     @property
+    def auto(self) -> bool:
+        """The planner chooses this analysis's loss (`epsilon: auto`)."""
+        return getattr(self.entry, "epsilon", None) == AUTO
+
+    @property
+    def weight(self) -> float:
+        """The weight of its variance when the planner shares the loss (default 1)."""
+        weight = getattr(self.entry, "weight", None)
+        return 1.0 if weight is None else float(weight)
+
+    @property
     def expected_size(self) -> float | Mapping[str, float] | None:
         size: float | Mapping[str, float] | None = getattr(self.entry, "expected_size", None)
         return size
@@ -327,8 +356,8 @@ class Analysis:
     def spend(self) -> Spend:
         """What this analysis charges every member (each query's loss, summed); a target
         precision must first be turned into a loss (`precision.resolve`)."""
-        if getattr(self.entry, "epsilon", 0.0) is None:
-            name = self.target[0] if self.target else "its target"
+        if getattr(self.entry, "epsilon", 0.0) in (None, AUTO):
+            name = self.target[0] if self.target else "epsilon: auto"
             raise StudyError(f"{self.label}: its loss follows from {name} and the members' "
                              "sizes: plan the study against the network first")
         return self.kind.cost(self.entry)
@@ -346,6 +375,7 @@ class Study:
     expected_size: float | None = None  # every member not in `sizes`
     sizes_from: Path | None = None  # an earlier results.json whose released counts are reused
     multiplicity: MultiplicitySpec | None = None
+    auto_budget: float | None = None  # epsilon per member the `epsilon: auto` analyses share
 
     def spend(self) -> Spend:
         total = Spend()
@@ -379,6 +409,10 @@ def parse_study(doc: Any, source: str) -> Study:
         if ids.count(a.id) > 1:
             raise StudyError(f"{source}: {a.label}.id: {a.id!r} is used more than once")
     _check_multiplicity(model.multiplicity, analyses, source)
+    auto = next((a for a in analyses if a.auto), None)
+    if auto is not None and model.auto_budget is None:
+        raise StudyError(f"{source}: {auto.label}.epsilon: auto needs the study's "
+                         "auto_budget (the epsilon per member the auto analyses share)")
     sizes_from = None
     if model.sizes_from:
         sizes_from = Path(model.sizes_from)
@@ -386,7 +420,7 @@ def parse_study(doc: Any, source: str) -> Study:
             sizes_from = Path(source).parent / sizes_from
     return Study(source, model.name, model.title or model.name, model.description, analyses,
                  occasions, dict(model.sizes), model.expected_size, sizes_from,
-                 model.multiplicity)
+                 model.multiplicity, model.auto_budget)
 
 
 def _check_multiplicity(spec: MultiplicitySpec | None, analyses: Sequence[Analysis],

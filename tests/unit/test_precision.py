@@ -44,8 +44,9 @@ def _analysis(doc: dict[str, Any], ident: str) -> dict[str, Any]:
 
 def _plan(doc: dict[str, Any], source: str = "study.yaml",
           budgets: tuple[MemberBudget, ...] = _budgets()) -> StudyPlan:
-    study, predicted = precision.resolve(parse_study(doc, source), budgets, TABLES)
-    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), {}, TABLES, predicted)
+    study, predicted, auto = precision.resolve(parse_study(doc, source), budgets, TABLES)
+    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), {}, TABLES, predicted,
+                     auto)
 
 
 def _line(text: str, ident: str) -> str:
@@ -167,3 +168,76 @@ def test_target_fields_are_checked_when_the_file_is_read() -> None:
     study = parse_study(_target("target_se", 1.0), "study.yaml")
     with pytest.raises(StudyError, match=r"target_se and the members' sizes: plan"):
         study.spend()
+
+
+AUTO = ("a02_bridge_intake", "a06_bridge_change", "a05_paid_work")
+
+
+def _auto(budget: float, weights: dict[str, float] | None = None) -> dict[str, Any]:
+    doc = _doc(sizes=SIZES, auto_budget=budget)
+    for ident in AUTO:
+        _analysis(doc, ident)["epsilon"] = "auto"
+        if weights and ident in weights:
+            _analysis(doc, ident)["weight"] = weights[ident]
+    return doc
+
+
+def test_auto_losses_follow_the_cube_root_rule_within_the_budget() -> None:
+    shown = _plan(_auto(1.5, {"a06_bridge_change": 4.0}))
+    assert shown.auto is not None
+    chosen = {a.id: float(a.params.epsilon) for a in shown.study.analyses if a.id in AUTO}
+    share_epsilon = _analysis(_doc(), "a06_bridge_change")["share_epsilon"]
+    assert shown.auto.pool == pytest.approx(1.5 - share_epsilon)
+    assert sum(chosen.values()) <= shown.auto.pool
+    assert sum(chosen.values()) == pytest.approx(shown.auto.pool, rel=1e-3)
+    # the rule: loss proportional to (w C / scale^2)^(1/3), C the DP variance at loss 1
+    items = {i: next(p for p in shown.precision if p.analysis == i) for i in AUTO}
+    assert all(items[i].epsilon == chosen[i] for i in AUTO)
+    sizes = tuple(SIZES[m] for m in MEMBERS)
+    change = planning.PlanItem("c", planning.Kind.MEAN, sizes, -40, 40, weight=4.0)
+    intake = planning.PlanItem("i", planning.Kind.MEAN, sizes, 0, 100)
+    ratio = ((4.0 * planning.predict(change, [1.0] * 3).dp / change.scale**2)
+             / (planning.predict(intake, [1.0] * 3).dp / intake.scale**2)) ** (1 / 3)
+    assert chosen["a06_bridge_change"] / chosen["a02_bridge_intake"] == pytest.approx(
+        ratio, rel=1e-3)
+    # optimal: no other split of the pool does better; the plan says by how much
+    assert shown.auto.weighted <= shown.auto.weighted_equal
+    text = shown.format()
+    assert "(auto, weight 4)" in _line(text, "a06_bridge_change")
+    assert "(auto)" in _line(text, "a02_bridge_intake")
+    assert "3 analyses share epsilon" in text and "for an equal split" in text
+
+
+def test_auto_is_bounded_by_the_tightest_member_and_the_per_query_cap() -> None:
+    budgets = (MemberBudget("member-01", 50.0, 0.0, 0.0, 1e-6, 0.3),
+               MemberBudget("member-02", 20.0, 10.0, 0.0, 1e-6, 2.5),
+               MemberBudget("member-03", 50.0, 0.0, 0.0, 1e-6, 2.5))
+    doc = _auto(100.0)
+    shown = _plan(doc, budgets=budgets)
+    chosen = [float(a.params.epsilon) for a in shown.study.analyses if a.id in AUTO]
+    assert shown.auto is not None and shown.auto.pool < 2.0  # member-02's ~1.4 left, not 100
+    assert max(chosen) <= 0.3  # member-01's cap
+    assert all(c.affordable for c in shown.costs)
+    uncapped = (MemberBudget("member-01", 50.0, 0.0, 0.0, 1e-6, 2.5), *budgets[1:])
+    shown = _plan(_auto(100.0), budgets=uncapped)  # member-02's budget binds, no cap
+    assert all(c.affordable for c in shown.costs)
+    assert min(c.remaining_after for c in shown.costs) == pytest.approx(0.0, abs=1e-3)
+    with pytest.raises(StudyError, match=r"a02_bridge_intake\)\.epsilon: auto has nothing "
+                                         r"to share"):
+        _plan(_auto(0.1))  # less than a06's share_epsilon
+
+
+def test_auto_needs_a_budget_and_weight_needs_auto() -> None:
+    doc = _auto(1.0)
+    del doc["auto_budget"]
+    with pytest.raises(StudyError, match=r"a02_bridge_intake\)\.epsilon: auto needs the "
+                                         r"study's auto_budget"):
+        parse_study(doc, "s.yaml")
+    doc = _doc()
+    _analysis(doc, "a02_bridge_intake")["weight"] = 2.0
+    with pytest.raises(StudyError, match=r"weight: only with epsilon: auto"):
+        parse_study(doc, "s.yaml")
+    doc = _auto(1.0)
+    _analysis(doc, "a01_household_type")["epsilon"] = "auto"
+    with pytest.raises(StudyError, match=r"a01_household_type\)\.epsilon: must be a number > 0"):
+        parse_study(doc, "s.yaml")

@@ -29,6 +29,7 @@ from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaError
 from bridgestat.coordinator.multiplicity import adjust
+from bridgestat.coordinator.precision import AutoShare, Precision
 from bridgestat.coordinator.results_doc import is_number
 from bridgestat.coordinator.studyfile import (
     EFFECTS,
@@ -58,8 +59,8 @@ class StudyPlan:
     costs: tuple[MemberCost, ...]
     unreachable: dict[str, str]
     tables: Mapping[str, TableInfo] = field(default_factory=dict)  # the members' schema
-    precision: tuple[precision.Precision, ...] = ()  # per analysis, in the study's order
-    auto: precision.AutoShare | None = None  # how the `epsilon: auto` analyses share
+    precision: tuple[Precision, ...] = ()  # per analysis, in the study's order
+    auto: AutoShare | None = None  # how the `epsilon: auto` analyses share
 
     def format(self) -> str:
         """The plan as `bridgestat study plan` prints it: per analysis its loss and predicted

@@ -236,3 +236,36 @@ def test_a_run_stores_raw_and_adjusted_p_values_and_flags_d_z(network: LocalNetw
     assert network_row["d_z_status"] == ("ok" if flag is None else f"flagged: {flag}")
     report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert 'id="multiplicity"' in report and "p adjusted (Holm" in report
+
+
+def test_auto_losses_are_planned_and_spent_as_planned(network: LocalNetwork,
+                                                      tmp_path: Path) -> None:
+    doc = _subset()
+    doc["analyses"] = [a for a in doc["analyses"]
+                       if a["id"] in ("a05_paid_work", "a06_bridge_change")]
+    doc["expected_size"] = 150
+    doc["auto_budget"] = 1.0
+    for analysis in doc["analyses"]:
+        analysis["epsilon"] = "auto"
+    doc["analyses"][1]["weight"] = 3
+    study = _write(tmp_path, doc)
+    before = _spent(network)
+    plan = _bridgestat("study", "plan", study, "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    assert _spent(network) == before
+    assert "2 analyses share epsilon 0.8 per member" in plan.stdout  # 1.0 less share_epsilon
+    shown = {}
+    for ident in ("a05_paid_work", "a06_bridge_change"):
+        line = next(x for x in plan.stdout.splitlines() if x.startswith(ident + " "))
+        assert "(auto" in line
+        shown[ident] = float(line.split("epsilon ")[1].split()[0])
+    assert sum(shown.values()) == pytest.approx(1.0, abs=1e-3)
+    done = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                       tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "out" / "results.json").read_text())
+    for analysis in ran["analyses"]:
+        spent = sum(q["query"]["epsilon"] for q in analysis["queries"])
+        assert spent == pytest.approx(shown[analysis["id"]], abs=1e-4)
+    for member, spent in _spent(network).items():
+        assert spent - before[member] == pytest.approx(sum(shown.values()), abs=1e-3)

@@ -124,6 +124,7 @@ def report_html(results: Mapping[str, Any], lang: str = "en") -> str:
                  a.get("audience") in AUDIENCES else a.get("audience")} for a in analyses],
         "sections": [Markup(analysis_html(a, members, lang)) for a in analyses],
         "budget": Markup(budget_html(results, members, lang)),
+        "multiplicity": Markup(multiplicity_html(results, lang)),
     }
     return render("study_report.html", lang, context)
 
@@ -218,8 +219,11 @@ def analysis_html(analysis: Mapping[str, Any], members: Sequence[str], lang: str
     parts += [plot_html(render_plot(analysis, spec, members, lang), aid)
               for spec in analysis.get("plots") or []]
     parts += _tables(analysis, members, lang)
+    parts += [f'<p class="heterogeneity">{escape(text)}</p>'
+              for text in heterogeneity(analysis, t)]
     fits = analysis.get("regression") or {}
-    notes = [str(n) for n in analysis.get("notes") or []] + _regression_warnings(fits)
+    notes = (d_z_notes(analysis, t) + [str(n) for n in analysis.get("notes") or []]
+             + _regression_warnings(fits))
     if notes:
         items = "".join(f"<li>{escape(n)}</li>" for n in notes)
         parts.append(f'<div class="notes"><h3>{escape(t("Notes"))}</h3><ul>{items}'
@@ -249,6 +253,83 @@ def _tables(analysis: Mapping[str, Any], members: Sequence[str], lang: str) -> l
             parts.append(coefficient_table_html(fits, names, lang))
         parts.append(fit_statistics_html(fits, names, lang))
     return parts
+
+
+def heterogeneity(analysis: Mapping[str, Any], t: Translator) -> list[str]:
+    """One sentence per meta-analysis: tau2 with its Q-profile interval, and I2."""
+    found = []
+    for meta in analysis.get("meta") or []:
+        ci = meta.get("tau2_ci")
+        level = f"{100 * (finite(meta.get('level')) or 0.95):g}"
+        if isinstance(ci, list) and len(ci) == 2:
+            found.append(t("{label}: between-member variance τ² = {tau2}, {level}% CI "
+                           "{interval} (Q-profile); I² = {i2}.",
+                           label=t.label(meta.get("label") or ""),
+                           tau2=t.number(meta.get("tau2")), level=level,
+                           interval=t.interval(ci[0], ci[1]), i2=t.percent(meta.get("i2"))))
+        else:
+            found.append(t("{label}: between-member variance τ² = {tau2} (no interval in "
+                           "these results); I² = {i2}.",
+                           label=t.label(meta.get("label") or ""),
+                           tau2=t.number(meta.get("tau2")), i2=t.percent(meta.get("i2"))))
+    return found
+
+
+def d_z_notes(analysis: Mapping[str, Any], t: Translator) -> list[str]:
+    """A note per table whose d_z is flagged (`d_z_status` 'flagged: ...'): the network's,
+    and how many members'."""
+    notes = []
+    for table in analysis.get("tables") or []:
+        rows = [r for r in table.get("rows") or []
+                if str(r.get("d_z_status") or "").startswith("flagged")]
+        if any(r.get("member") == NETWORK for r in rows):
+            notes.append(t("The network's Cohen's d_z is flagged: the DP noise in its SD is "
+                           "large against the variance the clip bounds imply, so d_z and its "
+                           "interval are unreliable. Read the mean change and its interval."))
+        members = sum(1 for r in rows if r.get("member") != NETWORK)
+        if members:
+            notes.append(t.ngettext("{n} member's d_z is flagged (see d_z status).",
+                                    "{n} members' d_z are flagged (see d_z status).",
+                                    members).format(n=members))
+    return notes
+
+
+def multiplicity_html(results: Mapping[str, Any], lang: str = "en") -> str:
+    """The confirmatory analyses' NETWORK effects with raw and adjusted p-values, or ''."""
+    spec = results.get("multiplicity")
+    if not isinstance(spec, Mapping) or not spec.get("analyses"):
+        return ""
+    t = Translator(lang)
+    titles = {a["id"]: _heading(a, t) for a in results.get("analyses") or []}
+    rule = t.gettext(RULES.get(str(spec.get("rule")), str(spec.get("rule"))))
+    rows = [{"analysis": titles.get(r.get("id"), r.get("id")), "estimate": r.get("estimate"),
+             "se": r.get("se"), "pvalue": fmt_p(r.get("pvalue")),
+             "adjusted": fmt_p(r.get("adjusted")), "status": r.get("status")}
+            for r in spec["analyses"]]
+    table = {"name": t("Confirmatory analyses"), "rows": rows,
+             "columns": ["analysis", "estimate", "se", "pvalue", "adjusted", "status"]}
+    headers = {"analysis": t("Analysis"), "pvalue": t("p (raw)"),
+               "adjusted": t("p adjusted ({rule})", rule=rule)}
+    note = t("Two-sided p-values of each network effect against 0, from its estimate and SE "
+             "(which include the DP noise), adjusted together by {rule}; an effect that could "
+             "not be estimated counts as p = 1.", rule=rule)
+    heading = t("Confirmatory analyses: adjusted p-values")
+    return ('<section class="analysis" id="multiplicity">'
+            f"<h2>{escape(heading)}</h2>"
+            + table_html(table, headers, labels=["analysis"], right=["pvalue", "adjusted"],
+                         note=note, lang=lang) + "</section>")
+
+
+RULES = {"holm": N_("Holm (family-wise error rate)"),
+         "benjamini-hochberg": N_("Benjamini-Hochberg (false discovery rate)")}
+
+
+def fmt_p(p: Any) -> str:
+    """'0.012', '< 0.001' or '—'."""
+    x = finite(p)
+    if x is None:
+        return "—"
+    return "< 0.001" if x < 0.001 else f"{x:.3f}"
 
 
 RAW_NOTE = N_("Raw noisy values, unbiased, as used for pooling; a marked value is one the "

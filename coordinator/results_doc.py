@@ -173,6 +173,7 @@ class MetaDoc(DocModel):
     level: Number = None
     warnings: list[str] = Field(default_factory=list)
     label: str | None = None
+    tau2_ci: Annotated[list[Number], Field(min_length=2, max_length=2)] | None = None
 
 
 class CoefficientDoc(DocModel):
@@ -240,6 +241,25 @@ class BudgetDoc(DocModel):
     delta: Number = None
 
 
+class ConfirmatoryDoc(DocModel):
+    """One confirmatory analysis's NETWORK effect, its raw and adjusted p-value."""
+
+    id: str
+    estimate: Number = None
+    se: Number = None
+    pvalue: Number = None
+    adjusted: Number = None
+    status: str | None = None
+
+
+class MultiplicityDoc(DocModel):
+    """The study's multiplicity rule over its confirmatory analyses (`study.multiplicity_doc`)."""
+
+    rule: str
+    null: Number = 0.0
+    analyses: list[ConfirmatoryDoc] = Field(default_factory=list)
+
+
 class ResultsDoc(DocModel):
     """results.json (format `bridgestat-study-results/1`)."""
 
@@ -251,6 +271,7 @@ class ResultsDoc(DocModel):
     analyses: list[AnalysisDoc]
     budget: list[BudgetDoc] = Field(default_factory=list)
     budget_before: dict[str, Number] | None = None  # member -> epsilon spent before the run
+    multiplicity: MultiplicityDoc | None = None  # adjusted p-values of confirmatory analyses
 
 
 # -- loading and checking ---------------------------------------------------------------------

@@ -18,20 +18,25 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import tables
+from bridgestat.coordinator import precision, tables
 from bridgestat.coordinator.analyses import Output
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaError
+from bridgestat.coordinator.multiplicity import adjust
+from bridgestat.coordinator.precision import AutoShare, Precision
 from bridgestat.coordinator.results_doc import is_number
 from bridgestat.coordinator.studyfile import (
+    EFFECTS,
     Analysis,
     MemberBudget,
     MemberCost,
+    MultiplicitySpec,
     Study,
     StudyError,
     TableInfo,
@@ -54,14 +59,28 @@ class StudyPlan:
     costs: tuple[MemberCost, ...]
     unreachable: dict[str, str]
     tables: Mapping[str, TableInfo] = field(default_factory=dict)  # the members' schema
+    precision: tuple[Precision, ...] = ()  # per analysis, in the study's order
+    auto: AutoShare | None = None  # how the `epsilon: auto` analyses share
 
     def format(self) -> str:
-        lines = [f"Study {self.study.name}: {len(self.study.analyses)} analyses", "",
-                 "analysis                         statistic       loss per member"]
+        """The plan as `bridgestat study plan` prints it: per analysis its loss and predicted
+        NETWORK precision, then per member what the study would spend."""
+        head = (f"{'analysis':<32} {'statistic':<15} {'loss per member':<30} "
+                f"{'network SE':>10} {'MDE':>10}")
+        lines = [f"Study {self.study.name}: {len(self.study.analyses)} analyses", "", head]
+        predicted = {p.analysis: p for p in self.precision}
         for a in self.study.analyses:
             spend = a.spend()
-            loss = f"rho {spend.rho:g}" if spend.rho else f"epsilon {spend.epsilon:g}"
-            lines.append(f"{a.id:<32} {a.statistic:<15} {loss}")
+            loss = f"rho {spend.rho:g}" if spend.rho else f"epsilon {spend.epsilon:.4g}"
+            if a.target is not None:
+                loss += f" ({a.target[0]} {a.target[1]:g})"
+            elif self.auto is not None and a.id in self.auto.losses:
+                loss += " (auto" + (f", weight {a.weight:g})" if a.weight != 1 else ")")
+            p = predicted.get(a.id)
+            se, mde = (p.se, p.mde) if p is not None else (None, None)
+            lines.append(f"{a.id:<32} {a.statistic:<15} {loss:<30} {_figure(se):>10} "
+                         f"{_figure(mde):>10}")
+        lines += ["", *precision.describe(self.precision, self.auto)]
         total = self.study.spend()
         lines += ["", f"total per member: epsilon {total.epsilon:g}"
                   + (f" + rho {total.rho:g}" if total.rho else ""), "",
@@ -75,8 +94,14 @@ class StudyPlan:
         return "\n".join(lines)
 
 
+def _figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
 def plan(study: Study, net: Network) -> StudyPlan:
-    """Check the study against every reachable member; raise StudyError on the first fault."""
+    """Check the study against every reachable member and predict each analysis's precision
+    (a target precision becomes its loss); raise StudyError on the first fault. Spends
+    nothing: only the members' public information is read."""
     infos = net.node_infos()
     reachable = {m: i for m, i in infos.items() if not isinstance(i, Failure)}
     unreachable = {m: f"{i.code}: {i.message}" for m, i in infos.items()
@@ -93,8 +118,10 @@ def plan(study: Study, net: Network) -> StudyPlan:
                                  i.budget.spent.rho, i.budget.total.delta or 1e-6,
                                  i.budget.max_per_query.epsilon)
                     for m, i in reachable.items())
+    study, predicted, auto = precision.resolve(study, budgets, schema)
     check_per_query(study, budgets)
-    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable, schema)
+    return StudyPlan(study, budgets, tuple(plan_costs(study, budgets)), unreachable, schema,
+                     predicted, auto)
 
 
 # -- running --------------------------------------------------------------------------------
@@ -104,6 +131,7 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         echo: Printer = print) -> dict[str, Any]:
     """Run every analysis; refuse first if anything does not fit or cannot be afforded."""
     checked = plan(study, net)
+    study = checked.study  # with the losses its target precisions need
     earlier = _earlier_run(out, run_id, study)
     saved = _saved_analyses(earlier)  # the nodes replay these for free
     pending = replace(study, analyses=tuple(a for a in study.analyses if a.id not in saved))
@@ -127,6 +155,8 @@ def run(study: Study, net: Network, out: Path, run_id: str | None = None,
         bounds = column_bounds(a, checked.tables)
         results.add(_analysis_doc(a, output, doc["members"], bounds))
         results.save()
+    if study.multiplicity is not None:
+        doc["multiplicity"] = multiplicity_doc(study.multiplicity, doc["analyses"])
     doc["budget"] = _budget(checked, net, doc["budget_before"])
     results.save()
     echo(f"\n== Saved {out / 'results.json'}")
@@ -285,6 +315,51 @@ def _meta(out: Output, frame: pd.DataFrame, label: str) -> None:
         return
     out.meta.append({**result.to_dict(), "label": label})
     out.plots.append({"kind": "forest", "meta": len(out.meta) - 1, "label": label})
+
+
+# -- multiplicity ------------------------------------------------------------------------------
+
+
+def network_effect(analysis: Mapping[str, Any]) -> tuple[float, float] | str:
+    """(estimate, SE) of the NETWORK row of an analysis's effect table (`EFFECTS`), or why
+    there is none."""
+    name, measure = EFFECTS.get(str(analysis.get("kind")), ("", None))
+    table = next((t for t in analysis.get("tables") or [] if t.get("name") == name), None)
+    rows = [r for r in (table or {}).get("rows") or [] if r.get("member") == NETWORK
+            and (measure is None or r.get("measure") == measure)]
+    if len(rows) != 1:
+        return f"no single NETWORK row in its {name or 'effect'} table"
+    row = rows[0]
+    estimate, se = row.get("estimate"), row.get("se")
+    if row.get("status") != "ok" or not (is_number(estimate) and is_number(se) and se > 0):
+        return f"NETWORK {row.get('status') or 'not estimable'}"
+    return float(estimate), float(se)
+
+
+def multiplicity_doc(spec: MultiplicitySpec, analyses: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """Raw two-sided p-values of the named analyses' NETWORK effects against 0 (normal, from
+    the estimate and its SE, which includes the DP noise) and their adjusted values under the
+    rule. An effect that could not be estimated is named, and counts as p = 1 in the family
+    (its size stays as the study declared it: the adjustment is never made smaller by a
+    failed analysis)."""
+    by_id = {a["id"]: a for a in analyses}
+    rows: list[dict[str, Any]] = []
+    for ident in spec.analyses:
+        found = network_effect(by_id.get(ident, {}))
+        if isinstance(found, str):
+            rows.append({"id": ident, "estimate": None, "se": None, "pvalue": None,
+                         "status": found})
+            continue
+        estimate, se = found
+        p = 2 * NormalDist().cdf(-abs(estimate / se))
+        rows.append({"id": ident, "estimate": estimate, "se": se, "pvalue": p,
+                     "status": "ok"})
+    adjusted = adjust([r["pvalue"] if r["pvalue"] is not None else 1.0 for r in rows],
+                      spec.rule)
+    for r, a in zip(rows, adjusted, strict=True):
+        r["adjusted"] = a if r["pvalue"] is not None else None
+    return {"rule": spec.rule, "null": 0.0, "analyses": rows}
 
 
 # -- the results document ---------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -44,7 +44,19 @@ from pydantic import (
 
 from bridgestat.common.files import FileProblem, key_path, problems, read_yaml
 from bridgestat.coordinator.analyses import REGISTRY, Kind, Planned
-from bridgestat.coordinator.analyses.fields import Flag, Frozen, Name, Positive, TermSpec, Whole
+from bridgestat.coordinator.analyses.base import Guess
+from bridgestat.coordinator.analyses.base import Kind as BaseKind
+from bridgestat.coordinator.analyses.fields import (
+    Flag,
+    Frozen,
+    Name,
+    Number,
+    OptionalPositive,
+    Positive,
+    Share,
+    TermSpec,
+    Whole,
+)
 from bridgestat.coordinator.privacy import Spend
 from bridgestat.coordinator.query import INTAKE, Occasion, Term
 from bridgestat.v1 import node_service_pb2 as pb
@@ -104,8 +116,81 @@ def _meta_check(kind: Kind) -> Any:
     return field_validator("meta")(classmethod(check))
 
 
+class PlanningSpec(Frozen):
+    """`planning: {mean, sd, share, share_other}`: the outcome as the researcher expects it,
+    for the predicted precision (defaults: the clip's centre, half-width / 3, a share of 0.5)."""
+
+    mean: Number | None = None
+    sd: Positive | None = None
+    share: Share | None = None
+    share_other: Share | None = None
+
+    def guess(self) -> Guess:
+        return Guess(self.mean, self.sd, self.share, self.share_other)
+
+
+def _size_map(value: Any) -> float | dict[str, float] | None:
+    """One expected size for every member, or `{member: size}`."""
+    if value is None or not isinstance(value, dict):
+        return None if value is None else _size(value)
+    return {str(k): _size(v) for k, v in value.items()}
+
+
+def _size(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+        raise ValueError(f"an expected size must be a number > 1, got {value!r}")
+    return float(value)
+
+
+SizeSpec = Annotated[float | dict[str, float] | None, PlainValidator(_size_map)]
+TARGETS = ("target_se", "target_mde")
+AUTO = "auto"
+
+
+def _loss_or_auto(value: Any) -> float | str | None:
+    """A loss > 0, `auto` (the planner chooses it), or None (a target stands in for it)."""
+    if value is None or value == AUTO:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"must be a number > 0 or auto, got {value!r}")
+    return float(value)
+
+
+LossOrAuto = Annotated[float | str | None, PlainValidator(_loss_or_auto)]
+
+
+def plans_precision(kind: Kind) -> bool:
+    """Whether the kind maps its parameters to a planning item (see `Kind.plan_item`)."""
+    return type(kind).plan_item is not BaseKind.plan_item
+
+
+def _targets_check(kind: Kind) -> tuple[Any, Any]:
+    """A target precision stands in for `epsilon`: exactly one of the three is given."""
+    def before(cls: type, data: Any) -> Any:
+        if isinstance(data, dict) and "epsilon" not in data \
+                and any(data.get(t) is not None for t in TARGETS):
+            return {**data, "epsilon": None}
+        return data
+
+    def after(self: Any) -> Any:
+        given = [k for k in ("epsilon", *TARGETS) if getattr(self, k) is not None]
+        if self.weight is not None and self.epsilon != AUTO:
+            raise ValueError("weight: only with epsilon: auto (it weighs the analysis's "
+                             "variance when the planner shares the loss)")
+        if len(given) > 1:
+            raise ValueError(f"give one of epsilon, {', '.join(TARGETS)}, not "
+                             f"{' and '.join(given)}")
+        if not given:
+            raise ValueError("epsilon: must be a number > 0 (or give target_se or "
+                             "target_mde)")
+        return self
+    return (model_validator(mode="before")(classmethod(before)),  # type: ignore[arg-type]
+            model_validator(mode="after")(after))
+
+
 def entry_model(kind: Kind) -> type[BaseModel]:
-    """A study analysis of this kind: the kind's parameters plus the study's own fields."""
+    """A study analysis of this kind: the kind's parameters plus the study's own fields
+    (and, for kinds planning covers, the expected sizes, guesses and target precision)."""
     own: dict[str, Any] = {
         "statistic": (Literal[kind.name], ...),
         "id": (Name, ...),
@@ -115,12 +200,20 @@ def entry_model(kind: Kind) -> type[BaseModel]:
         "audience": (Annotated[str, PlainValidator(_audience)], "researcher"),
         "meta": (Flag, False),
     }
+    validators: dict[str, Any] = {"_meta": _meta_check(kind)}
     for loss in LOSSES:
         if loss in kind.Params.model_fields:
             own[loss] = (Positive, ...)
+    if plans_precision(kind):
+        own["expected_size"] = (SizeSpec, None)
+        own["planning"] = (PlanningSpec | None, None)
+        if "epsilon" in own:
+            own["epsilon"] = (LossOrAuto, ...)
+            own["weight"] = (OptionalPositive, None)
+            own.update({t: (OptionalPositive, None) for t in TARGETS})
+            validators["_before"], validators["_targets"] = _targets_check(kind)
     name = f"{type(kind).__name__}Analysis"
-    return create_model(name, __base__=kind.Params,
-                        __validators__={"_meta": _meta_check(kind)}, **own)
+    return create_model(name, __base__=kind.Params, __validators__=validators, **own)
 
 
 ENTRIES: dict[str, type[BaseModel]] = {name: entry_model(kind) for name, kind in REGISTRY.items()}
@@ -131,11 +224,40 @@ else:  # one union member per registered kind, told apart by `statistic`
                               Field(discriminator="statistic")]
 
 
+MULTIPLICITY_RULES = {"holm": "holm", "bh": "benjamini-hochberg",
+                      "benjamini-hochberg": "benjamini-hochberg"}
+EFFECTS: dict[str, tuple[str, str | None]] = {
+    "paired_change": ("change", None), "did": ("did", None),
+    "compare": ("comparison", "risk_difference"), "transition": ("paired_difference", None)}
+"""Kinds with an effect whose null value is 0: (the table, its `measure` row) whose NETWORK
+estimate a multiplicity rule tests."""
+
+
+def _rule(value: Any) -> str:
+    if value not in MULTIPLICITY_RULES:
+        raise ValueError(f"must be one of holm, bh (Benjamini-Hochberg), got {value!r}")
+    return MULTIPLICITY_RULES[value]
+
+
+class MultiplicitySpec(Frozen):
+    """`multiplicity: {rule: holm|bh, analyses: [ids]}`: the confirmatory analyses whose
+    NETWORK effects are tested against 0 and adjusted together."""
+
+    rule: Annotated[str, PlainValidator(_rule)]
+    analyses: Annotated[list[Name], Field(min_length=1)]
+
+
 class StudyFile(Frozen):
     name: Name
     title: str = ""
     description: str = ""
     occasions: dict[str, OccasionSpec] = Field(default_factory=dict)
+    sizes: dict[str, Annotated[float, PlainValidator(_size)]] = Field(default_factory=dict)
+    expected_size: Annotated[float | None, PlainValidator(lambda v: None if v is None
+                                                          else _size(v))] = None
+    sizes_from: str | None = None
+    auto_budget: OptionalPositive = None  # epsilon per member the `epsilon: auto` analyses share
+    multiplicity: MultiplicitySpec | None = None
     analyses: Annotated[list[AnalysisEntry], Field(min_length=1)]
 
 
@@ -194,11 +316,50 @@ class Analysis:
     def label(self) -> str:
         return f"analyses[{self.index}] ({self.id})"
 
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """(field, value) of a target precision (`target_se`, `target_mde`), if given."""
+        for name in TARGETS:
+            value = getattr(self.entry, name, None)
+            if value is not None:
+                return name, float(value)
+        return None
+
+    @property
+    def auto(self) -> bool:
+        """The planner chooses this analysis's loss (`epsilon: auto`)."""
+        return getattr(self.entry, "epsilon", None) == AUTO
+
+    @property
+    def weight(self) -> float:
+        """The weight of its variance when the planner shares the loss (default 1)."""
+        weight = getattr(self.entry, "weight", None)
+        return 1.0 if weight is None else float(weight)
+
+    @property
+    def expected_size(self) -> float | Mapping[str, float] | None:
+        size: float | Mapping[str, float] | None = getattr(self.entry, "expected_size", None)
+        return size
+
+    @property
+    def guess(self) -> Guess:
+        spec = getattr(self.entry, "planning", None)
+        return spec.guess() if spec is not None else Guess()
+
+    def with_epsilon(self, epsilon: float) -> Analysis:
+        """This analysis spending `epsilon` (the loss its target precision needs)."""
+        return replace(self, entry=self.entry.model_copy(update={"epsilon": epsilon}))
+
     def plan(self) -> list[Planned]:
         return self.kind.plan(self.entry)
 
     def spend(self) -> Spend:
-        """What this analysis charges every member (each query's loss, summed)."""
+        """What this analysis charges every member (each query's loss, summed); a target
+        precision must first be turned into a loss (`precision.resolve`)."""
+        if getattr(self.entry, "epsilon", 0.0) in (None, AUTO):
+            name = self.target[0] if self.target else "epsilon: auto"
+            raise StudyError(f"{self.label}: its loss follows from {name} and the members' "
+                             "sizes: plan the study against the network first")
         return self.kind.cost(self.entry)
 
 
@@ -210,6 +371,11 @@ class Study:
     description: str
     analyses: tuple[Analysis, ...]
     occasions: Mapping[str, Occasion] = field(default_factory=dict)
+    sizes: Mapping[str, float] = field(default_factory=dict)  # member -> expected size
+    expected_size: float | None = None  # every member not in `sizes`
+    sizes_from: Path | None = None  # an earlier results.json whose released counts are reused
+    multiplicity: MultiplicitySpec | None = None
+    auto_budget: float | None = None  # epsilon per member the `epsilon: auto` analyses share
 
     def spend(self) -> Spend:
         total = Spend()
@@ -242,8 +408,42 @@ def parse_study(doc: Any, source: str) -> Study:
     for a in analyses:
         if ids.count(a.id) > 1:
             raise StudyError(f"{source}: {a.label}.id: {a.id!r} is used more than once")
+    _check_multiplicity(model.multiplicity, analyses, source)
+    auto = next((a for a in analyses if a.auto), None)
+    if auto is not None and model.auto_budget is None:
+        raise StudyError(f"{source}: {auto.label}.epsilon: auto needs the study's "
+                         "auto_budget (the epsilon per member the auto analyses share)")
+    sizes_from = None
+    if model.sizes_from:
+        sizes_from = Path(model.sizes_from)
+        if not sizes_from.is_absolute():
+            sizes_from = Path(source).parent / sizes_from
     return Study(source, model.name, model.title or model.name, model.description, analyses,
-                 occasions)
+                 occasions, dict(model.sizes), model.expected_size, sizes_from,
+                 model.multiplicity, model.auto_budget)
+
+
+def _check_multiplicity(spec: MultiplicitySpec | None, analyses: Sequence[Analysis],
+                        source: str) -> None:
+    """Every named analysis exists, has one NETWORK effect with null 0, and is named once."""
+    if spec is None:
+        return
+    by_id = {a.id: a for a in analyses}
+    for i, ident in enumerate(spec.analyses):
+        where = f"{source}: multiplicity.analyses[{i}]"
+        a = by_id.get(ident)
+        if a is None:
+            raise StudyError(f"{where}: no analysis {ident!r} in the study")
+        if spec.analyses.index(ident) != i:
+            raise StudyError(f"{where}: {ident!r} is named twice")
+        if a.statistic not in EFFECTS or (a.statistic == "transition"
+                                          and not a.params.categories):
+            raise StudyError(f"{where}: {ident!r} is a {a.statistic}, whose estimate has no "
+                             "null value of 0; name effects (" + ", ".join(EFFECTS)
+                             + " with categories)")
+        if getattr(a.params, "group_by", ()):
+            raise StudyError(f"{where}: {ident!r} has one NETWORK row per group (group_by); "
+                             "name an ungrouped analysis (one per group, with where)")
 
 
 def _occasions(doc: Any) -> dict[str, Occasion]:

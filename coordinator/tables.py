@@ -24,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.common.labels import MISSING
-from bridgestat.coordinator import effects, pooling
+from bridgestat.common.labels import MISSING, SUM
+from bridgestat.coordinator import effects, planning, pooling
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaResult, meta_analysis
 from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError
@@ -136,15 +136,41 @@ def mean_table(result: QueryResult) -> pd.DataFrame:
                   lambda cs: pooling.pooled_mean([r.mean_stats(c) for r, c in cs]))
 
 
-def paired_change_table(result: QueryResult) -> pd.DataFrame:
-    """Mean change per member and pooled, with Cohen's d_z and its SE beside it."""
+def paired_change_table(result: QueryResult, reference_sd: float | None = None
+                        ) -> pd.DataFrame:
+    """Mean change per member and pooled, with Cohen's d_z and its SE beside it. A d_z whose
+    noisy SD is not well determined (`pooling.d_z_flag`, judged against the clip's
+    half-width / 3 or `reference_sd`) keeps its value and says so in `d_z_status`."""
     change = mean_table(result)
-    d_z = _table(result, lambda r, c: pooling.member_change(r.mean_stats(c)).d_z,
-                 lambda cs: pooling.pooled_change([r.mean_stats(c) for r, c in cs]).d_z)
+    half = change_half_width(result)
+    d_z = _table(result,
+                 lambda r, c: pooling.member_change(r.mean_stats(c), half, reference_sd).d_z,
+                 lambda cs: pooling.pooled_change([r.mean_stats(c) for r, c in cs], half,
+                                                  reference_sd).d_z)
     for name in ("estimate", "se", "ci_low", "ci_high"):
         change[f"d_z_{name}" if name != "estimate" else "d_z"] = d_z[name].to_numpy()
-    change["d_z_status"] = d_z["status"].to_numpy()
+    flags = d_z["flag"] if "flag" in d_z else pd.Series([None] * len(d_z))
+    change["d_z_status"] = [f"flagged: {flag}" if status == "ok" and isinstance(flag, str)
+                            else status for status, flag in zip(d_z["status"], flags,
+                                                                strict=True)]
     return change
+
+
+def change_half_width(result: QueryResult) -> float | None:
+    """Half-width H of the change's public clip: the query's clip, else (the schema's
+    default, [-(U - L), U - L]) read off a release's public noise variance of the centred
+    sum, v_S = Var(discrete Laplace, scale F / eps_S) (H / F)^2 at the node's split."""
+    if result.query.clip is not None:
+        low, high = result.query.clip
+        return (high - low) / 2
+    for release in result.releases.values():
+        for cell in release.cells:
+            noise = cell.values.get(SUM) if not cell.suppressed else None
+            if noise is not None and noise.variance > 0 and result.query.epsilon > 0:
+                unit = planning.fixed_point_variance(
+                    1.0, result.query.epsilon * planning.HAND_SPLIT.sum)
+                return float((noise.variance / unit) ** 0.5)
+    return None
 
 
 def histogram_table(result: QueryResult) -> pd.DataFrame:
@@ -558,6 +584,8 @@ def _row(member: str, group: Group, est: Estimate | None, loss: float | None,
     row.update({f: values.get(f) for f in fields})
     row["loss"] = loss
     row["status"] = status
+    if values.get("flag"):
+        row["flag"] = values["flag"]  # only d_z estimates carry one
     return row
 
 

@@ -15,11 +15,35 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 
 from bridgestat.coordinator.analyses.fields import Frozen
+from bridgestat.coordinator.planning import PlanItem
 from bridgestat.coordinator.privacy import Spend
 from bridgestat.coordinator.query import Query
 from bridgestat.coordinator.tables import QueryResult
 
 ColumnKind = Literal["none", "numeric", "categorical", "any"]
+
+
+@dataclass(frozen=True)
+class ColumnFacts:
+    """What the public schema says of the measured column, as planning needs it."""
+
+    lower: float
+    upper: float
+    categories: int = 0  # number of categories (a categorical column), else 0
+
+
+@dataclass(frozen=True)
+class Guess:
+    """A researcher's planning guesses of the outcome (None: planning's defaults, the clip's
+    centre and half-width / 3, a share of 0.5)."""
+
+    mean: float | None = None
+    sd: float | None = None
+    share: float | None = None
+    share_other: float | None = None
+
+
+NO_GUESS = Guess()
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,13 @@ class Kind:
     def meta_frames(self, p: Any, output: Output, title: str) -> list[tuple[str, pd.DataFrame]]:
         """(label, one row per member) pairs a meta-analysis pools."""
         return [(title, output.tables[0][2])] if self.meta_analysable else []
+
+    def plan_item(self, p: Any, name: str, sizes: tuple[float, ...],
+                  column: ColumnFacts | None, guess: Guess = NO_GUESS) -> PlanItem | None:
+        """The analysis's NETWORK estimator as `planning` predicts it (`sizes`: each member's
+        expected number of participants in the analysis), or None when planning does not
+        cover the kind or these parameters (grouped cells, secure aggregation, ...)."""
+        return None
 
     # -- derived from the queries: never restated ------------------------------------------
 

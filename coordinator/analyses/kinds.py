@@ -15,8 +15,8 @@ from typing import Any, ClassVar, TypeVar
 import pandas as pd
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 
-from bridgestat.coordinator import secure, tables
-from bridgestat.coordinator.analyses.base import Kind, Output
+from bridgestat.coordinator import planning, secure, tables
+from bridgestat.coordinator.analyses.base import NO_GUESS, ColumnFacts, Guess, Kind, Output
 from bridgestat.coordinator.analyses.fields import (
     Candidates,
     Categories,
@@ -52,6 +52,18 @@ def _edges() -> Any:
     return Field(default=(), validation_alias=AliasChoices("bin_edges", "bins"))
 
 
+
+
+def _mean_item(name: str, sizes: tuple[float, ...], bounds: tuple[float, float],
+               guess: Guess) -> planning.PlanItem:
+    """A mean (or a paired change: bounds [-D, D]) pooled from members' sums."""
+    return planning.PlanItem(name, planning.Kind.MEAN, sizes, bounds[0], bounds[1],
+                             mean=guess.mean, sd=guess.sd)
+
+
+def _cells(column: ColumnFacts, edges: Sequence[float]) -> int:
+    """The histogram's cells other than the missing one: categories, or bins of the edges."""
+    return column.categories if column.categories else len(edges) + 1
 
 
 def register(cls: K) -> K:
@@ -168,6 +180,13 @@ class Mean(Kind):
         return _member_vs_network(Output(results=list(results)), "mean", title,
                                   tables.mean_table(results[0]), p.group_by)
 
+    def plan_item(self, p: MeanParams, name: str, sizes: tuple[float, ...],
+                  column: ColumnFacts | None, guess: Guess = NO_GUESS
+                  ) -> planning.PlanItem | None:
+        if p.group_by or p.secure or column is None:
+            return None
+        return _mean_item(name, sizes, p.clip or (column.lower, column.upper), guess)
+
 
 class HistogramParams(Grouped):
     bin_edges: Numbers = _edges()
@@ -227,6 +246,16 @@ class Proportion(Kind):
         frame = tables.proportion_table(results[0], p.categories)
         return _member_vs_network(Output(results=list(results)), "proportion", title, frame,
                                   p.group_by)
+
+    def plan_item(self, p: ProportionParams, name: str, sizes: tuple[float, ...],
+                  column: ColumnFacts | None, guess: Guess = NO_GUESS
+                  ) -> planning.PlanItem | None:
+        if p.group_by or p.secure or column is None:
+            return None
+        cells = _cells(column, p.bin_edges)
+        return planning.PlanItem(name, planning.Kind.PROPORTION, sizes,
+                                 share=guess.share or 0.5, cells_in=len(p.categories),
+                                 cells_out=max(cells - len(p.categories), 1))
 
 
 # -- change between occasions -----------------------------------------------------------------
@@ -301,6 +330,15 @@ class PairedChange(Kind):
             out.member_plot(index, "Share improved")
         return out
 
+    def plan_item(self, p: PairedChangeParams, name: str, sizes: tuple[float, ...],
+                  column: ColumnFacts | None, guess: Guess = NO_GUESS
+                  ) -> planning.PlanItem | None:
+        """The mean change (the node's default clip of a change is [-(U - L), U - L])."""
+        if p.group_by or p.secure or column is None:
+            return None
+        width = column.upper - column.lower
+        return _mean_item(name, sizes, p.clip or (-width, width), guess)
+
 
 class ShareImprovedParams(Paired):
     improvement: Improvement = "increase"
@@ -327,6 +365,15 @@ class ShareImproved(Kind):
         return _member_vs_network(Output(results=list(results)), "share_improved",
                                   title or f"Share improved ({p.improvement})", frame,
                                   p.group_by)
+
+    def plan_item(self, p: ShareImprovedParams, name: str, sizes: tuple[float, ...],
+                  column: ColumnFacts | None, guess: Guess = NO_GUESS
+                  ) -> planning.PlanItem | None:
+        """One of the three cells decreased / unchanged / increased against the other two."""
+        if p.group_by:
+            return None
+        return planning.PlanItem(name, planning.Kind.PROPORTION, sizes,
+                                 share=guess.share or 0.5, cells_in=1, cells_out=2)
 
 
 @register
@@ -414,6 +461,21 @@ class Compare(Kind):
         index = out.table("comparison", f"{p.groups[0]} vs {p.groups[1]}: {title}", frame)
         out.member_plot(index, title, "measure", sharex=False)
         return out
+
+    def plan_item(self, p: CompareParams, name: str, sizes: tuple[float, ...],
+                  column: ColumnFacts | None, guess: Guess = NO_GUESS
+                  ) -> planning.PlanItem | None:
+        """The risk difference, each member's participants split equally between the two
+        groups (a planning assumption: declare the group's own sizes to plan otherwise)."""
+        if column is None:
+            return None
+        cells = _cells(column, p.bin_edges)
+        half = tuple(n / 2 for n in sizes)
+        return planning.PlanItem(name, planning.Kind.RISK_DIFFERENCE, half,
+                                 share=guess.share or 0.5,
+                                 share_other=guess.share_other or guess.share or 0.5,
+                                 sizes_other=half, cells_in=len(p.categories),
+                                 cells_out=max(cells - len(p.categories), 1))
 
     def meta_frames(self, p: CompareParams, output: Output, title: str
                     ) -> list[tuple[str, pd.DataFrame]]:

@@ -566,3 +566,55 @@ def test_member_report_uses_a_members_own_catalogue(results: dict[str, Any], tmp
     assert "Onze cijfers en het netwerk" in text  # a template text, from the member's own
     assert "<dt>Mentorgesprekken per deelnemer</dt>" in text  # a study title
     assert "Wat de privacyruis voor u betekent" in text  # the package's fills in the rest
+
+
+def test_meta_analysis_shows_the_tau2_interval(tmp_path: Path) -> None:
+    from bridgestat.coordinator.meta import meta_analysis
+
+    meta = meta_analysis([1.0, 2.0, 0.2, 1.6], [0.1, 0.2, 0.1, 0.3],
+                         labels=["a", "b", "c", "d"]).to_dict()
+    assert meta["tau2_ci"] is not None
+    doc = {"analyses": [{"id": "x", "meta": [{**meta, "label": "change"}],
+                         "plots": [{"kind": "forest"}]}]}
+    text = write_report(doc, tmp_path / "r.html").read_text(encoding="utf-8")
+    low, high = (fmt_number(v) for v in meta["tau2_ci"])
+    assert (f"change: between-member variance τ² = {fmt_number(meta['tau2'])}, 95% CI "
+            f"[{low}, {high}] (Q-profile)") in text
+    older = {"analyses": [{"id": "x", "meta": [{**meta, "tau2_ci": None}]}]}
+    assert "no interval in these results" in write_report(
+        older, tmp_path / "o.html").read_text(encoding="utf-8")
+
+
+def test_a_flagged_d_z_is_noted(tmp_path: Path) -> None:
+    flag = "flagged: SD not well determined: DP noise in the variance is 0.62 of ..."
+    rows = [{"member": "a", "estimate": 1.0, "se": 0.5, "d_z": 0.4, "d_z_status": flag,
+             "status": "ok"},
+            {"member": "b", "estimate": 1.0, "se": 0.5, "d_z": 0.4, "d_z_status": "ok",
+             "status": "ok"},
+            {"member": "NETWORK", "estimate": 1.0, "se": 0.3, "d_z": 0.4, "d_z_status": flag,
+             "status": "ok"}]
+    doc = {"analyses": [{"id": "x", "tables": [{"name": "change", "rows": rows}]}]}
+    text = write_report(doc, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "The network&#x27;s Cohen&#x27;s d_z is flagged" in text
+    assert "1 member&#x27;s d_z is flagged" in text
+    assert "SD not well determined" in text  # the status itself, in the table's notes
+
+
+def test_confirmatory_analyses_show_adjusted_beside_raw_p(tmp_path: Path) -> None:
+    tested = [{"id": "x", "estimate": 2.0, "se": 0.8, "pvalue": 0.0124, "adjusted": 0.0248,
+               "status": "ok"},
+              {"id": "y", "estimate": None, "se": None, "pvalue": None, "adjusted": None,
+               "status": "NETWORK not estimable"}]
+    doc = {"analyses": [{"id": "x", "title": "Bridge change"}, {"id": "y"}],
+           "multiplicity": {"rule": "holm", "null": 0.0, "analyses": tested}}
+    text = write_report(doc, tmp_path / "r.html").read_text(encoding="utf-8")
+    section = text.split('id="multiplicity"')[1].split("</section>")[0]
+    assert "Confirmatory analyses: adjusted p-values" in section
+    assert "p adjusted (Holm (family-wise error rate))" in section
+    assert "Bridge change" in section and "0.012" in section and "0.025" in section
+    assert "NETWORK not estimable" in section
+    dutch = write_report(doc, tmp_path / "nl.html", lang="nl").read_text(encoding="utf-8")
+    assert "gecorrigeerde p-waarden" in dutch
+    with pytest.raises(ReportError, match=r"multiplicity"):
+        write_report({**doc, "multiplicity": {"rule": "holm", "analyses": [{"pvalue": 0.1}]}},
+                     tmp_path / "bad.html")

@@ -151,3 +151,121 @@ def test_report_of_a_real_run_renders_in_chromium(network: LocalNetwork, tmp_pat
     report = tmp_path / "out" / "report.html"
     plots = assert_renders_in_chromium(report, ARTIFACTS / "study-report.png")
     assert plots == list(iter_plot_keys(load_results(tmp_path / "out" / "results.json")))
+
+
+def _predicted(stdout: str, ident: str) -> tuple[float, float]:
+    """(network SE, MDE) that `study plan` printed for an analysis."""
+    parts = next(x for x in stdout.splitlines() if x.startswith(ident + " ")).split()
+    return float(parts[-2]), float(parts[-1])
+
+
+def test_plan_predicts_precision_from_released_counts_and_a_target_sets_the_loss(
+        network: LocalNetwork, tmp_path: Path) -> None:
+    counted = {"name": "counts", "analyses": [
+        {"id": "participants", "statistic": "count", "table": "participant", "epsilon": 0.5}]}
+    first = _bridgestat("study", "run", _write(tmp_path, counted, "counts.yaml"), "--network",
+                        network.network, "--out", tmp_path / "counts")
+    assert first.returncode == 0, first.stderr
+    doc = _subset()
+    doc["sizes_from"] = "counts/results.json"  # relative to the study file
+    doc["analyses"] = [a for a in doc["analyses"] if a["id"] == "a06_bridge_change"]
+    for key in ("improvement", "share_epsilon"):  # the mean change alone: one query
+        doc["analyses"][0].pop(key, None)
+    before = _spent(network)
+    plan = _bridgestat("study", "plan", _write(tmp_path, doc), "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    assert "noisy participant count (participants) released earlier" in plan.stdout
+    se, mde = _predicted(plan.stdout, "a06_bridge_change")
+    assert 0 < se and mde == pytest.approx(2.8016 * se, rel=1e-3)
+    assert _spent(network) == before  # planning spends nothing
+
+    target = copy.deepcopy(doc)
+    entry = target["analyses"][0]
+    wanted = 1.2 * se
+    del entry["epsilon"]
+    entry["target_se"] = round(wanted, 6)
+    study = _write(tmp_path, target)
+    plan = _bridgestat("study", "plan", study, "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    assert _predicted(plan.stdout, "a06_bridge_change")[0] == pytest.approx(wanted, rel=1e-3)
+    line = next(x for x in plan.stdout.splitlines() if x.startswith("a06_bridge_change "))
+    loss = float(line.split("epsilon ")[1].split()[0])
+    assert 0 < loss < doc["analyses"][0]["epsilon"]  # a looser target needs less loss
+    assert _spent(network) == before
+    done = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                       tmp_path / "target")
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "target" / "results.json").read_text())
+    query = ran["analyses"][0]["queries"][0]  # the change (then the share improved)
+    assert query["query"]["epsilon"] == pytest.approx(loss, rel=1e-3)  # the run used it
+    for member, spent in _spent(network).items():
+        assert spent - before[member] == pytest.approx(query["query"]["epsilon"], rel=1e-9)
+
+
+def test_a_run_stores_raw_and_adjusted_p_values_and_flags_d_z(network: LocalNetwork,
+                                                                 tmp_path: Path) -> None:
+    from statistics import NormalDist
+
+    from bridgestat.coordinator.multiplicity import holm
+
+    doc = _subset()
+    doc["analyses"] = [a for a in doc["analyses"]
+                       if a["id"] in ("a06_bridge_change", "a10_did_bridge")]
+    doc["multiplicity"] = {"rule": "holm", "analyses": ["a06_bridge_change", "a10_did_bridge"]}
+    done = _bridgestat("study", "run", _write(tmp_path, doc), "--network", network.network,
+                       "--out", tmp_path / "out", "--report")
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "out" / "results.json").read_text())
+    raw = []
+    for analysis, table in zip(ran["analyses"], ("change", "did"), strict=True):
+        [row] = [r for t in analysis["tables"] if t["name"] == table for r in t["rows"]
+                 if r["member"] == "NETWORK"]
+        raw.append(2 * NormalDist().cdf(-abs(row["estimate"] / row["se"])))
+    tested = ran["multiplicity"]["analyses"]
+    assert [t["id"] for t in tested] == ["a06_bridge_change", "a10_did_bridge"]
+    assert [t["pvalue"] for t in tested] == pytest.approx(raw)
+    assert [t["adjusted"] for t in tested] == pytest.approx(holm(raw))
+    # the NETWORK d_z is flagged exactly as the rule says, from the public release figures
+    from bridgestat.coordinator.pooling import d_z_flag
+    query = ran["analyses"][0]["queries"][0]  # the change (then the share improved)
+    cells = [r["cells"][0]["values"] for r in query["releases"].values()]
+    flag = d_z_flag(sum(c["count"]["value"] for c in cells),
+                    sum(c["sum_squares"]["variance"] for c in cells), 40.0)
+    [network_row] = [r for r in ran["analyses"][0]["tables"][0]["rows"]
+                     if r["member"] == "NETWORK"]
+    assert network_row["d_z_status"] == ("ok" if flag is None else f"flagged: {flag}")
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'id="multiplicity"' in report and "p adjusted (Holm" in report
+
+
+def test_auto_losses_are_planned_and_spent_as_planned(network: LocalNetwork,
+                                                      tmp_path: Path) -> None:
+    doc = _subset()
+    doc["analyses"] = [a for a in doc["analyses"]
+                       if a["id"] in ("a05_paid_work", "a06_bridge_change")]
+    doc["expected_size"] = 150
+    doc["auto_budget"] = 1.0
+    for analysis in doc["analyses"]:
+        analysis["epsilon"] = "auto"
+    doc["analyses"][1]["weight"] = 3
+    study = _write(tmp_path, doc)
+    before = _spent(network)
+    plan = _bridgestat("study", "plan", study, "--network", network.network)
+    assert plan.returncode == 0, plan.stderr
+    assert _spent(network) == before
+    assert "2 analyses share epsilon 0.8 per member" in plan.stdout  # 1.0 less share_epsilon
+    shown = {}
+    for ident in ("a05_paid_work", "a06_bridge_change"):
+        line = next(x for x in plan.stdout.splitlines() if x.startswith(ident + " "))
+        assert "(auto" in line
+        shown[ident] = float(line.split("epsilon ")[1].split()[0])
+    assert sum(shown.values()) == pytest.approx(1.0, abs=1e-3)
+    done = _bridgestat("study", "run", study, "--network", network.network, "--out",
+                       tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    ran = json.loads((tmp_path / "out" / "results.json").read_text())
+    for analysis in ran["analyses"]:
+        spent = sum(q["query"]["epsilon"] for q in analysis["queries"])
+        assert spent == pytest.approx(shown[analysis["id"]], abs=1e-4)
+    for member, spent in _spent(network).items():
+        assert spent - before[member] == pytest.approx(sum(shown.values()), abs=1e-3)

@@ -238,3 +238,41 @@ def test_regression_leaves_a_suppressed_member_out() -> None:
     assert not isinstance(network, str) and not isinstance(alone, str)
     assert network.n == alone.n == 80.0
     assert not math.isnan(network.coefficients[0].estimate)
+
+
+# -- the d_z flag ----------------------------------------------------------------------------
+
+def change_cell(n: float, var_squares: float, var_sum: float = 1.0) -> CellRelease:
+    """A paired change of n values with mean 0.5 and variance 1; noise variances as given."""
+    return CellRelease((), {"count": Noisy(n, 1.0), "sum": Noisy(n * 0.5, var_sum),
+                            "sum_squares": Noisy(n * 1.25, var_squares)})
+
+
+def change_query(clip: tuple[float, float] | None, epsilon: float = 0.3) -> Query:
+    return Query("paired_change", "assessment", "bridge_total", epsilon, clip=clip)
+
+
+@pytest.mark.parametrize(("var_squares", "flagged"), [(2000.0, True), (1.0, False)])
+def test_the_change_table_flags_a_d_z_whose_sd_is_not_well_determined(
+        var_squares: float, flagged: bool) -> None:
+    from bridgestat.coordinator import pooling
+    from bridgestat.coordinator.tables import paired_change_table
+    answers = [release(f"m{i}", change_cell(40.0, var_squares)) for i in range(2)]
+    frame = paired_change_table(result(*answers, query=change_query((-4.0, 4.0))))
+    for member, n, v_q in (("m0", 40.0, var_squares), ("m1", 40.0, var_squares),
+                           (NETWORK, 80.0, 2 * var_squares)):
+        status = row(frame, member).d_z_status
+        flag = pooling.d_z_flag(n, v_q, 4.0)  # the rule, at the clip's half-width
+        assert (flag is not None) == flagged
+        assert status == (f"flagged: {flag}" if flagged else "ok")
+        assert math.isfinite(row(frame, member).d_z)  # flagged, not withheld
+    assert row(frame, NETWORK).status == "ok"  # the mean change itself is not flagged
+
+
+def test_without_a_clip_the_half_width_is_read_off_the_public_noise() -> None:
+    from bridgestat.coordinator import planning
+    from bridgestat.coordinator.tables import change_half_width
+    v_s = planning.fixed_point_variance(100.0, 0.3 * planning.HAND_SPLIT.sum)
+    answer = release("m0", change_cell(40.0, 1.0, var_sum=v_s))
+    assert change_half_width(result(answer, query=change_query(None))) == pytest.approx(100.0)
+    assert change_half_width(result(answer, query=change_query((-40.0, 40.0)))) == 40.0

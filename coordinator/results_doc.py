@@ -173,7 +173,6 @@ class MetaDoc(DocModel):
     level: Number = None
     warnings: list[str] = Field(default_factory=list)
     label: str | None = None
-    tau2_ci: Annotated[list[Number], Field(min_length=2, max_length=2)] | None = None
 
 
 class CoefficientDoc(DocModel):

@@ -105,17 +105,19 @@ def _network(root: Path, port: int) -> Path:
 
 @pytest.fixture
 def running(node_image: str, tmp_path: Path
-            ) -> Iterator[tuple[Path, subprocess.Popen[str], str]]:
+            ) -> Iterator[tuple[Path, subprocess.Popen[str], list[str]]]:
+    """The node serving in a container; yields the network file, the process and the
+    `buildah run` prefix (with the same mounts) for commands beside it in that container."""
     port = local.free_port()
     data, etc = _member(tmp_path, port)
     container = _run("buildah", "from", node_image).strip()
+    prefix = ["buildah", "run", "--isolation", "chroot", "-v", f"{data}:/data:ro",
+              "-v", f"{etc}:/etc/bridgestat:ro", container, "--"]
     process = subprocess.Popen(
-        ["buildah", "run", "--isolation", "chroot", "-v", f"{data}:/data:ro",
-         "-v", f"{etc}:/etc/bridgestat:ro", container, "--",
-         "bridgestat-node", "serve", "--config", "/etc/bridgestat/node.yaml"],
+        [*prefix, "bridgestat-node", "serve", "--config", "/etc/bridgestat/node.yaml"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        yield _network(tmp_path, port), process, container
+        yield _network(tmp_path, port), process, prefix
     finally:
         process.terminate()
         try:
@@ -126,7 +128,7 @@ def running(node_image: str, tmp_path: Path
 
 
 def test_the_node_image_serves_queries_over_mtls(
-        running: tuple[Path, subprocess.Popen[str], str]) -> None:
+        running: tuple[Path, subprocess.Popen[str], list[str]]) -> None:
     network, process, _ = running
     deadline = time.monotonic() + 90
     with Network.from_file(network, timeout=5.0) as net:
@@ -172,13 +174,12 @@ def _healthcheck_command() -> list[str]:
 
 
 def test_the_images_healthcheck_passes_while_the_node_serves(
-        running: tuple[Path, subprocess.Popen[str], str]) -> None:
-    _, process, container = running
+        running: tuple[Path, subprocess.Popen[str], list[str]]) -> None:
+    _, process, prefix = running  # the HEALTHCHECK runs in the node's container, its mounts
     command = _healthcheck_command()
     deadline = time.monotonic() + 90
     while True:
-        done = subprocess.run(["buildah", "run", "--isolation", "chroot", container, "--",
-                               *command], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=60)
         if done.returncode == 0 or time.monotonic() > deadline:
             break
         assert process.poll() is None, process.stdout.read() if process.stdout else ""

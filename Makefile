@@ -47,7 +47,7 @@ lint: $(STAMP)
 	PYTHON=$(PY) sh scripts/typecheck
 
 test: $(STAMP) lint chromium postgresql containers
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

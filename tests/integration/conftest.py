@@ -4,6 +4,7 @@ network of node processes."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,3 +78,15 @@ def local_network(root: Path, members: int, seed: int, total_epsilon: float,
                            processes)
     finally:
         local.stop_nodes(processes)
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """`serve` configures the root logger; put it back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -40,6 +40,7 @@ from bridgestat.node import app
 from bridgestat.node.engine import Engine
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
+from tests.integration.engine_gate import Gate
 
 DAYS_LEFT = 20.5  # the node starts with a certificate inside the 30-day warning
 
@@ -219,22 +220,6 @@ def test_sighup_reloads_a_renewed_certificate_and_refuses_a_broken_one(
 
 # -- a query held in the engine while the node reloads -----------------------------------------
 
-@dataclass
-class Gate:
-    """Holds every RunQuery inside the engine until released."""
-
-    entered: threading.Event
-    release: threading.Event
-
-    def wrap(self, engine: Engine) -> Engine:
-        run = engine.run
-
-        def held(key: str, query: Any, caller: str = "anonymous") -> Any:
-            self.entered.set()
-            self.release.wait(60)
-            return run(key, query, caller)
-        engine.run = held  # type: ignore[method-assign]
-        return engine
 
 
 def _client(member: LocalMember, ready: threading.Event, gate: Gate,
@@ -266,18 +251,6 @@ def _client(member: LocalMember, ready: threading.Event, gate: Gate,
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """`serve` configures the root logger; put it back afterwards."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def test_sighup_with_a_query_in_flight_lets_it_finish(

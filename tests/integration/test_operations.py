@@ -8,7 +8,6 @@ flight.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import threading
@@ -36,6 +35,7 @@ from bridgestat.node import app
 from bridgestat.node.engine import Engine
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
+from tests.integration.engine_gate import Gate
 
 TOTAL = 5.0
 
@@ -160,34 +160,8 @@ def test_json_log_lines_carry_the_query_fields(queried: ServedNode) -> None:
 
 # -- graceful shutdown --------------------------------------------------------------------------
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """`serve` configures the root logger; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
-@dataclass
-class Gate:
-    """Holds every RunQuery inside the engine until released."""
-
-    entered: threading.Event
-    release: threading.Event
-
-    def wrap(self, engine: Engine) -> Engine:
-        run = engine.run
-
-        def held(key: str, query: Any, caller: str = "anonymous") -> Any:
-            self.entered.set()
-            self.release.wait(60)
-            return run(key, query, caller)
-        engine.run = held  # type: ignore[method-assign]
-        return engine
 
 
 def _refused_after_stop(stub: pb_grpc.NodeServiceStub) -> grpc.StatusCode:

@@ -57,6 +57,9 @@ FIXED_POINT = 1 << 20
 MDE_FACTOR = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 """(z_0.975 + z_0.80): minimal detectable effect per SE at 80 % power, two-sided 5 %."""
 MIN_LOSS = 1e-6
+CLIP_SHARE = 0.05
+"""Share of a mean's loss its clip counts take when asked for (node/mechanisms.py CLIP_SHARE);
+the count, sum and sum of squares share the rest by the split."""
 
 Floats = npt.NDArray[np.float64]
 
@@ -123,6 +126,7 @@ class PlanItem:
     tau2: float = 0.0  # planning between-member variance (random pooling)
     sampling_variance: float = 0.0
     dp_coefficients: tuple[float, ...] = ()
+    clip_counts: bool = False  # a mean's clip counts take CLIP_SHARE of its loss
 
     def __post_init__(self) -> None:
         where = f"analysis {self.name!r}"
@@ -161,6 +165,11 @@ class PlanItem:
     @property
     def planning_mean(self) -> float:
         return self.centre if self.mean is None else self.mean
+
+    @property
+    def mean_share(self) -> float:
+        """The share of a mean's loss its count, sum and sum of squares split."""
+        return 1.0 - CLIP_SHARE if self.clip_counts else 1.0
 
     @property
     def rho(self) -> bool:
@@ -245,8 +254,9 @@ def _splits(item: PlanItem, splits: Split | Sequence[Split]) -> tuple[Split, ...
 
 
 def _mean_noise(item: PlanItem, eps: float, split: Split) -> tuple[float, float, float]:
-    """(v_N, v_S, v_Q) of one member's mean release."""
+    """(v_N, v_S, v_Q) of one member's mean release (less the clip counts' share)."""
     h = item.half_width
+    eps *= item.mean_share
     return (count_variance(eps * split.count), fixed_point_variance(h, eps * split.sum),
             fixed_point_variance(h * h, eps * split.sum_squares))
 
@@ -418,9 +428,11 @@ def member_spend(items: Sequence[PlanItem], allocation: Allocation, k: int,
 def _components(item: PlanItem, omega: float) -> tuple[float, float, float]:
     """Coefficients C_N, C_S, C_Q (weighted DP variance times the component's loss^2) of a
     mean-type item whose member release enters the pooled estimate with weight omega per
-    participant (1/N for pooled sums)."""
+    participant (1/N for pooled sums), per unit of the whole query's loss (the clip counts'
+    share, when asked for, leaves the three components mean_share of it)."""
     h, sd = item.half_width, item.planning_sd
     r = item.planning_mean - item.centre
+    omega /= item.mean_share
     if item.kind is Kind.D_Z:
         d = item.planning_mean / sd
         return (2 * item.planning_mean**2 * omega**2 / sd**2, 2 * h * h * omega**2 / sd**2,

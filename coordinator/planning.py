@@ -33,7 +33,10 @@ between its pure and its rho analyses. A mean's own split follows the same rule 
 components, eps_N : eps_S : eps_Q = (r^2)^(1/3) : 1 : (lambda H^2)^(1/3), where lambda weighs the
 DP variance of s^2 against that of the mean: lambda = 1/(4 sigma^2) for a mean (the DP variance
 of the SD estimate, Var(s^2)/(4 sigma^2), counts as much as the mean's) and
-max(d, 1)^2/(4 sigma^2) for d_z (its own v_Q term, never less than the SD's). Random-effects
+max(d, 1)^2/(4 sigma^2) for d_z (its own v_Q term, never less than the SD's); the count keeps
+at least MIN_COUNT_SHARE. A query carries its split (`Query.split`), so the study runner sends
+what the planner chose. A mean with clip counts spends CLIP_SHARE of its loss on them and
+splits the rest. Random-effects
 weights make the problem non-convex: scipy's SLSQP refines the closed form, started from it.
 """
 
@@ -440,13 +443,23 @@ def _components(item: PlanItem, omega: float) -> tuple[float, float, float]:
     return 2 * r * r * omega**2, 2 * h * h * omega**2, 2 * h**4 * omega**2 / (4 * sd * sd)
 
 
+MIN_COUNT_SHARE = 0.05
+"""Least share of a mean's loss for its count. The delta-method variance lets the count
+matter only through (m - c)^2 v_N, so a planning mean at the clip's centre would give it
+almost nothing; but N~ divides everything (the mean, s^2, d_z, the member's suppression
+threshold), and the first-order formula fails once its noise is not small against N. At 5 %
+and epsilon 1 the count's noise SD is about 28."""
+
+
 def best_split(item: PlanItem) -> Split:
-    """eps_N : eps_S : eps_Q proportional to the cube roots of the components' coefficients
-    (the count keeps at least 0.1 % of the sum's share: it is always released)."""
+    """eps_N : eps_S : eps_Q proportional to the cube roots of the components' coefficients,
+    the count floored at MIN_COUNT_SHARE (then the sum and the squares share the rest by
+    their cube roots, which is still optimal for them: the problem is separable)."""
     roots = [c ** (1 / 3) for c in _components(item, 1.0)]
-    roots[0] = max(roots[0], 1e-3 * roots[1])
     total = sum(roots)
-    return Split(*(r / total for r in roots))
+    count = max(roots[0] / total, MIN_COUNT_SHARE)
+    rest = roots[1] + roots[2]
+    return Split(count, (1 - count) * roots[1] / rest, (1 - count) * roots[2] / rest)
 
 
 def _shares_term(p: float, item: PlanItem) -> float:
@@ -458,14 +471,14 @@ def _coefficient(item: PlanItem, k: int, split: Split | None,
     """c_ak: member k's contribution to the pooled DP variance times eps_ak^2 (continuous
     Laplace). re_weight None: pooled sums (member noise over the total N); else member k's
     relative random-effects weight (its own estimate's noise over n_k, times the weight).
-    split None: the mean's best split, (sum C_j^(1/3))^3; else sum C_j / f_j^2."""
+    split None: the mean's best split (`best_split`); then sum C_j / f_j^2, which without
+    the count's floor is (sum C_j^(1/3))^3."""
     def omega(sizes: tuple[float, ...]) -> float:
         return 1 / math.fsum(sizes) if re_weight is None else re_weight / sizes[k]
 
     if item.kind in (Kind.MEAN, Kind.D_Z):
         parts = _components(item, omega(item.sizes))
-        if split is None:
-            return math.fsum(c ** (1 / 3) for c in parts) ** 3
+        split = best_split(item) if split is None else split
         shares = (split.count, split.sum, split.sum_squares)
         return math.fsum(c / f**2 for c, f in zip(parts, shares, strict=True))
     total = omega(item.sizes) ** 2 * _shares_term(item.share, item)

@@ -7,15 +7,19 @@ count is within K DP standard errors of its truth (Laplace tail at ALPHA, as in 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from bridgestat.coordinator import study
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.studyfile import parse_study
+from bridgestat.coordinator.network import load_network
+from bridgestat.coordinator.studyfile import Study, parse_study
+from bridgestat.coordinator.web.app import Workspace, plan_study
 from tests.integration.conftest import LocalNetwork, local_network
 
 ALPHA = 2.5e-6
@@ -89,3 +93,38 @@ def test_a_study_sends_the_split_and_clip_counts_of_a_paired_change(
     assert all("clipped_below" in row for row in rows)
     [query] = analysis["queries"]
     assert query["query"]["split"] == [0.1, 0.5, 0.4] and query["query"]["clip_counts"] is True
+
+
+def test_the_workspace_plan_resolves_targets_and_auto_like_study_plan(
+        network: LocalNetwork, tmp_path: Path) -> None:
+    """The web workspace's plan (plan_study) turns target_se and epsilon: auto into the same
+    losses and splits as `bridgestat study plan`, and keeps the study's other settings."""
+    doc = {"name": "auto", "auto_budget": 1.0, "expected_size": 150,
+           "occasions": {"month_12": {"month": 12, "window": 3}}, "analyses": [
+               {"id": "m1", "statistic": "mean", "table": "assessment",
+                "column": "bridge_total", "target_se": 1.5},
+               {"id": "c1", "statistic": "paired_change", "table": "assessment",
+                "column": "bridge_total", "occasion": "month_12", "clip": [-20, 20],
+                "epsilon": "auto"},
+               {"id": "c2", "statistic": "mean", "table": "participant",
+                "column": "months_in_program", "epsilon": "auto", "weight": 2}]}
+    checked = parse_study(doc, "auto.yaml")
+    with Network.from_file(network.network) as net:
+        cli = study.plan(checked, net).study
+    spec = load_network(network.network)
+    workspace = Workspace.open(network.network, tmp_path / "web", "en",
+                               insecure=spec.tls is None)
+
+    async def web_plan() -> Study:
+        try:
+            return (await plan_study(workspace, checked))[3]
+        finally:
+            await workspace.client().aclose()
+
+    web = asyncio.run(web_plan())
+    assert web.auto_budget == 1.0 and web.expected_size == 150
+    for a, b in zip(cli.analyses, web.analyses, strict=True):
+        assert a.params.epsilon == b.params.epsilon
+        assert getattr(a.params, "split", None) == getattr(b.params, "split", None)
+    assert all(isinstance(a.params.epsilon, float) for a in web.analyses)
+    assert web.analyses[1].params.split is not None  # auto chose the change's split

@@ -199,7 +199,8 @@ def _target_loss(study: Study, a: Analysis, item: PlanItem,
 
 def resolve(study: Study, budgets: Sequence[MemberBudget], schema: Mapping[str, TableInfo]
             ) -> tuple[Study, tuple[Precision, ...], AutoShare | None]:
-    """The study with every target precision and every `epsilon: auto` turned into a loss,
+    """The study with every target precision and every `epsilon: auto` turned into a loss
+    (and a mean's split), each paired change's planning `sd` as its d_z flag's reference,
     and each analysis's predicted precision at its loss over the reachable members."""
     members = [b.member for b in budgets]
     earlier = earlier_results(study)
@@ -220,6 +221,7 @@ def resolve(study: Study, budgets: Sequence[MemberBudget], schema: Mapping[str, 
     splits = share.splits if share is not None else {}
     analyses = [with_split(a.with_epsilon(chosen[a.id]), splits.get(a.id))
                 if a.id in chosen else a for a in analyses]
+    analyses = [with_reference_sd(a) for a in analyses]
     found: list[Precision] = []
     for a in analyses:
         built = items[a.id]
@@ -244,6 +246,17 @@ def with_split(a: Analysis, split: planning.Split | None) -> Analysis:
         return a
     shares = (split.count, split.sum, split.sum_squares)
     return replace(a, entry=a.entry.model_copy(update={"split": shares}))
+
+
+def with_reference_sd(a: Analysis) -> Analysis:
+    """A paired change whose study states a planning `sd` judges its d_z flag against it
+    (`reference_sd`), unless the analysis sets reference_sd itself: the SD the researcher
+    planned with is a better reference than the clip's half-width / 3."""
+    sd = a.guess.sd
+    if sd is None or "reference_sd" not in type(a.params).model_fields \
+            or getattr(a.params, "reference_sd", None) is not None:
+        return a
+    return replace(a, entry=a.entry.model_copy(update={"reference_sd": sd}))
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,15 @@ def test_a_bad_split_in_the_study_file_names_the_field(split: Any) -> None:
     _entry(doc, "a06_bridge_change")["split"] = split
     with pytest.raises(Exception, match=r"a06_bridge_change\)\.split"):
         parse_study(doc, "study.yaml")
+
+
+def test_a_paired_changes_planning_sd_becomes_its_d_z_reference() -> None:
+    doc = _doc()
+    _entry(doc, "a06_bridge_change")["planning"] = {"sd": 11.0}
+    _entry(doc, "a08_debt_change")["planning"] = {"sd": 5.0}
+    _entry(doc, "a08_debt_change")["reference_sd"] = 7.0  # its own wins
+    study, _, _ = _resolve(doc)
+    by_id = {a.id: a for a in study.analyses}
+    assert by_id["a06_bridge_change"].params.reference_sd == 11.0
+    assert by_id["a08_debt_change"].params.reference_sd == 7.0
+    assert by_id["a07_earned_income_change"].params.reference_sd is None

@@ -340,6 +340,16 @@ def predict(item: PlanItem, losses: Sequence[float], splits: Split | Sequence[Sp
     return _pooled_sums(item, eps, chosen)
 
 
+def sd_noise_share(item: PlanItem, losses: Sequence[float],
+                   splits: Split | Sequence[Split] = HAND_SPLIT) -> float:
+    """DP noise SD of a pooled mean's s^2 against its planning variance, sqrt(sum v_Q) / N /
+    sigma^2: what `pooling.d_z_flag` judges (flagged above 0.3), predicted for the plan."""
+    eps = _losses(item, losses)
+    v_q = math.fsum(_mean_noise(item, e, s)[2]
+                    for e, s in zip(eps, _splits(item, splits), strict=True))
+    return math.sqrt(v_q) / math.fsum(item.sizes) / item.planning_sd**2
+
+
 # --------------------------------------------------------------------------- the inverse
 
 
@@ -599,6 +609,30 @@ def closed_form(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
             losses[i.name].append(r)
     return Allocation({n: tuple(v) for n, v in losses.items()},
                       _split_map(items, optimise_split, fixed_split))
+
+
+def uniform(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
+            optimise_split: bool = True) -> Allocation:
+    """The cube-root rule with one loss per analysis at every member, which is what one
+    fanned-out query carries (`precision.auto_share` does this for a study): each analysis's
+    coefficients summed over members, the tightest member's budget and cap."""
+    _check_budgets(items, budgets)
+    weights = _re_weights(items, budgets, None)
+    split = None if optimise_split else HAND_SPLIT
+    coef = {i.name: math.fsum(
+        (i.weight / i.scale**2) * (i.dp_coefficients[k] if i.rho
+                                   else _coefficient(i, k, split, weights[i.name][k]))
+        for k in range(i.members)) for i in items}
+    tightest = min(budgets, key=lambda b: b.epsilon)
+    pure_items = [i for i in items if not i.rho]
+    rho_items = [i for i in items if i.rho]
+    pure, rho = _solve_member(_Member(tuple(coef[i.name] for i in pure_items),
+                                      tuple(coef[i.name] for i in rho_items)),
+                              MemberBudget(tightest.epsilon, min(b.cap for b in budgets),
+                                           tightest.delta))
+    losses = {i.name: (e,) * i.members for i, e in zip(pure_items, pure, strict=True)}
+    losses.update({i.name: (r,) * i.members for i, r in zip(rho_items, rho, strict=True)})
+    return Allocation(losses, _split_map(items, optimise_split, HAND_SPLIT))
 
 
 def _split_map(items: Sequence[PlanItem], optimise_split: bool, fixed_split: Split

@@ -265,9 +265,10 @@ class AutoShare:
 
     pool: float  # epsilon per member the auto analyses' own queries share
     losses: Mapping[str, float]
-    weighted: float  # sum w_a Var_a / scale_a^2 at the chosen losses and splits
+    weighted: float  # sum w_a (Var_a + SD term) / scale_a^2 at the chosen losses and splits
     weighted_equal: float  # ... at an equal split of the pool and the node's default split
     splits: Mapping[str, planning.Split] = field(default_factory=dict)  # chosen mean splits
+    estimators: tuple[float, float] = (0.0, 0.0)  # sum w_a Var_a / scale_a^2 alone: both
 
 
 def auto_share(study: Study, budgets: Sequence[MemberBudget],
@@ -307,9 +308,12 @@ def auto_share(study: Study, budgets: Sequence[MemberBudget],
     losses = [_round_down(e) for e in planning.water_fill(coefficients, pool,
                                                            [cap] * len(auto), 1 / 3)]
     equal = [min(pool / len(auto), cap)] * len(auto)
+    found, hand = _allocation(chosen, losses, splits), _allocation(chosen, equal, {})
     return AutoShare(pool, {a.id: e for a, e in zip(auto, losses, strict=True)},
-                     _weighted(chosen, losses, splits), _weighted(chosen, equal, {}),
-                     {k: v for k, v in splits.items() if v is not None})
+                     planning.objective(chosen, found), planning.objective(chosen, hand),
+                     {k: v for k, v in splits.items() if v is not None},
+                     (planning.weighted_variance(chosen, found),
+                      planning.weighted_variance(chosen, hand)))
 
 
 def _chosen_split(a: Analysis, item: PlanItem) -> planning.Split | None:
@@ -326,13 +330,12 @@ def _dp_at_one(item: PlanItem, split: planning.Split | None) -> float:
     return found.criterion - found.sampling
 
 
-def _weighted(items: Sequence[PlanItem], losses: Sequence[float],
-              splits: Mapping[str, planning.Split | None]) -> float:
-    allocation = planning.Allocation(
+def _allocation(items: Sequence[PlanItem], losses: Sequence[float],
+                splits: Mapping[str, planning.Split | None]) -> planning.Allocation:
+    return planning.Allocation(
         {i.name: (e,) * i.members for i, e in zip(items, losses, strict=True)},
         {i.name: (split,) * i.members for i in items
          if (split := splits.get(i.name)) is not None})
-    return planning.weighted_variance(items, allocation)
 
 
 def _round_down(loss: float) -> float:
@@ -355,10 +358,12 @@ def describe(sources: Sequence[Precision], auto: AutoShare | None = None) -> lis
     if auto is not None:
         gain = 1 - auto.weighted / auto.weighted_equal if auto.weighted_equal > 0 else 0.0
         lines.append(f"epsilon: auto: {len(auto.losses)} analyses share epsilon "
-                     f"{auto.pool:.4g} per member by the cube-root rule; their weighted "
-                     f"variance sum w Var / sd^2 is {auto.weighted:.4g} against "
+                     f"{auto.pool:.4g} per member by the cube-root rule; their criterion "
+                     f"sum w (Var + SD term) / sd^2 is {auto.weighted:.4g} against "
                      f"{auto.weighted_equal:.4g} for an equal split at the node's default "
-                     f"mean split ({100 * gain:.1f} % lower)")
+                     f"mean split ({100 * gain:.1f} % lower); the estimators' variances "
+                     f"alone {auto.estimators[0]:.4g} against {auto.estimators[1]:.4g} (the "
+                     "SD term keeps each mean's SD well determined)")
         for name, split in auto.splits.items():
             lines.append(f"  {name}: mean split count/sum/sum_squares {split.count:.3f} / "
                          f"{split.sum:.3f} / {split.sum_squares:.3f} (sent with the query)")

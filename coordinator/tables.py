@@ -165,15 +165,22 @@ def with_clip_counts(frame: pd.DataFrame, result: QueryResult) -> pd.DataFrame:
         return frame
     frame = frame.copy()
     for name in (CLIPPED_BELOW, CLIPPED_ABOVE):
-        counts = _table(result, lambda r, c, name=name: pooling.count_estimate(_clipped(c, name)),
-                        lambda cs, name=name: pooling.pooled_count(
-                            [_clipped(c, name) for _, c in cs]))
+        counts = _table(result, partial(_member_clipped, name), partial(_pooled_clipped, name))
         frame[name] = counts["estimate"].to_numpy()
         frame[f"{name}_se"] = counts["se"].to_numpy()
     total = frame[CLIPPED_BELOW].astype(float) + frame[CLIPPED_ABOVE].astype(float)
     n = frame["n"].astype(float)
     frame["clipped_share"] = (total / n).where(n > 0)
     return frame
+
+
+def _member_clipped(name: str, release: MemberRelease, cell: CellRelease) -> Estimate:
+    return pooling.count_estimate(_clipped(cell, name))
+
+
+def _pooled_clipped(name: str, cells: Sequence[tuple[MemberRelease, CellRelease]]
+                    ) -> Estimate:
+    return pooling.pooled_count([_clipped(c, name) for _, c in cells])
 
 
 def _clipped(cell: CellRelease, name: str) -> Noisy:

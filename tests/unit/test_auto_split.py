@@ -100,3 +100,12 @@ def test_a_paired_changes_planning_sd_becomes_its_d_z_reference() -> None:
     assert by_id["a06_bridge_change"].params.reference_sd == 11.0
     assert by_id["a08_debt_change"].params.reference_sd == 7.0
     assert by_id["a07_earned_income_change"].params.reference_sd is None
+
+
+@pytest.mark.parametrize("option", [{"clip_counts": True}, {"split": [0.2, 0.4, 0.4]}])
+def test_secure_mode_takes_neither_option(option: dict[str, Any]) -> None:
+    doc = _doc()
+    _entry(doc, "a06_bridge_change").update(secure=True, improvement=None, share_epsilon=None,
+                                           **option)
+    with pytest.raises(Exception, match=r"secure mode takes neither split nor clip_counts"):
+        parse_study(doc, "study.yaml")

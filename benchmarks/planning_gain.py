@@ -13,7 +13,9 @@ Usage: python benchmarks/planning_gain.py [--members 5] [--seed 1] [--reps 400]
 3. Prints the weighted sum of predicted variances (each in units of its outcome's planning
    SD, weight 1, with the means' SD term: `planning.objective`) for the hand plan (node split
    0.2/0.5/0.3) and for `planning.optimise`, their ratio (target <= 0.75), and each analysis's
-   predicted SE under both.
+   predicted SE under both. Beside them: the hand losses with the planner's mean splits (what
+   the split alone buys, now that a query carries it), and `planning.uniform`, one loss per
+   analysis at every member (what a study's `epsilon: auto` sends: one query per analysis).
 4. Simulates the pooled mean, paired change, d_z and proportion under the optimised plan with
    the node's own OpenDP measurements (`node.mechanisms`, the planned split) on data drawn with
    the planning mean and SD, pools with `coordinator.pooling`, and prints the realised SD of
@@ -319,7 +321,23 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"({1 - best_value / hand_value:.1%} lower; target >= 25 %)")
     hand_var, best_var = P.weighted_variance(items, hand), P.weighted_variance(items, best)
     print(f"estimators alone (no SD term): hand {hand_var:.5g}, optimised {best_var:.5g}, "
-          f"ratio {best_var / hand_var:.3f}\n")
+          f"ratio {best_var / hand_var:.3f}")
+    split_only = P.Allocation(hand.losses, best.splits)
+    same = P.uniform(items, budgets)
+    for k, b in enumerate(budgets):
+        assert P.member_spend(items, same, k, DELTA) <= b.epsilon * (1 + 1e-6)
+    for label, alloc in (("hand losses, planner's splits", split_only),
+                         ("one loss per analysis at every member (epsilon: auto)", same)):
+        print(f"{label}: objective {P.objective(items, alloc):.5g} (ratio "
+              f"{P.objective(items, alloc) / hand_value:.3f}), estimators alone "
+              f"{P.weighted_variance(items, alloc):.5g} (ratio "
+              f"{P.weighted_variance(items, alloc) / hand_var:.3f})")
+    shares = [(i.name, P.sd_noise_share(i, hand.losses[i.name]),
+               P.sd_noise_share(i, best.losses[i.name], best.splits_of(i.name, i.members)))
+              for i in items if i.kind is P.Kind.MEAN and i.pooling is P.Pooling.SUMS]
+    print("DP noise SD of the pooled s^2 / planning variance (d_z flagged above 0.3), hand -> "
+          "optimised: " + "; ".join(f"{n} {h:.2f} -> {b:.2f}" for n, h, b in shares))
+    print()
     print(compare_table(items, hand, best))
     print(f"\nsimulation under the optimised plan ({args.reps} networks, OpenDP noise; target: "
           "realised within 10 % of predicted)")

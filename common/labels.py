@@ -4,6 +4,8 @@ A histogram's cells are the public categories or bins, then MISSING (participant
 value, or without one of the two occasions of a paired histogram). A paired histogram of a
 category names its cells `transition(before, after)`; of a number without bins, SIGN_LABELS.
 A mean's (and paired change's) values are COUNT, SUM and SUM_SQUARES; a count's is COUNT.
+With clip counts, a mean also releases CLIPPED_BELOW and CLIPPED_ABOVE (values the public
+clipping bounds cut at each end).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ ARROW = " -> "
 DECREASED, UNCHANGED, INCREASED = "decreased", "unchanged", "increased"
 SIGN_LABELS = (DECREASED, UNCHANGED, INCREASED)
 COUNT, SUM, SUM_SQUARES = "count", "sum", "sum_squares"
+CLIPPED_BELOW, CLIPPED_ABOVE = "clipped_below", "clipped_above"
 
 
 def transition(before: str, after: str) -> str:

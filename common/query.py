@@ -76,3 +76,7 @@ class Query:
     rho: float = 0.0  # zCDP loss of a cross_products query (its epsilon is then 0)
     quantile: float = 0.0  # for quantile: in (0, 1); candidates are bin_edges
     terms: tuple[Term, ...] = ()  # for cross_products: regressors, then the response
+    # for mean and paired_change: shares of the loss for (count, sum, sum_squares); None is
+    # the node's default split
+    split: tuple[float, float, float] | None = None
+    clip_counts: bool = False  # mean, paired_change: also release the clipped counts

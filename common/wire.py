@@ -38,7 +38,11 @@ def query_to_pb(query: Query) -> pb.Query:
     msg = pb.Query(statistic=_TO_PB[Statistic(query.statistic)], table=query.table,
                    column=query.column, group_by=query.group_by,
                    loss=pb.PrivacyLoss(epsilon=query.epsilon, rho=query.rho),
-                   bin_edges=query.bin_edges, quantile=query.quantile)
+                   bin_edges=query.bin_edges, quantile=query.quantile,
+                   clip_counts=query.clip_counts)
+    if query.split is not None:
+        count, total, squares = query.split
+        msg.split.CopyFrom(pb.MeanSplit(count=count, sum=total, sum_squares=squares))
     for term in query.terms:
         added = msg.terms.add(column=term.column, category=term.category)
         _set_occasions(added, term.occasion, term.baseline)
@@ -76,7 +80,14 @@ def query_from_pb(msg: pb.Query) -> Query:
                  group_by=tuple(msg.group_by), occasion=_occasion(msg, "occasion"),
                  baseline=_occasion(msg, "baseline"), bin_edges=tuple(msg.bin_edges),
                  clip=_clip(msg), rho=msg.loss.rho, quantile=msg.quantile,
-                 terms=tuple(_term(t) for t in msg.terms))
+                 terms=tuple(_term(t) for t in msg.terms), split=_split(msg),
+                 clip_counts=msg.clip_counts)
+
+
+def _split(msg: pb.Query) -> tuple[float, float, float] | None:
+    if not msg.HasField("split"):
+        return None
+    return (msg.split.count, msg.split.sum, msg.split.sum_squares)
 
 
 def _term(msg: pb.Term) -> Term:

@@ -22,6 +22,9 @@ COLUMN_NAMES = {
     "transition": N_("Transition"), "sd": N_("SD"), "se_sampling": N_("SE (sampling)"),
     "se_dp": N_("SE (DP noise)"), "se_ols": N_("SE (OLS, no DP noise)"), "loss": N_("Loss"),
     "d_z": N_("Cohen's d_z"), "d_z_se": N_("d_z SE"), "d_z_status": N_("d_z status"),
+    "clipped_below": N_("Clipped below (noisy)"), "clipped_above": N_("Clipped above (noisy)"),
+    "clipped_below_se": N_("Clipped below SE"), "clipped_above_se": N_("Clipped above SE"),
+    "clipped_share": N_("Share clipped"),
 }
 """Readable headings of the result columns the study writes; others are made readable."""
 

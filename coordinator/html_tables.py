@@ -26,7 +26,7 @@ LONG_TABLE = 30
 
 STAT_COLUMNS = frozenset({
     "member", "estimate", "se", "ci", "ci_low", "ci_high", "n", "sd", "se_sampling", "se_dp",
-    "se_ols", "loss", "status",
+    "se_ols", "loss", "status", "clipped_share",
 })
 """Columns that are not labels: the member and the statistics every results table carries."""
 
@@ -35,7 +35,7 @@ STAT_SUFFIXES = ("_se", "_ci_low", "_ci_high", "_status")
 
 TECHNICAL_COLUMNS = frozenset({
     "se", "sd", "se_sampling", "se_dp", "se_ols", "loss", "d_z", "d_z_se", "d_z_ci_low",
-    "d_z_ci_high", "d_z_status", "replicates",
+    "d_z_ci_high", "d_z_status", "replicates", "clipped_below_se", "clipped_above_se",
 })
 """Columns a researcher checks and a coordinator does not read: shown under 'All columns'."""
 

@@ -33,7 +33,10 @@ between its pure and its rho analyses. A mean's own split follows the same rule 
 components, eps_N : eps_S : eps_Q = (r^2)^(1/3) : 1 : (lambda H^2)^(1/3), where lambda weighs the
 DP variance of s^2 against that of the mean: lambda = 1/(4 sigma^2) for a mean (the DP variance
 of the SD estimate, Var(s^2)/(4 sigma^2), counts as much as the mean's) and
-max(d, 1)^2/(4 sigma^2) for d_z (its own v_Q term, never less than the SD's). Random-effects
+max(d, 1)^2/(4 sigma^2) for d_z (its own v_Q term, never less than the SD's); the count keeps
+at least MIN_COUNT_SHARE. A query carries its split (`Query.split`), so the study runner sends
+what the planner chose. A mean with clip counts spends CLIP_SHARE of its loss on them and
+splits the rest. Random-effects
 weights make the problem non-convex: scipy's SLSQP refines the closed form, started from it.
 """
 
@@ -57,6 +60,9 @@ FIXED_POINT = 1 << 20
 MDE_FACTOR = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 """(z_0.975 + z_0.80): minimal detectable effect per SE at 80 % power, two-sided 5 %."""
 MIN_LOSS = 1e-6
+CLIP_SHARE = 0.05
+"""Share of a mean's loss its clip counts take when asked for (node/mechanisms.py CLIP_SHARE);
+the count, sum and sum of squares share the rest by the split."""
 
 Floats = npt.NDArray[np.float64]
 
@@ -123,6 +129,7 @@ class PlanItem:
     tau2: float = 0.0  # planning between-member variance (random pooling)
     sampling_variance: float = 0.0
     dp_coefficients: tuple[float, ...] = ()
+    clip_counts: bool = False  # a mean's clip counts take CLIP_SHARE of its loss
 
     def __post_init__(self) -> None:
         where = f"analysis {self.name!r}"
@@ -161,6 +168,11 @@ class PlanItem:
     @property
     def planning_mean(self) -> float:
         return self.centre if self.mean is None else self.mean
+
+    @property
+    def mean_share(self) -> float:
+        """The share of a mean's loss its count, sum and sum of squares split."""
+        return 1.0 - CLIP_SHARE if self.clip_counts else 1.0
 
     @property
     def rho(self) -> bool:
@@ -245,8 +257,9 @@ def _splits(item: PlanItem, splits: Split | Sequence[Split]) -> tuple[Split, ...
 
 
 def _mean_noise(item: PlanItem, eps: float, split: Split) -> tuple[float, float, float]:
-    """(v_N, v_S, v_Q) of one member's mean release."""
+    """(v_N, v_S, v_Q) of one member's mean release (less the clip counts' share)."""
     h = item.half_width
+    eps *= item.mean_share
     return (count_variance(eps * split.count), fixed_point_variance(h, eps * split.sum),
             fixed_point_variance(h * h, eps * split.sum_squares))
 
@@ -325,6 +338,16 @@ def predict(item: PlanItem, losses: Sequence[float], splits: Split | Sequence[Sp
     if item.pooling is Pooling.RANDOM:
         return _random_effects(item, eps, chosen)
     return _pooled_sums(item, eps, chosen)
+
+
+def sd_noise_share(item: PlanItem, losses: Sequence[float],
+                   splits: Split | Sequence[Split] = HAND_SPLIT) -> float:
+    """DP noise SD of a pooled mean's s^2 against its planning variance, sqrt(sum v_Q) / N /
+    sigma^2: what `pooling.d_z_flag` judges (flagged above 0.3), predicted for the plan."""
+    eps = _losses(item, losses)
+    v_q = math.fsum(_mean_noise(item, e, s)[2]
+                    for e, s in zip(eps, _splits(item, splits), strict=True))
+    return math.sqrt(v_q) / math.fsum(item.sizes) / item.planning_sd**2
 
 
 # --------------------------------------------------------------------------- the inverse
@@ -418,9 +441,11 @@ def member_spend(items: Sequence[PlanItem], allocation: Allocation, k: int,
 def _components(item: PlanItem, omega: float) -> tuple[float, float, float]:
     """Coefficients C_N, C_S, C_Q (weighted DP variance times the component's loss^2) of a
     mean-type item whose member release enters the pooled estimate with weight omega per
-    participant (1/N for pooled sums)."""
+    participant (1/N for pooled sums), per unit of the whole query's loss (the clip counts'
+    share, when asked for, leaves the three components mean_share of it)."""
     h, sd = item.half_width, item.planning_sd
     r = item.planning_mean - item.centre
+    omega /= item.mean_share
     if item.kind is Kind.D_Z:
         d = item.planning_mean / sd
         return (2 * item.planning_mean**2 * omega**2 / sd**2, 2 * h * h * omega**2 / sd**2,
@@ -428,13 +453,23 @@ def _components(item: PlanItem, omega: float) -> tuple[float, float, float]:
     return 2 * r * r * omega**2, 2 * h * h * omega**2, 2 * h**4 * omega**2 / (4 * sd * sd)
 
 
+MIN_COUNT_SHARE = 0.05
+"""Least share of a mean's loss for its count. The delta-method variance lets the count
+matter only through (m - c)^2 v_N, so a planning mean at the clip's centre would give it
+almost nothing; but N~ divides everything (the mean, s^2, d_z, the member's suppression
+threshold), and the first-order formula fails once its noise is not small against N. At 5 %
+and epsilon 1 the count's noise SD is about 28."""
+
+
 def best_split(item: PlanItem) -> Split:
-    """eps_N : eps_S : eps_Q proportional to the cube roots of the components' coefficients
-    (the count keeps at least 0.1 % of the sum's share: it is always released)."""
+    """eps_N : eps_S : eps_Q proportional to the cube roots of the components' coefficients,
+    the count floored at MIN_COUNT_SHARE (then the sum and the squares share the rest by
+    their cube roots, which is still optimal for them: the problem is separable)."""
     roots = [c ** (1 / 3) for c in _components(item, 1.0)]
-    roots[0] = max(roots[0], 1e-3 * roots[1])
     total = sum(roots)
-    return Split(*(r / total for r in roots))
+    count = max(roots[0] / total, MIN_COUNT_SHARE)
+    rest = roots[1] + roots[2]
+    return Split(count, (1 - count) * roots[1] / rest, (1 - count) * roots[2] / rest)
 
 
 def _shares_term(p: float, item: PlanItem) -> float:
@@ -446,14 +481,14 @@ def _coefficient(item: PlanItem, k: int, split: Split | None,
     """c_ak: member k's contribution to the pooled DP variance times eps_ak^2 (continuous
     Laplace). re_weight None: pooled sums (member noise over the total N); else member k's
     relative random-effects weight (its own estimate's noise over n_k, times the weight).
-    split None: the mean's best split, (sum C_j^(1/3))^3; else sum C_j / f_j^2."""
+    split None: the mean's best split (`best_split`); then sum C_j / f_j^2, which without
+    the count's floor is (sum C_j^(1/3))^3."""
     def omega(sizes: tuple[float, ...]) -> float:
         return 1 / math.fsum(sizes) if re_weight is None else re_weight / sizes[k]
 
     if item.kind in (Kind.MEAN, Kind.D_Z):
         parts = _components(item, omega(item.sizes))
-        if split is None:
-            return math.fsum(c ** (1 / 3) for c in parts) ** 3
+        split = best_split(item) if split is None else split
         shares = (split.count, split.sum, split.sum_squares)
         return math.fsum(c / f**2 for c, f in zip(parts, shares, strict=True))
     total = omega(item.sizes) ** 2 * _shares_term(item.share, item)
@@ -574,6 +609,30 @@ def closed_form(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
             losses[i.name].append(r)
     return Allocation({n: tuple(v) for n, v in losses.items()},
                       _split_map(items, optimise_split, fixed_split))
+
+
+def uniform(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
+            optimise_split: bool = True) -> Allocation:
+    """The cube-root rule with one loss per analysis at every member, which is what one
+    fanned-out query carries (`precision.auto_share` does this for a study): each analysis's
+    coefficients summed over members, the tightest member's budget and cap."""
+    _check_budgets(items, budgets)
+    weights = _re_weights(items, budgets, None)
+    split = None if optimise_split else HAND_SPLIT
+    coef = {i.name: math.fsum(
+        (i.weight / i.scale**2) * (i.dp_coefficients[k] if i.rho
+                                   else _coefficient(i, k, split, weights[i.name][k]))
+        for k in range(i.members)) for i in items}
+    tightest = min(budgets, key=lambda b: b.epsilon)
+    pure_items = [i for i in items if not i.rho]
+    rho_items = [i for i in items if i.rho]
+    pure, rho = _solve_member(_Member(tuple(coef[i.name] for i in pure_items),
+                                      tuple(coef[i.name] for i in rho_items)),
+                              MemberBudget(tightest.epsilon, min(b.cap for b in budgets),
+                                           tightest.delta))
+    losses = {i.name: (e,) * i.members for i, e in zip(pure_items, pure, strict=True)}
+    losses.update({i.name: (r,) * i.members for i, r in zip(rho_items, rho, strict=True)})
+    return Allocation(losses, _split_map(items, optimise_split, HAND_SPLIT))
 
 
 def _split_map(items: Sequence[PlanItem], optimise_split: bool, fixed_split: Split

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridgestat.coordinator import planning
@@ -182,8 +182,8 @@ def _target_loss(study: Study, a: Analysis, item: PlanItem,
     name, value = a.target
     where = f"{study.source}: {a.label}.{name}"
     try:
-        losses = (planning.loss_for_se(item, value) if name == "target_se"
-                  else planning.loss_for_mde(item, value))
+        losses = (planning.loss_for_se(item, value, splits=split_of(a)) if name == "target_se"
+                  else planning.loss_for_mde(item, value, splits=split_of(a)))
     except PlanningError as exc:
         raise StudyError(f"{where}: {exc}") from None
     loss = losses[0]
@@ -199,7 +199,8 @@ def _target_loss(study: Study, a: Analysis, item: PlanItem,
 
 def resolve(study: Study, budgets: Sequence[MemberBudget], schema: Mapping[str, TableInfo]
             ) -> tuple[Study, tuple[Precision, ...], AutoShare | None]:
-    """The study with every target precision and every `epsilon: auto` turned into a loss,
+    """The study with every target precision and every `epsilon: auto` turned into a loss
+    (and a mean's split), each paired change's planning `sd` as its d_z flag's reference,
     and each analysis's predicted precision at its loss over the reachable members."""
     members = [b.member for b in budgets]
     earlier = earlier_results(study)
@@ -217,7 +218,10 @@ def resolve(study: Study, budgets: Sequence[MemberBudget], schema: Mapping[str, 
     share = auto_share(replace(study, analyses=tuple(analyses)), budgets,
                        {k: v[0] for k, v in items.items() if not isinstance(v, str)})
     chosen = share.losses if share is not None else {}
-    analyses = [a.with_epsilon(chosen[a.id]) if a.id in chosen else a for a in analyses]
+    splits = share.splits if share is not None else {}
+    analyses = [with_split(a.with_epsilon(chosen[a.id]), splits.get(a.id))
+                if a.id in chosen else a for a in analyses]
+    analyses = [with_reference_sd(a) for a in analyses]
     found: list[Precision] = []
     for a in analyses:
         built = items[a.id]
@@ -225,10 +229,34 @@ def resolve(study: Study, budgets: Sequence[MemberBudget], schema: Mapping[str, 
             found.append(Precision(a.id, reason=built))
             continue
         epsilon = float(a.params.epsilon)
-        found.append(Precision(a.id, epsilon, planning.predict(built[0],
-                                                               [epsilon] * len(members)),
-                               built[1]))
+        found.append(Precision(a.id, epsilon, planning.predict(
+            built[0], [epsilon] * len(members), split_of(a)), built[1]))
     return replace(study, analyses=tuple(analyses)), tuple(found), share
+
+
+def split_of(a: Analysis) -> planning.Split:
+    """The split of a mean's loss the analysis sends (its own, else the node's default)."""
+    own = getattr(a.params, "split", None)
+    return planning.Split(*own) if own is not None else planning.HAND_SPLIT
+
+
+def with_split(a: Analysis, split: planning.Split | None) -> Analysis:
+    """The analysis sending `split` with its mean (None: unchanged)."""
+    if split is None:
+        return a
+    shares = (split.count, split.sum, split.sum_squares)
+    return replace(a, entry=a.entry.model_copy(update={"split": shares}))
+
+
+def with_reference_sd(a: Analysis) -> Analysis:
+    """A paired change whose study states a planning `sd` judges its d_z flag against it
+    (`reference_sd`), unless the analysis sets reference_sd itself: the SD the researcher
+    planned with is a better reference than the clip's half-width / 3."""
+    sd = a.guess.sd
+    if sd is None or "reference_sd" not in type(a.params).model_fields \
+            or getattr(a.params, "reference_sd", None) is not None:
+        return a
+    return replace(a, entry=a.entry.model_copy(update={"reference_sd": sd}))
 
 
 @dataclass(frozen=True)
@@ -237,8 +265,10 @@ class AutoShare:
 
     pool: float  # epsilon per member the auto analyses' own queries share
     losses: Mapping[str, float]
-    weighted: float  # sum w_a Var_a / scale_a^2 at the chosen losses
-    weighted_equal: float  # ... at an equal split of the pool, for comparison
+    weighted: float  # sum w_a (Var_a + SD term) / scale_a^2 at the chosen losses and splits
+    weighted_equal: float  # ... at an equal split of the pool and the node's default split
+    splits: Mapping[str, planning.Split] = field(default_factory=dict)  # chosen mean splits
+    estimators: tuple[float, float] = (0.0, 0.0)  # sum w_a Var_a / scale_a^2 alone: both
 
 
 def auto_share(study: Study, budgets: Sequence[MemberBudget],
@@ -251,9 +281,11 @@ def auto_share(study: Study, budgets: Sequence[MemberBudget],
     pool gives the cube-root rule e_a ~ (w_a C_a / scale_a^2)^(1/3), water-filled under the
     tightest per-query cap (`planning.water_fill`). The pool is the study's `auto_budget`, no
     more than the tightest member has left after every other analysis, less the auto
-    analyses' other queries (a paired change's `share_epsilon`). The node's split of a mean's
-    loss is fixed (a query cannot carry another), so it is not optimised here. A loss is
-    rounded down to four significant digits (never more than the rule's)."""
+    analyses' other queries (a paired change's `share_epsilon`). A mean's (or change's) split
+    of its loss is chosen too (`planning.best_split`, the same at every member for pooled
+    sums) unless the analysis names its own; the query carries it (`Query.split`), and C_a
+    is then the DP variance with the planner's SD term (`Prediction.criterion`) at that
+    split. A loss is rounded down to four significant digits (never more than the rule's)."""
     auto = [a for a in study.analyses if a.auto]
     if not auto:
         return None
@@ -271,19 +303,39 @@ def auto_share(study: Study, budgets: Sequence[MemberBudget],
                          f"take {extra:g}")
     cap = min(b.max_per_query for b in budgets)
     chosen = [replace(items[a.id], weight=a.weight) for a in auto]
-    coefficients = [i.weight * planning.predict(i, [1.0] * i.members).dp / i.scale**2
-                    for i in chosen]
+    splits = {a.id: _chosen_split(a, i) for a, i in zip(auto, chosen, strict=True)}
+    coefficients = [i.weight * _dp_at_one(i, splits[i.name]) / i.scale**2 for i in chosen]
     losses = [_round_down(e) for e in planning.water_fill(coefficients, pool,
                                                            [cap] * len(auto), 1 / 3)]
     equal = [min(pool / len(auto), cap)] * len(auto)
+    found, hand = _allocation(chosen, losses, splits), _allocation(chosen, equal, {})
     return AutoShare(pool, {a.id: e for a, e in zip(auto, losses, strict=True)},
-                     _weighted(chosen, losses), _weighted(chosen, equal))
+                     planning.objective(chosen, found), planning.objective(chosen, hand),
+                     {k: v for k, v in splits.items() if v is not None},
+                     (planning.weighted_variance(chosen, found),
+                      planning.weighted_variance(chosen, hand)))
 
 
-def _weighted(items: Sequence[PlanItem], losses: Sequence[float]) -> float:
-    allocation = planning.Allocation({i.name: (e,) * i.members
-                                      for i, e in zip(items, losses, strict=True)})
-    return planning.weighted_variance(items, allocation)
+def _chosen_split(a: Analysis, item: PlanItem) -> planning.Split | None:
+    """The planner's split for an auto mean without its own (None: not a mean, or set)."""
+    if item.kind not in (planning.Kind.MEAN, planning.Kind.D_Z) \
+            or getattr(a.params, "split", None) is not None or "split" not in type(a.params).model_fields:
+        return None
+    return planning.best_split(item)
+
+
+def _dp_at_one(item: PlanItem, split: planning.Split | None) -> float:
+    """The item's DP variance (with the means' SD term) at loss 1 per member."""
+    found = planning.predict(item, [1.0] * item.members, split or planning.HAND_SPLIT)
+    return found.criterion - found.sampling
+
+
+def _allocation(items: Sequence[PlanItem], losses: Sequence[float],
+                splits: Mapping[str, planning.Split | None]) -> planning.Allocation:
+    return planning.Allocation(
+        {i.name: (e,) * i.members for i, e in zip(items, losses, strict=True)},
+        {i.name: (split,) * i.members for i in items
+         if (split := splits.get(i.name)) is not None})
 
 
 def _round_down(loss: float) -> float:
@@ -306,7 +358,13 @@ def describe(sources: Sequence[Precision], auto: AutoShare | None = None) -> lis
     if auto is not None:
         gain = 1 - auto.weighted / auto.weighted_equal if auto.weighted_equal > 0 else 0.0
         lines.append(f"epsilon: auto: {len(auto.losses)} analyses share epsilon "
-                     f"{auto.pool:.4g} per member by the cube-root rule; their weighted "
-                     f"variance sum w Var / sd^2 is {auto.weighted:.4g} against "
-                     f"{auto.weighted_equal:.4g} for an equal split ({100 * gain:.1f} % lower)")
+                     f"{auto.pool:.4g} per member by the cube-root rule; their criterion "
+                     f"sum w (Var + SD term) / sd^2 is {auto.weighted:.4g} against "
+                     f"{auto.weighted_equal:.4g} for an equal split at the node's default "
+                     f"mean split ({100 * gain:.1f} % lower); the estimators' variances "
+                     f"alone {auto.estimators[0]:.4g} against {auto.estimators[1]:.4g} (the "
+                     "SD term keeps each mean's SD well determined)")
+        for name, split in auto.splits.items():
+            lines.append(f"  {name}: mean split count/sum/sum_squares {split.count:.3f} / "
+                         f"{split.sum:.3f} / {split.sum_squares:.3f} (sent with the query)")
     return lines

@@ -222,7 +222,7 @@ def analysis_html(analysis: Mapping[str, Any], members: Sequence[str], lang: str
     parts += [f'<p class="heterogeneity">{escape(text)}</p>'
               for text in heterogeneity(analysis, t)]
     fits = analysis.get("regression") or {}
-    notes = (d_z_notes(analysis, t) + [str(n) for n in analysis.get("notes") or []]
+    notes = (d_z_notes(analysis, t) + clip_notes(analysis, t) + [str(n) for n in analysis.get("notes") or []]
              + _regression_warnings(fits))
     if notes:
         items = "".join(f"<li>{escape(n)}</li>" for n in notes)
@@ -292,6 +292,33 @@ def d_z_notes(analysis: Mapping[str, Any], t: Translator) -> list[str]:
                                     "{n} members' d_z are flagged (see d_z status).",
                                     members).format(n=members))
     return notes
+
+
+def clip_notes(analysis: Mapping[str, Any], t: Translator) -> list[str]:
+    """A note per table with clip counts (issue 15): how many of the network's values the
+    public clip bounds cut at each end, and their share of its noisy n."""
+    notes = []
+    for table in analysis.get("tables") or []:
+        groups = _group_columns(table)
+        for row in table.get("rows") or []:
+            below, above = finite(row.get("clipped_below")), finite(row.get("clipped_above"))
+            if row.get("member") != NETWORK or below is None or above is None:
+                continue
+            group = ", ".join(f"{k} {row[k]}" for k in groups if k in row)
+            notes.append(t("Clip bounds{group}: about {below} values (SE {below_se}) were cut "
+                           "below and {above} (SE {above_se}) above, {share} of the network's "
+                           "n (noisy counts released at 5 % of the loss; members' counts in "
+                           "the table).", group=f" ({group})" if group else "",
+                           below=t.number(below), below_se=t.number(row.get("clipped_below_se")),
+                           above=t.number(above), above_se=t.number(row.get("clipped_above_se")),
+                           share=t.percent(row.get("clipped_share"))))
+    return notes
+
+
+def _group_columns(table: Mapping[str, Any]) -> list[str]:
+    """The group-by columns of a mean table: the label columns."""
+    columns = [str(c) for c in table.get("columns") or []]
+    return [c for c in columns if c != "member" and is_label(c, columns)]
 
 
 def multiplicity_html(results: Mapping[str, Any], lang: str = "en") -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.common.labels import MISSING, SUM
+from bridgestat.common.labels import CLIPPED_ABOVE, CLIPPED_BELOW, MISSING, SUM
 from bridgestat.coordinator import effects, planning, pooling
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaResult, meta_analysis
@@ -156,10 +156,44 @@ def paired_change_table(result: QueryResult, reference_sd: float | None = None
     return change
 
 
+def with_clip_counts(frame: pd.DataFrame, result: QueryResult) -> pd.DataFrame:
+    """A mean's or change's table with, when its query asked for them, the noisy numbers of
+    values the clip cut below and above per row (NETWORK: summed over the members it pools),
+    their noise SD and the share of the row's noisy n they make (post-processing; rows in
+    `_table`'s order, so the columns line up)."""
+    if not result.query.clip_counts:
+        return frame
+    frame = frame.copy()
+    for name in (CLIPPED_BELOW, CLIPPED_ABOVE):
+        counts = _table(result, partial(_member_clipped, name), partial(_pooled_clipped, name))
+        frame[name] = counts["estimate"].to_numpy()
+        frame[f"{name}_se"] = counts["se"].to_numpy()
+    total = frame[CLIPPED_BELOW].astype(float) + frame[CLIPPED_ABOVE].astype(float)
+    n = frame["n"].astype(float)
+    frame["clipped_share"] = (total / n).where(n > 0)
+    return frame
+
+
+def _member_clipped(name: str, release: MemberRelease, cell: CellRelease) -> Estimate:
+    return pooling.count_estimate(_clipped(cell, name))
+
+
+def _pooled_clipped(name: str, cells: Sequence[tuple[MemberRelease, CellRelease]]
+                    ) -> Estimate:
+    return pooling.pooled_count([_clipped(c, name) for _, c in cells])
+
+
+def _clipped(cell: CellRelease, name: str) -> Noisy:
+    if name not in cell.values:
+        raise PoolingError("the member released no clip counts (its node predates them)")
+    return cell.values[name]
+
+
 def change_half_width(result: QueryResult) -> float | None:
     """Half-width H of the change's public clip: the query's clip, else (the schema's
     default, [-(U - L), U - L]) read off a release's public noise variance of the centred
-    sum, v_S = Var(discrete Laplace, scale F / eps_S) (H / F)^2 at the node's split."""
+    sum, v_S = Var(discrete Laplace, scale F / eps_S) (H / F)^2 at the query's split (the
+    node's default, less the clip counts' share when asked for)."""
     if result.query.clip is not None:
         low, high = result.query.clip
         return (high - low) / 2
@@ -167,8 +201,11 @@ def change_half_width(result: QueryResult) -> float | None:
         for cell in release.cells:
             noise = cell.values.get(SUM) if not cell.suppressed else None
             if noise is not None and noise.variance > 0 and result.query.epsilon > 0:
-                unit = planning.fixed_point_variance(
-                    1.0, result.query.epsilon * planning.HAND_SPLIT.sum)
+                query = result.query
+                share = query.split[1] if query.split else planning.HAND_SPLIT.sum
+                if query.clip_counts:
+                    share *= 1 - planning.CLIP_SHARE
+                unit = planning.fixed_point_variance(1.0, query.epsilon * share)
                 return float((noise.variance / unit) ** 0.5)
     return None
 

@@ -41,7 +41,14 @@ from bridgestat.node.errors import NodeError, QueryError, QueryInProgress
 from bridgestat.node.frames import CellRows, FloatArray, Frames, IntArray
 from bridgestat.node.ledger import BudgetState, Ledger, Replay
 from bridgestat.node.loss import Loss
-from bridgestat.node.mechanisms import FIXED_POINT, Component, bounded_sum, fixed_point
+from bridgestat.node.mechanisms import (
+    CLIP_LABELS,
+    FIXED_POINT,
+    Component,
+    bounded_sum,
+    clip_codes,
+    fixed_point,
+)
 from bridgestat.node.planner import MISSING, Plan, compile_query
 from bridgestat.node.policy import Policy
 from bridgestat.node.query import QuerySpec, Statistic
@@ -252,9 +259,10 @@ class Engine:
         if stat is Statistic.QUANTILE:
             return ReleasedCell(rows.group, (_quantile(plan.components[0], values),))
         z, w = fixed_point(values, plan.lower, plan.upper)
-        count, total, squares = plan.components
+        count, total, squares, *clipped = plan.components
         return ReleasedCell(rows.group, (_scalar(count, z), _scalar(total, z),
-                                         _scalar(squares, w)))
+                                         _scalar(squares, w),
+                                         *_clip_counts(clipped, values, plan)))
 
 
 def exact_cell_sums(plan: Plan, rows: CellRows) -> tuple[tuple[str, int], ...]:
@@ -285,7 +293,7 @@ def exact_cell_sums(plan: Plan, rows: CellRows) -> tuple[tuple[str, int], ...]:
     if stat in (Statistic.MEAN, Statistic.PAIRED_CHANGE):
         values = rows.values[~np.isnan(rows.values)].astype(np.float64, copy=False)
         z, w = fixed_point(values, plan.lower, plan.upper)
-        count, total, squares = plan.components
+        count, total, squares = plan.components[:3]  # secure queries take no clip counts
         return ((count.name, len(z)), (total.name, bounded_sum(z, FIXED_POINT)),
                 (squares.name, bounded_sum(w, FIXED_POINT)))
     raise QueryError("query.statistic", f"a {stat.value} is not a sum; secure aggregation "
@@ -341,6 +349,17 @@ def _quantile(component: Component, values: np.ndarray[Any, Any]) -> NoisyValue:
     chosen = component.release(np.require(values, dtype=np.float64, requirements=["C", "W"]))
     return NoisyValue(component.name, float(chosen), component.noise_scale,
                       component.noise_variance, component.epsilon)
+
+
+def _clip_counts(components: list[Component], values: FloatArray, plan: Plan
+                 ) -> tuple[NoisyValue, ...]:
+    """The clipped counts below and above (none without the query's clip_counts)."""
+    if not components:
+        return ()
+    released = components[0].release(clip_codes(values, plan.lower, plan.upper))
+    return tuple(NoisyValue(label, float(count), components[0].noise_scale,
+                            components[0].noise_variance, components[0].epsilon)
+                 for label, count in zip(CLIP_LABELS, released, strict=False))
 
 
 def _cross_products(plan: Plan, matrix: np.ndarray[Any, Any]) -> tuple[NoisyValue, ...]:

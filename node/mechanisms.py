@@ -8,6 +8,10 @@ distance d_in = 1):
   [-F, F] and sums the integers (sensitivity F, no row cap, unlike the unsized float sum);
   discrete Laplace with scale F/eps. In the variable's units the noise scale is H/eps.
 - sum of squares: w = round(F ((x - c) / H)^2) in [0, F], the same construction.
+- clip counts (optional, with a mean or change): each value coded 0 (below the public clipping
+  bounds), 1 (above) or 2 (inside); `make_count_by_categories` over {0, 1} (the trailing cell
+  takes the inside values and is not released). A participant is in exactly one cell, so the
+  counts have L1 sensitivity 1 together: one eps buys both.
 - histogram: integer category codes; `make_count_by_categories` over the public categories
   (one extra trailing cell collects missing values) has L1 sensitivity 1 for the whole
   histogram, so one eps buys every cell.
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from bridgestat.common import opendp_core as dp
-from bridgestat.common.labels import COUNT, SUM, SUM_SQUARES
+from bridgestat.common.labels import CLIPPED_ABOVE, CLIPPED_BELOW, COUNT, SUM, SUM_SQUARES
 
 dp.enable_features("contrib")
 
@@ -141,7 +145,8 @@ def sum_squares_component(half_width: float, epsilon: float) -> Component:
                      half_width**2 / FIXED_POINT)
 
 
-def histogram_component(n_categories: int, epsilon: float) -> Component:
+def histogram_component(n_categories: int, epsilon: float, name: str = "histogram"
+                        ) -> Component:
     """Counts of codes 0..k-1 plus one trailing cell for anything else (missing)."""
     def build(scale: float) -> dp.Measurement:
         chained: dp.Measurement = (
@@ -150,7 +155,7 @@ def histogram_component(n_categories: int, epsilon: float) -> Component:
             >> dp.m.then_laplace(scale))
         return chained
     measurement, scale = _calibrate(build, 1.0, epsilon)
-    return Component("histogram", measurement, float(measurement.map(1)), scale, 1.0)
+    return Component(name, measurement, float(measurement.map(1)), scale, 1.0)
 
 
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -166,20 +171,38 @@ def fixed_point(values: np.ndarray[Any, np.dtype[np.float64]], lower: float, upp
     return z, w
 
 
+SPLIT_TOLERANCE = 1e-9
+
+
 @dataclass(frozen=True)
 class MeanSplit:
     """How a mean's epsilon is split over count, centred sum and sum of squares.
 
     The centred sum drives the mean's DP error, the count enters only through
     (m - c)^2 v_N, and the sum of squares only through the sampling variance estimate.
+    A query may name its own split (the coordinator's optimiser chooses one per member);
+    every share must be > 0 and the shares must sum to 1 (`problem` says what is wrong).
     """
 
     count: float = 0.2
     sum: float = 0.5
     sum_squares: float = 0.3
 
+    def problem(self) -> str:
+        """Why the split is unusable, or "" when it is fine."""
+        shares = (self.count, self.sum, self.sum_squares)
+        if not all(math.isfinite(s) and s > 0 for s in shares):
+            return f"every share must be a finite number > 0, got {shares}"
+        if abs(math.fsum(shares) - 1) > SPLIT_TOLERANCE:
+            return f"the shares must sum to 1 (within {SPLIT_TOLERANCE:g}), got {math.fsum(shares)!r}"
+        return ""
+
 
 MEAN_SPLIT = MeanSplit()
+# Share of a mean's (or change's) loss spent on the clip counts when asked for: enough for
+# counts good to about +-1/(0.05 eps) (20 at eps 1), small enough that the mean's own noise
+# grows by at most 1/0.95 in scale (+11 % in DP variance of the sum).
+CLIP_SHARE = 0.05
 
 
 def mean_components(half_width: float, epsilon: float,
@@ -187,6 +210,24 @@ def mean_components(half_width: float, epsilon: float,
     return (count_component(epsilon * split.count),
             centred_sum_component(half_width, epsilon * split.sum),
             sum_squares_component(half_width, epsilon * split.sum_squares))
+
+
+CLIP_COUNTS = "clip_counts"
+CLIP_LABELS = (CLIPPED_BELOW, CLIPPED_ABOVE)
+
+
+def clip_count_component(epsilon: float) -> Component:
+    """The noisy numbers of values below and above the public bounds (one release)."""
+    return histogram_component(len(CLIP_LABELS), epsilon, CLIP_COUNTS)
+
+
+def clip_codes(values: np.ndarray[Any, np.dtype[np.float64]], lower: float, upper: float
+               ) -> IntArray:
+    """0 for a value below `lower`, 1 above `upper`, 2 inside (the unreleased cell)."""
+    codes = np.full(len(values), 2, dtype=np.int64)
+    codes[values < lower] = 0
+    codes[values > upper] = 1
+    return codes
 
 
 def bounded_sum(data: IntArray, bound: int) -> int:

@@ -90,12 +90,13 @@ def compile_query(query: QuerySpec, schema: Schema, policy: Policy) -> Plan:
     table = _check_table(query, schema)
     occasion, baseline = _check_occasions(query, table)
     column = _check_column(query, table)
+    split = _check_mean_options(query)
     terms = _check_terms(query, schema, table)
     for i, flt in enumerate(query.filters):
         _check_filter(flt, schema, table, f"query.filters[{i}]")
     cells = _cells(query, schema, table)
     policy.check(query)  # well formed; now the member's rules (statistics, columns)
-    return _build(query, table, column, cells, occasion, baseline, terms)
+    return _build(query, table, column, cells, occasion, baseline, terms, split)
 
 
 def _check_loss(query: QuerySpec, policy: Policy) -> None:
@@ -209,6 +210,23 @@ def _check_column(query: QuerySpec, table: TableSpec) -> ColumnSpec | None:
     if query.clip is not None and stat not in (Statistic.MEAN, Statistic.PAIRED_CHANGE):
         raise QueryError("query.clip", f"a {stat.value} takes no clipping bounds")
     return column
+
+
+def _check_mean_options(query: QuerySpec) -> mechanisms.MeanSplit:
+    """A mean's or change's own split of its loss and clip counts; other statistics take
+    neither. Unset split: the default."""
+    mean_like = query.statistic in (Statistic.MEAN, Statistic.PAIRED_CHANGE)
+    for name, given in (("split", query.split is not None), ("clip_counts", query.clip_counts)):
+        if given and not mean_like:
+            raise QueryError(f"query.{name}", f"only a mean or paired_change takes {name}, "
+                             f"not a {query.statistic.value}")
+    if query.split is None:
+        return mechanisms.MEAN_SPLIT
+    split = mechanisms.MeanSplit(*query.split)
+    problem = split.problem()
+    if problem:
+        raise QueryError("query.split", problem)
+    return split
 
 
 def _check_histogram_column(query: QuerySpec, column: ColumnSpec) -> None:
@@ -358,7 +376,8 @@ def _cells(query: QuerySpec, schema: Schema, table: TableSpec
 
 def _build(query: QuerySpec, table: TableSpec, column: ColumnSpec | None,
            cells: tuple[tuple[tuple[str, str], ...], ...], occasion: Occasion | None,
-           baseline: Occasion | None, terms: tuple[ResolvedTerm, ...]) -> Plan:
+           baseline: Occasion | None, terms: tuple[ResolvedTerm, ...],
+           split: mechanisms.MeanSplit = mechanisms.MEAN_SPLIT) -> Plan:
     eps = query.epsilon
     labels: tuple[str, ...] = ()
     lower = upper = 0.0
@@ -380,9 +399,20 @@ def _build(query: QuerySpec, table: TableSpec, column: ColumnSpec | None,
         if query.statistic is Statistic.PAIRED_CHANGE:
             lower, upper = -(upper - lower), upper - lower
         lower, upper = _clip(query, lower, upper)
-        components = mechanisms.mean_components((upper - lower) / 2, eps)
+        components = _mean_components(query, (upper - lower) / 2, split)
     return Plan(query, table, column, components, labels, cells, occasion, baseline,
                 lower, upper, terms)
+
+
+def _mean_components(query: QuerySpec, half_width: float, split: mechanisms.MeanSplit
+                     ) -> tuple[Component, ...]:
+    """Count, sum and sum of squares by the split; with clip counts, those take CLIP_SHARE of
+    the loss and the three share the rest, so the query's total stays what was asked."""
+    if not query.clip_counts:
+        return mechanisms.mean_components(half_width, query.epsilon, split)
+    clip_eps = query.epsilon * mechanisms.CLIP_SHARE
+    return (*mechanisms.mean_components(half_width, query.epsilon - clip_eps, split),
+            mechanisms.clip_count_component(clip_eps))
 
 
 def _clip(query: QuerySpec, lower: float, upper: float) -> tuple[float, float]:

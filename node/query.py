@@ -49,6 +49,8 @@ class QuerySpec:
     rho: float = 0.0  # zCDP loss, for Gaussian releases (cross products) instead of epsilon
     quantile: float = 0.0  # for QUANTILE: in (0, 1)
     terms: tuple[Term, ...] = ()  # for CROSS_PRODUCTS: regressors, then the response
+    split: tuple[float, float, float] | None = None  # MEAN, PAIRED_CHANGE: loss shares
+    clip_counts: bool = False  # MEAN, PAIRED_CHANGE: also release the clipped counts
 
     @classmethod
     def of(cls, query: Query) -> QuerySpec:
@@ -64,7 +66,8 @@ class QuerySpec:
                    epsilon=query.epsilon, filters=filters, group_by=tuple(query.group_by),
                    occasion=query.occasion, baseline=query.baseline,
                    bin_edges=tuple(query.bin_edges), clip=query.clip, rho=query.rho,
-                   quantile=query.quantile, terms=tuple(query.terms))
+                   quantile=query.quantile, terms=tuple(query.terms), split=query.split,
+                   clip_counts=query.clip_counts)
 
     def shared(self) -> Query:
         """The shared query value (what goes back on the wire with an answer)."""
@@ -76,7 +79,8 @@ class QuerySpec:
                                   if isinstance(f, RangeFilter)),
                      group_by=self.group_by, occasion=self.occasion, baseline=self.baseline,
                      bin_edges=self.bin_edges, clip=self.clip, rho=self.rho,
-                     quantile=self.quantile, terms=self.terms)
+                     quantile=self.quantile, terms=self.terms, split=self.split,
+                     clip_counts=self.clip_counts)
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""
@@ -91,4 +95,9 @@ def query_doc(query: QuerySpec) -> dict[str, Any]:
     doc = asdict(query)
     doc["statistic"] = query.statistic.value
     doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in query.filters]
+    # unset options stay out, so a query without them keeps the fingerprint it always had
+    # (a retry across a node upgrade still replays)
+    for name, unset in (("split", None), ("clip_counts", False)):
+        if doc[name] == unset:
+            del doc[name]
     return doc

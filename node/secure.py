@@ -130,6 +130,8 @@ def check_query(query: QuerySpec, engine: Engine, params: SecAggParams) -> tuple
         raise QueryError("query.statistic", f"a {query.statistic.value} is not a sum; secure "
                          "aggregation takes count, histogram, mean, paired_change and "
                          "cross_products")
+    if query.clip_counts:
+        raise QueryError("query.clip_counts", "a secure query releases no clip counts")
     if not math.isfinite(query.rho) or query.rho < MIN_LOSS:
         raise QueryError("query.loss.rho", f"a secure query spends rho (the network sum's "
                          f"zCDP loss): must be a finite number >= {MIN_LOSS:g}, got {query.rho}")

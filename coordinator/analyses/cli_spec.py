@@ -47,6 +47,7 @@ CLI_TYPES: tuple[tuple[Any, str, str, str], ...] = (
     (f.Groups, "list", "A,B", "two comma-separated names"),
     (f.Numbers, "numbers", "X,Y", "comma-separated numbers"),
     (f.Clip, "pair", "L,U", "two numbers, lower < upper (--clip=-40,40 when L < 0)"),
+    (f.MeanSplitField, "numbers", "N,S,Q", "three shares > 0 summing to 1"),
     (f.WhereField, "where", "COL=V1,V2", WHERE),
     (f.Improvement, "text", "{increase,decrease}", "increase or decrease"),
     (f.OptionalImprovement, "text", "{increase,decrease}", "increase or decrease"),
@@ -68,6 +69,10 @@ MEANING = {
     "occasion": "the assessment occasion",
     "baseline": "the baseline occasion",
     "clip": "public clipping bounds inside the schema's",
+    "clip_counts": "also release how many values the clip cuts below and above (5 % of the "
+                   "loss)",
+    "split": "shares of the loss for count, sum and sum of squares (default 0.2,0.5,0.3)",
+    "reference_sd": "SD the d_z flag judges the noisy SD against (default: clip half-width / 3)",
     "bin_edges": "public bin edges of a numeric column",
     "categories": "categories counted",
     "improvement": "direction of improvement",

@@ -9,6 +9,7 @@ resolved from the validation context `{"occasions": {name: Occasion}}`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -82,6 +83,28 @@ def _clip(value: Any) -> tuple[float, float] | None:
     if len(numbers) != 2 or not numbers[0] < numbers[1]:
         raise ValueError(f"must be [lower, upper] with lower < upper, got {value!r}")
     return numbers[0], numbers[1]
+
+
+SPLIT_KEYS = ("count", "sum", "sum_squares")
+
+
+def _split(value: Any) -> tuple[float, float, float] | None:
+    """A mean's loss shares for count, sum and sum of squares: [c, s, q] or {count, sum,
+    sum_squares}, each > 0, summing to 1 (the node checks it the same way, within 1e-9)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        unknown = sorted(str(k) for k in value if k not in SPLIT_KEYS)
+        if unknown or len(value) != 3:
+            raise ValueError(f"must be {{count, sum, sum_squares}} or three numbers, got "
+                             f"{value!r}")
+        value = [value[k] for k in SPLIT_KEYS]
+    numbers = _numbers(value)
+    if len(numbers) != 3 or not all(x > 0 for x in numbers):
+        raise ValueError(f"must be three shares > 0 (count, sum, sum_squares), got {value!r}")
+    if abs(math.fsum(numbers) - 1) > 1e-9:
+        raise ValueError(f"the shares must sum to 1, got {math.fsum(numbers)!r}")
+    return numbers[0], numbers[1], numbers[2]
 
 
 def _where(value: Any) -> Where:
@@ -163,6 +186,7 @@ Names = Annotated[tuple[str, ...], PlainValidator(lambda v: _names(v, allow_empt
 Categories = Annotated[tuple[str, ...], PlainValidator(lambda v: _names(v, allow_empty=False))]
 Numbers = Annotated[tuple[float, ...], PlainValidator(lambda v: () if v is None else _numbers(v))]
 Clip = Annotated[tuple[float, float] | None, PlainValidator(_clip)]
+MeanSplitField = Annotated[tuple[float, float, float] | None, PlainValidator(_split)]
 WhereField = Annotated[Where, PlainValidator(_where)]
 Groups = Annotated[tuple[str, str], PlainValidator(_groups)]
 Improvement = Annotated[Literal["increase", "decrease"], PlainValidator(_improvement)]

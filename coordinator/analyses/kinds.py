@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import pandas as pd
-from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 
 from bridgestat.coordinator import planning, secure, tables
 from bridgestat.coordinator.analyses.base import NO_GUESS, ColumnFacts, Guess, Kind, Output
@@ -21,9 +21,11 @@ from bridgestat.coordinator.analyses.fields import (
     Candidates,
     Categories,
     Clip,
+    Flag,
     Frozen,
     Groups,
     Improvement,
+    MeanSplitField,
     Name,
     Names,
     Numbers,
@@ -55,10 +57,24 @@ def _edges() -> Any:
 
 
 def _mean_item(name: str, sizes: tuple[float, ...], bounds: tuple[float, float],
-               guess: Guess) -> planning.PlanItem:
+               guess: Guess, clip_counts: bool = False) -> planning.PlanItem:
     """A mean (or a paired change: bounds [-D, D]) pooled from members' sums."""
     return planning.PlanItem(name, planning.Kind.MEAN, sizes, bounds[0], bounds[1],
-                             mean=guess.mean, sd=guess.sd)
+                             mean=guess.mean, sd=guess.sd, clip_counts=clip_counts)
+
+
+def _mean_query(p: Any, statistic: str) -> Query:
+    """The mean's (or change's) query with its own split and clip counts (issue 15)."""
+    return Query(statistic, p.table, p.column, p.epsilon, p.where, group_by=p.group_by,
+                 occasion=p.occasion, baseline=getattr(p, "baseline", None), clip=p.clip,
+                 split=p.split, clip_counts=p.clip_counts)
+
+
+def _plain_release(p: Any) -> Any:
+    """Secure aggregation releases the three sums only: no split, no clip counts."""
+    if p.secure and (p.clip_counts or p.split is not None):
+        raise ValueError("secure mode takes neither split nor clip_counts")
+    return p
 
 
 def _cells(column: ColumnFacts, edges: Sequence[float]) -> int:
@@ -157,6 +173,10 @@ class Count(Kind):
 class MeanParams(Grouped):
     clip: Clip = None
     secure: bool = False  # secure aggregation: the NETWORK row only, one release's noise
+    split: MeanSplitField = None  # loss shares (count, sum, sum_squares); None: 0.2/0.5/0.3
+    clip_counts: Flag = False  # also the noisy numbers the clip cuts, at 5 % of the loss
+
+    check_plain_release = model_validator(mode="after")(_plain_release)
 
 
 @register
@@ -171,21 +191,22 @@ class Mean(Kind):
     meta_analysable = True
 
     def queries(self, p: MeanParams) -> list[Query | tuple[Query, str]]:
-        return [Query("mean", p.table, p.column, p.epsilon, p.where, group_by=p.group_by,
-                      occasion=p.occasion, clip=p.clip)]
+        return [_mean_query(p, "mean")]
 
     def output(self, p: MeanParams, results: Sequence[QueryResult], title: str) -> Output:
         if p.secure:
             return _secure_output("mean", title, results, secure.mean_table)
         return _member_vs_network(Output(results=list(results)), "mean", title,
-                                  tables.mean_table(results[0]), p.group_by)
+                                  tables.with_clip_counts(tables.mean_table(results[0]),
+                                                          results[0]), p.group_by)
 
     def plan_item(self, p: MeanParams, name: str, sizes: tuple[float, ...],
                   column: ColumnFacts | None, guess: Guess = NO_GUESS
                   ) -> planning.PlanItem | None:
         if p.group_by or p.secure or column is None:
             return None
-        return _mean_item(name, sizes, p.clip or (column.lower, column.upper), guess)
+        return _mean_item(name, sizes, p.clip or (column.lower, column.upper), guess,
+                          p.clip_counts)
 
 
 class HistogramParams(Grouped):
@@ -267,6 +288,11 @@ class PairedChangeParams(Paired):
     improvement: OptionalImprovement = None  # also the share improved (one more query)
     share_epsilon: OptionalPositive = Field(default=None, validate_default=True)
     secure: bool = False  # secure aggregation: the NETWORK row only, one release's noise
+    split: MeanSplitField = None  # loss shares (count, sum, sum_squares); None: 0.2/0.5/0.3
+    clip_counts: Flag = False  # also the noisy numbers the clip cuts, at 5 % of the loss
+    reference_sd: OptionalPositive = None  # the d_z flag's SD (None: half-width / 3)
+
+    check_plain_release = model_validator(mode="after")(_plain_release)
 
     @field_validator("secure")
     @classmethod
@@ -307,9 +333,7 @@ class PairedChange(Kind):
     meta_analysable = True
 
     def queries(self, p: PairedChangeParams) -> list[Query | tuple[Query, str]]:
-        change: list[Query | tuple[Query, str]] = [
-            Query("paired_change", p.table, p.column, p.epsilon, p.where, group_by=p.group_by,
-                  occasion=p.occasion, baseline=p.baseline, clip=p.clip)]
+        change: list[Query | tuple[Query, str]] = [_mean_query(p, "paired_change")]
         if p.improvement:
             if p.share_epsilon is None:
                 raise ValueError("share_epsilon: the share improved needs its own loss")
@@ -321,8 +345,9 @@ class PairedChange(Kind):
         if p.secure:
             return _secure_output("change", title, results, secure.paired_change_table)
         out = Output(results=list(results))
+        frame = tables.paired_change_table(results[0], p.reference_sd)
         index = out.table("change", f"Mean change with Cohen's d_z: {title}",
-                          tables.paired_change_table(results[0]))
+                          tables.with_clip_counts(frame, results[0]))
         out.member_plot(index, "Mean change")
         if p.improvement:
             index = out.table("share_improved", f"Share improved ({p.improvement})",
@@ -337,7 +362,7 @@ class PairedChange(Kind):
         if p.group_by or p.secure or column is None:
             return None
         width = column.upper - column.lower
-        return _mean_item(name, sizes, p.clip or (-width, width), guess)
+        return _mean_item(name, sizes, p.clip or (-width, width), guess, p.clip_counts)
 
 
 class ShareImprovedParams(Paired):

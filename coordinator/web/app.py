@@ -16,7 +16,7 @@ import secrets
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bridgestat.coordinator import report
+from bridgestat.coordinator import precision, report
 from bridgestat.coordinator.analyses import REGISTRY
 from bridgestat.coordinator.api import AsyncNetwork
 from bridgestat.coordinator.fanout import Failure
@@ -165,8 +165,10 @@ def texts(form: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def plan_study(workspace: Workspace, study: Study
-                     ) -> tuple[list[MemberCost], dict[str, str], dict[str, Any]]:
-    """The checks `study plan` makes, on the server's loop: schema, per-query caps, costs."""
+                     ) -> tuple[list[MemberCost], dict[str, str], dict[str, Any], Study]:
+    """The checks `study plan` makes, on the server's loop: schema, target precisions and
+    `epsilon: auto` turned into losses (and mean splits) as `study plan` does
+    (`precision.resolve`), per-query caps, costs; and the study so resolved, to run."""
     infos = await workspace.infos()
     reachable = {m: i for m, i in infos.items() if not isinstance(i, Failure)}
     unreachable = {m: f"{i.code}: {i.message}" for m, i in infos.items()
@@ -179,8 +181,9 @@ async def plan_study(workspace: Workspace, study: Study
     budgets = tuple(MemberBudget(m, i.budget.total.epsilon, i.budget.spent.epsilon,
                                  i.budget.spent.rho, i.budget.total.delta or 1e-6,
                                  i.budget.max_per_query.epsilon) for m, i in reachable.items())
+    study, _, _ = precision.resolve(study, budgets, tables)
     check_per_query(study, budgets)
-    return list(plan_costs(study, budgets)), unreachable, tables
+    return list(plan_costs(study, budgets)), unreachable, tables, study
 
 
 async def schema(workspace: Workspace) -> dict[str, Any]:
@@ -240,7 +243,7 @@ async def compare_plan(request: Request) -> Response:
     t = Translator(lang_of(request))
     try:
         study = parse_study(forms.study_doc(entry, values), "comparison form")
-        costs, unreachable, _ = await plan_study(workspace, study)
+        costs, unreachable, _, study = await plan_study(workspace, study)
     except StudyError as exc:
         message = str(exc)
         names = forms.field_names(REGISTRY[entry.kind])
@@ -359,21 +362,18 @@ async def study_plan(request: Request) -> Response:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / "study.yaml"
             path.write_bytes(raw)
-            study = load_study(path)
-            study = Study(upload.filename, study.name, study.title, study.description,
-                          study.analyses, study.occasions)
+            study = replace(load_study(path), source=upload.filename)
             source = path
         else:
             chosen = shipped_studies().get(str(form.get("shipped") or ""))
             if chosen is None:
                 raise StudyError("choose a shipped study or upload a study file")
             study, source = load_study(chosen), chosen
-        costs, unreachable, _ = await plan_study(workspace, study)
+        costs, unreachable, _, study = await plan_study(workspace, study)
     except (StudyError, yaml.YAMLError) as exc:
         return page(request, "studies.html", 422, shipped=shipped_studies(), error=str(exc),
                     earlier=workspace.runs.listed("studies"))
-    study = Study(str(source), study.name, study.title, study.description, study.analyses,
-                  study.occasions)
+    study = replace(study, source=str(source))
     workspace.pending[run_id] = Pending(run_id, "study", study, session_of(request).id,
                                         study.title)
     return page(request, "confirm.html", kind="studies", run_id=run_id, title=study.title,

@@ -53,10 +53,11 @@ HELP: dict[str, str] = {
     "terms": N_("YAML: regressors, then the response"),
     "group_by": N_("one panel per value (Ctrl-click to choose several)"),
 }
-NUMBER = {"epsilon", "rho", "share_epsilon", "q"}
+NUMBER = {"epsilon", "rho", "share_epsilon", "q", "reference_sd"}
 WHOLE = {"replicates", "seed"}
 NAMES = {"categories", "group_by", "groups"}
-NUMBERS = {"bin_edges", "clip"}
+NUMBERS = {"bin_edges", "clip", "split"}
+FLAGS = {"clip_counts"}  # switches the model takes as true/false only
 YAML_TEXT = {"candidates", "terms"}
 OCCASIONS = {"occasion", "baseline"}
 
@@ -174,6 +175,9 @@ def _widget(f: FormField, kind: Kind, tables: Mapping[str, TableInfo], t: Transl
             ("increase", t("an increase")), ("decrease", t("a decrease"))))
     if name in NUMBER or name in WHOLE:
         return replace(f, widget="number")
+    if name in FLAGS:
+        return replace(f, widget="select", value=f.value.lower(),
+                       choices=(("false", "false"), ("true", "true")))
     if name == "terms":
         return replace(f, widget="textarea")
     return f
@@ -237,6 +241,8 @@ def from_text(name: str, text: str) -> Any:
         return None
     if name in NUMBER:
         return _number(text)
+    if name in FLAGS:
+        return {"true": True, "false": False}.get(text.lower(), text)
     if name in WHOLE:
         return int(text) if re.fullmatch(r"-?\d+", text) else text
     if name in NAMES:

@@ -141,7 +141,8 @@ def _mutate(draw: st.DrawFn, query: pb.Query) -> None:
     """Break (or merely change) one field of `query` in place."""
     field = draw(st.sampled_from([
         "statistic", "table", "column", "filter", "group_by", "occasion", "baseline",
-        "bin_edges", "clip", "quantile", "term", "epsilon", "rho", "clear"]))
+        "bin_edges", "clip", "quantile", "term", "epsilon", "rho", "clear", "split",
+        "clip_counts"]))
     if field == "statistic":
         query.statistic = draw(st.one_of(st.sampled_from(list(pb.Statistic.values())), int32))
     elif field in ("table", "column"):
@@ -163,6 +164,11 @@ def _mutate(draw: st.DrawFn, query: pb.Query) -> None:
         query.terms.append(_term(draw))
     elif field in ("epsilon", "rho"):
         setattr(query.loss, field, draw(floats_any))
+    elif field == "split":
+        query.split.CopyFrom(pb.MeanSplit(count=draw(floats_any), sum=draw(floats_any),
+                                          sum_squares=draw(floats_any)))
+    elif field == "clip_counts":
+        query.clip_counts = not query.clip_counts
     else:
         query.ClearField(draw(st.sampled_from(["occasion", "baseline", "clip", "loss",
                                                "terms", "filters", "group_by"])))

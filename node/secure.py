@@ -107,6 +107,7 @@ class Layout:
     lower: float
     upper: float
     noise: NoiseAccount
+    term_bounds: tuple[tuple[float, float], ...] = ()  # cross products: public, per term
 
 
 @dataclass
@@ -178,7 +179,8 @@ def _layout(plan: Plan, params: SecAggParams, n_cells: int, rho: float) -> Layou
         noise = account(params.threshold, params.colluding, delta, sigma, dim)
     except DistributedDpError as exc:
         raise QueryError("query.loss.rho", str(exc)) from None
-    return Layout(entries, tuple(scales) * n_cells, plan.center, plan.lower, plan.upper, noise)
+    return Layout(entries, tuple(scales) * n_cells, plan.center, plan.lower, plan.upper, noise,
+                  tuple((t.lower, t.upper) for t in plan.terms))
 
 
 def _params(session: str, members: tuple[str, ...], threshold: int, colluding: int,

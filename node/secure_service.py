@@ -41,7 +41,8 @@ def layout_to_pb(layout: Layout) -> spb.SecureLayout:
                                 name=e.name, unit=e.unit) for e in layout.entries],
         center=layout.center, lower=layout.lower, upper=layout.upper,
         sigma_share=n.sigma_share, delta_l2=n.delta_l2, rho_network=n.rho_network,
-        rho_alone=n.rho_alone, honest=n.honest)
+        rho_alone=n.rho_alone, honest=n.honest,
+        term_bounds=[pb.Bounds(lower=lo, upper=hi) for lo, hi in layout.term_bounds])
 
 
 Request = (spb.AdvertiseRequest | spb.ShareKeysRequest | spb.MaskedInputRequest

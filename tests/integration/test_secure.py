@@ -18,14 +18,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from bridgestat.common import secagg as sa
 from bridgestat.coordinator import local
 from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.meta import MetaError
 from bridgestat.coordinator.network import load_network
-from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.query import Query, Term
+from bridgestat.coordinator.regression import INTERCEPT, RegressionResult
 from bridgestat.coordinator.secure import NETWORK, SecureDriver, SecureResult, secure_rho
+from bridgestat.coordinator.tables import meta_from_table
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
@@ -382,3 +388,73 @@ def test_network_file_secure_section(tmp_path: Path, network: LocalNetwork) -> N
     path.write_text(text + "secure: {threshold: 4, colluding: 4}\n")
     with pytest.raises(NetworkFileError, match=r"secure\.colluding: c = 4 must be below t = 4"):
         load_network(path)
+
+
+# -- secure regression ------------------------------------------------------------------------
+
+REGRESSION_TERMS = (Term("bridge_total", clip=(0.0, 100.0)),
+                    Term("stress_score", clip=(0.0, 10.0)),
+                    Term("life_satisfaction", clip=(0.0, 10.0)))
+
+
+def _exact_ols(network: LocalNetwork) -> dict[str, float]:
+    """The non-private OLS of life_satisfaction on bridge_total and stress_score at intake
+    over every member's rows (complete cases, each term clipped to its bounds), read
+    straight from the members' CSV files."""
+    rows = []
+    for member in network.members:
+        folder = member.config.parent / yaml.safe_load(member.config.read_text())["data"]["path"]
+        people = pd.read_csv(folder / "participant.csv", dtype=str, keep_default_na=False)
+        frame = pd.read_csv(folder / "assessment.csv", dtype=str, keep_default_na=False)
+        frame = frame[(frame.months_since_intake.astype(int) == 0)
+                      & frame.participant_id.isin(people.participant_id)]
+        rows.append(frame[[t.column for t in REGRESSION_TERMS]].replace("", np.nan)
+                    .astype(float))
+    data = pd.concat(rows).dropna().to_numpy()
+    for k, term in enumerate(REGRESSION_TERMS):
+        assert term.clip is not None
+        data[:, k] = np.clip(data[:, k], *term.clip)
+    x = np.column_stack([np.ones(len(data)), data[:, :-1]])
+    beta = np.linalg.lstsq(x, data[:, -1], rcond=None)[0]
+    return dict(zip((INTERCEPT, "bridge_total", "stress_score"), beta.tolist(), strict=True))
+
+
+def test_secure_regression_recovers_the_non_private_fit(network: LocalNetwork) -> None:
+    """Each member adds a distributed discrete-Gaussian share to its fixed-point U'U; the
+    NETWORK fit from the network sum lies within Z bootstrap SEs (the SE of the DP noise
+    alone, `fit`'s parametric bootstrap at the public variances) of the non-private OLS on
+    the same rows: the data are the same, only the noise differs."""
+    rho = 0.05
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        fits = net.regression(REGRESSION_TERMS, rho=rho, secure=True, replicates=1000,
+                              seed=3, key="sreg-1")
+        after = _rho_spent(net)
+    assert list(fits) == [NETWORK], fits  # no member's fit exists at the coordinator
+    fitted = fits[NETWORK]
+    assert isinstance(fitted, RegressionResult), fitted
+    exact = _exact_ols(network)
+    for coef in fitted.coefficients:
+        assert abs(coef.estimate - exact[coef.name]) <= Z * coef.se, (coef, exact)
+    for member in before:  # each member charged the network sum's rho once
+        assert math.isclose(after[member] - before[member], rho, rel_tol=1e-6), member
+
+
+def test_secure_regression_table_names_who_took_part(network: LocalNetwork) -> None:
+    from bridgestat.coordinator.analyses import REGISTRY
+
+    kind = REGISTRY["regression"]
+    params = kind.parse(terms=REGRESSION_TERMS, rho=0.02, secure=True, replicates=200)
+    with Network.from_file(network.network) as net:
+        result = net.run_secure(kind.plan(params)[0].query, "sreg-table-1")
+    out = kind.output(params, [result], "Linear regression")
+    frame = out.tables[0][2]
+    assert set(frame.member) == {NETWORK}
+    assert list(frame.term) == [INTERCEPT, "bridge_total", "stress_score"]
+    assert all(s.startswith(("ok; secure aggregation (t = 4, c = 1): took part: member-01",
+                             "unstable"))
+               for s in frame.status), list(frame.status)
+    assert frame.attrs["secure"].startswith("cross_products")
+    assert "(secure aggregation, NETWORK only)" in out.tables[0][1]
+    with pytest.raises(MetaError, match="secure aggregation"):
+        meta_from_table(frame)

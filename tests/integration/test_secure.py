@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -22,9 +24,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from cryptography import x509
 
 from bridgestat.common import secagg as sa
-from bridgestat.coordinator import local
+from bridgestat.coordinator import ca, local
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.meta import MetaError
 from bridgestat.coordinator.network import load_network
@@ -35,6 +38,7 @@ from bridgestat.coordinator.tables import meta_from_table
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
+from tests.integration.test_cert_lifetime import served_serial
 
 Z = 4.7 * 1.2
 T = TypeVar("T")
@@ -458,3 +462,54 @@ def test_secure_regression_table_names_who_took_part(network: LocalNetwork) -> N
     assert "(secure aggregation, NETWORK only)" in out.tables[0][1]
     with pytest.raises(MetaError, match="secure aggregation"):
         meta_from_table(frame)
+
+
+# -- certificates reloaded on SIGHUP ------------------------------------------------------------
+
+
+class AdvertCapture(SecureDriver):
+    """Keeps the advertisements the members sent in round 0."""
+
+    adverts: list[sa.Advertisement]
+
+    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
+                         dropped: dict[str, str], hook: Any) -> Any:
+        adverts, layout = await super()._advertise(query, key, session, names, dropped, hook)
+        self.adverts = list(adverts)
+        return adverts, layout
+
+
+def test_a_renewed_certificate_signs_secure_sessions_after_sighup(network: LocalNetwork
+                                                                  ) -> None:
+    """Renew member-01's certificate (`bridgestat ca renew`), SIGHUP its node: the next
+    secure session completes and member-01's keys are signed with the new key under the
+    new certificate (checked against the network CA, as every member checks it)."""
+    member = network.members[0]
+    cert_path = member.config.parent / f"{member.name}.pem"
+    old = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    renewed = ca.renew(network.root / "ca", cert_path)
+    new = x509.load_pem_x509_certificate(renewed.cert.read_bytes())
+    assert new.serial_number != old.serial_number
+    assert member.client_tls is not None
+    network.processes[0].send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while served_serial(member.address, member.client_tls, member.name) != new.serial_number:
+        assert time.monotonic() < deadline, "the node did not reload its certificate"
+        time.sleep(0.2)
+    driver = _driver(network, AdvertCapture)
+    assert isinstance(driver, AdvertCapture)
+    result = _run(driver, COUNT, "after-sighup-1")
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5
+    advert = next(a for a in driver.adverts if a.member == member.name)
+    signed = x509.load_der_x509_certificate(advert.certificate)
+    assert signed.serial_number == new.serial_number
+    assert driver.ca is not None
+    public = sa.member_key(driver.ca, advert.certificate, member.name)
+    sa.verify(public, advert.signature,
+              sa.advertise_payload(result.session, member.name, advert.c_pk, advert.s_pk),
+              "advertisement")  # raises unless signed by the renewed certificate's key
+    with pytest.raises(sa.SecAggError, match="signature is invalid"):  # not the old key's
+        sa.verify(old.public_key(), advert.signature,  # type: ignore[arg-type]
+                  sa.advertise_payload(result.session, member.name, advert.c_pk,
+                                       advert.s_pk), "advertisement")

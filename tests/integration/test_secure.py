@@ -10,6 +10,7 @@ with a 20 % margin for the ratio's second-order terms.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -513,3 +514,52 @@ def test_a_renewed_certificate_signs_secure_sessions_after_sighup(network: Local
         sa.verify(old.public_key(), advert.signature,  # type: ignore[arg-type]
                   sa.advertise_payload(result.session, member.name, advert.c_pk,
                                        advert.s_pk), "advertisement")
+
+
+# -- study file, reports ----------------------------------------------------------------------
+
+
+def test_a_secure_study_runs_and_its_reports_say_which_analyses_were_secure(
+        network: LocalNetwork, tmp_path: Path) -> None:
+    from bridgestat.coordinator import cli
+    from bridgestat.coordinator.member_report import member_report_html
+    from bridgestat.coordinator.report import report_html
+    from bridgestat.coordinator.study import STANDARD_STUDY
+
+    doc = yaml.safe_load(STANDARD_STUDY.read_text(encoding="utf-8"))
+    chosen = {a["id"]: a for a in doc["analyses"]}
+    doc["analyses"] = [
+        {**chosen["a02_bridge_intake"], "secure": True, "epsilon": 0.5},
+        {**chosen["a11_dose_response"], "secure": True, "rho": 0.03, "replicates": 200,
+         "audience": "coordinator"},
+        {**chosen["a02_debt_step_low"], "epsilon": 0.2}]  # per member, for contrast
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    code = cli.main(["study", "run", str(study), "--network", str(network.network),
+                     "--out", str(tmp_path / "out"), "--run-id", "secure-study"])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    mean, regression, plain = results["analyses"]
+    for analysis in (mean, regression):
+        rows = analysis["tables"][0]["rows"]
+        assert {r["member"] for r in rows} == {NETWORK}, analysis["id"]
+        assert all("secure aggregation (t = 4, c = 1)" in r["status"] for r in rows)
+    assert NETWORK in regression["regression"] and len(regression["regression"]) == 1
+    assert {r["member"] for r in plain["tables"][0]["rows"]} > {NETWORK}
+
+    english, dutch = report_html(results, "en"), report_html(results, "nl")
+    assert english.count("secure aggregation: network figure only") == 2
+    assert "2 with secure aggregation" in english
+    assert english.count("This analysis ran with secure aggregation") == 2
+    assert dutch.count("beveiligde aggregatie: alleen het netwerkcijfer") == 2
+    assert "2 met beveiligde aggregatie" in dutch
+
+    for lang, says, network_part in (
+            ("en", "This analysis ran with secure aggregation: your organisation added",
+             "In the network: "),
+            ("nl", "Deze analyse liep met beveiligde aggregatie: uw organisatie voegde",
+             "In het netwerk: ")):
+        member = member_report_html(results, "member-02", lang)
+        assert member.count(says) == 2, lang  # the mean and the regression
+        assert network_part in member
+        assert "did not answer" not in member and "niet beantwoord" not in member

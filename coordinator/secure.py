@@ -150,6 +150,7 @@ class SecureDriver:
         self.ca = x509.load_pem_x509_certificate(tls.ca.read_bytes()) if tls else None
         self._credentials = tls.channel_credentials() if tls else None
         self._channels: dict[str, grpc.aio.Channel] = {}  # opened on the loop of the first call
+        self._stubs: dict[str, spb_grpc.SecureAggregationServiceStub] = {}
 
     @property
     def warning(self) -> str:
@@ -263,15 +264,19 @@ class SecureDriver:
 
     def stub(self, member: str) -> spb_grpc.SecureAggregationServiceStub:
         """The member's stub; its channel opens on the running loop at first use."""
-        if member not in self._channels:
+        stub = self._stubs.get(member)
+        if stub is None:
             found = next(m for m in self.members if m.name == member)
             self._channels[member] = _channel(found, self._credentials)
-        return spb_grpc.SecureAggregationServiceStub(self._channels[member])
+            stub = self._stubs[member] = spb_grpc.SecureAggregationServiceStub(
+                self._channels[member])
+        return stub
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
+        self._stubs.clear()
 
 
 def _why(dropped: Mapping[str, str]) -> str:

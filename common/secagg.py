@@ -130,7 +130,7 @@ def frame(*parts: bytes | str | int) -> bytes:
     """Domain label then each part length-prefixed (str as UTF-8, int as 8 bytes)."""
     out = [DOMAIN]
     for part in parts:
-        if type(part) is str:  # the common case first: member names, labels, session ids
+        if isinstance(part, str):  # the common case first: member names, labels, sessions
             raw = part.encode()
         elif isinstance(part, int):
             raw = _U64.pack(part)

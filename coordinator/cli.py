@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridgestat.coordinator import cli_query  # the kinds' arguments: a static table, no pydantic
 
@@ -86,8 +86,8 @@ def _query(args: argparse.Namespace) -> int:
     planned = kind.plan(params)  # a kind's own refusal (ValueError) comes before any query
     with _network(args) as net, net.recording() as log:
         run = net.run_secure if secure else net.run
-        results = [run(q.query, cli_query.key_of(args.key, q, len(planned) == 1))
-                   for q in planned]
+        results: list[Any] = [run(q.query, cli_query.key_of(args.key, q, len(planned) == 1))
+                              for q in planned]  # QueryResult, or SecureResult when secure
     try:
         found, notes = cli_query.output(kind, params, results, args.meta)
     except ValueError as exc:  # no table without answers: the failures say why

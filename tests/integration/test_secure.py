@@ -563,3 +563,28 @@ def test_a_secure_study_runs_and_its_reports_say_which_analyses_were_secure(
         assert member.count(says) == 2, lang  # the mean and the regression
         assert network_part in member
         assert "did not answer" not in member and "niet beantwoord" not in member
+
+
+def test_cli_secure_regression_prints_the_network_fit_only(
+        network: LocalNetwork, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bridgestat query regression ... --secure true` runs the secure session (each member
+    charged the network sum's rho once) and prints NETWORK coefficients only."""
+    from bridgestat.coordinator import cli
+
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+    code = cli.main(["query", "--network", str(network.network), "regression",
+                     "bridge_total:0,100", "stress_score:0,10", "life_satisfaction:0,10",
+                     "--rho", "0.02", "--replicates", "200", "--secure", "true", "--json",
+                     "--key", "cli-sreg-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = json.loads(out)
+    assert {r["member"] for r in rows} == {NETWORK}
+    assert [r["term"] for r in rows] == [INTERCEPT, "bridge_total", "stress_score"]
+    assert all("secure aggregation (t = 4, c = 1): took part: member-01" in r["status"]
+               for r in rows), rows
+    with Network.from_file(network.network) as net:
+        after = _rho_spent(net)
+    for member in before:
+        assert math.isclose(after[member] - before[member], 0.02, rel_tol=1e-6), member

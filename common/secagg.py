@@ -130,15 +130,29 @@ def frame(*parts: bytes | str | int) -> bytes:
     """Domain label then each part length-prefixed (str as UTF-8, int as 8 bytes)."""
     out = [DOMAIN]
     for part in parts:
-        raw = part.encode() if isinstance(part, str) else (
-            struct.pack(">Q", part) if isinstance(part, int) else part)
-        out.append(struct.pack(">I", len(raw)) + raw)
+        if isinstance(part, str):  # the common case first: member names, labels, sessions
+            raw = part.encode()
+        elif isinstance(part, int):
+            raw = _U64.pack(part)
+        else:
+            raw = bytes(part)
+        out.append(_U32.pack(len(raw)))
+        out.append(raw)
     return b"".join(out)
+
+
+_U32, _U64 = struct.Struct(">I"), struct.Struct(">Q")
 
 
 def names_bytes(names: Iterable[str]) -> bytes:
     """A set of member names as signed: sorted, each framed."""
-    return frame(*sorted(names))
+    return _names_bytes(tuple(sorted(names)))
+
+
+@functools.lru_cache(maxsize=256)
+def _names_bytes(ordered: tuple[str, ...]) -> bytes:
+    """Remembered: a member checks t or more signatures over the same survivor set."""
+    return frame(*ordered)
 
 
 def advertise_payload(session: str, member: str, c_pk: bytes, s_pk: bytes) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bridgestat.coordinator import cli_query  # the kinds' arguments: a static table, no pydantic
 
@@ -77,10 +77,17 @@ def _query(args: argparse.Namespace) -> int:
         raise argparse.ArgumentTypeError("query: the following arguments are required: "
                                          "--network")
     kind, params = cli_query.params(args)
+    secure = bool(getattr(params, "secure", False))
+    if secure and args.meta:
+        raise argparse.ArgumentTypeError(
+            f"query {args.kind}: --meta and --secure exclude each other: a meta-analysis "
+            "needs each member's estimate, and secure aggregation releases only the NETWORK "
+            "sum; drop one of them")
     planned = kind.plan(params)  # a kind's own refusal (ValueError) comes before any query
     with _network(args) as net, net.recording() as log:
-        results = [net.run(q.query, cli_query.key_of(args.key, q, len(planned) == 1))
-                   for q in planned]
+        run = net.run_secure if secure else net.run
+        results: list[Any] = [run(q.query, cli_query.key_of(args.key, q, len(planned) == 1))
+                              for q in planned]  # QueryResult, or SecureResult when secure
     try:
         found, notes = cli_query.output(kind, params, results, args.meta)
     except ValueError as exc:  # no table without answers: the failures say why

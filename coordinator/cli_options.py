@@ -766,8 +766,14 @@ KINDS: dict[str, dict[str, Any]] = {'count': {'title': 'Count',
                                'metavar': 'N',
                                'required': False,
                                'default': 0,
-                               'help': 'seed of the bootstrap: a whole number >= 0 (default: '
-                                       '0)'}]},
+                               'help': 'seed of the bootstrap: a whole number >= 0 (default: 0)'},
+                              {'field': 'secure',
+                               'flags': ['--secure'],
+                               'type': 'value',
+                               'metavar': 'VALUE',
+                               'required': False,
+                               'default': False,
+                               'help': 'secure: a JSON value or text (default: False)'}]},
  'quantile': {'title': 'Quantile',
               'description': 'Member quantiles (exponential mechanism over public candidates) and '
                              'a NETWORK quantile with a CI from the pooled histogram; half the '

@@ -26,7 +26,7 @@ from bridgestat.coordinator.formatting import is_ok, readable, status_head
 from bridgestat.coordinator.html_tables import is_label, table_columns
 from bridgestat.coordinator.i18n import N_, Translator, fmt_date, render
 from bridgestat.coordinator.plots import render_plot
-from bridgestat.coordinator.report import write_atomically
+from bridgestat.coordinator.report import is_secure, write_atomically
 from bridgestat.coordinator.results_doc import NETWORK, ReportError, finite, validate_results
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -91,6 +91,8 @@ def finding(analysis: Mapping[str, Any], member: str, t: Translator) -> dict[str
     own = [r for r in rows if r.get("member") == member]
     network = [r for r in rows if r.get("member") == NETWORK]
     label = _label_column(table)
+    if is_secure(analysis):
+        return {"title": title, "text": _secure_sentence(analysis, table, network, t)}
     if len(own) > 1 or len(network) > 1:
         if label is not None and all(fg.public_range(analysis, table, r) == fg.SHARE_RANGE
                                      for r in rows):
@@ -113,6 +115,18 @@ def finding(analysis: Mapping[str, Any], member: str, t: Translator) -> dict[str
     mine = _value(analysis, table, own[0], t)
     return {"title": title, "text": t("At your organisation: {mine}; in the network: "
                                       "{network}.", mine=mine, network=theirs)}
+
+
+def _secure_sentence(analysis: Mapping[str, Any], table: Mapping[str, Any],
+                     network: Sequence[Mapping[str, Any]], t: Translator) -> str:
+    """A secure analysis has no member rows: say why, then the network's figure."""
+    text = t("This analysis ran with secure aggregation: your organisation added its figures "
+             "to the network's sum with a share of the noise, and nobody, the coordinator "
+             "included, saw your organisation's own figure.")
+    if len(network) == 1:
+        return text + " " + t("In the network: {network}.",
+                              network=_value(analysis, table, network[0], t))
+    return text + " " + t("The network's figures are in the study report.")
 
 
 def _main_table(tables: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:

@@ -102,6 +102,17 @@ def iter_plot_keys(results: Mapping[str, Any]) -> Iterable[str]:
         yield "privacy-loss:budget"
 
 
+SECURE_BADGE = N_("secure aggregation: network figure only")
+SECURE_NOTE = N_("This analysis ran with secure aggregation: each member added a share of the "
+                 "noise to its sums, and only the network's sum was released, so no member's "
+                 "own figure exists, not even at the coordinator.")
+
+
+def is_secure(analysis: Mapping[str, Any]) -> bool:
+    """Whether the analysis ran with secure aggregation (`secure: true` in the study file)."""
+    return bool((analysis.get("spec") or {}).get("secure"))
+
+
 def report_html(results: Mapping[str, Any], lang: str = "en") -> str:
     """The whole report as one HTML string (results must be valid), rendered from
     `templates/study_report.html`: summaries per audience first, then every analysis."""
@@ -111,6 +122,10 @@ def report_html(results: Mapping[str, Any], lang: str = "en") -> str:
     study = results.get("study") or {}
     counts = {a: sum(1 for x in analyses if x.get("audience") == a) for a in AUDIENCES}
     split = ", ".join(f"{n} {_.gettext(AUDIENCES[a]).lower()}" for a, n in counts.items() if n)
+    secure = sum(1 for a in analyses if is_secure(a))
+    if secure:
+        split += (", " if split else "") + _.ngettext(
+            "{n} with secure aggregation", "{n} with secure aggregation", secure).format(n=secure)
     context = {
         "format": results.get("format") or FORMAT,
         "title": study.get("title") or study.get("name") or _("Study results"),
@@ -222,8 +237,10 @@ def analysis_html(analysis: Mapping[str, Any], members: Sequence[str], lang: str
     parts += [f'<p class="heterogeneity">{escape(text)}</p>'
               for text in heterogeneity(analysis, t)]
     fits = analysis.get("regression") or {}
-    notes = (d_z_notes(analysis, t) + clip_notes(analysis, t) + [str(n) for n in analysis.get("notes") or []]
-             + _regression_warnings(fits))
+    notes = ([t.gettext(SECURE_NOTE)] if is_secure(analysis) else []) + (
+        d_z_notes(analysis, t) + clip_notes(analysis, t)
+        + [str(n) for n in analysis.get("notes") or []]
+        + _regression_warnings(fits))
     if notes:
         items = "".join(f"<li>{escape(n)}</li>" for n in notes)
         parts.append(f'<div class="notes"><h3>{escape(t("Notes"))}</h3><ul>{items}'
@@ -386,6 +403,8 @@ def _badges(analysis: Mapping[str, Any], t: Translator) -> str:
                        else str(audience)))
     if analysis.get("kind"):
         badges.append(("", str(analysis["kind"]).replace("_", " ")))
+    if is_secure(analysis):
+        badges.append(("badge-secure", t.gettext(SECURE_BADGE)))
     queries = analysis.get("queries")
     if isinstance(queries, list) and queries:
         badges.append(("", t.ngettext("{n} query", "{n} queries", len(queries)).format(

@@ -76,8 +76,13 @@ class SecAggServer:
             else:
                 good[sender] = batch
         self._u2 = self._require(sa.SHARE_KEYS, good, u1)
-        return {v: [e for u in sorted(self._u2) for e in good[u] if e.recipient == v]
-                for v in sorted(self._u2)}
+        # one pass over the K^2 ciphertexts (not one per recipient: K^3), senders in order
+        forward: dict[str, list[sa.EncryptedShares]] = {v: [] for v in sorted(self._u2)}
+        for u in sorted(self._u2):
+            for e in good[u]:
+                if e.recipient in forward:
+                    forward[e.recipient].append(e)
+        return forward
 
     def collect_masked(self, inputs: Sequence[sa.MaskedInput]) -> tuple[str, ...]:
         """Round 2: the masked vectors of U2 members; returns U3 (to announce to each)."""

@@ -47,6 +47,7 @@ from bridgestat.coordinator.fanout import MemberHeader
 from bridgestat.coordinator.network import Member, SecureSettings, TlsFiles
 from bridgestat.coordinator.pooling import Estimate, MeanStats, Noisy, PoolingError
 from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.regression import CrossProducts, RegressionResult, fit
 from bridgestat.coordinator.secagg_server import SecAggServer, SessionOutcome
 from bridgestat.coordinator.wire import query_to_pb
 from bridgestat.v1 import secure_aggregation_pb2 as spb
@@ -149,6 +150,7 @@ class SecureDriver:
         self.ca = x509.load_pem_x509_certificate(tls.ca.read_bytes()) if tls else None
         self._credentials = tls.channel_credentials() if tls else None
         self._channels: dict[str, grpc.aio.Channel] = {}  # opened on the loop of the first call
+        self._stubs: dict[str, spb_grpc.SecureAggregationServiceStub] = {}
 
     @property
     def warning(self) -> str:
@@ -262,15 +264,19 @@ class SecureDriver:
 
     def stub(self, member: str) -> spb_grpc.SecureAggregationServiceStub:
         """The member's stub; its channel opens on the running loop at first use."""
-        if member not in self._channels:
+        stub = self._stubs.get(member)
+        if stub is None:
             found = next(m for m in self.members if m.name == member)
             self._channels[member] = _channel(found, self._credentials)
-        return spb_grpc.SecureAggregationServiceStub(self._channels[member])
+            stub = self._stubs[member] = spb_grpc.SecureAggregationServiceStub(
+                self._channels[member])
+        return stub
 
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
+        self._stubs.clear()
 
 
 def _why(dropped: Mapping[str, str]) -> str:
@@ -313,17 +319,25 @@ def _row(group: tuple[tuple[str, str], ...], est: Estimate | None, result: Secur
     return row
 
 
+def _frame(rows: list[dict[str, Any]], result: SecureResult) -> pd.DataFrame:
+    """The NETWORK-only table, marked secure (`attrs["secure"]`, which `meta_from_table`
+    refuses: there are no member estimates to meta-analyse)."""
+    frame = pd.DataFrame(rows)
+    frame.attrs["secure"] = f"{result.query.statistic}, session {result.session}"
+    return frame
+
+
 def _table(result: SecureResult, estimate: Callable[[dict[str, Noisy]], Estimate]
            ) -> pd.DataFrame:
     if result.aborted:
-        return pd.DataFrame([_row((), None, result, f"aborted: {result.aborted}")])
+        return _frame([_row((), None, result, f"aborted: {result.aborted}")], result)
     rows = []
     for group, values in result.cells().items():
         try:
             rows.append(_row(group, estimate(values), result, "ok"))
         except PoolingError as exc:
             rows.append(_row(group, None, result, f"not estimable: {exc}"))
-    return pd.DataFrame(rows)
+    return _frame(rows, result)
 
 
 def mean_stats(values: Mapping[str, Noisy], center: float) -> MeanStats:
@@ -368,7 +382,7 @@ def histogram_table(result: SecureResult) -> pd.DataFrame:
     """One row per group cell and category: the network's noisy count and share of the
     non-missing."""
     if result.aborted:
-        return pd.DataFrame([_row((), None, result, f"aborted: {result.aborted}")])
+        return _frame([_row((), None, result, f"aborted: {result.aborted}")], result)
     rows = []
     for group, values in result.cells().items():
         for category in values:
@@ -381,4 +395,34 @@ def histogram_table(result: SecureResult) -> pd.DataFrame:
                 est, status = None, f"not estimable: {exc}"
             rows.append(_row(group, est, result, status, category=category,
                              count=values[category].value))
-    return pd.DataFrame(rows)
+    return _frame(rows, result)
+
+
+def regression_fits(result: SecureResult, names: tuple[str, ...], *, replicates: int = 2000,
+                    seed: int = 0) -> dict[str, RegressionResult | str]:
+    """The NETWORK fit from the network's noisy cross products U'U (entries `uu[i,j]` in
+    u-units, each with |U3| shares' variance); its reason instead when the session aborted
+    or the fit is not estimable. No member fits: the coordinator never sees them."""
+    if result.aborted:
+        return {NETWORK: f"aborted: {result.aborted}; {result.note()}"}
+    layout = result.layout
+    if layout is None:
+        return {NETWORK: f"not estimable: no layout; {result.note()}"}
+    try:
+        entries = {}
+        for name, value in result.cells().get((), {}).items():
+            i, j = (int(k) for k in name[3:-1].split(","))
+            entries[(i, j)] = value
+        bounds = tuple((b.lower, b.upper) for b in layout.term_bounds)
+        cp = CrossProducts(names, bounds, entries)
+        return {NETWORK: fit(cp, replicates=replicates, seed=seed)}
+    except (PoolingError, ValueError) as exc:
+        return {NETWORK: f"not estimable: {exc}; {result.note()}"}
+
+
+def secure_regression_table(frame: pd.DataFrame, result: SecureResult) -> pd.DataFrame:
+    """The regression table's NETWORK rows with who took part in the status, marked secure."""
+    out = frame.assign(status=[s if "secure aggregation" in str(s) else f"{s}; {result.note()}"
+                               for s in frame["status"]], loss=result.rho)
+    out.attrs["secure"] = f"{result.query.statistic}, session {result.session}"
+    return out

@@ -108,6 +108,11 @@ def _meta_check(kind: Kind) -> Any:
             able = ", ".join(n for n, k in REGISTRY.items() if k.meta_analysable)
             raise ValueError(f"a meta-analysis needs member estimates ({able}), not a "
                              f"{kind.name}")
+        if value and info.data.get("secure"):
+            raise ValueError(f"meta: true and secure: true exclude each other in a "
+                             f"{kind.name} analysis: a meta-analysis needs each member's "
+                             "estimate, and secure aggregation releases only the NETWORK "
+                             "sum: drop meta or secure")
         if value and info.data.get("group_by"):
             raise ValueError("a meta-analysis pools one estimate per member; with group_by "
                              "it would pool member x group cells as if they were members: "

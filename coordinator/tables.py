@@ -27,7 +27,7 @@ import pandas as pd
 from bridgestat.common.labels import CLIPPED_ABOVE, CLIPPED_BELOW, MISSING, SUM
 from bridgestat.coordinator import effects, planning, pooling
 from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.meta import MetaResult, meta_analysis
+from bridgestat.coordinator.meta import MetaError, MetaResult, meta_analysis
 from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError
 from bridgestat.coordinator.query import Query, Term
 from bridgestat.coordinator.regression import (
@@ -230,7 +230,12 @@ def followed_up_table(result: QueryResult) -> pd.DataFrame:
 
 
 def meta_from_table(frame: pd.DataFrame) -> MetaResult:
-    """Meta-analysis of the members' rows of an effect table (estimate, se; status ok)."""
+    """Meta-analysis of the members' rows of an effect table (estimate, se; status ok).
+    A secure table (NETWORK only, `attrs["secure"]`) has no member rows: refused."""
+    if frame.attrs.get("secure"):
+        raise MetaError(f"a meta-analysis needs each member's estimate; this table comes from "
+                        f"secure aggregation ({frame.attrs['secure']}), which releases only "
+                        "the NETWORK sum: run it without secure=True to meta-analyse")
     rows = frame[(frame.member != NETWORK) & (frame.status == "ok")]
     rows = rows[rows.se.notna()]
     rows = rows[rows.se.astype(float) > 0]

@@ -11,6 +11,7 @@ or a call out of order. The noise share is drawn with OpenDP's discrete Gaussian
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -33,9 +34,16 @@ _ORDER = (sa.ADVERTISE, sa.SHARE_KEYS, sa.MASKED_INPUT, sa.CONSISTENCY, sa.UNMAS
 def noise_share(dim: int, sigma_share: float) -> tuple[int, ...]:
     """`dim` independent discrete Gaussian N_Z(0, sigma_share^2) draws (fixed-point units)
     from OpenDP's integer `make_gaussian`, applied to a zero vector."""
-    measurement = dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=dp.i64)),
-                                     dp.l2_distance(T=dp.i64), sigma_share)
-    return tuple(int(x) for x in measurement([0] * dim))
+    return tuple(int(x) for x in _gaussian(sigma_share)([0] * dim))
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian(sigma_share: float) -> dp.Measurement:
+    """OpenDP's vector discrete Gaussian at this scale, built once per scale (building it
+    costs as much as drawing a mean's three values). A measurement holds no random state:
+    each call draws fresh noise from OpenDP's sampler."""
+    return dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T=dp.i64)),
+                              dp.l2_distance(T=dp.i64), sigma_share)
 
 
 def secure_input(values: Sequence[int], sigma_share: float
@@ -67,6 +75,8 @@ class SecAggMember:
         self._aborted: str | None = None
         self._peers: dict[str, sa.Advertisement] = {}
         self._peer_keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._peer_x25519: dict[str, tuple[x25519.X25519PublicKey,
+                                           x25519.X25519PublicKey]] = {}
         self._received: dict[str, tuple[int, int]] = {}
         self._u2: frozenset[str] = frozenset()
         self._u3: frozenset[str] = frozenset()
@@ -166,12 +176,13 @@ class SecAggMember:
         if ad.member not in self.params.members:
             raise SecAggError(f"{what}: not a member of this session")
         public = sa.member_key(self._ca, ad.certificate, ad.member)
-        sa.x25519_public(ad.c_pk, what)
-        sa.x25519_public(ad.s_pk, what)
+        c_pk = sa.x25519_public(ad.c_pk, what)
+        s_pk = sa.x25519_public(ad.s_pk, what)
         sa.verify(public, ad.signature,
                   sa.advertise_payload(self.params.session, ad.member, ad.c_pk, ad.s_pk), what)
         self._peers[ad.member] = ad
         self._peer_keys[ad.member] = public
+        self._peer_x25519[ad.member] = (c_pk, s_pk)  # parsed once, used in two rounds
 
     def _receive_shares(self, shares: Sequence[sa.EncryptedShares]) -> frozenset[str]:
         senders = [e.sender for e in shares]
@@ -188,8 +199,8 @@ class SecAggMember:
         y = vector + sa.prg(sa.self_mask_seed(self.params.session, self._b),
                                   self.params.dim)
         for v in sorted(self._u2 - {self.name}):
-            seed = sa.pair_seed(self.params.session, self._s_sk,
-                                sa.x25519_public(self._peers[v].s_pk, v), self.name, v)
+            seed = sa.pair_seed(self.params.session, self._s_sk, self._peer_x25519[v][1],
+                                self.name, v)
             mask = sa.prg(seed, self.params.dim)
             y = y + mask if self.name < v else y - mask  # uint64 wraps: arithmetic mod 2^64
         return sa.MaskedInput(self.name, sa.vector_bytes(y))
@@ -209,8 +220,7 @@ class SecAggMember:
         """The AES-GCM key shared with `peer` (agreed once, used both ways)."""
         if peer not in self._transport:
             self._transport[peer] = sa.transport_key(
-                self.params.session, self._c_sk, sa.x25519_public(self._peers[peer].c_pk, peer),
-                self.name, peer)
+                self.params.session, self._c_sk, self._peer_x25519[peer][0], self.name, peer)
         return self._transport[peer]
 
     def _consistency(self, survivors: Sequence[str]) -> sa.ConsistencySignature:

@@ -107,6 +107,7 @@ class Layout:
     lower: float
     upper: float
     noise: NoiseAccount
+    term_bounds: tuple[tuple[float, float], ...] = ()  # cross products: public, per term
 
 
 @dataclass
@@ -180,7 +181,8 @@ def _layout(plan: Plan, params: SecAggParams, n_cells: int, rho: float) -> Layou
         noise = account(params.threshold, params.colluding, delta, sigma, dim)
     except DistributedDpError as exc:
         raise QueryError("query.loss.rho", str(exc)) from None
-    return Layout(entries, tuple(scales) * n_cells, plan.center, plan.lower, plan.upper, noise)
+    return Layout(entries, tuple(scales) * n_cells, plan.center, plan.lower, plan.upper, noise,
+                  tuple((t.lower, t.upper) for t in plan.terms))
 
 
 def _params(session: str, members: tuple[str, ...], threshold: int, colluding: int,
@@ -215,15 +217,32 @@ def measurement_doc(session: Session, survivors: frozenset[str]) -> list[dict[st
                  "bound": "Kairouz, Liu, Steinke ICML 2021 Prop. 14, n = H"}}]
 
 
-class SecureNode:
-    """Every open session of one node (thread-safe), driven round by round."""
+IdentitySource = Callable[[], "Identity | None"]
 
-    def __init__(self, engine: Engine, identity: Identity | None,
+
+class SecureNode:
+    """Every open session of one node (thread-safe), driven round by round.
+
+    `identity` is the node's network-CA identity, or a function returning the current one
+    (the TLS files as last reloaded on SIGHUP): each session signs with the identity read
+    when it opens, so a renewed certificate is used from the next session on."""
+
+    def __init__(self, engine: Engine, identity: Identity | IdentitySource | None,
                  session_seconds: float = SESSION_SECONDS) -> None:
-        self.engine, self.identity = engine, identity
+        self.engine = engine
+        if identity is None or isinstance(identity, Identity):
+            fixed = identity
+            self._identity: IdentitySource = lambda: fixed
+        else:
+            self._identity = identity
         self.session_seconds = session_seconds
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+
+    @property
+    def identity(self) -> Identity | None:
+        """The identity new sessions sign with (re-read after a certificate reload)."""
+        return self._identity()
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -232,18 +251,19 @@ class SecureNode:
                   ) -> tuple[sa.Advertisement, Layout]:
         """Round 0: check the query and open the session (refusals are audited)."""
         try:
-            if self.identity is None:
+            identity = self.identity  # read once: the whole session signs with it
+            if identity is None:
                 raise SessionError("secure aggregation needs the node's network-CA identity "
                                    "(tls in node.yaml); this node serves plain text")
             if not key or len(key) > MAX_KEY_LENGTH:
                 raise QueryError("idempotency_key", f"must be 1 to {MAX_KEY_LENGTH} characters")
             params = _params(session, members, threshold, colluding, 1)
-            if self.identity.name not in members:
-                raise QueryError("members", f"this node ({self.identity.name}) is not invited")
+            if identity.name not in members:
+                raise QueryError("members", f"this node ({identity.name}) is not invited")
             plan, layout = check_query(query, self.engine, params)
             params = _params(session, members, threshold, colluding, len(layout.entries))
-            member = SecAggMember(params, self.identity.name, self.identity.key,
-                                  self.identity.certificate, self.identity.ca)
+            member = SecAggMember(params, identity.name, identity.key, identity.certificate,
+                                  identity.ca)
             with self._lock:
                 self._expire()
                 if session in self._sessions:

@@ -12,7 +12,10 @@ coordinator are INVALID_ARGUMENT. Nothing of the member's data is in any error.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,7 +44,8 @@ def layout_to_pb(layout: Layout) -> spb.SecureLayout:
                                 name=e.name, unit=e.unit) for e in layout.entries],
         center=layout.center, lower=layout.lower, upper=layout.upper,
         sigma_share=n.sigma_share, delta_l2=n.delta_l2, rho_network=n.rho_network,
-        rho_alone=n.rho_alone, honest=n.honest)
+        rho_alone=n.rho_alone, honest=n.honest,
+        term_bounds=[pb.Bounds(lower=lo, upper=hi) for lo, hi in layout.term_bounds])
 
 
 Request = (spb.AdvertiseRequest | spb.ShareKeysRequest | spb.MaskedInputRequest
@@ -51,13 +55,35 @@ Response = (spb.AdvertiseResponse | spb.ShareKeysResponse | spb.MaskedInputRespo
 
 
 def secure_node(engine: Engine, tls: ServerTls | None) -> SecureNode:
-    """The node's secure-aggregation side, signing with its TLS key as read now; without
-    TLS it refuses every session (no identity)."""
-    identity = None
-    if tls is not None:
-        pem = tls.pem
-        identity = Identity.from_pem(engine.node_id, pem.key, pem.cert, pem.ca)
-    return SecureNode(engine, identity)
+    """The node's secure-aggregation side (one per engine and TLS identity: the listening
+    server and the connect-mode stream share it and its sessions). It signs with the TLS
+    key and certificate as last reloaded (SIGHUP): a session opened after a reload uses the
+    renewed certificate. Without TLS it refuses every session (no identity)."""
+    with _NODES_LOCK:
+        found = _NODES.get(engine)
+        if found is not None and found[0] is tls:
+            return found[1]
+        source = None if tls is None else functools.partial(_current_identity,
+                                                            engine.node_id, tls)
+        node = SecureNode(engine, source)
+        _NODES[engine] = (tls, node)
+        return node
+
+
+_NODES: weakref.WeakKeyDictionary[Engine, tuple[ServerTls | None, SecureNode]] = (
+    weakref.WeakKeyDictionary())
+_NODES_LOCK = threading.Lock()
+
+
+def _current_identity(name: str, tls: ServerTls) -> Identity:
+    pem = tls.pem
+    return _identity(name, pem.key, pem.cert, pem.ca)
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(name: str, key: bytes, cert: bytes, ca: bytes) -> Identity:
+    """Parsed once per set of TLS files (parsing the key per session would cost ~1 ms)."""
+    return Identity.from_pem(name, key, cert, ca)
 
 
 def answer(secure: SecureNode, request: Request, caller: str) -> Response | Status:

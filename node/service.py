@@ -266,19 +266,15 @@ def build_node_server(engine: Engine, address: str, *, tls: ServerTls | None = N
 
 
 def _add_secure_service(engine: Engine, tls: ServerTls | None, server: grpc.Server) -> str:
-    """Register SecureAggregationService (issue 13); its name. It signs with the node's TLS
-    key as read at start-up; without TLS it refuses every session (no identity)."""
-    from bridgestat.node.secure import Identity, SecureNode
+    """Register SecureAggregationService (issue 13); its name. The same secure side as the
+    connect-mode stream's (`secure_node`): it signs with the node's TLS key as last
+    reloaded (SIGHUP); without TLS it refuses every session (no identity)."""
     from bridgestat.node.secure_service import SERVICE_NAME as SECURE_NAME
-    from bridgestat.node.secure_service import SecureServicer
+    from bridgestat.node.secure_service import SecureServicer, secure_node
     from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 
-    identity = None
-    if tls is not None:
-        pem = tls.pem
-        identity = Identity.from_pem(engine.node_id, pem.key, pem.cert, pem.ca)
     spb_grpc.add_SecureAggregationServiceServicer_to_server(
-        SecureServicer(SecureNode(engine, identity)), server)
+        SecureServicer(secure_node(engine, tls)), server)
     return SECURE_NAME
 
 

@@ -550,6 +550,7 @@ class RegressionParams(Frozen):
     occasion: OptionalOccasion = None
     replicates: Replicates = 2000
     seed: Whole = 0
+    secure: bool = False  # secure aggregation: the NETWORK fit only, one release's noise
 
 
 @register
@@ -568,15 +569,24 @@ class Regression(Kind):
         return [Query("cross_products", p.table, "", 0.0, p.where, occasion=p.occasion,
                       rho=p.rho, terms=tuple(t.term() for t in p.terms))]
 
-    def fits(self, p: RegressionParams, results: Sequence[QueryResult]
+    def fits(self, p: RegressionParams, results: Sequence[Any]
              ) -> dict[str, RegressionResult | str]:
+        if p.secure:
+            names = tables.term_names(results[0].query.terms)
+            return secure.regression_fits(results[0], names, replicates=p.replicates,
+                                          seed=p.seed)
         return tables.regression_fits(results[0], replicates=p.replicates, seed=p.seed)
 
-    def output(self, p: RegressionParams, results: Sequence[QueryResult], title: str
+    def output(self, p: RegressionParams, results: Sequence[Any], title: str
                ) -> Output:
-        out = Output(results=list(results))
+        out = Output(results=[] if p.secure else list(results))
         fits = self.fits(p, results)
-        index = out.table("coefficients", title, tables.regression_table(fits))
+        frame = tables.regression_table(fits)
+        if p.secure:
+            frame = secure.secure_regression_table(frame, results[0])
+            out.notes.append(f"{title or self.name}: {results[0].note()}")
+            title = f"{title} (secure aggregation, NETWORK only)" if title else title
+        index = out.table("coefficients", title, frame)
         out.plots.append({"kind": "coefficients", "regression": NETWORK, "table": index})
         out.regression = {m: (f.to_dict() if isinstance(f, RegressionResult)
                               else {"status": f}) for m, f in fits.items()}
@@ -585,7 +595,7 @@ class Regression(Kind):
                          "contrast.")
         return out
 
-    def value(self, p: RegressionParams, results: Sequence[QueryResult]
+    def value(self, p: RegressionParams, results: Sequence[Any]
               ) -> dict[str, RegressionResult | str]:
         """Every member's fit and NETWORK's; a member that failed maps to its reason."""
         return self.fits(p, results)

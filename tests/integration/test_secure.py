@@ -10,25 +10,36 @@ with a 20 % margin for the ratio's second-order terms.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
+import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
+import pandas as pd
 import pytest
+import yaml
+from cryptography import x509
 
 from bridgestat.common import secagg as sa
 from bridgestat.coordinator import local
 from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.meta import MetaError
 from bridgestat.coordinator.network import load_network
-from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.query import Query, Term
+from bridgestat.coordinator.regression import INTERCEPT, RegressionResult
 from bridgestat.coordinator.secure import NETWORK, SecureDriver, SecureResult, secure_rho
+from bridgestat.coordinator.tables import meta_from_table
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
+from tests.integration.test_cert_lifetime import served_serial
 
 Z = 4.7 * 1.2
 T = TypeVar("T")
@@ -382,3 +393,200 @@ def test_network_file_secure_section(tmp_path: Path, network: LocalNetwork) -> N
     path.write_text(text + "secure: {threshold: 4, colluding: 4}\n")
     with pytest.raises(NetworkFileError, match=r"secure\.colluding: c = 4 must be below t = 4"):
         load_network(path)
+
+
+# -- secure regression ------------------------------------------------------------------------
+
+REGRESSION_TERMS = (Term("bridge_total", clip=(0.0, 100.0)),
+                    Term("stress_score", clip=(0.0, 10.0)),
+                    Term("life_satisfaction", clip=(0.0, 10.0)))
+
+
+def _exact_ols(network: LocalNetwork) -> dict[str, float]:
+    """The non-private OLS of life_satisfaction on bridge_total and stress_score at intake
+    over every member's rows (complete cases, each term clipped to its bounds), read
+    straight from the members' CSV files."""
+    rows = []
+    for member in network.members:
+        folder = member.config.parent / yaml.safe_load(member.config.read_text())["data"]["path"]
+        people = pd.read_csv(folder / "participant.csv", dtype=str, keep_default_na=False)
+        frame = pd.read_csv(folder / "assessment.csv", dtype=str, keep_default_na=False)
+        frame = frame[(frame.months_since_intake.astype(int) == 0)
+                      & frame.participant_id.isin(people.participant_id)]
+        rows.append(frame[[t.column for t in REGRESSION_TERMS]].replace("", np.nan)
+                    .astype(float))
+    data = pd.concat(rows).dropna().to_numpy()
+    for k, term in enumerate(REGRESSION_TERMS):
+        assert term.clip is not None
+        data[:, k] = np.clip(data[:, k], *term.clip)
+    x = np.column_stack([np.ones(len(data)), data[:, :-1]])
+    beta = np.linalg.lstsq(x, data[:, -1], rcond=None)[0]
+    return dict(zip((INTERCEPT, "bridge_total", "stress_score"), beta.tolist(), strict=True))
+
+
+def test_secure_regression_recovers_the_non_private_fit(network: LocalNetwork) -> None:
+    """Each member adds a distributed discrete-Gaussian share to its fixed-point U'U; the
+    NETWORK fit from the network sum lies within Z bootstrap SEs (the SE of the DP noise
+    alone, `fit`'s parametric bootstrap at the public variances) of the non-private OLS on
+    the same rows: the data are the same, only the noise differs."""
+    rho = 0.05
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        fits = net.regression(REGRESSION_TERMS, rho=rho, secure=True, replicates=1000,
+                              seed=3, key="sreg-1")
+        after = _rho_spent(net)
+    assert list(fits) == [NETWORK], fits  # no member's fit exists at the coordinator
+    fitted = fits[NETWORK]
+    assert isinstance(fitted, RegressionResult), fitted
+    exact = _exact_ols(network)
+    for coef in fitted.coefficients:
+        assert abs(coef.estimate - exact[coef.name]) <= Z * coef.se, (coef, exact)
+    for member in before:  # each member charged the network sum's rho once
+        assert math.isclose(after[member] - before[member], rho, rel_tol=1e-6), member
+
+
+def test_secure_regression_table_names_who_took_part(network: LocalNetwork) -> None:
+    from bridgestat.coordinator.analyses import REGISTRY
+
+    kind = REGISTRY["regression"]
+    params = kind.parse(terms=REGRESSION_TERMS, rho=0.02, secure=True, replicates=200)
+    with Network.from_file(network.network) as net:
+        result = net.run_secure(kind.plan(params)[0].query, "sreg-table-1")
+    out = kind.output(params, [result], "Linear regression")
+    frame = out.tables[0][2]
+    assert set(frame.member) == {NETWORK}
+    assert list(frame.term) == [INTERCEPT, "bridge_total", "stress_score"]
+    assert all(s.startswith(("ok; secure aggregation (t = 4, c = 1): took part: member-01",
+                             "unstable"))
+               for s in frame.status), list(frame.status)
+    assert frame.attrs["secure"].startswith("cross_products")
+    assert "(secure aggregation, NETWORK only)" in out.tables[0][1]
+    with pytest.raises(MetaError, match="secure aggregation"):
+        meta_from_table(frame)
+
+
+# -- certificates reloaded on SIGHUP ------------------------------------------------------------
+
+
+class AdvertCapture(SecureDriver):
+    """Keeps the advertisements the members sent in round 0."""
+
+    adverts: list[sa.Advertisement]
+
+    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
+                         dropped: dict[str, str], hook: Any) -> Any:
+        adverts, layout = await super()._advertise(query, key, session, names, dropped, hook)
+        self.adverts = list(adverts)
+        return adverts, layout
+
+
+def test_a_renewed_certificate_signs_secure_sessions_after_sighup(network: LocalNetwork
+                                                                  ) -> None:
+    """Renew member-01's certificate (`bridgestat ca renew`), SIGHUP its node: the next
+    secure session completes and member-01's keys are signed with the new key under the
+    new certificate (checked against the network CA, as every member checks it)."""
+    member = network.members[0]
+    cert_path = member.config.parent / f"{member.name}.pem"
+    old = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    from bridgestat.coordinator import cli
+    assert cli.main(["ca", "renew", "--cert", str(cert_path), "--dir",
+                     str(network.root / "ca")]) == 0  # `bridgestat ca renew`, in place
+    new = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert new.serial_number != old.serial_number
+    assert member.client_tls is not None
+    network.processes[0].send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while served_serial(member.address, member.client_tls, member.name) != new.serial_number:
+        assert time.monotonic() < deadline, "the node did not reload its certificate"
+        time.sleep(0.2)
+    driver = _driver(network, AdvertCapture)
+    assert isinstance(driver, AdvertCapture)
+    result = _run(driver, COUNT, "after-sighup-1")
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5
+    advert = next(a for a in driver.adverts if a.member == member.name)
+    signed = x509.load_der_x509_certificate(advert.certificate)
+    assert signed.serial_number == new.serial_number
+    assert driver.ca is not None
+    public = sa.member_key(driver.ca, advert.certificate, member.name)
+    sa.verify(public, advert.signature,
+              sa.advertise_payload(result.session, member.name, advert.c_pk, advert.s_pk),
+              "advertisement")  # raises unless signed by the renewed certificate's key
+    with pytest.raises(sa.SecAggError, match="signature is invalid"):  # not the old key's
+        sa.verify(old.public_key(), advert.signature,  # type: ignore[arg-type]
+                  sa.advertise_payload(result.session, member.name, advert.c_pk,
+                                       advert.s_pk), "advertisement")
+
+
+# -- study file, reports ----------------------------------------------------------------------
+
+
+def test_a_secure_study_runs_and_its_reports_say_which_analyses_were_secure(
+        network: LocalNetwork, tmp_path: Path) -> None:
+    from bridgestat.coordinator import cli
+    from bridgestat.coordinator.member_report import member_report_html
+    from bridgestat.coordinator.report import report_html
+    from bridgestat.coordinator.study import STANDARD_STUDY
+
+    doc = yaml.safe_load(STANDARD_STUDY.read_text(encoding="utf-8"))
+    chosen = {a["id"]: a for a in doc["analyses"]}
+    doc["analyses"] = [
+        {**chosen["a02_bridge_intake"], "secure": True, "epsilon": 0.5},
+        {**chosen["a11_dose_response"], "secure": True, "rho": 0.03, "replicates": 200,
+         "audience": "coordinator"},
+        {**chosen["a02_debt_step_low"], "epsilon": 0.2}]  # per member, for contrast
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    code = cli.main(["study", "run", str(study), "--network", str(network.network),
+                     "--out", str(tmp_path / "out"), "--run-id", "secure-study"])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    mean, regression, plain = results["analyses"]
+    for analysis in (mean, regression):
+        rows = analysis["tables"][0]["rows"]
+        assert {r["member"] for r in rows} == {NETWORK}, analysis["id"]
+        assert all("secure aggregation (t = 4, c = 1)" in r["status"] for r in rows)
+    assert NETWORK in regression["regression"] and len(regression["regression"]) == 1
+    assert {r["member"] for r in plain["tables"][0]["rows"]} > {NETWORK}
+
+    english, dutch = report_html(results, "en"), report_html(results, "nl")
+    assert english.count("secure aggregation: network figure only") == 2
+    assert "2 with secure aggregation" in english
+    assert english.count("This analysis ran with secure aggregation") == 2
+    assert dutch.count("beveiligde aggregatie: alleen het netwerkcijfer") == 2
+    assert "2 met beveiligde aggregatie" in dutch
+
+    for lang, says, network_part in (
+            ("en", "This analysis ran with secure aggregation: your organisation added",
+             "In the network: "),
+            ("nl", "Deze analyse liep met beveiligde aggregatie: uw organisatie voegde",
+             "In het netwerk: ")):
+        member = member_report_html(results, "member-02", lang)
+        assert member.count(says) == 2, lang  # the mean and the regression
+        assert network_part in member
+        assert "did not answer" not in member and "niet beantwoord" not in member
+
+
+def test_cli_secure_regression_prints_the_network_fit_only(
+        network: LocalNetwork, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bridgestat query regression ... --secure true` runs the secure session (each member
+    charged the network sum's rho once) and prints NETWORK coefficients only."""
+    from bridgestat.coordinator import cli
+
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+    code = cli.main(["query", "--network", str(network.network), "regression",
+                     "bridge_total:0,100", "stress_score:0,10", "life_satisfaction:0,10",
+                     "--rho", "0.02", "--replicates", "200", "--secure", "true", "--json",
+                     "--key", "cli-sreg-1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = json.loads(out)
+    assert {r["member"] for r in rows} == {NETWORK}
+    assert [r["term"] for r in rows] == [INTERCEPT, "bridge_total", "stress_score"]
+    assert all("secure aggregation (t = 4, c = 1): took part: member-01" in r["status"]
+               for r in rows), rows
+    with Network.from_file(network.network) as net:
+        after = _rho_spent(net)
+    for member in before:
+        assert math.isclose(after[member] - before[member], 0.02, rel_tol=1e-6), member

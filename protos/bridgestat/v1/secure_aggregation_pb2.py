@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bridgestat.v1 import node_service_pb2 as bridgestat_dot_v1_dot_node__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&bridgestat/v1/secure_aggregation.proto\x12\rbridgestat.v1\x1a bridgestat/v1/node_service.proto\"c\n\rAdvertisement\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"W\n\x0f\x45ncryptedShares\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"9\n\x14\x43onsistencySignature\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x0bMemberShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"S\n\x0bSecureValue\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\x01\"\xc7\x01\n\x0cSecureLayout\x12*\n\x06values\x18\x01 \x03(\x0b\x32\x1a.bridgestat.v1.SecureValue\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x13\n\x0bsigma_share\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65lta_l2\x18\x06 \x01(\x01\x12\x13\n\x0brho_network\x18\x07 \x01(\x01\x12\x11\n\trho_alone\x18\x08 \x01(\x01\x12\x0e\n\x06honest\x18\t \x01(\r\"\x98\x01\n\x10\x41\x64vertiseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12#\n\x05query\x18\x03 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x11\n\tcolluding\x18\x06 \x01(\r\"u\n\x11\x41\x64vertiseResponse\x12\x33\n\radvertisement\x18\x01 \x01(\x0b\x32\x1c.bridgestat.v1.Advertisement\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.bridgestat.v1.SecureLayout\"Y\n\x10ShareKeysRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x34\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1c.bridgestat.v1.Advertisement\"C\n\x11ShareKeysResponse\x12.\n\x06shares\x18\x01 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"U\n\x12MaskedInputRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12.\n\x06shares\x18\x02 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"n\n\x13MaskedInputResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12%\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x15.bridgestat.v1.Budget\"8\n\x12\x43onsistencyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"M\n\x13\x43onsistencyResponse\x12\x36\n\tsignature\x18\x01 \x01(\x0b\x32#.bridgestat.v1.ConsistencySignature\"}\n\rUnmaskRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.bridgestat.v1.ConsistencySignature\"\x86\x01\n\x0eUnmaskResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x34\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare\x12.\n\nkey_shares\x18\x03 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare2\xad\x03\n\x18SecureAggregationService\x12N\n\tAdvertise\x12\x1f.bridgestat.v1.AdvertiseRequest\x1a .bridgestat.v1.AdvertiseResponse\x12N\n\tShareKeys\x12\x1f.bridgestat.v1.ShareKeysRequest\x1a .bridgestat.v1.ShareKeysResponse\x12T\n\x0bMaskedInput\x12!.bridgestat.v1.MaskedInputRequest\x1a\".bridgestat.v1.MaskedInputResponse\x12T\n\x0b\x43onsistency\x12!.bridgestat.v1.ConsistencyRequest\x1a\".bridgestat.v1.ConsistencyResponse\x12\x45\n\x06Unmask\x12\x1c.bridgestat.v1.UnmaskRequest\x1a\x1d.bridgestat.v1.UnmaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&bridgestat/v1/secure_aggregation.proto\x12\rbridgestat.v1\x1a bridgestat/v1/node_service.proto\"c\n\rAdvertisement\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"W\n\x0f\x45ncryptedShares\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"9\n\x14\x43onsistencySignature\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x0bMemberShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"S\n\x0bSecureValue\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\x01\"\xf3\x01\n\x0cSecureLayout\x12*\n\x06values\x18\x01 \x03(\x0b\x32\x1a.bridgestat.v1.SecureValue\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x13\n\x0bsigma_share\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65lta_l2\x18\x06 \x01(\x01\x12\x13\n\x0brho_network\x18\x07 \x01(\x01\x12\x11\n\trho_alone\x18\x08 \x01(\x01\x12\x0e\n\x06honest\x18\t \x01(\r\x12*\n\x0bterm_bounds\x18\n \x03(\x0b\x32\x15.bridgestat.v1.Bounds\"\x98\x01\n\x10\x41\x64vertiseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12#\n\x05query\x18\x03 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x11\n\tcolluding\x18\x06 \x01(\r\"u\n\x11\x41\x64vertiseResponse\x12\x33\n\radvertisement\x18\x01 \x01(\x0b\x32\x1c.bridgestat.v1.Advertisement\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.bridgestat.v1.SecureLayout\"Y\n\x10ShareKeysRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x34\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1c.bridgestat.v1.Advertisement\"C\n\x11ShareKeysResponse\x12.\n\x06shares\x18\x01 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"U\n\x12MaskedInputRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12.\n\x06shares\x18\x02 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"n\n\x13MaskedInputResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12%\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x15.bridgestat.v1.Budget\"8\n\x12\x43onsistencyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"M\n\x13\x43onsistencyResponse\x12\x36\n\tsignature\x18\x01 \x01(\x0b\x32#.bridgestat.v1.ConsistencySignature\"}\n\rUnmaskRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.bridgestat.v1.ConsistencySignature\"\x86\x01\n\x0eUnmaskResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x34\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare\x12.\n\nkey_shares\x18\x03 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare2\xad\x03\n\x18SecureAggregationService\x12N\n\tAdvertise\x12\x1f.bridgestat.v1.AdvertiseRequest\x1a .bridgestat.v1.AdvertiseResponse\x12N\n\tShareKeys\x12\x1f.bridgestat.v1.ShareKeysRequest\x1a .bridgestat.v1.ShareKeysResponse\x12T\n\x0bMaskedInput\x12!.bridgestat.v1.MaskedInputRequest\x1a\".bridgestat.v1.MaskedInputResponse\x12T\n\x0b\x43onsistency\x12!.bridgestat.v1.ConsistencyRequest\x1a\".bridgestat.v1.ConsistencyResponse\x12\x45\n\x06Unmask\x12\x1c.bridgestat.v1.UnmaskRequest\x1a\x1d.bridgestat.v1.UnmaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,27 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECUREVALUE']._serialized_start=396
   _globals['_SECUREVALUE']._serialized_end=479
   _globals['_SECURELAYOUT']._serialized_start=482
-  _globals['_SECURELAYOUT']._serialized_end=681
-  _globals['_ADVERTISEREQUEST']._serialized_start=684
-  _globals['_ADVERTISEREQUEST']._serialized_end=836
-  _globals['_ADVERTISERESPONSE']._serialized_start=838
-  _globals['_ADVERTISERESPONSE']._serialized_end=955
-  _globals['_SHAREKEYSREQUEST']._serialized_start=957
-  _globals['_SHAREKEYSREQUEST']._serialized_end=1046
-  _globals['_SHAREKEYSRESPONSE']._serialized_start=1048
-  _globals['_SHAREKEYSRESPONSE']._serialized_end=1115
-  _globals['_MASKEDINPUTREQUEST']._serialized_start=1117
-  _globals['_MASKEDINPUTREQUEST']._serialized_end=1202
-  _globals['_MASKEDINPUTRESPONSE']._serialized_start=1204
-  _globals['_MASKEDINPUTRESPONSE']._serialized_end=1314
-  _globals['_CONSISTENCYREQUEST']._serialized_start=1316
-  _globals['_CONSISTENCYREQUEST']._serialized_end=1372
-  _globals['_CONSISTENCYRESPONSE']._serialized_start=1374
-  _globals['_CONSISTENCYRESPONSE']._serialized_end=1451
-  _globals['_UNMASKREQUEST']._serialized_start=1453
-  _globals['_UNMASKREQUEST']._serialized_end=1578
-  _globals['_UNMASKRESPONSE']._serialized_start=1581
-  _globals['_UNMASKRESPONSE']._serialized_end=1715
-  _globals['_SECUREAGGREGATIONSERVICE']._serialized_start=1718
-  _globals['_SECUREAGGREGATIONSERVICE']._serialized_end=2147
+  _globals['_SECURELAYOUT']._serialized_end=725
+  _globals['_ADVERTISEREQUEST']._serialized_start=728
+  _globals['_ADVERTISEREQUEST']._serialized_end=880
+  _globals['_ADVERTISERESPONSE']._serialized_start=882
+  _globals['_ADVERTISERESPONSE']._serialized_end=999
+  _globals['_SHAREKEYSREQUEST']._serialized_start=1001
+  _globals['_SHAREKEYSREQUEST']._serialized_end=1090
+  _globals['_SHAREKEYSRESPONSE']._serialized_start=1092
+  _globals['_SHAREKEYSRESPONSE']._serialized_end=1159
+  _globals['_MASKEDINPUTREQUEST']._serialized_start=1161
+  _globals['_MASKEDINPUTREQUEST']._serialized_end=1246
+  _globals['_MASKEDINPUTRESPONSE']._serialized_start=1248
+  _globals['_MASKEDINPUTRESPONSE']._serialized_end=1358
+  _globals['_CONSISTENCYREQUEST']._serialized_start=1360
+  _globals['_CONSISTENCYREQUEST']._serialized_end=1416
+  _globals['_CONSISTENCYRESPONSE']._serialized_start=1418
+  _globals['_CONSISTENCYRESPONSE']._serialized_end=1495
+  _globals['_UNMASKREQUEST']._serialized_start=1497
+  _globals['_UNMASKREQUEST']._serialized_end=1622
+  _globals['_UNMASKRESPONSE']._serialized_start=1625
+  _globals['_UNMASKRESPONSE']._serialized_end=1759
+  _globals['_SECUREAGGREGATIONSERVICE']._serialized_start=1762
+  _globals['_SECUREAGGREGATIONSERVICE']._serialized_end=2191
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,7 @@ class SecureValue(_message.Message):
     def __init__(self, group: _Optional[_Iterable[_Union[_node_service_pb2.GroupValue, _Mapping]]] = ..., name: _Optional[str] = ..., unit: _Optional[float] = ...) -> None: ...
 
 class SecureLayout(_message.Message):
-    __slots__ = ("values", "center", "lower", "upper", "sigma_share", "delta_l2", "rho_network", "rho_alone", "honest")
+    __slots__ = ("values", "center", "lower", "upper", "sigma_share", "delta_l2", "rho_network", "rho_alone", "honest", "term_bounds")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     CENTER_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class SecureLayout(_message.Message):
     RHO_NETWORK_FIELD_NUMBER: _ClassVar[int]
     RHO_ALONE_FIELD_NUMBER: _ClassVar[int]
     HONEST_FIELD_NUMBER: _ClassVar[int]
+    TERM_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedCompositeFieldContainer[SecureValue]
     center: float
     lower: float
@@ -81,7 +82,8 @@ class SecureLayout(_message.Message):
     rho_network: float
     rho_alone: float
     honest: int
-    def __init__(self, values: _Optional[_Iterable[_Union[SecureValue, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., sigma_share: _Optional[float] = ..., delta_l2: _Optional[float] = ..., rho_network: _Optional[float] = ..., rho_alone: _Optional[float] = ..., honest: _Optional[int] = ...) -> None: ...
+    term_bounds: _containers.RepeatedCompositeFieldContainer[_node_service_pb2.Bounds]
+    def __init__(self, values: _Optional[_Iterable[_Union[SecureValue, _Mapping]]] = ..., center: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., sigma_share: _Optional[float] = ..., delta_l2: _Optional[float] = ..., rho_network: _Optional[float] = ..., rho_alone: _Optional[float] = ..., honest: _Optional[int] = ..., term_bounds: _Optional[_Iterable[_Union[_node_service_pb2.Bounds, _Mapping]]] = ...) -> None: ...
 
 class AdvertiseRequest(_message.Message):
     __slots__ = ("session", "idempotency_key", "query", "members", "threshold", "colluding")

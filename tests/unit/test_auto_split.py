@@ -105,7 +105,7 @@ def test_a_paired_changes_planning_sd_becomes_its_d_z_reference() -> None:
 @pytest.mark.parametrize("option", [{"clip_counts": True}, {"split": [0.2, 0.4, 0.4]}])
 def test_secure_mode_takes_neither_option(option: dict[str, Any]) -> None:
     doc = _doc()
-    _entry(doc, "a06_bridge_change").update(secure=True, improvement=None, share_epsilon=None,
-                                           **option)
+    _entry(doc, "a06_bridge_change").update(secure=True, meta=False, improvement=None,
+                                           share_epsilon=None, **option)
     with pytest.raises(Exception, match=r"secure mode takes neither split nor clip_counts"):
         parse_study(doc, "study.yaml")

@@ -450,8 +450,8 @@ _TEXTS_MAX = 4096
 
 def _decode(text: str) -> Loss:
     """`Loss.decode`, remembered: the running totals this process wrote are read back by the
-    next query, and parsing their fractions was a tenth of a charge's CPU. The text is an
-    exact encoding, so the same text is always the same loss."""
+    next query, and parsing exact fractions from text is slow. The text is an exact
+    encoding, so the same text is always the same loss."""
     loss = _TEXTS.get(text)
     if loss is None:
         loss = Loss.decode(text)

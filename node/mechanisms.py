@@ -250,8 +250,8 @@ def _cache_calibrations(*names: str) -> None:
     """Build and calibrate each component once per process and parameters. A component is
     a pure function of its (hashable) arguments, and its OpenDP measurement is stateless:
     the noise is sampled afresh on every call, so sharing one between queries shares no
-    randomness. Without this, every new query re-ran `_calibrate`'s builds and maps (a
-    third of a node's CPU on its first study)."""
+    randomness. Without this, every new query re-ran `_calibrate`'s builds and maps
+    (about a sixth of a fresh node's CPU in its first study)."""
     for name in names:
         globals()[name] = functools.lru_cache(maxsize=1024)(globals()[name])
 

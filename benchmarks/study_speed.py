@@ -6,10 +6,14 @@ member's node runs as its own process on a loopback port with mutual TLS (as `br
 demo` and the integration tests start them), and the standard effect study runs `--runs`
 times in this process, each with a fresh run id (so every query is a real release, nothing
 replayed). Printed per run: wall seconds, coordinator CPU seconds and their ratio (the share
-of the wall time the coordinator is busy), and the node processes' CPU seconds together
-(on two cores, nodes' CPU / 2 is a floor for the wall time); then the median. `--profile FILE` writes a
-cProfile of the last run (read it with `python -m pstats FILE`, `sort cumulative`).
-Everything shares the machine's cores: check the load (`uptime`) before trusting a figure.
+of the wall time the coordinator is busy), the node processes' CPU seconds together, the
+floor (coordinator and nodes' CPU over the machine's cores: no schedule finishes sooner on
+an otherwise idle machine) and the 1-minute load average; then the medians. `--profile FILE`
+writes a cProfile of the last run's study thread to FILE and of the client's event-loop
+thread (gRPC calls, decoding the answers) to FILE.loop, both in CPU time (read them with
+`python -m pstats FILE`, `sort cumulative`). Everything shares the machine's cores: CPU
+seconds are the trustworthy figures while others run; check the load before trusting a wall
+time.
 
 Usage: python benchmarks/study_speed.py [--members 25] [--runs 3] [--profile study.prof]
 """
@@ -22,11 +26,14 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bridgestat.coordinator import local, study, synth
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.studyfile import load_study
+
+CORES = os.cpu_count() or 1
 
 
 def nodes_cpu(pids: list[int]) -> float:
@@ -38,16 +45,30 @@ def nodes_cpu(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _run_once(net: Network, out: Path, profile: cProfile.Profile | None,
+def _run_once(net: Network, out: Path, profile: Path | None,
               pids: list[int]) -> tuple[float, float, float]:
     standard = load_study(study.STANDARD_STUDY)
+    main, loop = cProfile.Profile(time.process_time), cProfile.Profile(time.process_time)
     wall, cpu, nodes = time.perf_counter(), time.process_time(), nodes_cpu(pids)
     if profile is not None:
-        profile.enable()
+        _on_loop(net, loop.enable)
+        main.enable()
     study.run(standard, net, out, echo=lambda _: None)
     if profile is not None:
-        profile.disable()
-    return time.perf_counter() - wall, time.process_time() - cpu, nodes_cpu(pids) - nodes
+        main.disable()
+        _on_loop(net, loop.disable)
+    figures = time.perf_counter() - wall, time.process_time() - cpu, nodes_cpu(pids) - nodes
+    if profile is not None:
+        main.dump_stats(profile)
+        loop.dump_stats(profile.with_name(profile.name + ".loop"))
+    return figures
+
+
+def _on_loop(net: Network, call: Callable[[], object]) -> None:
+    """Run `call` on the client's event-loop thread (a profiler is enabled per thread)."""
+    async def run() -> None:
+        call()
+    net._wait(run())  # the benchmark reaches into the client on purpose
 
 
 def main() -> None:
@@ -65,25 +86,26 @@ def main() -> None:
         processes = local.start_nodes(members, root, timeout=600)
         try:
             with Network.from_file(root / "network.yaml", timeout=60) as net:
-                walls, cpus = [], []
+                walls, cpus, all_nodes = [], [], []
                 for i in range(args.runs):
                     last = i == args.runs - 1
-                    profile = cProfile.Profile() if args.profile and last else None
-                    wall, cpu, nodes = _run_once(net, root / f"run-{i}", profile,
+                    wall, cpu, nodes = _run_once(net, root / f"run-{i}",
+                                                 args.profile if last else None,
                                                  [p.pid for p in processes])
                     size = (root / f"run-{i}" / "results.json").stat().st_size
                     print(f"run {i + 1}: wall {wall:.2f} s, coordinator CPU {cpu:.2f} s "
                           f"({cpu / wall:.0%} of wall), nodes' CPU {nodes:.2f} s (all "
-                          f"{args.members}), results.json {size / 1e6:.1f} MB")
+                          f"{args.members}), floor {(cpu + nodes) / CORES:.2f} s, "
+                          f"results.json {size / 1e6:.1f} MB, load {os.getloadavg()[0]:.2f}")
                     walls.append(wall)
                     cpus.append(cpu)
-                    if profile is not None:
-                        profile.dump_stats(args.profile)
+                    all_nodes.append(nodes)
         finally:
             local.stop_nodes(processes)
     print(f"median of {args.runs}: wall {statistics.median(walls):.2f} s (target <= 4 s for "
-          f"25 members), coordinator CPU {statistics.median(cpus):.2f} s; "
-          f"{args.members} members, mutual TLS")
+          f"25 members), coordinator CPU {statistics.median(cpus):.2f} s, nodes' CPU "
+          f"{statistics.median(all_nodes):.2f} s; {args.members} members, mutual TLS, "
+          f"{CORES} cores")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -180,21 +180,21 @@ class AsyncNetwork:
         self._check_open()
         key = key or uuid.uuid4().hex
         request = pb.RunQueryRequest(idempotency_key=key, query=query_to_pb(query))
+        decoded: dict[int, MemberRelease | PoolingError] = {}  # by id of the reply (kept)
 
         async def call(stub: pb_grpc.NodeServiceStub, timeout: float) -> pb.RunQueryResponse:
             reply: pb.RunQueryResponse = await stub.RunQuery(request, timeout=timeout)
+            decoded[id(reply)] = _decoded(query, reply)  # while slower members still answer
             return reply
         outcomes = await self._fanout.call_all(call, self.timeout)
         releases: dict[str, MemberRelease] = {}
         failures = {o.member: o for o in outcomes if isinstance(o, Failure)}
         for outcome in outcomes:
             if isinstance(outcome, Success):
-                try:
-                    release = release_from_pb(outcome.value)
-                    check_release(query, release)
-                except PoolingError as exc:  # a member answering garbage fails alone
+                release = decoded[id(outcome.value)]
+                if isinstance(release, PoolingError):  # a member answering garbage fails alone
                     failures[outcome.member] = Failure(outcome.member, "INVALID_RESPONSE",
-                                                       f"malformed release: {exc}")
+                                                       f"malformed release: {release}")
                     continue
                 releases[outcome.member] = release
         self._record(failures)
@@ -214,6 +214,16 @@ class AsyncNetwork:
         result = await self._secure_driver.run(query, key, hook=hook)
         self._record({m: Failure(m, "SECURE_DROPPED", why) for m, why in result.dropped.items()})
         return result
+
+
+def _decoded(query: Query, reply: pb.RunQueryResponse) -> MemberRelease | PoolingError:
+    """A member's release, checked against its query, or why it is malformed."""
+    try:
+        release = release_from_pb(reply)
+        check_release(query, release)
+    except PoolingError as exc:
+        return exc
+    return release
 
 
 def _from_file(path: str | Path, insecure: bool, witness: Path | None) -> dict[str, Any]:

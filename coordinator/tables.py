@@ -18,7 +18,7 @@ on comparison, and it is left out of NETWORK.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -622,7 +622,7 @@ def _row(member: str, group: Group, est: Estimate | None, loss: float | None,
          status: str) -> dict[str, Any]:
     row: dict[str, Any] = {"member": member, **dict(group)}
     fields = ("estimate", "se", "ci_low", "ci_high", "n", "sd", "se_sampling", "se_dp")
-    values = asdict(est) if est is not None else {}
+    values = vars(est) if est is not None else {}  # flat and read only: no asdict copies
     row.update({f: values.get(f) for f in fields})
     row["loss"] = loss
     row["status"] = status

@@ -246,7 +246,9 @@ class Ledger:
     @contextmanager
     def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:
         with self._connect() as db:
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            if getattr(self._local, "durable", None) is not durable:  # once per change
+                db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                self._local.durable = durable
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -271,7 +273,7 @@ class Ledger:
         row = db.execute("SELECT spent FROM period_spent WHERE dataset = ? AND period = ? "
                          "AND label = ?", (self.dataset, self.period.period,
                                            period_label(self.period.period, now))).fetchone()
-        return Loss() if row is None else Loss.decode(row[0])
+        return Loss() if row is None else _decode(row[0])
 
     def _add_to_periods(self, db: sqlite3.Connection, loss: Loss, when: datetime,
                         refund: bool = False) -> None:
@@ -281,13 +283,13 @@ class Ledger:
         rows = db.execute("SELECT period, label, spent FROM period_spent WHERE dataset = ? AND "
                           f"(period, label) IN (VALUES {pairs})",
                           (self.dataset, *(x for item in labels.items() for x in item)))
-        before = {period: Loss.decode(spent) for period, label, spent in rows
+        before = {period: _decode(spent) for period, label, spent in rows
                   if labels[period] == label}
         totals = {period: (before.get(period, Loss()) - loss if refund
                            else before.get(period, Loss()) + loss) for period in PERIODS}
         db.executemany("INSERT OR REPLACE INTO period_spent (dataset, period, label, spent) "
                        "VALUES (?, ?, ?, ?)", [(self.dataset, period, labels[period],
-                                                total.encode())
+                                                _encode(total))
                                                for period, total in totals.items()])
 
     @staticmethod
@@ -316,7 +318,7 @@ class Ledger:
 
     def _spent(self, db: sqlite3.Connection) -> Loss:
         row = db.execute("SELECT spent FROM budget WHERE dataset = ?", (self.dataset,)).fetchone()
-        return Loss.decode(row[0])
+        return _decode(row[0])
 
     def reserve(self, key: str, fingerprint: str, loss: Loss) -> Replay | Reserved:
         """Charge `loss` for `key` atomically, or return the stored release of a retry."""
@@ -327,8 +329,10 @@ class Ledger:
             if row is not None:
                 return self._existing(db, key, fingerprint, row)
             spent = self._spent(db)
-            before, after = spent.epsilon_at(self.delta), (spent + loss).epsilon_at(self.delta)
+            total = spent + loss
+            after = total.epsilon_at(self.delta)
             if after > self.total:
+                before = spent.epsilon_at(self.delta)
                 raise BudgetExhausted(
                     f"budget of dataset {self.dataset!r} exhausted: spent epsilon {before} of "
                     f"{self.total}, this query ({loss}) would bring it to {after} "
@@ -337,7 +341,7 @@ class Ledger:
             if self.period is not None:
                 self._check_period(db, loss, now)
             db.execute("UPDATE budget SET spent = ? WHERE dataset = ?",
-                       ((spent + loss).encode(), self.dataset))
+                       (_encode(total), self.dataset))
             self._add_to_periods(db, loss, now)
             stamp = timestamp(now)
             db.execute("INSERT INTO charge (dataset, query_key, fingerprint, loss, state, owner,"
@@ -438,6 +442,33 @@ class Ledger:
                 return Snapshot(charges, self._spent(db), periods)
             finally:
                 db.execute("COMMIT")
+
+
+_TEXTS: dict[str, Loss] = {}  # a loss's stored text -> the loss (see `_decode`)
+_TEXTS_MAX = 4096
+
+
+def _decode(text: str) -> Loss:
+    """`Loss.decode`, remembered: the running totals this process wrote are read back by the
+    next query, and parsing exact fractions from text is slow. The text is an exact
+    encoding, so the same text is always the same loss."""
+    loss = _TEXTS.get(text)
+    if loss is None:
+        loss = Loss.decode(text)
+        _remember(text, loss)
+    return loss
+
+
+def _encode(loss: Loss) -> str:
+    text = loss.encode()
+    _remember(text, loss)
+    return text
+
+
+def _remember(text: str, loss: Loss) -> None:
+    if len(_TEXTS) >= _TEXTS_MAX:
+        _TEXTS.clear()
+    _TEXTS[text] = loss
 
 
 # --- backup ----------------------------------------------------------------------------

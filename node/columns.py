@@ -187,7 +187,7 @@ def compact(values: FloatArray) -> npt.NDArray[np.floating[Any]]:
     is taken in float64 (a bound or a change may not fit the small type)."""
     for dtype in (np.float16, np.float32):
         with np.errstate(over="ignore", invalid="ignore"):
-            narrow = values.astype(dtype)
+            narrow: npt.NDArray[np.floating[Any]] = values.astype(dtype)
         if np.array_equal(narrow.astype(np.float64), values, equal_nan=True):
             return narrow
     return np.ascontiguousarray(values)

@@ -24,7 +24,6 @@ import sys
 import traceback
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from bridgestat.node.columns import ColumnStore
@@ -122,7 +121,7 @@ def main() -> int:
                       "problem": exc.problem})
     except DataError as exc:
         _answer(out, {"outcome": "data", "message": str(exc)})
-    except Exception as exc:  # anything else: named, never a silent crash of the node
+    except Exception as exc:  # noqa: BLE001  # anything else: named, never a bare crash
         traceback.print_exc()
         _answer(out, {"outcome": "crash", "message": f"{type(exc).__name__}: {exc}"})
     return 0

@@ -7,8 +7,8 @@ against the data matrix, ledger and audit log) is printed beside them. The queri
 node's caches: a mean, a histogram, a paired change, a transition table and a quantile.
 The last columns say whether pandas' or Arrow's extension modules are mapped into the node
 after the queries: the serving process never imports pandas (its data are loaded and checked
-in a child process, node/loader.py), nor Arrow. Start-up CPU is the serving process's own
-(user + system, from /proc; the loader child's is not in it): a figure that load on a shared
+in a child process, node/loader.py), nor Arrow. Start-up CPU is the serving process's own and,
+beside it, its loader child's (user + system, from /proc): figures that load on a shared
 machine does not inflate the way it inflates wall time. The load average is printed beside.
 Usage: python benchmarks/node_memory.py [--sizes 10000 100000 1000000]
 """
@@ -41,10 +41,13 @@ def mapped(pid: int, marker: str) -> str:
     return "yes" if marker in Path(f"/proc/{pid}/maps").read_text() else "no"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU time of a process so far and of its children it waited for (the
+    loader process), from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return ((int(fields[11]) + int(fields[12])) / tick,
+            (int(fields[13]) + int(fields[14])) / tick)
 
 
 def query_round(net: Network) -> None:
@@ -67,7 +70,7 @@ def measure(n: int, workdir: Path) -> str:
     [process] = local.start_nodes([member], root, timeout=START_TIMEOUT)
     try:
         ready = time.perf_counter() - started
-        cpu = cpu_seconds(process.pid)
+        cpu, loader = cpu_seconds(process.pid)
         time.sleep(2)  # let start-up garbage settle
         idle, _ = rss_mib(process.pid)
         with Network.from_file(root / "network.yaml", timeout=120) as net:
@@ -79,16 +82,16 @@ def measure(n: int, workdir: Path) -> str:
     finally:
         local.stop_nodes([process])
     load = os.getloadavg()[0]
-    return (f"{n:>12,} | {ready:7.1f} | {cpu:5.2f} | {idle:8.0f} | {busy:17.0f} | "
-            f"{peak:8.0f} | {pandas:6} | {arrow:5} | {load:4.1f}")
+    return (f"{n:>12,} | {ready:7.1f} | {cpu:5.2f} | {loader:8.2f} | {idle:8.0f} | "
+            f"{busy:17.0f} | {peak:8.0f} | {pandas:6} | {arrow:5} | {load:4.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
-    print("participants | start s | CPU s | idle MiB | after queries MiB | peak MiB | pandas "
-          "| Arrow | load")
+    print("participants | start s | CPU s | loader s | idle MiB | after queries MiB | peak MiB "
+          "| pandas | Arrow | load")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             print(measure(n, Path(tmp)), flush=True)

@@ -55,9 +55,11 @@ def load_columns(data: DataConfig, schema: Schema, origin: str = "(config)") -> 
     try:
         outcome: dict[str, Any] = json.loads(header)
     except ValueError:
+        ended = (f"was killed by signal {-done.returncode} (out of memory?)"
+                 if done.returncode < 0 else f"ended with exit code {done.returncode}")
         raise DataError(f"loading the data ({origin}: data) failed: the loader process "
-                        f"ended with exit code {done.returncode} and no answer (its "
-                        "messages are in the node's log above)") from None
+                        f"{ended} without an answer (its messages are in the node's log "
+                        "above)") from None
     return _result(outcome, payload)
 
 

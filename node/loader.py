@@ -49,7 +49,9 @@ def load_columns(data: DataConfig, schema: Schema, origin: str = "(config)") -> 
     """The member's checked data as numpy columns, loaded in a child process; raises what
     `sources.load` raises (ConfigError, DataError) and logs the same warnings."""
     request = pickle.dumps(Request(data, schema, origin))
-    done = subprocess.run([sys.executable, "-m", MODULE], input=request,
+    # -P: the working directory is not put on the child's sys.path (nothing there can
+    # stand in for the node's modules)
+    done = subprocess.run([sys.executable, "-P", "-m", MODULE], input=request,
                           stdout=subprocess.PIPE, check=False)
     header, _, payload = done.stdout.partition(b"\n")
     try:

@@ -8,7 +8,8 @@ node's caches: a mean, a histogram, a paired change, a transition table and a qu
 The last columns say whether pandas' or Arrow's extension modules are mapped into the node
 after the queries: the serving process never imports pandas (its data are loaded and checked
 in a child process, node/loader.py), nor Arrow. Start-up CPU is the serving process's own and,
-beside it, its loader child's (user + system, from /proc): figures that load on a shared
+beside it, its loader child's (user + system, from /proc), and the loader's peak RSS (from
+the node's `data_loaded` log line; ? for a node without one): figures that load on a shared
 machine does not inflate the way it inflates wall time. The load average is printed beside.
 Usage: python benchmarks/node_memory.py [--sizes 10000 100000 1000000]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +41,12 @@ def rss_mib(pid: int) -> tuple[float, float]:
 def mapped(pid: int, marker: str) -> str:
     """'yes' if a file whose path contains `marker` is mapped into the process."""
     return "yes" if marker in Path(f"/proc/{pid}/maps").read_text() else "no"
+
+
+def loader_peak_mib(log: Path) -> str:
+    """The loader process's peak RSS, from the node's `data_loaded` log line."""
+    found = re.search(r"loader process peak (\d+) MiB", log.read_text(errors="replace"))
+    return found.group(1) if found else "?"
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -78,12 +86,14 @@ def measure(n: int, workdir: Path) -> str:
                 query_round(net)
         busy, peak = rss_mib(process.pid)
         pandas = mapped(process.pid, "/pandas/_libs/")
+        loader_peak = loader_peak_mib(root / f"{member.name}.log")
         arrow = mapped(process.pid, "libarrow")
     finally:
         local.stop_nodes([process])
     load = os.getloadavg()[0]
     return (f"{n:>12,} | {ready:7.1f} | {cpu:5.2f} | {loader:8.2f} | {idle:8.0f} | "
-            f"{busy:17.0f} | {peak:8.0f} | {pandas:6} | {arrow:5} | {load:4.1f}")
+            f"{busy:17.0f} | {peak:8.0f} | {loader_peak:>15} | {pandas:6} | {arrow:5} | "
+            f"{load:4.1f}")
 
 
 def main() -> None:
@@ -91,7 +101,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args()
     print("participants | start s | CPU s | loader s | idle MiB | after queries MiB | peak MiB "
-          "| pandas | Arrow | load")
+          "| loader peak MiB | pandas | Arrow | load")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             print(measure(n, Path(tmp)), flush=True)

@@ -9,7 +9,8 @@ read with `allow_pickle=False`). Nothing goes over the network and nothing of th
 data is written to disk. The child reads and checks exactly as `sources.load` does; its
 outcome comes back as what `sources.load` would raise in the serving process: a
 ConfigError naming the file and key, a DataError listing the problems, and the warnings
-of servable data logged there as before. The child's stderr is the parent's (with
+of servable data logged there as before; a line with the rows loaded and the loader's
+peak memory follows (event `data_loaded`). The child's stderr is the parent's (with
 `log_format: json`, the pipe that turns every line into a JSON object).
 """
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import pickle
+import resource
 import subprocess
 import sys
 import traceback
@@ -34,6 +36,7 @@ from bridgestat.node.schema import Schema
 MODULE = "bridgestat.node.loader"
 # sources.servable_data logs the warnings of servable data under this logger's name
 DATA_LOGGER = "bridgestat.node.data"
+log = logging.getLogger("bridgestat.node")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,13 @@ def _result(outcome: dict[str, Any], payload: bytes) -> ColumnStore:
     if outcome.get("warnings"):
         logging.getLogger(DATA_LOGGER).warning("the data in %s is served with warnings:\n%s",
                                                outcome["where"], outcome["warnings"])
-    return ColumnStore.load(BytesIO(payload))
+    store = ColumnStore.load(BytesIO(payload))
+    rows = {name: len(table) for name, table in store.tables.items()}
+    log.info("data loaded from %s: %s; loader process peak %d MiB", outcome["where"],
+             ", ".join(f"{name} {n:,} rows" for name, n in rows.items()),
+             outcome["peak_mib"], extra={"event": "data_loaded", "rows": rows,
+                                         "loader_peak_mib": outcome["peak_mib"]})
+    return store
 
 
 # --------------------------------------------------------------------------- the child
@@ -102,8 +111,9 @@ def _load(request: Request, out: BinaryIO) -> None:
     buffer = BytesIO()
     store.save(buffer)
     warnings = report.format() if report.warning_count else ""
-    _answer(out, {"outcome": "ok", "where": where, "warnings": warnings},
-            buffer.getbuffer())
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux: KiB
+    _answer(out, {"outcome": "ok", "where": where, "warnings": warnings,
+                  "peak_mib": peak_mib}, buffer.getbuffer())
 
 
 def _answer(out: BinaryIO, outcome: dict[str, Any], payload: bytes | memoryview = b"") -> None:

@@ -127,9 +127,13 @@ def test_the_loader_logs_the_warnings_of_servable_data(
     config = load_config(_member(tmp_path, size=120).config)
     assert config.data.path is not None
     _edit(config.data.path, "assessment", 0, "bridge_total", "140")  # above 100: clipped
-    with caplog.at_level(logging.WARNING, logger="bridgestat.node.data"):
+    with caplog.at_level(logging.INFO):
         columns = load_columns(config.data, config.schema(), config.source)
     assert columns.n_participants == 120
     [record] = [r for r in caplog.records if r.name == "bridgestat.node.data"]
+    assert record.levelno == logging.WARNING
     assert "served with warnings" in record.getMessage()
     assert "bridge_total" in record.getMessage() and "'140'" in record.getMessage()
+    [loaded] = [r for r in caplog.records if getattr(r, "event", None) == "data_loaded"]
+    assert getattr(loaded, "rows", {})["participant"] == 120
+    assert getattr(loaded, "loader_peak_mib", 0) > 0

@@ -35,12 +35,12 @@ from bridgestat.node.engine import Engine
 from bridgestat.node.errors import ConfigError
 from bridgestat.node.frames import Frames
 from bridgestat.node.ledger import Ledger
+from bridgestat.node.loader import load_columns
 from bridgestat.node.loss import Epsilon
 from bridgestat.node.metrics import MetricsServer, NodeMetrics
 from bridgestat.node.policy import load_policy
 from bridgestat.node.secure_service import secure_node
 from bridgestat.node.service import NodeServer, build_node_server
-from bridgestat.node.sources import load as load_data
 from bridgestat.node.tls import ServerTls, load_server_tls
 
 log = logging.getLogger("bridgestat.node")
@@ -50,10 +50,12 @@ EXPIRY_CHECK_SECONDS = 86_400.0  # how often a serving node logs its certificate
 
 def open_engine(config: NodeConfig) -> Engine:
     """Read the policy, load and check the member's data, open the ledger and the audit
-    log; raise on any problem (a ConfigError naming the file and key)."""
+    log; raise on any problem (a ConfigError naming the file and key). The data are read
+    and checked in a child process (`node/loader.py`) and arrive as numpy columns: the
+    serving process never imports pandas."""
     schema = config.schema()
     policy = load_policy(config, schema)  # before the data: a bad policy file fails fast
-    data = load_data(config.data, schema, config.source)
+    columns = load_columns(config.data, schema, config.source)
     try:
         ledger = Ledger(config.ledger_path, config.budget.dataset,
                         Epsilon.of(policy.total_epsilon), config.budget.delta,
@@ -62,18 +64,15 @@ def open_engine(config: NodeConfig) -> Engine:
         raise ConfigError(config.source, "ledger",
                           f"cannot open ledger {config.ledger_path}: {exc}") from exc
     audit = open_audit(config)
-    engine = Engine(config.node_id, schema, Frames(dict(data.tables), schema), ledger, policy,
-                    audit)
-    del data
+    engine = Engine(config.node_id, schema, Frames(columns, schema), ledger, policy, audit)
     release_free_memory()
     return engine
 
 
 def release_free_memory() -> None:
-    """Give the memory freed after loading back to the system. Parsing goes through Arrow
-    (mimalloc) and glibc malloc, which both keep freed pages; without this an idle node of
-    100,000 participants holds 791 MiB instead of 366 MiB (benchmarks/node_memory.py).
-    Arrow's pool only if a source loaded Arrow (Parquet): importing it costs 50 MiB."""
+    """Give the memory freed after loading back to the system: glibc malloc keeps freed
+    pages (the loader's answer is read into memory, then converted). Arrow's pool only if
+    this process loaded Arrow (a test that imported it; the serving node never does)."""
     arrow = sys.modules.get("pyarrow")
     if arrow is not None:
         arrow.default_memory_pool().release_unused()

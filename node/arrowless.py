@@ -1,4 +1,6 @@
-"""pandas without Apache Arrow in the `bridgestat-node` program, which never needs it there.
+"""pandas without Apache Arrow where the node reads data: `bridgestat-node check` and the
+loader process that `serve` starts (node/loader.py; the serving process never imports
+pandas at all).
 
 pandas 3 imports pyarrow and pyarrow.compute whenever pyarrow is installed, to back its
 string columns; in a node that costs about 60 MiB at start-up and Arrow's memory pool keeps
@@ -9,11 +11,11 @@ directly (`sources.read_parquet_folder`), so pyarrow is loaded only for a Parque
 pandas treats a pyarrow that cannot be imported as not installed (its documented optional
 dependency; strings are then stored as Python objects, with the same values and results),
 and Python's import system refuses a module whose `sys.modules` entry is None. Importing
-pandas that way (`import_pandas_without_arrow`, called by `bridgestat-node`'s `main()` once
-the arguments are parsed, so `--help` stays free of pandas) removes the entry again at once.
-Only the `bridgestat-node` program does this: a process that merely imports the node's
-modules (tests, a notebook) keeps its pandas as it is, with Arrow (`to_parquet` in the tests
-needs it).
+pandas that way (`import_pandas_without_arrow`, called by `bridgestat-node check` once the
+arguments are parsed, so `--help` stays free of pandas, and first thing in the loader
+process) removes the entry again at once. A process that merely imports the node's modules
+(tests, a notebook) keeps its pandas as it is, with Arrow (`to_parquet` in the tests needs
+it).
 """
 
 from __future__ import annotations

@@ -334,8 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from bridgestat.node import arrowless
 
-    if argv is None and arrowless.is_node_program():  # the program, not a test calling main
-        arrowless.import_pandas_without_arrow()  # first, before any node module: -60 MiB
+    # `check` reads the data with pandas, here without Arrow (-60 MiB); `serve` never
+    # imports pandas (its data are loaded in a child process, node/loader.py)
+    if argv is None and args.func is _check and arrowless.is_node_program():
+        arrowless.import_pandas_without_arrow()  # first, before any node module
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -4,6 +4,8 @@ A histogram's cells are the public categories or bins, then MISSING (participant
 value, or without one of the two occasions of a paired histogram). A paired histogram of a
 category names its cells `transition(before, after)`; of a number without bins, SIGN_LABELS.
 A mean's (and paired change's) values are COUNT, SUM and SUM_SQUARES; a count's is COUNT.
+A mean split by presence at a follow-up occasion (attrition) has the group column PRESENCE
+with the cells PRESENT and ABSENT, after any group-by columns.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ ARROW = " -> "
 DECREASED, UNCHANGED, INCREASED = "decreased", "unchanged", "increased"
 SIGN_LABELS = (DECREASED, UNCHANGED, INCREASED)
 COUNT, SUM, SUM_SQUARES = "count", "sum", "sum_squares"
+PRESENCE = "(follow-up)"  # not a column name: schema columns are identifiers
+PRESENT, ABSENT = "present", "absent"
+PRESENCE_CELLS = (PRESENT, ABSENT)
 
 
 def transition(before: str, after: str) -> str:

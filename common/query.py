@@ -76,3 +76,5 @@ class Query:
     rho: float = 0.0  # zCDP loss of a cross_products query (its epsilon is then 0)
     quantile: float = 0.0  # for quantile: in (0, 1); candidates are bin_edges
     terms: tuple[Term, ...] = ()  # for cross_products: regressors, then the response
+    # for a mean: cells of those with / without a value at this occasion (attrition)
+    split_by_presence: Occasion | None = None

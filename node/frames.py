@@ -106,6 +106,13 @@ class Frames:
             codes = np.where(np.isnan(change), -1, binned)
         return base.assign(_value=codes.astype(np.int64))
 
+    def _present(self, frame: pd.DataFrame, table_name: str, occ: Occasion, column: str
+                 ) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """Per row of `frame`: whether the participant has a value of `column` at `occ`
+        (the occasion picked as for any query), i.e. would be in a paired change to it."""
+        at = self._occasion(table_name, occ)[column]
+        return at.reindex(frame.index).notna().to_numpy(dtype=bool)
+
     def _base(self, table: TableSpec, occasion: Occasion) -> pd.DataFrame:
         """The participants a cross-products query starts from (filters see these rows)."""
         return self.participants if not table.has_occasions else self._joined(table.name,
@@ -160,10 +167,14 @@ class Frames:
     def cells(self, plan: Plan) -> Iterator[CellRows]:
         frame = _filtered(self.rows(plan), plan)
         values = _measured(frame, plan)
-        if not plan.query.group_by:
+        split = plan.query.split_by_presence
+        if not plan.query.group_by and split is None:
             yield CellRows((), values, len(frame))
             return
         keys = _group_keys(frame, plan)
+        if split is not None:  # the presence cell is the last axis of plan.cells
+            absent = ~self._present(frame, plan.table.name, split, value_column(plan))
+            keys = np.where(keys < 0, -1, keys * 2 + absent)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         for index, group in enumerate(plan.cells):

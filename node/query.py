@@ -49,6 +49,7 @@ class QuerySpec:
     rho: float = 0.0  # zCDP loss, for Gaussian releases (cross products) instead of epsilon
     quantile: float = 0.0  # for QUANTILE: in (0, 1)
     terms: tuple[Term, ...] = ()  # for CROSS_PRODUCTS: regressors, then the response
+    split_by_presence: Occasion | None = None  # MEAN: cells present / absent (attrition)
 
     @classmethod
     def of(cls, query: Query) -> QuerySpec:
@@ -64,7 +65,8 @@ class QuerySpec:
                    epsilon=query.epsilon, filters=filters, group_by=tuple(query.group_by),
                    occasion=query.occasion, baseline=query.baseline,
                    bin_edges=tuple(query.bin_edges), clip=query.clip, rho=query.rho,
-                   quantile=query.quantile, terms=tuple(query.terms))
+                   quantile=query.quantile, terms=tuple(query.terms),
+                   split_by_presence=query.split_by_presence)
 
     def shared(self) -> Query:
         """The shared query value (what goes back on the wire with an answer)."""
@@ -76,7 +78,8 @@ class QuerySpec:
                                   if isinstance(f, RangeFilter)),
                      group_by=self.group_by, occasion=self.occasion, baseline=self.baseline,
                      bin_edges=self.bin_edges, clip=self.clip, rho=self.rho,
-                     quantile=self.quantile, terms=self.terms)
+                     quantile=self.quantile, terms=self.terms,
+                     split_by_presence=self.split_by_presence)
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""
@@ -91,4 +94,6 @@ def query_doc(query: QuerySpec) -> dict[str, Any]:
     doc = asdict(query)
     doc["statistic"] = query.statistic.value
     doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in query.filters]
+    if query.split_by_presence is None:  # absent, so earlier queries keep their fingerprint
+        del doc["split_by_presence"]
     return doc

@@ -225,9 +225,11 @@ def _attrition_rows(member: str, loss: float | None, status: str,
     cells = [[release.mean_stats(cell) for a in answers for release, cell in a.pairs()[i:i + 1]]
              for i in range(len(PRESENCE_CELLS))]
     found: list[Estimate | str] = []
+    mean = pooling.pooled_mean if member == NETWORK else \
+        (lambda stats: pooling.member_mean(stats[0]))
     for stats in cells:
         try:
-            found.append(pooling.pooled_mean(stats))
+            found.append(mean(stats))
         except PoolingError as exc:
             found.append(f"not estimable: {exc}")
     present, absent = found

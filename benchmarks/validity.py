@@ -67,6 +67,21 @@ are exact, and the member mix is known):
 Rows marked "no DP" use the same estimate with the DP variance left out (se_sampling, or the
 fixed effect weighted by sampling variances only, or the textbook OLS SE): a contrast, no target.
 
+Two further parts (issue 15), each from its own seeded stream ([seed, r, 1] and [seed, r, 2]),
+so `--parts attrition,optimised` runs them alone with the same data:
+- attrition: the model with follow-up 0.65 and the intake bridge_total of completers shifted
+  by +5 (0.35 * 5 up, leavers 0.65 * 5 down: `Model.attrition_shift`), so completers minus
+  leavers at intake is exactly 5 at every member and in the network; queried as the
+  `attrition_epsilon` of a paired change sends it (intake mean split by presence at 12 months,
+  schema bounds [0, 100]) at epsilon_small, with 5 members of 40 and K members of the main
+  sizes; the NETWORK difference of the coordinator's attrition table.
+- optimised budgets: the pooled intake ratio mean and the pooled mean change at the losses
+  `planning.optimise` chooses per member for unequal budgets (member j may spend
+  2 epsilon_small (0.5 .. 1.5) on the two; planning inputs the expected sizes and the
+  planner's default guesses), once with the node's split of a mean's loss and once with the
+  planner's split, applied in the node's own mechanisms (`SplitNode`: a query cannot carry a
+  split); 5 members of 40 and K of the main sizes. Truths as for the main network.
+
 Oracle (statistics.md): RMSE of a pooled mean with N records, per-member budget e_k and half
 width H: sqrt(sigma^2 / N + sum_k 2 (H / e_k)^2 / N^2); here e_k is the epsilon the member spends
 on the whole mean query (count, sum and sum of squares), H = 1, sigma the population SD, and N
@@ -776,8 +791,7 @@ def optimised_networks(rng: np.random.Generator, settings: Settings, folder: Pat
             out += from_estimate(f"{name}{variant}_mean", truth.mean,
                                  partial(pooling.pooled_mean, ratio), contrast=False)
             out += from_estimate(f"{name}{variant}_change", truth.change,
-                                 lambda s=change: pooling.pooled_change(s).change,
-                                 contrast=False)
+                                 partial(pooling.pooled_mean, change), contrast=False)
     return out
 
 

@@ -67,6 +67,21 @@ are exact, and the member mix is known):
 Rows marked "no DP" use the same estimate with the DP variance left out (se_sampling, or the
 fixed effect weighted by sampling variances only, or the textbook OLS SE): a contrast, no target.
 
+Two further parts (issue 15), each from its own seeded stream ([seed, r, 1] and [seed, r, 2]),
+so `--parts attrition,optimised` runs them alone with the same data:
+- attrition: the model with follow-up 0.65 and the intake bridge_total of completers shifted
+  by +5 (0.35 * 5 up, leavers 0.65 * 5 down: `Model.attrition_shift`), so completers minus
+  leavers at intake is exactly 5 at every member and in the network; queried as the
+  `attrition_epsilon` of a paired change sends it (intake mean split by presence at 12 months,
+  schema bounds [0, 100]) at epsilon_small, with 5 members of 40 and K members of the main
+  sizes; the NETWORK difference of the coordinator's attrition table.
+- optimised budgets: the pooled intake ratio mean and the pooled mean change at the losses
+  `planning.optimise` chooses per member for unequal budgets (member j may spend
+  2 epsilon_small (0.5 .. 1.5) on the two; planning inputs the expected sizes and the
+  planner's default guesses), once with the node's split of a mean's loss and once with the
+  planner's split, applied in the node's own mechanisms (`SplitNode`: a query cannot carry a
+  split); 5 members of 40 and K of the main sizes. Truths as for the main network.
+
 Oracle (statistics.md): RMSE of a pooled mean with N records, per-member budget e_k and half
 width H: sqrt(sigma^2 / N + sum_k 2 (H / e_k)^2 / N^2); here e_k is the epsilon the member spends
 on the whole mean query (count, sum and sum of squares), H = 1, sigma the population SD, and N
@@ -97,7 +112,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import special, stats
 
-from bridgestat.coordinator import pooling
+from bridgestat.coordinator import planning, pooling
 from bridgestat.coordinator import query as coordinator_query
 from bridgestat.coordinator.meta import MetaError, Pooled, meta_analysis
 from bridgestat.coordinator.pooling import Z95, Estimate, PoolingError
@@ -106,11 +121,13 @@ from bridgestat.coordinator.synth import PAID_WORK
 from bridgestat.coordinator.tables import (
     NETWORK,
     QueryResult,
+    attrition_table,
     compare_table,
     cross_products,
     proportion_table,
 )
 from bridgestat.coordinator.wire import MemberRelease, release_from_pb
+from bridgestat.node import mechanisms
 from bridgestat.node.engine import Engine
 from bridgestat.node.frames import Frames
 from bridgestat.node.ledger import Ledger
@@ -157,6 +174,7 @@ class Settings:
     epsilon_small: float = 0.3  # the small networks: paired change only (d_z flag, tau2)
     pilot: tuple[int, float] = (2, 150.0)  # members, participants each
     tiny: tuple[int, float] = (5, 40.0)
+    parts: tuple[str, ...] = ("main", "attrition", "optimised")  # which networks to simulate
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,7 @@ class Model:
     paid_mm: float = 0.35
     paid_comparison: float = 0.25
     paid_spread: float = 0.08
+    attrition_shift: float = 0.0  # intake bridge: completers minus non-completers (0: MCAR)
 
     def check(self) -> None:
         """Raise unless no generated value can reach a clip (else the truths are not exact)."""
@@ -194,6 +213,9 @@ class Model:
             raise ValueError("changes could be clipped")
         if self.sessions_max > SESSIONS_CLIP[1]:
             raise ValueError("sessions could be clipped")
+        shift = abs(self.attrition_shift)
+        if not (0 <= self.intake[2] - shift and self.intake[3] + shift <= 100):
+            raise ValueError("shifted intake scores could be clipped")
 
     @property
     def sessions_variance(self) -> float:
@@ -283,6 +305,8 @@ def member_tables(draw: MemberDraw, rng: np.random.Generator, model: Model = MOD
     p_paid = np.where(comparison, model.paid_comparison, model.paid_mm) + draw.paid_shift
     work = _work_codes(rng.random(n) < p_paid, rng)
     followed = rng.random(n) < model.follow_up
+    # selective attrition (no extra draw): completers up, the others down, mean unchanged
+    intake = intake + model.attrition_shift * (followed - model.follow_up)
     month = rng.integers(10, 15, n).astype(np.float64)
     participant = pd.DataFrame({
         "participant_id": ids,
@@ -393,10 +417,11 @@ class SimulatedNode(Engine):
         return shared_plan(query)
 
 
-def open_engine(name: str, tables: dict[str, pd.DataFrame], folder: Path) -> Engine:
+def open_engine(name: str, tables: dict[str, pd.DataFrame], folder: Path,
+                node: type[SimulatedNode] = SimulatedNode) -> Engine:
     """A fresh node over `tables` with its own ledger in `folder`."""
     ledger = Ledger(folder / f"{name}.sqlite", f"{name}-simulated", LEDGER_TOTAL, POLICY.delta)
-    return SimulatedNode(name, SCHEMA, Frames(tables, SCHEMA), ledger, POLICY)
+    return node(name, SCHEMA, Frames(tables, SCHEMA), ledger, POLICY)
 
 
 def ask(engine: Engine, key: str, query: QuerySpec) -> MemberRelease:
@@ -415,12 +440,12 @@ class Released:
 
 
 def run_members(draws: Sequence[MemberDraw], asked: dict[str, QuerySpec], prefix: str,
-                rng: np.random.Generator, folder: Path) -> Released:
+                rng: np.random.Generator, folder: Path, model: Model = MODEL) -> Released:
     """Generate each member's data, open its node and ask every query."""
     out: dict[str, list[MemberRelease]] = {name: [] for name in asked}
     sizes: list[int] = []
     for k, draw in enumerate(draws):
-        tables = member_tables(draw, rng)
+        tables = member_tables(draw, rng, model)
         sizes.append(len(tables["participant"]))
         engine = open_engine(f"{prefix}{k}", tables, folder)
         for name, query in asked.items():
@@ -624,6 +649,152 @@ def small_networks(rng: np.random.Generator, settings: Settings, folder: Path
     return out
 
 
+# --------------------------------------------------------------------------- attrition
+
+
+ATTRITION_MODEL = replace(MODEL, follow_up=0.65, attrition_shift=5.0)
+"""Selective attrition: 35 % leave before 12 months (so a member of 40 has ~14 leavers), and
+the intake Bridge score of completers is 5 points above that of leavers at every member."""
+
+
+def attrition_query(epsilon: float) -> QuerySpec:
+    """What the `attrition_epsilon` of a paired change sends: the intake mean of bridge_total
+    (the schema's bounds [0, 100]) split by presence at 12 months."""
+    return QuerySpec(Statistic.MEAN, "assessment", "bridge_total", epsilon, occasion=INTAKE,
+                     split_by_presence=TWELVE_MONTHS)
+
+
+def attrition_outcomes(key: str, releases: Sequence[MemberRelease], truth: float
+                       ) -> list[Outcome]:
+    """NETWORK present minus absent from the coordinator's attrition table (with the DP
+    terms), and the same estimate +- z se_sampling as the contrast."""
+    query = coordinator_query.Query("mean", "assessment", "bridge_total", occasion=INTAKE,
+                                    split_by_presence=TWELVE_MONTHS)
+    frame = attrition_table(query_result(query, releases))
+    found = network_row(key, truth, frame, cell="difference")
+    if found.estimate is None:
+        return [found, Outcome(f"{key}_nodp", truth)]
+    row = frame[(frame.member == NETWORK) & (frame.cell == "difference")].iloc[0]
+    return [found, _interval(f"{key}_nodp", truth, found.estimate,
+                             Z95 * float(row.se_sampling))]
+
+
+def attrition_networks(rng: np.random.Generator, settings: Settings, folder: Path
+                       ) -> list[Outcome]:
+    """Completers vs leavers at intake at epsilon_small: members of 40 and the main sizes.
+    Truth: attrition_shift exactly (intake is independent of member and of follow-up before
+    the shift, so each member's and the network's difference is the shift)."""
+    out: list[Outcome] = []
+    asked = {"attrition": attrition_query(settings.epsilon_small)}
+    for name, size in (("attr_tiny", settings.tiny[1]), ("attr", None)):
+        draws = draw_network(rng, settings.tiny[0] if size else settings.members, True)
+        if size:
+            draws = tuple(replace(d, expected_size=size) for d in draws)
+        released = run_members(draws, asked, name, rng, folder, ATTRITION_MODEL)
+        out += attrition_outcomes(name, released.releases["attrition"],
+                                  ATTRITION_MODEL.attrition_shift)
+    return out
+
+
+# --------------------------------------------------------------------------- optimised budgets
+
+
+OPTIMISED = ("income_to_norm_ratio", "bridge_total")  # the pooled mean and the pooled change
+
+
+def optimised_budgets(k: int, epsilon: float) -> tuple[planning.MemberBudget, ...]:
+    """Unequal budgets, `epsilon` per analysis on average: member j may spend
+    2 epsilon (0.5 .. 1.5) on the two auto analyses (the cap never binds)."""
+    return tuple(planning.MemberBudget(2 * epsilon * float(f), cap=POLICY.max_epsilon_per_query,
+                                       delta=POLICY.delta)
+                 for f in np.linspace(0.5, 1.5, k))
+
+
+def optimised_allocation(sizes: Sequence[float], epsilon: float, best_split: bool
+                         ) -> planning.Allocation:
+    """`planning.optimise` for the intake ratio mean and the 12-month change at public
+    sizes (the expected ones) with the planner's default outcome guesses: per member its
+    own losses (unequal budgets); with `best_split` also each mean's split of count, sum
+    and squares (else the node's hand split, which is what a query can ask for today)."""
+    sized = tuple(max(float(n), 2.0) for n in sizes)
+    items = [planning.PlanItem("income_to_norm_ratio", planning.Kind.MEAN, sized,
+                               *RATIO_CLIP),
+             planning.PlanItem("bridge_total", planning.Kind.MEAN, sized, *CHANGE_CLIP)]
+    return planning.optimise(items, optimised_budgets(len(sizes), epsilon),
+                             optimise_split=best_split)
+
+
+def optimised_query(column: str, epsilon: float) -> QuerySpec:
+    """One of the two optimised analyses' queries at one member's loss."""
+    if column == "bridge_total":
+        return replace(change_query(Settings()), epsilon=epsilon)
+    return QuerySpec(Statistic.MEAN, "assessment", column, epsilon, occasion=INTAKE,
+                     clip=RATIO_CLIP)
+
+
+class SplitNode(SimulatedNode):
+    """The node with the optimiser's split of a mean's loss (count : sum : squares) in its own
+    mechanisms (`mechanisms.mean_components`): a query cannot carry a split yet, so the
+    benchmark sets it where the node builds the plan. Charging and releasing are unchanged;
+    the ledger is charged the query's epsilon (the split's shares sum to 1)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.splits: dict[str, mechanisms.MeanSplit] = {}  # by column, set before querying
+
+    def _compile_uncached(self, query: QuerySpec) -> Plan:
+        plan = shared_plan(query)
+        split = self.splits.get(query.column)
+        if split is None:
+            return plan
+        return replace(plan, components=mechanisms.mean_components(
+            (plan.upper - plan.lower) / 2, query.epsilon, split))
+
+
+def _mean_splits(allocation: planning.Allocation, best_split: bool
+                 ) -> dict[str, mechanisms.MeanSplit]:
+    """The allocation's split per column as the node's MeanSplit ({}: the node's own)."""
+    if not best_split:
+        return {}
+    return {c: mechanisms.MeanSplit(s[0].count, s[0].sum, s[0].sum_squares)
+            for c, s in allocation.splits.items()}
+
+
+def optimised_networks(rng: np.random.Generator, settings: Settings, folder: Path
+                       ) -> list[Outcome]:
+    """Pooled intake mean and pooled change at the optimiser's per-member losses
+    (`epsilon_small` per analysis on average, unequal budgets), with the node's split and
+    (`_split`) with the optimiser's, on the same member data: members of 40 and the main
+    sizes."""
+    out: list[Outcome] = []
+    for name, size in (("opt_tiny", settings.tiny[1]), ("opt", None)):
+        draws = draw_network(rng, settings.tiny[0] if size else settings.members, True)
+        if size:
+            draws = tuple(replace(d, expected_size=size) for d in draws)
+        truth = network_truth(draws)
+        sizes = [d.expected_size for d in draws]
+        variants = {v: optimised_allocation(sizes, settings.epsilon_small, v == "_split")
+                    for v in ("", "_split")}
+        stats_by: dict[tuple[str, str], list[pooling.MeanStats]] = {
+            (v, c): [] for v in variants for c in OPTIMISED}
+        for k, draw in enumerate(draws):
+            tables = member_tables(draw, rng)
+            for variant, allocation in variants.items():
+                engine = open_engine(f"{name}{variant}{k}", tables, folder, SplitNode)
+                assert isinstance(engine, SplitNode)
+                engine.splits = _mean_splits(allocation, variant == "_split")
+                for column in OPTIMISED:
+                    query = optimised_query(column, allocation.losses[column][k])
+                    stats_by[variant, column] += mean_stats([ask(engine, column, query)])
+        for variant in variants:
+            ratio, change = stats_by[variant, OPTIMISED[0]], stats_by[variant, OPTIMISED[1]]
+            out += from_estimate(f"{name}{variant}_mean", truth.mean,
+                                 partial(pooling.pooled_mean, ratio), contrast=False)
+            out += from_estimate(f"{name}{variant}_change", truth.change,
+                                 partial(pooling.pooled_mean, change), contrast=False)
+    return out
+
+
 # --------------------------------------------------------------------------- one network
 
 
@@ -637,29 +808,49 @@ class NetworkResult:
 
 def simulate_network(index: int, settings: Settings, workdir: Path | None = None
                      ) -> NetworkResult:
-    """Draw network `index` (seeded), run its nodes, and estimate every quantity."""
+    """Draw network `index` (seeded), run its nodes, and estimate every quantity of the
+    settings' parts. The attrition and optimised-budget networks draw from their own seeded
+    streams, so they are the same whichever other parts run."""
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        folder = Path(tmp)
+        if "main" in settings.parts:
+            outcomes += main_networks(index, settings, folder)
+        for part, (stream, simulate_part) in EXTRA_PARTS.items():
+            if part in settings.parts:
+                rng = np.random.default_rng([settings.seed, index, stream])
+                outcomes += simulate_part(rng, settings, folder)
+    return NetworkResult(index, tuple(outcomes))
+
+
+EXTRA_PARTS: dict[str, tuple[int, Callable[[np.random.Generator, Settings, Path],
+                                           list[Outcome]]]] = {
+    "attrition": (1, attrition_networks), "optimised": (2, optimised_networks)}
+"""Parts beside "main" (the original networks): their own stream number and simulation."""
+PARTS = ("main", *EXTRA_PARTS)
+
+
+def main_networks(index: int, settings: Settings, folder: Path) -> list[Outcome]:
+    """The original networks of one index: main, homogeneous, wide and the small ones."""
     rng = np.random.default_rng([settings.seed, index])
     main = draw_network(rng, settings.members, heterogeneous=True)
     homogeneous = draw_network(rng, settings.members, heterogeneous=False)
     wide = draw_network(rng, settings.members_re, heterogeneous=True)
     truth = network_truth(main)
     change_only = {"change": change_query(settings)}
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        folder = Path(tmp)
-        released = run_members(main, queries(settings), "main", rng, folder)
-        fe = run_members(homogeneous, change_only, "fe", rng, folder).releases["change"]
-        re = run_members(wide, change_only, "re", rng, folder).releases["change"]
-        small = small_networks(rng, settings, folder)
+    released = run_members(main, queries(settings), "main", rng, folder)
+    fe = run_members(homogeneous, change_only, "fe", rng, folder).releases["change"]
+    re = run_members(wide, change_only, "re", rng, folder).releases["change"]
+    small = small_networks(rng, settings, folder)
     by_query = released.releases
-    outcomes = [*main_outcomes(by_query, truth, sum(released.sizes), settings),
-                *meta_outcomes("fe", fe, MODEL.change_mean, fixed=True),
-                *meta_outcomes("re", by_query["change"], MODEL.change_mean, fixed=False),
-                *meta_outcomes(f"re{settings.members_re}", re, MODEL.change_mean, fixed=False),
-                *slope_outcomes(by_query["dose"], MODEL.slope, settings.replicates, index),
-                tau2_outcome("tau2_re", by_query["change"], tau2_truth()),
-                tau2_outcome(f"tau2_re{settings.members_re}", re, tau2_truth()),
-                *small]
-    return NetworkResult(index, tuple(outcomes))
+    return [*main_outcomes(by_query, truth, sum(released.sizes), settings),
+            *meta_outcomes("fe", fe, MODEL.change_mean, fixed=True),
+            *meta_outcomes("re", by_query["change"], MODEL.change_mean, fixed=False),
+            *meta_outcomes(f"re{settings.members_re}", re, MODEL.change_mean, fixed=False),
+            *slope_outcomes(by_query["dose"], MODEL.slope, settings.replicates, index),
+            tau2_outcome("tau2_re", by_query["change"], tau2_truth()),
+            tau2_outcome(f"tau2_re{settings.members_re}", re, tau2_truth()),
+            *small]
 
 
 # --------------------------------------------------------------------------- many networks
@@ -709,7 +900,39 @@ class Quantity:
 
 
 def quantities(settings: Settings) -> tuple[Quantity, ...]:
-    """The table's rows in print order (labels name the settings used)."""
+    """The table's rows in print order (labels name the settings used), for the parts run."""
+    parts = {"main": main_quantities, "attrition": attrition_quantities,
+             "optimised": optimised_quantities}
+    return tuple(q for part, rows in parts.items() if part in settings.parts
+                 for q in rows(settings))
+
+
+def attrition_quantities(settings: Settings) -> tuple[Quantity, ...]:
+    """Rows of the attrition networks (selective attrition, epsilon_small)."""
+    eps, (k, size) = settings.epsilon_small, settings.tiny
+    target = "intake: completers - leavers"
+    return (Quantity("attr_tiny", f"attrition difference, {k} x {size:g}, eps {eps:g}", target),
+            Quantity("attr_tiny_nodp", "  same, no DP variance term", target, contrast=True),
+            Quantity("attr", f"attrition difference, K={settings.members}, eps {eps:g}",
+                     target),
+            Quantity("attr_nodp", "  same, no DP variance term", target, contrast=True))
+
+
+def optimised_quantities(settings: Settings) -> tuple[Quantity, ...]:
+    """Rows of the optimised-budget networks (unequal per-member losses, epsilon_small)."""
+    eps, (k, size) = settings.epsilon_small, settings.tiny
+    rows: list[Quantity] = []
+    for name, where in (("opt_tiny", f"{k} x {size:g}"), ("opt", f"K={settings.members}")):
+        for variant, how in (("", "node split"), ("_split", "opt. split")):
+            rows += [Quantity(f"{name}{variant}_mean", f"pooled mean, auto eps {eps:g}, "
+                              f"{where}, {how}", "network population mean"),
+                     Quantity(f"{name}{variant}_change", f"pooled change, auto eps {eps:g}, "
+                              f"{where}, {how}", "population mean change")]
+    return tuple(rows)
+
+
+def main_quantities(settings: Settings) -> tuple[Quantity, ...]:
+    """Rows of the original networks (main, homogeneous, wide, small)."""
     eps, low, k, k_re = settings.epsilon, settings.epsilon_low, settings.members, \
         settings.members_re
     no_dp = "  same, no DP variance term"
@@ -861,10 +1084,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--replicates", type=int, default=defaults.replicates,
                         help="parametric-bootstrap replicates per regression fit")
     parser.add_argument("--workers", type=int, default=min(defaults.workers, os.cpu_count() or 1))
+    parser.add_argument("--parts", default=",".join(defaults.parts),
+                        help=f"comma-separated networks to simulate, of {', '.join(PARTS)}")
     args = parser.parse_args(argv)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        parser.error(f"--parts: {', '.join(unknown) or 'none given'}; choose from "
+                     f"{', '.join(PARTS)}")
     return Settings(networks=args.networks, seed=args.seed, members=args.members,
                     members_re=args.members_re, replicates=args.replicates,
-                    workers=args.workers)
+                    workers=args.workers, parts=parts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -880,9 +1110,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"95 % CI coverage. Targets: * within {TARGET[0]} to {TARGET[1]}, ! outside; rows "
           "without a mark are contrasts (DP variance left out), not targets.")
     print(format_table([summarise(results, q) for q in quantities(settings)]))
-    print("\nRMSE of the pooled mean against the oracle of statistics.md (target <= 1.15):")
-    for key, eps in (("mean", settings.epsilon), ("mean_low", settings.epsilon_low)):
-        print("  " + format_ratio(rmse_ratio(results, key), settings, eps))
+    if "main" in settings.parts:
+        print("\nRMSE of the pooled mean against the oracle of statistics.md (target <= 1.15):")
+        for key, eps in (("mean", settings.epsilon), ("mean_low", settings.epsilon_low)):
+            print("  " + format_ratio(rmse_ratio(results, key), settings, eps))
+    if "optimised" in settings.parts:
+        print("\n" + format_allocation(settings))
+
+
+def format_allocation(settings: Settings) -> str:
+    """The optimiser's allocation for the members of `tiny` (the main sizes vary by network)."""
+    k, size = settings.tiny
+    budgets = [round(b.epsilon, 3) for b in optimised_budgets(k, settings.epsilon_small)]
+    lines = [f"optimised budgets, {k} x {size:g} members, budgets per member {budgets}:"]
+    for best in (False, True):
+        allocation = optimised_allocation([size] * k, settings.epsilon_small, best)
+        for column, losses in allocation.losses.items():
+            split = allocation.splits_of(column, k)[0]
+            lines.append(f"  {'optimised' if best else 'node'} split {split.count:.4f} / "
+                         f"{split.sum:.4f} / {split.sum_squares:.4f}, {column}: losses "
+                         f"{[round(e, 4) for e in losses]}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

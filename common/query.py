@@ -80,3 +80,5 @@ class Query:
     # the node's default split
     split: tuple[float, float, float] | None = None
     clip_counts: bool = False  # mean, paired_change: also release the clipped counts
+    # for a mean: cells of those with / without a value at this occasion (attrition)
+    split_by_presence: Occasion | None = None

@@ -55,6 +55,8 @@ def query_to_pb(query: Query) -> pb.Query:
     if query.clip is not None:
         msg.clip.CopyFrom(_bounds(query.clip))
     _set_occasions(msg, query.occasion, query.baseline)
+    if query.split_by_presence is not None:
+        msg.split_by_presence.CopyFrom(_occasion_pb(query.split_by_presence))
     return msg
 
 
@@ -81,7 +83,8 @@ def query_from_pb(msg: pb.Query) -> Query:
                  baseline=_occasion(msg, "baseline"), bin_edges=tuple(msg.bin_edges),
                  clip=_clip(msg), rho=msg.loss.rho, quantile=msg.quantile,
                  terms=tuple(_term(t) for t in msg.terms), split=_split(msg),
-                 clip_counts=msg.clip_counts)
+                 clip_counts=msg.clip_counts,
+                 split_by_presence=_occasion(msg, "split_by_presence"))
 
 
 def _split(msg: pb.Query) -> tuple[float, float, float] | None:
@@ -114,6 +117,9 @@ def _set_occasions(msg: pb.Query | pb.Term, occasion: Occasion | None,
                    baseline: Occasion | None) -> None:
     for name, occ in (("occasion", occasion), ("baseline", baseline)):
         if occ is not None:
-            getattr(msg, name).CopyFrom(pb.Occasion(target_month=occ.target_month,
-                                                    window_lower=occ.window_lower,
-                                                    window_upper=occ.window_upper))
+            getattr(msg, name).CopyFrom(_occasion_pb(occ))
+
+
+def _occasion_pb(occ: Occasion) -> pb.Occasion:
+    return pb.Occasion(target_month=occ.target_month, window_lower=occ.window_lower,
+                       window_upper=occ.window_upper)

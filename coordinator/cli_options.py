@@ -387,7 +387,15 @@ KINDS: dict[str, dict[str, Any]] = {'count': {'title': 'Count',
                                   'required': False,
                                   'default': None,
                                   'help': 'SD the d_z flag judges the noisy SD against (default: '
-                                          'clip half-width / 3): a number > 0'}]},
+                                          'clip half-width / 3): a number > 0'},
+                                 {'field': 'attrition_epsilon',
+                                  'flags': ['--attrition-epsilon'],
+                                  'type': 'number',
+                                  'metavar': 'X',
+                                  'required': False,
+                                  'default': None,
+                                  'help': 'epsilon of the baseline values with / without the '
+                                          'follow-up occasion: a number > 0'}]},
  'share_improved': {'title': 'Share improved',
                     'description': 'Share of participants whose value moved in the `improvement` '
                                    'direction (increase, or decrease e.g. debt) between the '
@@ -457,7 +465,8 @@ KINDS: dict[str, dict[str, Any]] = {'count': {'title': 'Count',
                                    'help': 'one row per member and cell of COL: repeat, or '
                                            'separate by commas'}]},
  'follow_up': {'title': 'Follow-up',
-               'description': 'Share of intake participants that have the follow-up occasion.',
+               'description': 'Share of intake participants that have the follow-up occasion; '
+                              '`attrition_epsilon` adds whether they differed at intake.',
                'meta': False,
                'arguments': [{'field': 'table',
                               'flags': [],
@@ -504,7 +513,15 @@ KINDS: dict[str, dict[str, Any]] = {'count': {'title': 'Count',
                               'required': False,
                               'default': None,
                               'help': 'filter: keep rows whose COL is one of the values; repeat '
-                                      'for several columns'}]},
+                                      'for several columns'},
+                             {'field': 'attrition_epsilon',
+                              'flags': ['--attrition-epsilon'],
+                              'type': 'number',
+                              'metavar': 'X',
+                              'required': False,
+                              'default': None,
+                              'help': 'epsilon of the baseline values with / without the '
+                                      'follow-up occasion: a number > 0'}]},
  'transition': {'title': 'Transitions',
                 'description': "'before -> after' table of a categorical column; with "
                                '`categories` the paired difference of their share.',

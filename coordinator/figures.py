@@ -380,6 +380,11 @@ def public_range(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Map
     measure = str(row.get("measure") or "")
     spec = analysis.get("spec") or {}
     kind = str(analysis.get("kind") or spec.get("statistic") or "")
+    if name == "attrition":  # the column's values (no clip), and their difference
+        column = _pair(analysis.get("column_bounds"))
+        if column is None or row.get("cell") != "difference":
+            return column
+        return (column[0] - column[1], column[1] - column[0])
     if name in SHARE_TABLES or measure.startswith("share:") or kind in SHARE_KINDS:
         return SHARE_RANGE
     if name == "paired_difference" or measure == "risk_difference":

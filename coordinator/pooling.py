@@ -240,6 +240,42 @@ def pooled_change(stats: Sequence[MeanStats], half_width: float | None = None,
     return _change(_pool(stats), "pooled noisy count", half_width, reference_sd)
 
 
+def difference(a: Estimate, b: Estimate) -> Estimate:
+    """a - b of independent estimates: sampling and DP variances add, each apart."""
+    return make_estimate(a.estimate - b.estimate, (a.se_sampling or 0.0) ** 2
+                         + (b.se_sampling or 0.0) ** 2, (a.se_dp or 0.0) ** 2
+                         + (b.se_dp or 0.0) ** 2, a.n + b.n)
+
+
+@dataclass(frozen=True)
+class Attrition:
+    """Intake mean of those with (present) and without (absent) the follow-up occasion, and
+    present minus absent."""
+
+    present: Estimate
+    absent: Estimate
+    difference: Estimate
+
+
+def attrition(present: Sequence[MeanStats], absent: Sequence[MeanStats]) -> Attrition:
+    """Do completers differ at intake? One member's two cells, or several members' pooled.
+
+    Each cell's mean comes from its sums pooled over the members, as `pooled_mean` (total
+    variance s2_tot): pooled, the cells are the network's completers and non-completers, the
+    populations the pooled change describes and the one it leaves out. The difference's
+    variance is the sum of the cells' (sampling and DP apart): the cells hold disjoint
+    participants and independent noise. A difference of the pooled cells, not a pool of the
+    members' differences: when members differ both in intake level and in follow-up rate it
+    includes that between-member contrast, which is what makes the pooled completers
+    unrepresentative of the pooled intake; the members' rows show the within-member contrasts
+    (and a small member's noisy cells would give an inverse-variance pool weights that
+    depend on its own noise). Raises `PoolingError` naming the cell that gives no mean.
+    """
+    found = _mean(_pool(present), "noisy count of those present")
+    gone = _mean(_pool(absent), "noisy count of those absent")
+    return Attrition(found, gone, difference(found, gone))
+
+
 def proportion(y1: Noisy, y0: Noisy) -> Estimate:
     """p = Y1~/(Y0~ + Y1~); Var(p) = p(1-p)/N + [(1-p)^2 v_1 + p^2 v_0]/N^2.
 

@@ -239,6 +239,7 @@ def analysis_html(analysis: Mapping[str, Any], members: Sequence[str], lang: str
     fits = analysis.get("regression") or {}
     notes = ([t.gettext(SECURE_NOTE)] if is_secure(analysis) else []) + (
         d_z_notes(analysis, t) + clip_notes(analysis, t)
+        + attrition_notes(analysis, t)
         + [str(n) for n in analysis.get("notes") or []]
         + _regression_warnings(fits))
     if notes:
@@ -336,6 +337,32 @@ def _group_columns(table: Mapping[str, Any]) -> list[str]:
     """The group-by columns of a mean table: the label columns."""
     columns = [str(c) for c in table.get("columns") or []]
     return [c for c in columns if c != "member" and is_label(c, columns)]
+
+
+def attrition_notes(analysis: Mapping[str, Any], t: Translator) -> list[str]:
+    """The attrition table's NETWORK rows in one sentence: did those with the follow-up
+    occasion differ at baseline from those without?"""
+    notes = []
+    for table in analysis.get("tables") or []:
+        if table.get("name") != "attrition":
+            continue
+        rows = {r.get("cell"): r for r in table.get("rows") or []
+                if r.get("member") == NETWORK}
+        diff = rows.get("difference") or {}
+        if diff.get("status") != "ok":
+            notes.append(t("Attrition: whether those with and without the follow-up occasion "
+                           "differed at baseline could not be estimated ({status}).",
+                           status=str(diff.get("status") or "—")))
+            continue
+        notes.append(t("Attrition: at baseline, those with the follow-up occasion averaged "
+                       "{present} and those without {absent}; difference {difference}, 95% CI "
+                       "{interval}. A difference means that the participants the change "
+                       "describes are not like all who started.",
+                       present=t.number((rows.get("present") or {}).get("estimate")),
+                       absent=t.number((rows.get("absent") or {}).get("estimate")),
+                       difference=t.number(diff.get("estimate")),
+                       interval=t.interval(diff.get("ci_low"), diff.get("ci_high"))))
+    return notes
 
 
 def multiplicity_html(results: Mapping[str, Any], lang: str = "en") -> str:

@@ -6,7 +6,10 @@ from the written files, so statistical tests can check that DP estimates recover
 
 The known truth is the 12-month change of `bridge_total`: for member k and arm a it is drawn as
 N(mean_a + u_k, sd^2) with member effect u_k ~ N(0, tau^2); drop-out is independent of outcomes
-(MCAR), so complete cases estimate the population means without bias.
+(MCAR), so complete cases estimate the population means without bias. A network with
+`NetworkParams.intake_shift_followed` != 0 has selective attrition instead: the intake Bridge
+score of those with the 12-month occasion is that much higher than of those without (no extra
+random draws, so the rest of the data is the same), for attrition reports to recover.
 
 The coordinator never imports the node, so the data matrix (schema 1.0.0) is restated here;
 the tests cross-check it against `node/schemas/data-matrix-1.0.0.yaml`. Draws use numpy's
@@ -163,6 +166,7 @@ class NetworkParams:
     bridge_change_mean_comparison: float = 2.0
     bridge_change_sd: float = 12.0
     tau: float = 2.0
+    intake_shift_followed: float = 0.0  # intake Bridge: with minus without 12 months (0: MCAR)
 
 
 DEFAULT_NETWORK = NetworkParams()
@@ -189,6 +193,7 @@ class MemberParams:
     first_intake_month: int  # months after January 2015
     intake_span_months: int  # intakes run this long; the extract follows 15 months later
     mix: Mapping[str, Mapping[str, float]]  # participant column -> category -> probability
+    intake_shift_followed: float = 0.0  # intake Bridge: with minus without 12 months
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,8 @@ class SampleTruth:
     household_type_share: Mapping[str, float]
     paid_work_share_12m: float | None
     off_assistance_share_12m: float | None
+    intake_bridge_mean_followed: float | None = None  # those with a 12-month occasion
+    intake_bridge_mean_not_followed: float | None = None  # those without
 
 
 @dataclass(frozen=True)
@@ -279,11 +286,13 @@ def member_names(members: int) -> tuple[str, ...]:
 
 
 def write_network(out: Path, members: int, seed: int,
-                  sizes: Sequence[int] | None = None) -> NetworkTruth:
+                  sizes: Sequence[int] | None = None,
+                  network: NetworkParams = DEFAULT_NETWORK) -> NetworkTruth:
     """Write out/<member>/<table>.csv for every member and out/truth.json; return the truth.
 
     Member parameters come from one seeded stream and each member's data from its own, so
-    overriding `sizes` changes the data but not the parameters.
+    overriding `sizes` changes the data but not the parameters. `network` sets the population
+    parameters (e.g. selective attrition, `intake_shift_followed`).
     """
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}")
@@ -292,7 +301,7 @@ def write_network(out: Path, members: int, seed: int,
     drawn = _default_sizes(members, net_rng)  # always drawn, so params ignore `sizes`
     chosen = drawn if sizes is None else _checked(sizes, members)
     flags = _comparison_flags(members, net_rng)
-    params = [draw_member_params(DEFAULT_NETWORK, flag, net_rng) for flag in flags]
+    params = [draw_member_params(network, flag, net_rng) for flag in flags]
     out = Path(out)
     truths, outcomes = [], []
     for name, n, p, seq in zip(member_names(members), chosen, params, member_seqs, strict=True):
@@ -305,7 +314,7 @@ def write_network(out: Path, members: int, seed: int,
         truths.append(MemberTruth(name=name, n_participants=n, teams=_teams(p.n_teams),
                                   has_comparison_arm=p.comparison_share > 0, params=p,
                                   sample=_summarise(outcome)))
-    truth = NetworkTruth(seed=seed, members=tuple(truths), network=DEFAULT_NETWORK,
+    truth = NetworkTruth(seed=seed, members=tuple(truths), network=network,
                          network_sample=_summarise(pd.concat(outcomes, ignore_index=True)))
     (out / "truth.json").write_text(truth.to_json(), encoding="utf-8")
     return truth
@@ -351,7 +360,8 @@ def draw_member_params(network: NetworkParams, has_comparison: bool,
         paid_work_intake=float(source_mix @ WORK_BY_SOURCE[:, paid_codes].sum(axis=1)),
         paid_work_stay=0.85, paid_work_entry_mm=0.24, paid_work_entry_comparison=0.12,
         n_teams=int(rng.integers(2, 7)), first_intake_month=int(rng.integers(0, 73)),
-        intake_span_months=int(rng.integers(24, 58)), mix=mix)
+        intake_span_months=int(rng.integers(24, 58)), mix=mix,
+        intake_shift_followed=network.intake_shift_followed)
 
 
 def _dirichlet(rng: np.random.Generator, base: Sequence[float]) -> list[float]:
@@ -448,7 +458,10 @@ def _bridge(people: People, params: MemberParams, rng: np.random.Generator) -> P
     mean = np.where(people["comparison"], params.bridge_change_mean_comparison,
                     params.bridge_change_mean_mm)
     change = mean + params.bridge_change_sd * z
-    intake = np.clip(rng.normal(params.intake_bridge_mean, params.intake_bridge_sd, n), 0, 100)
+    # selective attrition: completers shifted up, non-completers down (mean unchanged)
+    shift = params.intake_shift_followed * (people["has_12m"] - (1 - params.missing_12m))
+    intake = np.clip(rng.normal(params.intake_bridge_mean, params.intake_bridge_sd, n) + shift,
+                     0, 100)
     return {"change_z": z, "change": change, "bridge0": intake,
             "bridge12": np.clip(intake + change, 0, 100),
             "step_offset": rng.normal(STEP_SHIFT, 0.55, (n, len(STEP_COLUMNS)))}
@@ -938,7 +951,9 @@ def _summarise(outcomes: pd.DataFrame) -> SampleTruth:
         household_type_share={h: _ratio(int(household.get(h, 0)), n) or 0.0
                               for h in HOUSEHOLD_TYPES},
         paid_work_share_12m=_ratio(int(work.isin(PAID_WORK).sum()), len(work)),
-        off_assistance_share_12m=_ratio(int((assistance == "false").sum()), len(assistance)))
+        off_assistance_share_12m=_ratio(int((assistance == "false").sum()), len(assistance)),
+        intake_bridge_mean_followed=_mean(followed["bridge0"]),
+        intake_bridge_mean_not_followed=_mean(outcomes.loc[~outcomes["has_12m"], "bridge0"]))
 
 
 def _change_stats(change: pd.Series) -> ChangeStats:

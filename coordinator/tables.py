@@ -24,7 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.common.labels import CLIPPED_ABOVE, CLIPPED_BELOW, MISSING, SUM
+from bridgestat.common.labels import (
+    ABSENT,
+    CLIPPED_ABOVE,
+    CLIPPED_BELOW,
+    MISSING,
+    PRESENCE,
+    PRESENCE_CELLS,
+    PRESENT,
+    SUM,
+)
 from bridgestat.coordinator import effects, planning, pooling
 from bridgestat.coordinator.fanout import Failure
 from bridgestat.coordinator.meta import MetaError, MetaResult, meta_analysis
@@ -227,6 +236,56 @@ def followed_up_table(result: QueryResult) -> pd.DataFrame:
         return _total(seen), cell.values[MISSING]
     return _table(result, lambda r, c: pooling.proportion(*split(c)),
                   lambda cs: pooling.pooled_proportion([split(c) for _, c in cs]))
+
+
+ATTRITION_ROWS = (PRESENT, ABSENT, "difference")
+"""The `cell` of an attrition table's rows: intake mean with / without the follow-up
+occasion, and present minus absent."""
+
+
+def attrition_table(result: QueryResult) -> pd.DataFrame:
+    """Do completers differ at intake? Per member and NETWORK (long form, column `cell`): the
+    intake mean of those with (present) and without (absent) the follow-up occasion, from a
+    mean split by presence, and present minus absent (`pooling.attrition`: NETWORK pools each
+    cell's sums over the members, then differences). A member whose cell is missing or
+    suppressed has no row values and is not pooled (the two cells go together)."""
+    groups = [((PRESENCE, cell),) for cell in PRESENCE_CELLS]
+    rows: list[dict[str, Any]] = []
+    for member in result.members:
+        answer = result.member_cells(member, groups)
+        rows += _attrition_rows(member, answer.loss, answer.status,
+                                [answer] if answer.shown else [])
+    pooled = _pooled(result, groups)
+    status = (_nothing_pooled(result) if not pooled
+              else WITHHELD_NETWORK if _network_withheld(pooled) else "ok")
+    rows += _attrition_rows(NETWORK, _loss(result, NETWORK), status,
+                            pooled if status == "ok" else [])
+    return pd.DataFrame(rows)
+
+
+def _attrition_rows(member: str, loss: float | None, status: str,
+                    answers: Sequence[MemberCells]) -> list[dict[str, Any]]:
+    """The three rows of one member (or NETWORK, pooling `answers`); `status` without any."""
+    if not answers:
+        return [_row(member, (("cell", c),), None, loss, status) for c in ATTRITION_ROWS]
+    cells = [[release.mean_stats(cell) for a in answers for release, cell in a.pairs()[i:i + 1]]
+             for i in range(len(PRESENCE_CELLS))]
+    found: list[Estimate | str] = []
+    mean = pooling.pooled_mean if member == NETWORK else \
+        (lambda stats: pooling.member_mean(stats[0]))
+    for stats in cells:
+        try:
+            found.append(mean(stats))
+        except PoolingError as exc:
+            found.append(f"not estimable: {exc}")
+    present, absent = found
+    if isinstance(present, Estimate) and isinstance(absent, Estimate):
+        found.append(pooling.difference(present, absent))
+    else:
+        found.append(next(f for f in found if isinstance(f, str)))
+    return [_row(member, (("cell", c),), e if isinstance(e, Estimate) else None, loss,
+                 "ok" if isinstance(e, Estimate) else e)
+            for c, e in zip(ATTRITION_ROWS, found, strict=True)]
 
 
 def meta_from_table(frame: pd.DataFrame) -> MetaResult:

@@ -183,6 +183,17 @@ class Frames:
             codes = np.where(np.isnan(change), -1, binned)
         return base.with_derived(_value=codes.astype(np.int64))
 
+    def _present(self, rows: Rows, table_name: str, occ: Occasion, column: str
+                 ) -> npt.NDArray[np.bool_]:
+        """Per row of `rows`: whether the participant has a value of `column` at `occ` (the
+        occasion picked as for any query), i.e. would be in a paired change to it."""
+        pick = self._occasion(table_name, occ)[rows.people]
+        present = pick >= 0
+        if not present.any():
+            return present
+        values = self.tables[table_name].floats(column, np.where(present, pick, pick.max()))
+        return present & ~np.isnan(values)
+
     def _base(self, table: TableSpec, occasion: Occasion) -> Rows:
         """The participants a cross-products query starts from (filters see these rows)."""
         return self._everyone if not table.has_occasions else self._joined(table.name,
@@ -236,10 +247,14 @@ class Frames:
     def cells(self, plan: Plan) -> Iterator[CellRows]:
         rows = _filtered(self.rows(plan), plan)
         values = _measured(rows, plan)
-        if not plan.query.group_by:
+        if not plan.query.group_by and plan.query.split_by_presence is None:
             yield CellRows((), values, len(rows))
             return
         keys = _group_keys(rows, plan)
+        split = plan.query.split_by_presence
+        if split is not None:  # the presence cell is the last axis of plan.cells
+            absent = ~self._present(rows, plan.table.name, split, value_column(plan))
+            keys = np.where(keys < 0, -1, keys * 2 + absent)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         for index, group in enumerate(plan.cells):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
 
-from bridgestat.common.labels import MISSING, SIGN_LABELS, transition
+from bridgestat.common.labels import MISSING, PRESENCE, PRESENCE_CELLS, SIGN_LABELS, transition
 from bridgestat.node import mechanisms
 from bridgestat.node.errors import PolicyError, QueryError
 from bridgestat.node.loss import Loss, rho_to_epsilon
@@ -89,6 +89,7 @@ def compile_query(query: QuerySpec, schema: Schema, policy: Policy) -> Plan:
     _check_loss(query, policy)
     table = _check_table(query, schema)
     occasion, baseline = _check_occasions(query, table)
+    _check_split(query, table, occasion)
     column = _check_column(query, table)
     split = _check_mean_options(query)
     terms = _check_terms(query, schema, table)
@@ -164,6 +165,23 @@ def _check_occasions(query: QuerySpec, table: TableSpec
     if baseline == occasion:
         raise QueryError("query.occasion", "follow-up and baseline occasions are the same")
     return occasion, baseline
+
+
+def _check_split(query: QuerySpec, table: TableSpec, occasion: Occasion | None) -> None:
+    """A presence split (attrition): a mean on a table with occasions, split by whether each
+    participant has a value at another occasion. Public facts only, like every check here."""
+    split, name = query.split_by_presence, "query.split_by_presence"
+    if split is None:
+        return
+    if query.statistic is not Statistic.MEAN:
+        raise QueryError(name, f"only a mean takes a presence split, not a "
+                         f"{query.statistic.value}")
+    if not table.has_occasions:
+        raise QueryError(name, f"table {table.name!r} has no occasions")
+    _check_occasion(split, table.column(table.month_column or "", "query.table"), name)
+    if split == occasion:
+        raise QueryError(name, "is the occasion measured (every participant measured there "
+                         "would be present); name the follow-up occasion")
 
 
 def _check_occasion(occ: Occasion, month: ColumnSpec, name: str) -> Occasion:
@@ -368,6 +386,8 @@ def _cells(query: QuerySpec, schema: Schema, table: TableSpec
             raise QueryError(f"query.group_by[{i}]", f"{name!r} is not a categorical column "
                              "with public categories")
         axes.append([(name, value) for value in column.categories])
+    if query.split_by_presence is not None:  # last: frames.py keys the presence cell last
+        axes.append([(PRESENCE, value) for value in PRESENCE_CELLS])
     cells = tuple(tuple(cell) for cell in itertools.product(*axes))
     if len(cells) > MAX_CELLS:
         raise QueryError("query.group_by", f"{len(cells)} cells exceed the limit of {MAX_CELLS}")

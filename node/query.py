@@ -51,6 +51,7 @@ class QuerySpec:
     terms: tuple[Term, ...] = ()  # for CROSS_PRODUCTS: regressors, then the response
     split: tuple[float, float, float] | None = None  # MEAN, PAIRED_CHANGE: loss shares
     clip_counts: bool = False  # MEAN, PAIRED_CHANGE: also release the clipped counts
+    split_by_presence: Occasion | None = None  # MEAN: cells present / absent (attrition)
 
     @classmethod
     def of(cls, query: Query) -> QuerySpec:
@@ -67,7 +68,8 @@ class QuerySpec:
                    occasion=query.occasion, baseline=query.baseline,
                    bin_edges=tuple(query.bin_edges), clip=query.clip, rho=query.rho,
                    quantile=query.quantile, terms=tuple(query.terms), split=query.split,
-                   clip_counts=query.clip_counts)
+                   clip_counts=query.clip_counts,
+                   split_by_presence=query.split_by_presence)
 
     def shared(self) -> Query:
         """The shared query value (what goes back on the wire with an answer)."""
@@ -80,7 +82,8 @@ class QuerySpec:
                      group_by=self.group_by, occasion=self.occasion, baseline=self.baseline,
                      bin_edges=self.bin_edges, clip=self.clip, rho=self.rho,
                      quantile=self.quantile, terms=self.terms, split=self.split,
-                     clip_counts=self.clip_counts)
+                     clip_counts=self.clip_counts,
+                     split_by_presence=self.split_by_presence)
 
     def fingerprint(self) -> str:
         """sha256 of a canonical form; the ledger ties an idempotency key to it."""
@@ -97,7 +100,8 @@ def query_doc(query: QuerySpec) -> dict[str, Any]:
     doc["filters"] = [{"kind": type(f).__name__, **asdict(f)} for f in query.filters]
     # unset options stay out, so a query without them keeps the fingerprint it always had
     # (a retry across a node upgrade still replays)
-    for name, unset in (("split", None), ("clip_counts", False)):
+    for name, unset in (("split", None), ("clip_counts", False),
+                         ("split_by_presence", None)):
         if doc[name] == unset:
             del doc[name]
     return doc

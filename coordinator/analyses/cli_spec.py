@@ -64,6 +64,7 @@ MEANING = {
     "epsilon": "privacy loss (epsilon) each member spends",
     "rho": "privacy loss (zCDP rho) each member spends",
     "share_epsilon": "epsilon of the share improved (with --improvement)",
+    "attrition_epsilon": "epsilon of the baseline values with / without the follow-up occasion",
     "where": "filter",
     "group_by": "one row per member and cell of COL",
     "occasion": "the assessment occasion",

@@ -292,6 +292,17 @@ class PairedChangeParams(Paired):
     clip_counts: Flag = False  # also the noisy numbers the clip cuts, at 5 % of the loss
     reference_sd: OptionalPositive = None  # the d_z flag's SD (None: half-width / 3)
 
+    # set: also the intake values with / without the follow-up occasion (one more query)
+    attrition_epsilon: OptionalPositive = None
+
+    @field_validator("attrition_epsilon")
+    @classmethod
+    def _attrition_alone(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and (info.data.get("group_by") or info.data.get("secure")):
+            raise ValueError("attrition is reported for the whole analysis only: not with "
+                             "group_by or secure (run one analysis per group with where:)")
+        return value
+
     check_plain_release = model_validator(mode="after")(_plain_release)
 
     @field_validator("secure")
@@ -321,6 +332,21 @@ def _share_query(p: Any, epsilon: float) -> Query:
                  occasion=p.occasion, baseline=p.baseline)
 
 
+def _attrition_query(p: Any) -> tuple[Query, str]:
+    """The column's mean at the baseline occasion, split by whether each participant has a
+    value at the follow-up occasion (the paired analysis's completers). The schema's bounds:
+    a change's clip does not apply to the values themselves. Both cells for one loss."""
+    return (Query("mean", p.table, p.column, p.attrition_epsilon, p.where, occasion=p.baseline,
+                  split_by_presence=p.occasion), "attrition_epsilon")
+
+
+def _attrition_output(out: Output, p: Any, result: QueryResult) -> None:
+    """The attrition table and its plot (present, absent and their difference)."""
+    index = out.table("attrition", f"{p.column} at baseline: with and without the follow-up "
+                      "occasion (present minus absent)", tables.attrition_table(result))
+    out.member_plot(index, "At baseline", "cell", sharex=False)
+
+
 @register
 class PairedChange(Kind):
     name = "paired_change"
@@ -338,6 +364,8 @@ class PairedChange(Kind):
             if p.share_epsilon is None:
                 raise ValueError("share_epsilon: the share improved needs its own loss")
             change.append((_share_query(p, p.share_epsilon), "share_epsilon"))
+        if p.attrition_epsilon is not None:
+            change.append(_attrition_query(p))
         return change
 
     def output(self, p: PairedChangeParams, results: Sequence[QueryResult], title: str
@@ -353,6 +381,8 @@ class PairedChange(Kind):
             index = out.table("share_improved", f"Share improved ({p.improvement})",
                               tables.share_improved_table(results[1], p.improvement))
             out.member_plot(index, "Share improved")
+        if p.attrition_epsilon is not None:
+            _attrition_output(out, p, results[-1])
         return out
 
     def plan_item(self, p: PairedChangeParams, name: str, sizes: tuple[float, ...],
@@ -401,23 +431,35 @@ class ShareImproved(Kind):
                                  share=guess.share or 0.5, cells_in=1, cells_out=2)
 
 
+class FollowUpParams(Paired):
+    # set: also the intake values with / without the follow-up occasion (one more query)
+    attrition_epsilon: OptionalPositive = None
+
+
 @register
 class FollowUp(Kind):
     name = "follow_up"
     title = "Follow-up"
-    description = "Share of intake participants that have the follow-up occasion."
-    Params = Paired
+    description = ("Share of intake participants that have the follow-up occasion; "
+                   "`attrition_epsilon` adds whether they differed at intake.")
+    Params = FollowUpParams
     positional = ("table", "column")
     column_kind = "numeric"
 
-    def queries(self, p: Paired) -> list[Query | tuple[Query, str]]:
-        return [Query("histogram", p.table, p.column, p.epsilon, p.where, occasion=p.occasion,
-                      baseline=p.baseline)]
+    def queries(self, p: FollowUpParams) -> list[Query | tuple[Query, str]]:
+        asked: list[Query | tuple[Query, str]] = [
+            Query("histogram", p.table, p.column, p.epsilon, p.where, occasion=p.occasion,
+                  baseline=p.baseline)]
+        if p.attrition_epsilon is not None:
+            asked.append(_attrition_query(p))
+        return asked
 
-    def output(self, p: Paired, results: Sequence[QueryResult], title: str) -> Output:
+    def output(self, p: FollowUpParams, results: Sequence[QueryResult], title: str) -> Output:
         out = Output(results=list(results))
         index = out.table("followed_up", title, tables.followed_up_table(results[0]))
         out.member_plot(index, "Share with a follow-up")
+        if p.attrition_epsilon is not None:
+            _attrition_output(out, p, results[-1])
         return out
 
 

@@ -35,6 +35,7 @@ ENTRY_FIELDS = ("statistic", "id", "number", "title", "description", "audience",
 LABELS: dict[str, str] = {
     "table": N_("Table"), "column": N_("Column"), "epsilon": N_("Privacy loss (epsilon)"),
     "rho": N_("Privacy loss (rho)"), "share_epsilon": N_("Loss for the share improved"),
+    "attrition_epsilon": N_("Loss for attrition (baseline with / without follow-up)"),
     "where": N_("Only participants with"), "occasion": N_("Occasion"),
     "baseline": N_("Baseline occasion"), "group_by": N_("Groups"),
     "clip": N_("Public bounds (lower, upper)"), "bin_edges": N_("Bin edges"),
@@ -53,7 +54,7 @@ HELP: dict[str, str] = {
     "terms": N_("YAML: regressors, then the response"),
     "group_by": N_("one panel per value (Ctrl-click to choose several)"),
 }
-NUMBER = {"epsilon", "rho", "share_epsilon", "q", "reference_sd"}
+NUMBER = {"epsilon", "rho", "share_epsilon", "attrition_epsilon", "q", "reference_sd"}
 WHOLE = {"replicates", "seed"}
 NAMES = {"categories", "group_by", "groups"}
 NUMBERS = {"bin_edges", "clip", "split"}

@@ -27,6 +27,17 @@ held to that band:
   sampling-only weight needs); regression slope with the textbook OLS SE, 0.82 / 0.95,
   z ~ 4.4. Not asserted: the pooled mean at epsilon 1, 0.93 / 0.94-0.96, z ~ 2 (sampling
   variance dominates a pooled mean of ~1,800 participants at epsilon 1; ~2.8 at 300).
+
+Attrition and optimised budgets (issue 15) run on their own networks (`--parts attrition,
+optimised` of the benchmark; EXTRA_NETWORKS of them, band 0.95 +- 4 sqrt(0.95 * 0.05 / 200) =
++- 0.062): the pooled attrition difference (completers minus leavers at intake) with members
+of the main sizes at epsilon 0.3, and the pooled mean and change at the planner's unequal
+per-member losses (epsilon 0.3 per analysis on average) with the node's split, with members of
+40 and of the main sizes. With members of 40 the attrition difference is not estimable in about
+11 % of networks (the pooled noisy count of the ~70 leavers at a count loss of 0.06 per
+member) and its interval is conservative where it exists (0.993 in 500 networks: a noisy small
+count inflates the SE), so there the band is held among the networks that have it and tests
+only that the interval does not fall short.
 """
 
 from __future__ import annotations
@@ -43,7 +54,12 @@ from bridgestat.node.data import check_tables
 
 NETWORKS = 300
 TOLERANCE = 4 * math.sqrt(0.95 * 0.05 / NETWORKS)
-SETTINGS = validity.Settings(networks=NETWORKS, seed=1, workers=2)
+SETTINGS = validity.Settings(networks=NETWORKS, seed=1, workers=2, parts=("main",))
+EXTRA_NETWORKS = 200
+EXTRA = validity.Settings(networks=EXTRA_NETWORKS, seed=1, workers=2,
+                          parts=("attrition", "optimised"))
+EXTRA_NOMINAL = ("attr", "opt_tiny_mean", "opt_tiny_change", "opt_mean", "opt_change")
+EXTRA_AMONG_ESTIMABLE = ("attr_tiny",)
 NOMINAL = ("mean", "mean_low", "change", "d_z", "share", "rd", "fe", "re_hksj",
            f"re{SETTINGS.members_re}_hksj", "slope", "dz_pilot_eps1_unflagged")
 FLAGGED_REGIMES = ("dz_pilot", "dz_tiny")  # epsilon 0.3: 2 x 150 and 5 x 40 members
@@ -63,8 +79,14 @@ def results() -> tuple[validity.NetworkResult, ...]:
     return validity.simulate(SETTINGS)
 
 
-def quantity(key: str) -> validity.Quantity:
-    return next(q for q in validity.quantities(SETTINGS) if q.key == key)
+@pytest.fixture(scope="module")
+def extra() -> tuple[validity.NetworkResult, ...]:
+    """The attrition and optimised-budget networks, simulated once (small members: fast)."""
+    return validity.simulate(EXTRA)
+
+
+def quantity(key: str, settings: validity.Settings = SETTINGS) -> validity.Quantity:
+    return next(q for q in validity.quantities(settings) if q.key == key)
 
 
 def covered(results: tuple[validity.NetworkResult, ...], key: str) -> dict[int, bool]:
@@ -94,6 +116,21 @@ def test_coverage_with_dp_terms_is_nominal(results: tuple[validity.NetworkResult
     assert abs(coverage - 0.95) <= TOLERANCE, \
         f"{row.quantity.label}: coverage {coverage:.3f} ({row.failed} networks not " \
         f"estimable) outside 0.95 +- {TOLERANCE:.3f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", EXTRA_NOMINAL + EXTRA_AMONG_ESTIMABLE)
+def test_attrition_and_optimised_budgets_cover_nominally(
+        extra: tuple[validity.NetworkResult, ...], key: str) -> None:
+    """As above, on the extra networks: a network without the estimate counts as not covered,
+    except for the attrition difference with members of 40, held among those that have it."""
+    row = validity.summarise(extra, quantity(key, EXTRA))
+    runs = row.runs if key in EXTRA_AMONG_ESTIMABLE else row.runs + row.failed
+    tolerance = 4 * math.sqrt(0.95 * 0.05 / runs)
+    assert runs >= EXTRA_NETWORKS / 2, f"{row.quantity.label}: only {runs} networks"
+    assert abs(row.covered / runs - 0.95) <= tolerance, \
+        f"{row.quantity.label}: coverage {row.covered / runs:.3f} over {runs} networks " \
+        f"({row.failed} not estimable) outside 0.95 +- {tolerance:.3f}"
 
 
 @pytest.mark.slow

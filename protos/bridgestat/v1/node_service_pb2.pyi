@@ -184,7 +184,7 @@ class Filter(_message.Message):
     def __init__(self, category: _Optional[_Union[CategoryFilter, _Mapping]] = ..., range: _Optional[_Union[RangeFilter, _Mapping]] = ...) -> None: ...
 
 class Query(_message.Message):
-    __slots__ = ("statistic", "table", "column", "filters", "group_by", "loss", "occasion", "baseline", "bin_edges", "clip", "quantile", "terms", "split", "clip_counts")
+    __slots__ = ("statistic", "table", "column", "filters", "group_by", "loss", "occasion", "baseline", "bin_edges", "clip", "quantile", "terms", "split", "clip_counts", "split_by_presence")
     STATISTIC_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     COLUMN_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class Query(_message.Message):
     TERMS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     CLIP_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_BY_PRESENCE_FIELD_NUMBER: _ClassVar[int]
     statistic: Statistic
     table: str
     column: str
@@ -213,7 +214,8 @@ class Query(_message.Message):
     terms: _containers.RepeatedCompositeFieldContainer[Term]
     split: MeanSplit
     clip_counts: bool
-    def __init__(self, statistic: _Optional[_Union[Statistic, str]] = ..., table: _Optional[str] = ..., column: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., group_by: _Optional[_Iterable[str]] = ..., loss: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., bin_edges: _Optional[_Iterable[float]] = ..., clip: _Optional[_Union[Bounds, _Mapping]] = ..., quantile: _Optional[float] = ..., terms: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., split: _Optional[_Union[MeanSplit, _Mapping]] = ..., clip_counts: _Optional[bool] = ...) -> None: ...
+    split_by_presence: Occasion
+    def __init__(self, statistic: _Optional[_Union[Statistic, str]] = ..., table: _Optional[str] = ..., column: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., group_by: _Optional[_Iterable[str]] = ..., loss: _Optional[_Union[PrivacyLoss, _Mapping]] = ..., occasion: _Optional[_Union[Occasion, _Mapping]] = ..., baseline: _Optional[_Union[Occasion, _Mapping]] = ..., bin_edges: _Optional[_Iterable[float]] = ..., clip: _Optional[_Union[Bounds, _Mapping]] = ..., quantile: _Optional[float] = ..., terms: _Optional[_Iterable[_Union[Term, _Mapping]]] = ..., split: _Optional[_Union[MeanSplit, _Mapping]] = ..., clip_counts: _Optional[bool] = ..., split_by_presence: _Optional[_Union[Occasion, _Mapping]] = ...) -> None: ...
 
 class MeanSplit(_message.Message):
     __slots__ = ("count", "sum", "sum_squares")

@@ -192,8 +192,8 @@ class MeanSplit:
     def problem(self) -> str:
         """Why the split is unusable, or "" when it is fine."""
         shares = (self.count, self.sum, self.sum_squares)
-        if not all(math.isfinite(s) and s > 0 for s in shares):
-            return f"every share must be a finite number > 0, got {shares}"
+        if not all(math.isfinite(s) and 0 < s <= 1 for s in shares):  # fsum of 1e308s overflows
+            return f"every share must be a number in (0, 1], got {shares}"
         if abs(math.fsum(shares) - 1) > SPLIT_TOLERANCE:
             return f"the shares must sum to 1 (within {SPLIT_TOLERANCE:g}), got {math.fsum(shares)!r}"
         return ""

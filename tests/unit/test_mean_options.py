@@ -57,6 +57,8 @@ def test_clip_counts_take_their_share_inside_the_loss() -> None:
                split=(0.2, 0.5, 0.3 + 1e-8)), "query.split"),
     (QuerySpec(Statistic.MEAN, "participant", "months_in_program", 1.0,
                split=(float("nan"), 0.5, 0.5)), "query.split"),
+    (QuerySpec(Statistic.MEAN, "participant", "months_in_program", 1.0,
+               split=(1e308, 1e308, 0.5)), "query.split"),  # would overflow math.fsum
 ])
 def test_misplaced_or_bad_options_are_refused_naming_the_field(query: QuerySpec,
                                                                field: str) -> None:

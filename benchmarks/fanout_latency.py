@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.demo import local, synth
 
 
 def percentile(values: list[float], q: float) -> float:

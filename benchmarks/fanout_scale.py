@@ -36,10 +36,10 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import Member, TlsFiles, load_network
+from bridgestat.coordinator.client.network_file import Member, TlsFiles, load_network
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 
 HOST = Path(__file__).with_name("node_host.py")
 

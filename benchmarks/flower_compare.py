@@ -50,8 +50,8 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import NETWORK, Network
+from bridgestat.coordinator.demo import local, synth
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWER_VENV = REPO / ".bench-flwr"

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.query import INTAKE, Occasion
+from bridgestat.coordinator.client.query import INTAKE, Occasion
+from bridgestat.coordinator.demo import local, synth
 
 TWELVE_MONTHS = Occasion(12, 9, 15)
 START_TIMEOUT = 900.0  # seconds; a 1M-participant node starts in about two minutes

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine

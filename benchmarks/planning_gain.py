@@ -4,7 +4,7 @@ Usage: python benchmarks/planning_gain.py [--members 5] [--seed 1] [--reps 400]
 
 1. Reads coordinator/studies/standard-effect-study.yaml (each analysis's statistic, clip or
    schema bounds and hand-set epsilon or rho) and the synthetic member sizes of `make demo`
-   (coordinator/synth.py's size draw for --members and --seed). Every analysis with a variance
+   (coordinator/demo/synth.py's size draw for --members and --seed). Every analysis with a variance
    formula becomes a `planning.PlanItem` (mapping below); the quantile has none and keeps its
    hand loss, off every member's budget.
 2. Each member's budget is what the hand plan spends there (pure epsilon plus OpenDP's
@@ -45,17 +45,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bridgestat.coordinator import planning as P
-from bridgestat.coordinator import pooling
-from bridgestat.coordinator.privacy import rho_to_epsilon
-from bridgestat.coordinator.synth import _default_sizes
+from bridgestat.coordinator.demo.synth import _default_sizes
+from bridgestat.coordinator.statistics import planning as P
+from bridgestat.coordinator.statistics import pooling
+from bridgestat.coordinator.statistics.privacy import rho_to_epsilon
 from bridgestat.node import mechanisms
 from bridgestat.node.schema import load_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "coordinator" / "studies" / "standard-effect-study.yaml"
 DELTA = 1e-6
-CAP = 2.5  # the per-query cap of `make demo`'s nodes (coordinator/local.py)
+CAP = 2.5  # the per-query cap of `make demo`'s nodes (coordinator/demo/local.py)
 FOLLOW_UP = 0.75
 SCHEMA = load_schema()
 

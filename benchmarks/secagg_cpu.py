@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bridgestat.common import secagg as sa
 from bridgestat.common.distributed_dp import sigma_for_rho
 from bridgestat.coordinator import ca
-from bridgestat.coordinator.secagg_server import SecAggServer
+from bridgestat.coordinator.secure.secagg_server import SecAggServer
 from bridgestat.node.secagg_member import SecAggMember, secure_input
 
 TARGET_MS = 15.0

@@ -84,7 +84,7 @@ from bridgestat.common.distributed_dp import (
     share_alone_rho,
     sigma_for_rho,
 )
-from bridgestat.coordinator.secagg_server import SecAggServer, SessionOutcome
+from bridgestat.coordinator.secure.secagg_server import SecAggServer, SessionOutcome
 from bridgestat.node.mechanisms import FIXED_POINT, fixed_point
 from bridgestat.node.secagg_member import SecAggMember, secure_input
 

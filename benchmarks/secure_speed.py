@@ -48,11 +48,12 @@ import opendp.prelude as dp
 from benchmarks.fanout_scale import hosted, percentile, timed
 from bridgestat.common import secagg as sa
 from bridgestat.common.distributed_dp import sigma_for_rho
-from bridgestat.coordinator import local, pooling, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.network import load_network
-from bridgestat.coordinator.pooling import MeanStats, Noisy
-from bridgestat.coordinator.secure import secure_rho
+from bridgestat.coordinator.client.network_file import load_network
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.secure.aggregation import secure_rho
+from bridgestat.coordinator.statistics import pooling
+from bridgestat.coordinator.statistics.pooling import MeanStats, Noisy
 from bridgestat.node.mechanisms import fixed_point, mean_components
 from bridgestat.node.secagg_member import noise_share
 

@@ -1,7 +1,7 @@
 """Wall time of the standard effect study over a local network (target: 25 members <= 4 s),
 and the coordinator's own CPU (process CPU time of this process, which runs the study).
 
-A synthetic network (`coordinator/synth.py`) of `--members` members is written once, every
+A synthetic network (`coordinator/demo/synth.py`) of `--members` members is written once, every
 member's node runs as its own process on a loopback port with mutual TLS (as `bridgestat
 demo` and the integration tests start them), and the standard effect study runs `--runs`
 times in this process, each with a fresh run id (so every query is a real release, nothing
@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bridgestat.coordinator import local, study, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.studyfile import load_study
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.studies import runner as study
+from bridgestat.coordinator.studies.studyfile import load_study
 
 CORES = os.cpu_count() or 1
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.query import QuerySpec, Statistic

@@ -112,13 +112,14 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import special, stats
 
-from bridgestat.coordinator import planning, pooling
-from bridgestat.coordinator import query as coordinator_query
-from bridgestat.coordinator.meta import MetaError, Pooled, meta_analysis
-from bridgestat.coordinator.pooling import Z95, Estimate, PoolingError
-from bridgestat.coordinator.regression import Coefficient, fit, pool_cross_products
-from bridgestat.coordinator.synth import PAID_WORK
-from bridgestat.coordinator.tables import (
+from bridgestat.coordinator.client import query as coordinator_query
+from bridgestat.coordinator.client.wire import MemberRelease, release_from_pb
+from bridgestat.coordinator.demo.synth import PAID_WORK
+from bridgestat.coordinator.statistics import planning, pooling
+from bridgestat.coordinator.statistics.meta import MetaError, Pooled, meta_analysis
+from bridgestat.coordinator.statistics.pooling import Z95, Estimate, PoolingError
+from bridgestat.coordinator.statistics.regression import Coefficient, fit, pool_cross_products
+from bridgestat.coordinator.statistics.tables import (
     NETWORK,
     QueryResult,
     attrition_table,
@@ -126,7 +127,6 @@ from bridgestat.coordinator.tables import (
     cross_products,
     proportion_table,
 )
-from bridgestat.coordinator.wire import MemberRelease, release_from_pb
 from bridgestat.node import mechanisms
 from bridgestat.node.engine import Engine
 from bridgestat.node.frames import Frames

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from bridgestat.coordinator import client
 from bridgestat.coordinator.analyses import attach_async, attach_sync
-from bridgestat.coordinator.query import INTAKE, Occasion, Query, Term
-from bridgestat.coordinator.tables import NETWORK, QueryResult, meta_from_table
+from bridgestat.coordinator.client import network_client as client
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Query, Term
+from bridgestat.coordinator.statistics.tables import NETWORK, QueryResult, meta_from_table
 
 __all__ = ["INTAKE", "NETWORK", "AsyncNetwork", "Network", "Occasion", "Query", "QueryResult",
            "Term", "meta_from_table"]

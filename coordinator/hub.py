@@ -5,7 +5,7 @@ Nodes behind firewalls dial in on `CoordinatorService.Connect` and keep one stre
 Researchers' clients keep calling `NodeService` (GetNodeInfo, RunQuery) on the coordinator,
 naming the member in the `bridgestat-member` metadata; the hub forwards the request on that
 member's stream and returns its reply, or the node's own status code. So the API and CLI work
-the same whichever mode a member uses. The secure-aggregation driver (`coordinator/secure.py`)
+the same whichever mode a member uses. The secure-aggregation driver (`coordinator/secure/aggregation.py`)
 calls SecureAggregationService on the hub the same way, one relayed request per round, so
 connect-mode members take part in secure sessions unchanged.
 
@@ -42,7 +42,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bridgestat.common.certs import CertificateError, load_certificate, name_problem
 from bridgestat.common.headers import MEMBER_HEADER, SESSION_ACCEPTED, SESSION_HEADER
-from bridgestat.coordinator.network import (
+from bridgestat.coordinator.client.network_file import (
     HUB_NAME,
     NetworkFileError,
     NetworkSpec,

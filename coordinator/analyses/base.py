@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 
 from bridgestat.coordinator.analyses.fields import Frozen
-from bridgestat.coordinator.planning import PlanItem
-from bridgestat.coordinator.privacy import Spend
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.tables import QueryResult
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.statistics.planning import PlanItem
+from bridgestat.coordinator.statistics.privacy import Spend
+from bridgestat.coordinator.statistics.tables import QueryResult
 
 ColumnKind = Literal["none", "numeric", "categorical", "any"]
 

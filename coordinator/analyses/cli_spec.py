@@ -1,7 +1,7 @@
 """The command line of every analysis kind, derived from the registry: `bridgestat query KIND`.
 
 `bridgestat --help` must not import pydantic, pandas or the registry, so the CLI reads a small
-static table, `bridgestat/coordinator/cli_options.py`, that this module writes from the
+static table, `bridgestat/coordinator/cli/options.py`, that this module writes from the
 registry (`sh scripts/gen-cli-options`; `tests/unit/test_cli_options.py` fails when the table
 is stale, like the protobuf stubs' check). Each kind's `positional` fields become positional
 arguments, every other field of its `Params` one option (`bin_edges` -> `--bin-edges`, and
@@ -30,7 +30,7 @@ OCCASION = "MONTH (window +-3), MONTH:LOW-HIGH, month_MONTH or intake"
 TERM = ("COLUMN[=CATEGORY][@OCCASION][~BASELINE][:L,U], the regressors first, the response "
         "last")
 WHERE = "keep rows whose COL is one of the values; repeat for several columns"
-# The shared field type -> (converter in coordinator/cli.py, metavar, help when a field has
+# The shared field type -> (converter in coordinator/cli/main.py, metavar, help when a field has
 # no description of its own). The converters turn text into what the model validates.
 CLI_TYPES: tuple[tuple[Any, str, str, str], ...] = (
     (f.Name, "text", "NAME", "a name"),
@@ -158,7 +158,7 @@ def build() -> dict[str, dict[str, Any]]:
 
 
 def render() -> str:
-    """The source of `coordinator/cli_options.py`."""
+    """The source of `coordinator/cli/options.py`."""
     table = pprint.pformat(build(), width=99, sort_dicts=False)
     return (
         '"""Every analysis kind\'s command-line arguments (`bridgestat query KIND`).\n\n'

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationInfo
 
 from bridgestat.common.numbers import finite
-from bridgestat.coordinator.query import Occasion, Term
+from bridgestat.coordinator.client.query import Occasion, Term
 
 Where = tuple[tuple[str, tuple[str, ...]], ...]
 MAX_CANDIDATES = 10_000

@@ -15,7 +15,6 @@ from typing import Any, ClassVar, TypeVar
 import pandas as pd
 from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 
-from bridgestat.coordinator import planning, secure, tables
 from bridgestat.coordinator.analyses.base import NO_GUESS, ColumnFacts, Guess, Kind, Output
 from bridgestat.coordinator.analyses.fields import (
     Candidates,
@@ -41,10 +40,12 @@ from bridgestat.coordinator.analyses.fields import (
     WhereField,
     Whole,
 )
-from bridgestat.coordinator.query import INTAKE, Query
-from bridgestat.coordinator.regression import RegressionResult
-from bridgestat.coordinator.secure import SecureResult
-from bridgestat.coordinator.tables import NETWORK, QueryResult
+from bridgestat.coordinator.client.query import INTAKE, Query
+from bridgestat.coordinator.secure import aggregation as secure
+from bridgestat.coordinator.secure.aggregation import SecureResult
+from bridgestat.coordinator.statistics import planning, tables
+from bridgestat.coordinator.statistics.regression import RegressionResult
+from bridgestat.coordinator.statistics.tables import NETWORK, QueryResult
 
 REGISTRY: dict[str, Kind] = {}
 K = TypeVar("K", bound=type[Kind])

@@ -30,11 +30,12 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Redire
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bridgestat.coordinator import precision, report
 from bridgestat.coordinator.analyses import REGISTRY
 from bridgestat.coordinator.api import AsyncNetwork
-from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.i18n import (
+from bridgestat.coordinator.client.fanout import Failure
+from bridgestat.coordinator.client.network_file import NetworkSpec, load_network
+from bridgestat.coordinator.report import study_report as report
+from bridgestat.coordinator.report.i18n import (
     LANGUAGES,
     N_,
     TEMPLATE_DIR,
@@ -42,9 +43,9 @@ from bridgestat.coordinator.i18n import (
     check_language,
     render,
 )
-from bridgestat.coordinator.network import NetworkSpec, load_network
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import (
+from bridgestat.coordinator.statistics import precision
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import (
     MemberBudget,
     MemberCost,
     Study,

@@ -24,10 +24,10 @@ from pydantic_core import PydanticUndefined
 
 from bridgestat.coordinator.analyses import REGISTRY, Kind
 from bridgestat.coordinator.analyses.methods import signature
-from bridgestat.coordinator.i18n import N_, Translator
-from bridgestat.coordinator.query import Occasion
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import Study, TableInfo, parse_study
+from bridgestat.coordinator.client.query import Occasion
+from bridgestat.coordinator.report.i18n import N_, Translator
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import Study, TableInfo, parse_study
 
 ENTRY_FIELDS = ("statistic", "id", "number", "title", "description", "audience", "meta")
 """The study's own keys of an analysis: not form fields of the kind."""

@@ -26,11 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import study as study_runner
 from bridgestat.coordinator.api import Network, QueryResult
-from bridgestat.coordinator.network import Member, TlsFiles
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.studyfile import Study
+from bridgestat.coordinator.client.network_file import Member, TlsFiles
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.studies import runner as study_runner
+from bridgestat.coordinator.studies.studyfile import Study
 from bridgestat.coordinator.web.state import SpendLog, now_iso
 
 KINDS = ("compare", "studies")

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.network import Member
-from bridgestat.coordinator.studyfile import Study
+from bridgestat.coordinator.client.fanout import Failure
+from bridgestat.coordinator.client.network_file import Member
+from bridgestat.coordinator.studies.studyfile import Study
 from bridgestat.v1 import node_service_pb2 as pb
 
 PENDING_SECONDS = 3600.0

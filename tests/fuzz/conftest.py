@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import NodeConfig, load_config
 from bridgestat.node.engine import Engine

@@ -10,9 +10,14 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridgestat.coordinator.network import NetworkFileError, load_network
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import StudyError, check_against, parse_study, schema_tables
+from bridgestat.coordinator.client.network_file import NetworkFileError, load_network
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import (
+    StudyError,
+    check_against,
+    parse_study,
+    schema_tables,
+)
 from bridgestat.node.schema import load_schema
 from bridgestat.node.serde import schema_to_pb
 

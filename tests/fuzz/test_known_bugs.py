@@ -15,9 +15,9 @@ import grpc
 import pytest
 import yaml
 
-from bridgestat.coordinator.network import NetworkFileError, load_network
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import StudyError, parse_study
+from bridgestat.coordinator.client.network_file import NetworkFileError, load_network
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import StudyError, parse_study
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine
 from bridgestat.node.errors import ConfigError
@@ -88,9 +88,9 @@ def test_non_utf8_config_is_a_config_error(tmp_path: Path) -> None:
         load_config(path)
 
 
-# coordinator/network.py load_network (line 95) has the same gap: a non-UTF-8 network file
+# coordinator/client/network_file.py load_network (line 95) has the same gap: a non-UTF-8 network file
 # raises UnicodeDecodeError instead of NetworkFileError naming the file.
-NETWORK_UTF8_BUG = ("coordinator/network.py load_network: a non-UTF-8 network file raises "
+NETWORK_UTF8_BUG = ("coordinator/client/network_file.py load_network: a non-UTF-8 network file raises "
                     "UnicodeDecodeError instead of NetworkFileError")
 
 
@@ -101,9 +101,9 @@ def test_non_utf8_network_file_is_a_network_file_error(tmp_path: Path) -> None:
         load_network(path)
 
 
-# coordinator/studyfile.py _number (line 200, `not math.isfinite(value)`): the same overflow
+# coordinator/studies/studyfile.py _number (line 200, `not math.isfinite(value)`): the same overflow
 # for a study number, e.g. an analysis's epsilon: 1 followed by 400 zeros.
-STUDY_BIG_INT_BUG = ("coordinator/studyfile.py _number: math.isfinite(int) raises "
+STUDY_BIG_INT_BUG = ("coordinator/studies/studyfile.py _number: math.isfinite(int) raises "
                      "OverflowError for an int beyond float range (e.g. epsilon)")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine

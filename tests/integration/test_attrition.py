@@ -21,11 +21,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import local, study, synth
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.query import INTAKE, Occasion, Query
-from bridgestat.coordinator.report import report_html
-from bridgestat.coordinator.studyfile import parse_study
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Query
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.report.study_report import report_html
+from bridgestat.coordinator.studies import runner as study
+from bridgestat.coordinator.studies.studyfile import parse_study
 from tests.integration.conftest import LocalNetwork
 
 SHIFT = 6.0

@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node import audit
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config

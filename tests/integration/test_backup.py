@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from bridgestat.common import witness as witness_file
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import Member
-from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.client.network_file import Member
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 from bridgestat.node import backup
 from bridgestat.node import cli as node_cli
 from bridgestat.node.audit import AuditLog, Record

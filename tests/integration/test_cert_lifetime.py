@@ -33,9 +33,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridgestat.common import certs
-from bridgestat.coordinator import ca, local, synth
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import TlsFiles
+from bridgestat.coordinator import ca
+from bridgestat.coordinator.client.network_file import TlsFiles
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 from bridgestat.node import app
 from bridgestat.node.engine import Engine
 from bridgestat.v1 import node_service_pb2 as pb

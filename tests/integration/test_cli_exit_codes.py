@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridgestat.coordinator import local
 from bridgestat.coordinator.api import NETWORK
-from bridgestat.coordinator.study import STANDARD_STUDY
+from bridgestat.coordinator.demo import local
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
 from tests.integration.conftest import LocalNetwork, local_network
 
 MAX_PER_QUERY = 2.0

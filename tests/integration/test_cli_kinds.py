@@ -19,10 +19,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import cli, local, tables
 from bridgestat.coordinator.analyses import REGISTRY
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.query import INTAKE, Occasion, Term
+from bridgestat.coordinator.cli import main as cli
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Term
+from bridgestat.coordinator.demo import local
+from bridgestat.coordinator.statistics import tables
 from tests.integration.conftest import LocalNetwork, local_network
 
 M12 = Occasion.month(12, 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridgestat.coordinator import local
+from bridgestat.coordinator.demo import local
 from tests.fixtures.study_results import MEMBERS, example_results
 
 

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 
 from bridgestat.coordinator.api import NETWORK, AsyncNetwork, Network
-from bridgestat.coordinator.client import ClientClosed
-from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.client.network_client import ClientClosed
+from bridgestat.coordinator.client.query import Query
 from tests.integration.conftest import LocalNetwork, local_network
 
 ALPHA = 2.5e-6

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import study
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.network import load_network
-from bridgestat.coordinator.studyfile import Study, parse_study
+from bridgestat.coordinator.client.network_file import load_network
+from bridgestat.coordinator.studies import runner as study
+from bridgestat.coordinator.studies.studyfile import Study, parse_study
 from bridgestat.coordinator.web.app import Workspace, plan_study
 from tests.integration.conftest import LocalNetwork, local_network
 

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from bridgestat.common.headers import MEMBER_HEADER
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.coordinator.hub import start_hub
 from bridgestat.node import audit
 from bridgestat.node.app import open_engine

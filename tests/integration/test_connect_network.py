@@ -30,11 +30,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from bridgestat.common.headers import MEMBER_HEADER
-from bridgestat.coordinator import ca, cli, local, synth
+from bridgestat.coordinator import ca
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import NetworkFileError, TlsFiles, load_network
-from bridgestat.coordinator.query import Query
+from bridgestat.coordinator.cli import main as cli
+from bridgestat.coordinator.client.network_file import NetworkFileError, TlsFiles, load_network
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.connect import Backoff, Connector
@@ -145,7 +147,7 @@ def test_info_and_pooled_queries_reach_every_member(mixed: Mixed) -> None:
 
 def test_the_cli_works_the_same(mixed: Mixed) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridgestat.coordinator.cli", "query", "--network",
+        [sys.executable, "-m", "bridgestat.coordinator.cli.main", "query", "--network",
          str(mixed.network), "count", "participant", "--epsilon", "0.5", "--json"],
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

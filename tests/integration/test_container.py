@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridgestat.coordinator import ca, local, synth
+from bridgestat.coordinator import ca
 from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.demo import local, synth
 from tests.integration.test_sources import (  # the member and PostgreSQL server fixtures
     NODE_PASSWORD,
     PASSWORD_ENV,

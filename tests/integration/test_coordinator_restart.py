@@ -42,11 +42,12 @@ from typing import Any
 
 import pytest
 
-from bridgestat.coordinator import local, study
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.query import Occasion, Query, Term
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import load_study
+from bridgestat.coordinator.client.query import Occasion, Query, Term
+from bridgestat.coordinator.demo import local
+from bridgestat.coordinator.studies import runner as study
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import load_study
 from bridgestat.node import audit
 from bridgestat.node.loss import Loss
 from tests.integration.conftest import LocalNetwork, local_network

@@ -20,9 +20,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import local
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.query import Occasion
+from bridgestat.coordinator.client.query import Occasion
+from bridgestat.coordinator.demo import local
 from tests.integration.conftest import LocalNetwork, local_network
 
 MONTH_12 = Occasion.month(12, 3)
@@ -97,7 +97,7 @@ def test_intake_mean_and_outcome_shares_recover_truth(network: LocalNetwork) -> 
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli", *args],
+    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli.main", *args],
                           capture_output=True, text=True, timeout=120, check=False)
 
 

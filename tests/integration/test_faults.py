@@ -47,18 +47,18 @@ import grpc
 import pytest
 import yaml
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.network import Member
-from bridgestat.coordinator.query import Occasion, Query, Term
-from bridgestat.coordinator.tables import (
+from bridgestat.coordinator.client.network_file import Member
+from bridgestat.coordinator.client.query import Occasion, Query, Term
+from bridgestat.coordinator.client.wire import query_to_pb
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.statistics.tables import (
     QueryResult,
     cross_products,
     mean_table,
     regression_fits,
     term_names,
 )
-from bridgestat.coordinator.wire import query_to_pb
 from bridgestat.node.ledger import Ledger, Reserved
 from bridgestat.node.loss import Epsilon, Loss
 from bridgestat.v1 import node_service_pb2 as pb

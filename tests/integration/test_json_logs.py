@@ -22,8 +22,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bridgestat.coordinator import ca, local, synth
-from bridgestat.coordinator.local import LocalMember
+from bridgestat.coordinator import ca
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 from bridgestat.node import cli
 
 

@@ -17,12 +17,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import study
 from bridgestat.coordinator.analyses import REGISTRY
 from bridgestat.coordinator.api import NETWORK, Network
-from bridgestat.coordinator.query import INTAKE, Occasion, Term
-from bridgestat.coordinator.studyfile import parse_study
-from bridgestat.coordinator.tables import QueryResult, transition_table
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Term
+from bridgestat.coordinator.statistics.tables import QueryResult, transition_table
+from bridgestat.coordinator.studies import runner as study
+from bridgestat.coordinator.studies.studyfile import parse_study
 from tests.integration.conftest import LocalNetwork, local_network
 
 ALPHA = 2.5e-6

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.query import INTAKE, Occasion
+from bridgestat.coordinator.client.query import INTAKE, Occasion
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node import sources
 from bridgestat.node.config import load_config
 from bridgestat.node.errors import ConfigError, DataError

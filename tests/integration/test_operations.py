@@ -27,10 +27,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridgestat.coordinator import ca, local, synth
+from bridgestat.coordinator import ca
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import Member, TlsFiles
+from bridgestat.coordinator.client.network_file import Member, TlsFiles
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 from bridgestat.node import app
 from bridgestat.node.engine import Engine
 from bridgestat.v1 import node_service_pb2 as pb

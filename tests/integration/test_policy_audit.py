@@ -25,10 +25,10 @@ import opendp.prelude as dp
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.network import TlsFiles
-from bridgestat.coordinator.tables import WITHHELD, WITHHELD_NETWORK
+from bridgestat.coordinator.client.network_file import TlsFiles
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.statistics.tables import WITHHELD, WITHHELD_NETWORK
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine

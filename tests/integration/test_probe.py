@@ -24,9 +24,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from bridgestat.coordinator import ca, local, synth
-from bridgestat.coordinator import cli as coordinator_cli
-from bridgestat.coordinator.network import TlsFiles
+from bridgestat.coordinator import ca
+from bridgestat.coordinator.cli import main as coordinator_cli
+from bridgestat.coordinator.client.network_file import TlsFiles
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node import audit, cli
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config

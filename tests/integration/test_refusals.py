@@ -17,8 +17,9 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bridgestat.coordinator import ca, local, synth
-from bridgestat.coordinator.network import TlsFiles
+from bridgestat.coordinator import ca
+from bridgestat.coordinator.client.network_file import TlsFiles
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node import audit, cli
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from bridgestat.coordinator.formatting import fmt_loss_range, fmt_number
-from bridgestat.coordinator.html_tables import LONG_TABLE
-from bridgestat.coordinator.member_report import write_member_report
-from bridgestat.coordinator.report import (
+from bridgestat.coordinator.report.formatting import fmt_loss_range, fmt_number
+from bridgestat.coordinator.report.html_tables import LONG_TABLE
+from bridgestat.coordinator.report.member_report import write_member_report
+from bridgestat.coordinator.report.study_report import (
     ReportError,
     iter_plot_keys,
     load_results,
@@ -115,7 +115,7 @@ def test_optional_keys_may_be_missing(tmp_path: Path) -> None:
 
 
 def _two_member_meta() -> dict[str, Any]:
-    from bridgestat.coordinator.meta import meta_analysis
+    from bridgestat.coordinator.statistics.meta import meta_analysis
 
     return meta_analysis([1.0, 2.0], [0.1, 0.2], labels=["a", "b"]).to_dict()
 
@@ -569,7 +569,7 @@ def test_member_report_uses_a_members_own_catalogue(results: dict[str, Any], tmp
 
 
 def test_meta_analysis_shows_the_tau2_interval(tmp_path: Path) -> None:
-    from bridgestat.coordinator.meta import meta_analysis
+    from bridgestat.coordinator.statistics.meta import meta_analysis
 
     meta = meta_analysis([1.0, 2.0, 0.2, 1.6], [0.1, 0.2, 0.1, 0.3],
                          labels=["a", "b", "c", "d"]).to_dict()

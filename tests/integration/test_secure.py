@@ -1,5 +1,5 @@
 """Secure aggregation end to end (issue 13): real node processes over mutual TLS, the
-coordinator's driver (`coordinator/secure.py`), the nodes' ledgers read through GetNodeInfo.
+coordinator's driver (`coordinator/secure/aggregation.py`), the nodes' ledgers read through GetNodeInfo.
 
 Tolerances: the secure mean's noise is the sum of |U3| discrete Gaussian shares (public
 variance, in the table's `se_dp`) plus a ratio's error; a check fails by chance with
@@ -28,14 +28,19 @@ import yaml
 from cryptography import x509
 
 from bridgestat.common import secagg as sa
-from bridgestat.coordinator import local
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.meta import MetaError
-from bridgestat.coordinator.network import load_network
-from bridgestat.coordinator.query import Query, Term
-from bridgestat.coordinator.regression import INTERCEPT, RegressionResult
-from bridgestat.coordinator.secure import NETWORK, SecureDriver, SecureResult, secure_rho
-from bridgestat.coordinator.tables import meta_from_table
+from bridgestat.coordinator.client.network_file import load_network
+from bridgestat.coordinator.client.query import Query, Term
+from bridgestat.coordinator.demo import local
+from bridgestat.coordinator.secure.aggregation import (
+    NETWORK,
+    SecureDriver,
+    SecureResult,
+    secure_rho,
+)
+from bridgestat.coordinator.statistics.meta import MetaError
+from bridgestat.coordinator.statistics.regression import INTERCEPT, RegressionResult
+from bridgestat.coordinator.statistics.tables import meta_from_table
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
@@ -380,7 +385,7 @@ def test_refused_queries_name_the_field_and_spend_nothing(network: LocalNetwork)
 
 
 def test_network_file_secure_section(tmp_path: Path, network: LocalNetwork) -> None:
-    from bridgestat.coordinator.network import NetworkFileError, SecureSettings
+    from bridgestat.coordinator.client.network_file import NetworkFileError, SecureSettings
 
     text = network.network.read_text()
     path = network.root / "network-secure.yaml"
@@ -488,7 +493,7 @@ def test_a_renewed_certificate_signs_secure_sessions_after_sighup(network: Local
     member = network.members[0]
     cert_path = member.config.parent / f"{member.name}.pem"
     old = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    from bridgestat.coordinator import cli
+    from bridgestat.coordinator.cli import main as cli
     assert cli.main(["ca", "renew", "--cert", str(cert_path), "--dir",
                      str(network.root / "ca")]) == 0  # `bridgestat ca renew`, in place
     new = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -523,10 +528,10 @@ def test_a_renewed_certificate_signs_secure_sessions_after_sighup(network: Local
 
 def test_a_secure_study_runs_and_its_reports_say_which_analyses_were_secure(
         network: LocalNetwork, tmp_path: Path) -> None:
-    from bridgestat.coordinator import cli
-    from bridgestat.coordinator.member_report import member_report_html
-    from bridgestat.coordinator.report import report_html
-    from bridgestat.coordinator.study import STANDARD_STUDY
+    from bridgestat.coordinator.cli import main as cli
+    from bridgestat.coordinator.report.member_report import member_report_html
+    from bridgestat.coordinator.report.study_report import report_html
+    from bridgestat.coordinator.studies.runner import STANDARD_STUDY
 
     doc = yaml.safe_load(STANDARD_STUDY.read_text(encoding="utf-8"))
     chosen = {a["id"]: a for a in doc["analyses"]}
@@ -571,7 +576,7 @@ def test_cli_secure_regression_prints_the_network_fit_only(
         network: LocalNetwork, capsys: pytest.CaptureFixture[str]) -> None:
     """`bridgestat query regression ... --secure true` runs the secure session (each member
     charged the network sum's rho once) and prints NETWORK coefficients only."""
-    from bridgestat.coordinator import cli
+    from bridgestat.coordinator.cli import main as cli
 
     with Network.from_file(network.network) as net:
         before = _rho_spent(net)

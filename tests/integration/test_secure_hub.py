@@ -24,12 +24,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridgestat.common import secagg as sa
 from bridgestat.common.headers import MEMBER_HEADER
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.network import load_network
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.secure import NETWORK, SecureDriver, SecureResult, secure_rho
+from bridgestat.coordinator.client.network_file import load_network
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
+from bridgestat.coordinator.secure.aggregation import (
+    NETWORK,
+    SecureDriver,
+    SecureResult,
+    secure_rho,
+)
 from bridgestat.node import cli as node_cli
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc

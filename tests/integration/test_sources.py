@@ -34,7 +34,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from bridgestat.coordinator import local, synth
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node import sources
 from bridgestat.node.config import DataConfig, load_config
 from bridgestat.node.errors import ConfigError, DataError

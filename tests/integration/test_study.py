@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.study import STANDARD_STUDY
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
 from tests.integration.conftest import LocalNetwork, local_network
 
 SUBSET = ("a01_household_type", "a05_paid_work", "a06_bridge_change", "a07_work_transitions",
@@ -29,7 +29,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 
 def _bridgestat(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli",
+    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli.main",
                            *map(str, args)], capture_output=True, text=True, timeout=240)
 
 
@@ -139,7 +139,7 @@ def test_run_saves_every_result_and_a_rerun_replays_for_free(network: LocalNetwo
 
 
 def test_report_of_a_real_run_renders_in_chromium(network: LocalNetwork, tmp_path: Path) -> None:
-    from bridgestat.coordinator.report import iter_plot_keys, load_results
+    from bridgestat.coordinator.report.study_report import iter_plot_keys, load_results
     from tests.integration.chromium import ARTIFACTS, assert_renders_in_chromium, require_chromium
 
     require_chromium()  # before spending budget on a run whose report cannot be checked
@@ -206,7 +206,7 @@ def test_a_run_stores_raw_and_adjusted_p_values_and_flags_d_z(network: LocalNetw
                                                                  tmp_path: Path) -> None:
     from statistics import NormalDist
 
-    from bridgestat.coordinator.multiplicity import holm
+    from bridgestat.coordinator.statistics.multiplicity import holm
 
     doc = _subset()
     doc["analyses"] = [a for a in doc["analyses"]
@@ -226,7 +226,7 @@ def test_a_run_stores_raw_and_adjusted_p_values_and_flags_d_z(network: LocalNetw
     assert [t["pvalue"] for t in tested] == pytest.approx(raw)
     assert [t["adjusted"] for t in tested] == pytest.approx(holm(raw))
     # the NETWORK d_z is flagged exactly as the rule says, from the public release figures
-    from bridgestat.coordinator.pooling import d_z_flag
+    from bridgestat.coordinator.statistics.pooling import d_z_flag
     query = ran["analyses"][0]["queries"][0]  # the change (then the share improved)
     cells = [r["cells"][0]["values"] for r in query["releases"].values()]
     flag = d_z_flag(sum(c["count"]["value"] for c in cells),

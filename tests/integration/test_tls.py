@@ -19,9 +19,16 @@ import grpc
 import pytest
 import yaml
 
-from bridgestat.coordinator import ca, cli, local, synth
+from bridgestat.coordinator import ca
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.network import Member, NetworkFileError, TlsFiles, load_network
+from bridgestat.coordinator.cli import main as cli
+from bridgestat.coordinator.client.network_file import (
+    Member,
+    NetworkFileError,
+    TlsFiles,
+    load_network,
+)
+from bridgestat.coordinator.demo import local, synth
 from bridgestat.node.app import open_engine
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine
@@ -193,7 +200,7 @@ def _serve(config: Path, *flags: str) -> subprocess.CompletedProcess[str]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli", *args],
+    return subprocess.run([sys.executable, "-m", "bridgestat.coordinator.cli.main", *args],
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator import local
 from bridgestat.coordinator.api import Network
+from bridgestat.coordinator.demo import local
 
 from .chromium import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
 from .conftest import LocalNetwork, local_network

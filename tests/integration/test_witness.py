@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from bridgestat.common import witness as witness_file
-from bridgestat.coordinator import cli as coordinator_cli
-from bridgestat.coordinator import local, synth
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.local import LocalMember
-from bridgestat.coordinator.witness import default_path
+from bridgestat.coordinator.cli import main as coordinator_cli
+from bridgestat.coordinator.client.witness import default_path
+from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo.local import LocalMember
 from bridgestat.node import cli as node_cli
 from bridgestat.node.audit import canonical_line, entry_hash
 

@@ -1,4 +1,4 @@
-"""The d_z flag rule of coordinator/pooling.py (`d_z_flag`), checked in seeded simulation.
+"""The d_z flag rule of coordinator/statistics/pooling.py (`d_z_flag`), checked in seeded simulation.
 
 Releases are simulated as in tests/unit/test_pooling.py: data from numpy, noise from numpy's
 Laplace with the node's scales (a test stand-in for OpenDP's noise: only its variance and
@@ -23,8 +23,8 @@ import math
 import numpy as np
 import pytest
 
-from bridgestat.coordinator import pooling
-from bridgestat.coordinator.planning import count_variance, fixed_point_variance
+from bridgestat.coordinator.statistics import pooling
+from bridgestat.coordinator.statistics.planning import count_variance, fixed_point_variance
 
 H = 40.0
 MEAN, SD = 5.0, 12.0

@@ -14,10 +14,10 @@ import yaml
 
 from bridgestat.coordinator.analyses import REGISTRY, ArgumentError, attach_async, attach_sync
 from bridgestat.coordinator.api import Network
-from bridgestat.coordinator.query import INTAKE, Occasion, Query, Term
-from bridgestat.coordinator.study import STANDARD_STUDY, ResultsFile
-from bridgestat.coordinator.studyfile import STATISTICS, StudyError, parse_study
-from bridgestat.coordinator.tables import QueryResult
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Query, Term
+from bridgestat.coordinator.statistics.tables import QueryResult
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY, ResultsFile
+from bridgestat.coordinator.studies.studyfile import STATISTICS, StudyError, parse_study
 
 KINDS = ("count", "mean", "proportion", "histogram", "paired_change", "share_improved",
          "follow_up", "transition", "compare", "did", "regression", "quantile")

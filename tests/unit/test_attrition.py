@@ -9,10 +9,15 @@ import math
 import pytest
 
 from bridgestat.common.labels import ABSENT, PRESENCE, PRESENT
-from bridgestat.coordinator import pooling
-from bridgestat.coordinator.pooling import MeanStats, Noisy
-from bridgestat.coordinator.query import INTAKE, Occasion, Query
-from bridgestat.coordinator.tables import NETWORK, WITHHELD, WITHHELD_NETWORK, attrition_table
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Query
+from bridgestat.coordinator.statistics import pooling
+from bridgestat.coordinator.statistics.pooling import MeanStats, Noisy
+from bridgestat.coordinator.statistics.tables import (
+    NETWORK,
+    WITHHELD,
+    WITHHELD_NETWORK,
+    attrition_table,
+)
 from tests.unit.test_tables import DOWN, hidden, mean_cell, release, result, row
 
 P, A = ((PRESENCE, PRESENT),), ((PRESENCE, ABSENT),)

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bridgestat.coordinator import planning, precision
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import MemberBudget, parse_study, schema_tables
+from bridgestat.coordinator.statistics import planning, precision
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import MemberBudget, parse_study, schema_tables
 from bridgestat.node.schema import load_schema
 from bridgestat.node.serde import schema_to_pb
 

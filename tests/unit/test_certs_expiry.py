@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bridgestat.common import certs
-from bridgestat.coordinator import ca, cli
+from bridgestat.coordinator import ca
+from bridgestat.coordinator.cli import main as cli
 
 
 @pytest.fixture

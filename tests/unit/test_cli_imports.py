@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bridgestat.common.certs import WARN_DAYS
-from bridgestat.coordinator import cli as coordinator_cli
+from bridgestat.coordinator.cli import main as coordinator_cli
 from bridgestat.node import cli as node_cli
 from bridgestat.node.ledger import PERIODS
 
@@ -19,7 +19,7 @@ HEAVY = ("pandas", "numpy", "scipy", "matplotlib", "grpc", "opendp", "pyarrow", 
          "yaml", "pydantic", "google.protobuf", "sqlite3", "bridgestat.v1")
 
 
-@pytest.mark.parametrize("module", ["bridgestat.coordinator.cli", "bridgestat.node.cli"])
+@pytest.mark.parametrize("module", ["bridgestat.coordinator.cli.main", "bridgestat.node.cli"])
 def test_building_the_parser_imports_no_heavy_library(module: str) -> None:
     code = (f"import sys, json, {module} as cli; cli.build_parser(); "
             "print(json.dumps(sorted(sys.modules)))")
@@ -38,6 +38,6 @@ def test_the_certificate_warning_named_in_help_is_the_checks() -> None:
 
 
 def test_the_report_languages_offered_are_the_translations() -> None:
-    from bridgestat.coordinator.i18n import LANGUAGES
+    from bridgestat.coordinator.report.i18n import LANGUAGES
 
     assert coordinator_cli.LANGUAGES == LANGUAGES

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridgestat.coordinator import cli_options, cli_query
 from bridgestat.coordinator.analyses import REGISTRY, cli_spec
+from bridgestat.coordinator.cli import options as cli_options
+from bridgestat.coordinator.cli import query as cli_query
 
 TABLE = Path(cli_options.__file__)
 
@@ -27,7 +28,7 @@ def test_every_kind_and_field_has_an_argument_the_cli_can_read() -> None:
 
 
 def test_a_term_reads_as_the_study_files_mapping() -> None:
-    from bridgestat.coordinator.query import INTAKE, Occasion
+    from bridgestat.coordinator.client.query import INTAKE, Occasion
 
     assert cli_query.term("bridge_total@12:9-15~intake:-40,40") == {
         "column": "bridge_total", "occasion": Occasion(12, 9, 15), "baseline": INTAKE,

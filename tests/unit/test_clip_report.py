@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridgestat.coordinator.html_tables import table_html
-from bridgestat.coordinator.i18n import Translator
-from bridgestat.coordinator.report import clip_notes
+from bridgestat.coordinator.report.html_tables import table_html
+from bridgestat.coordinator.report.i18n import Translator
+from bridgestat.coordinator.report.study_report import clip_notes
 
 COLUMNS = ["member", "arm", "estimate", "se", "ci_low", "ci_high", "n", "loss", "status",
            "clipped_below", "clipped_below_se", "clipped_above", "clipped_above_se",

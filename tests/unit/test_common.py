@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from bridgestat.common import certs, labels, wire
 from bridgestat.common.headers import MEMBER_HEADER, SESSION_HEADER
 from bridgestat.common.query import INTAKE, STATISTICS, Occasion, Query, Statistic, Term
-from bridgestat.coordinator import ca, effects, hub, privacy, tables
-from bridgestat.coordinator import query as coordinator_query
-from bridgestat.coordinator import wire as coordinator_wire
+from bridgestat.coordinator import ca, hub
+from bridgestat.coordinator.client import query as coordinator_query
+from bridgestat.coordinator.client import wire as coordinator_wire
+from bridgestat.coordinator.statistics import effects, privacy, tables
 from bridgestat.node import connect, loss, planner, serde
 from bridgestat.node import query as node_query
 from bridgestat.node.errors import QueryError

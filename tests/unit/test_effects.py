@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from bridgestat.coordinator import effects, pooling
-from bridgestat.coordinator.pooling import Noisy, PoolingError
+from bridgestat.coordinator.statistics import effects, pooling
+from bridgestat.coordinator.statistics.pooling import Noisy, PoolingError
 
 R = 2000
 TOLERANCE = 4 * math.sqrt(0.95 * 0.05 / R)

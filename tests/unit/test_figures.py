@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridgestat.coordinator import figures as fg
-from bridgestat.coordinator.plots import share_matrix
+from bridgestat.coordinator.report import figures as fg
+from bridgestat.coordinator.report.plots import share_matrix
 
 
 @pytest.mark.parametrize("raw", [[0.97, 0.62, 0.31, -0.9], [0.2, 0.3, 0.5], [-0.1, -0.2, 1.5],
@@ -86,7 +86,7 @@ def test_public_range_uses_what_the_results_document_holds(
 
 
 def test_chart_texts_in_dutch() -> None:
-    from bridgestat.coordinator.i18n import Translator
+    from bridgestat.coordinator.report.i18n import Translator
 
     nl = Translator("nl")
     assert fg.truncation_note(fg.MAX_PANELS) == ""

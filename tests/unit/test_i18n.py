@@ -9,9 +9,9 @@ import pytest
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from bridgestat.coordinator import i18n
+from bridgestat.coordinator.report import i18n
 
-COORDINATOR = Path(i18n.__file__).resolve().parent
+COORDINATOR = Path(i18n.__file__).resolve().parent.parent
 METHODS = [("**/templates/**.html", "jinja2"), ("**.py", "python")]
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None, "t": None}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bridgestat.coordinator.i18n import Translator
-from bridgestat.coordinator.studyfile import parse_study, schema_tables
+from bridgestat.coordinator.report.i18n import Translator
+from bridgestat.coordinator.studies.studyfile import parse_study, schema_tables
 from bridgestat.coordinator.web import forms
 from bridgestat.node.schema import load_schema
 from bridgestat.node.serde import schema_to_pb

@@ -1,4 +1,4 @@
-"""Tests of coordinator/meta.py against statsmodels' `combine_effects` as a reference.
+"""Tests of coordinator/statistics/meta.py against statsmodels' `combine_effects` as a reference.
 
 statsmodels (statsmodels.stats.meta_analysis, pinned in the dev extras) is an implementation
 nobody here wrote. With method_re="dl" its results map onto ours as follows:
@@ -37,7 +37,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.meta_analysis import CombineResults, combine_effects
 
-from bridgestat.coordinator.meta import (
+from bridgestat.coordinator.statistics.meta import (
     MetaError,
     MetaResult,
     Pooled,

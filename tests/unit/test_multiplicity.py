@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from bridgestat.coordinator.multiplicity import (
+from bridgestat.coordinator.statistics.multiplicity import (
     MultiplicityError,
     Rule,
     adjust,

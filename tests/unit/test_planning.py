@@ -1,4 +1,4 @@
-"""Tests of coordinator/planning.py: noise variances as the node makes them, predicted SEs as
+"""Tests of coordinator/statistics/planning.py: noise variances as the node makes them, predicted SEs as
 the coordinator computes them, the inverse, and the optimiser against its closed form."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bridgestat.coordinator import planning as P
-from bridgestat.coordinator.pooling import (
+from bridgestat.coordinator.statistics import planning as P
+from bridgestat.coordinator.statistics.pooling import (
     MeanStats,
     Noisy,
     pooled_change,
     pooled_mean,
     pooled_proportion,
 )
-from bridgestat.coordinator.privacy import rho_to_epsilon
+from bridgestat.coordinator.statistics.privacy import rho_to_epsilon
 from bridgestat.node import mechanisms
 
 SIZES = (100.0, 300.0, 600.0)

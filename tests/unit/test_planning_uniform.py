@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bridgestat.coordinator import planning as P
+from bridgestat.coordinator.statistics import planning as P
 
 SIZES = (600.0, 150.0, 300.0)
 ITEMS = [

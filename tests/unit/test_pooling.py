@@ -1,4 +1,4 @@
-"""Tests of coordinator/pooling.py: exact formulas, degenerate inputs, and CI coverage.
+"""Tests of coordinator/statistics/pooling.py: exact formulas, degenerate inputs, and CI coverage.
 
 The coverage tests simulate members' releases with numpy Laplace noise (a test stand-in for
 the node's OpenDP noise: only the noise variance matters to the coordinator).
@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from bridgestat.coordinator.pooling import (
+from bridgestat.coordinator.statistics.pooling import (
     Z95,
     Estimate,
     MeanStats,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bridgestat.coordinator import planning, precision
-from bridgestat.coordinator.study import STANDARD_STUDY, StudyPlan
-from bridgestat.coordinator.studyfile import (
+from bridgestat.coordinator.statistics import planning, precision
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY, StudyPlan
+from bridgestat.coordinator.studies.studyfile import (
     MemberBudget,
     StudyError,
     parse_study,

@@ -1,4 +1,4 @@
-"""Tests of coordinator/regression.py: exact OLS without noise, pooling, CI coverage, errors.
+"""Tests of coordinator/statistics/regression.py: exact OLS without noise, pooling, CI coverage, errors.
 
 The coverage test simulates the nodes' releases with numpy Gaussian noise (a test stand-in for
 the node's discrete Gaussian: only the public noise variance matters to the coordinator).
@@ -13,8 +13,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from bridgestat.coordinator.pooling import Z95, Noisy, PoolingError
-from bridgestat.coordinator.regression import (
+from bridgestat.coordinator.statistics.pooling import Z95, Noisy, PoolingError
+from bridgestat.coordinator.statistics.regression import (
     EIGEN_FLOOR,
     INTERCEPT,
     SIGMA2_FLOOR,

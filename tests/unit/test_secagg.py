@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from bridgestat.common import secagg as sa
 from bridgestat.common.secagg import SecAggError, SecAggParams
 from bridgestat.coordinator import ca
-from bridgestat.coordinator.secagg_server import SecAggServer, SessionOutcome
+from bridgestat.coordinator.secure.secagg_server import SecAggServer, SessionOutcome
 from bridgestat.node.secagg_member import SecAggMember, noise_share, secure_input
 
 SESSION = "session-0001"

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from bridgestat.coordinator import cli, secure
-from bridgestat.coordinator.meta import MetaError
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.secure import SecureResult
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import StudyError, parse_study
-from bridgestat.coordinator.tables import meta_from_table
+from bridgestat.coordinator.cli import main as cli
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.secure import aggregation as secure
+from bridgestat.coordinator.secure.aggregation import SecureResult
+from bridgestat.coordinator.statistics.meta import MetaError
+from bridgestat.coordinator.statistics.tables import meta_from_table
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import StudyError, parse_study
 
 STANDARD = yaml.safe_load(STANDARD_STUDY.read_text(encoding="utf-8"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bridgestat.coordinator import study
+from bridgestat.coordinator.studies import runner as study
 from bridgestat.node import mechanisms
 from bridgestat.node.audit import AuditLog, Record, verify
 from bridgestat.node.ledger import Ledger, Reserved

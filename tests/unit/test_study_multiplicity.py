@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from bridgestat.coordinator import multiplicity
-from bridgestat.coordinator.results_doc import validate_results
-from bridgestat.coordinator.study import STANDARD_STUDY, multiplicity_doc
-from bridgestat.coordinator.studyfile import MultiplicitySpec, StudyError, parse_study
+from bridgestat.coordinator.statistics import multiplicity
+from bridgestat.coordinator.studies.results_doc import validate_results
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY, multiplicity_doc
+from bridgestat.coordinator.studies.studyfile import MultiplicitySpec, StudyError, parse_study
 
 
 def _doc(**spec: Any) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridgestat.coordinator.study import STANDARD_STUDY
-from bridgestat.coordinator.studyfile import (
+from bridgestat.coordinator.studies.runner import STANDARD_STUDY
+from bridgestat.coordinator.studies.studyfile import (
     MemberBudget,
     StudyError,
     check_affordable,

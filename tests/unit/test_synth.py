@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bridgestat.coordinator import synth
-from bridgestat.coordinator.synth import NetworkTruth, SampleTruth, write_csv, write_network
+from bridgestat.coordinator.demo import synth
+from bridgestat.coordinator.demo.synth import NetworkTruth, SampleTruth, write_csv, write_network
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "node" / "schemas" / "data-matrix-1.0.0.yaml"
 TABLES = ("participant", "assessment", "goal", "coaching_contact")

@@ -1,4 +1,4 @@
-"""Tests of coordinator/tables.py: the one rule every table applies to a member's answer
+"""Tests of coordinator/statistics/tables.py: the one rule every table applies to a member's answer
 (`QueryResult.member_cells`: failed, suppressed or missing cell, pooled only) and the
 builders that applied it differently before it was shared."""
 
@@ -10,10 +10,11 @@ from collections.abc import Callable, Mapping
 import pandas as pd
 import pytest
 
-from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.pooling import Noisy
-from bridgestat.coordinator.query import Query, Term
-from bridgestat.coordinator.tables import (
+from bridgestat.coordinator.client.fanout import Failure
+from bridgestat.coordinator.client.query import Query, Term
+from bridgestat.coordinator.client.wire import CellRelease, MemberRelease
+from bridgestat.coordinator.statistics.pooling import Noisy
+from bridgestat.coordinator.statistics.tables import (
     NETWORK,
     WITHHELD,
     WITHHELD_NETWORK,
@@ -27,7 +28,6 @@ from bridgestat.coordinator.tables import (
     regression_fits,
     transition_table,
 )
-from bridgestat.coordinator.wire import CellRelease, MemberRelease
 
 T, C = (("arm", "t"),), (("arm", "c"),)
 SUPPRESSED = "suppressed by member policy (noisy n < 25; not pooled)"
@@ -255,8 +255,8 @@ def change_query(clip: tuple[float, float] | None, epsilon: float = 0.3) -> Quer
 @pytest.mark.parametrize(("var_squares", "flagged"), [(2000.0, True), (1.0, False)])
 def test_the_change_table_flags_a_d_z_whose_sd_is_not_well_determined(
         var_squares: float, flagged: bool) -> None:
-    from bridgestat.coordinator import pooling
-    from bridgestat.coordinator.tables import paired_change_table
+    from bridgestat.coordinator.statistics import pooling
+    from bridgestat.coordinator.statistics.tables import paired_change_table
     answers = [release(f"m{i}", change_cell(40.0, var_squares)) for i in range(2)]
     frame = paired_change_table(result(*answers, query=change_query((-4.0, 4.0))))
     for member, n, v_q in (("m0", 40.0, var_squares), ("m1", 40.0, var_squares),
@@ -270,8 +270,8 @@ def test_the_change_table_flags_a_d_z_whose_sd_is_not_well_determined(
 
 
 def test_without_a_clip_the_half_width_is_read_off_the_public_noise() -> None:
-    from bridgestat.coordinator import planning
-    from bridgestat.coordinator.tables import change_half_width
+    from bridgestat.coordinator.statistics import planning
+    from bridgestat.coordinator.statistics.tables import change_half_width
     v_s = planning.fixed_point_variance(100.0, 0.3 * planning.HAND_SPLIT.sum)
     answer = release("m0", change_cell(40.0, 1.0, var_sum=v_s))
     assert change_half_width(result(answer, query=change_query(None))) == pytest.approx(100.0)

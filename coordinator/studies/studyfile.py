@@ -57,8 +57,8 @@ from bridgestat.coordinator.analyses.fields import (
     TermSpec,
     Whole,
 )
-from bridgestat.coordinator.privacy import Spend
-from bridgestat.coordinator.query import INTAKE, Occasion, Term
+from bridgestat.coordinator.client.query import INTAKE, Occasion, Term
+from bridgestat.coordinator.statistics.privacy import Spend
 from bridgestat.v1 import node_service_pb2 as pb
 
 STATISTICS = tuple(REGISTRY)

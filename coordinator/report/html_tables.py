@@ -16,10 +16,10 @@ import html
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from bridgestat.coordinator import figures as fg
-from bridgestat.coordinator.formatting import column_name, is_ok, readable, status_head
-from bridgestat.coordinator.i18n import N_, Translator
-from bridgestat.coordinator.results_doc import NETWORK, NUMERIC_KEYS, Row, finite, is_number
+from bridgestat.coordinator.report import figures as fg
+from bridgestat.coordinator.report.formatting import column_name, is_ok, readable, status_head
+from bridgestat.coordinator.report.i18n import N_, Translator
+from bridgestat.coordinator.studies.results_doc import NETWORK, NUMERIC_KEYS, Row, finite, is_number
 
 LONG_TABLE = 30
 """Tables with more rows show their NETWORK rows and fold the full table into <details>."""

@@ -24,9 +24,9 @@ from typing import Any
 
 from markupsafe import Markup
 
-from bridgestat.coordinator import figures as fg
-from bridgestat.coordinator.formatting import fmt_loss, fmt_loss_range, is_ok
-from bridgestat.coordinator.html_tables import (
+from bridgestat.coordinator.report import figures as fg
+from bridgestat.coordinator.report.formatting import fmt_loss, fmt_loss_range, is_ok
+from bridgestat.coordinator.report.html_tables import (
     REGRESSION_NOTE,
     coefficient_table_html,
     escape,
@@ -36,15 +36,15 @@ from bridgestat.coordinator.html_tables import (
     table_html,
     with_fit_status,
 )
-from bridgestat.coordinator.i18n import N_, Translator, render
-from bridgestat.coordinator.plots import (
+from bridgestat.coordinator.report.i18n import N_, Translator, render
+from bridgestat.coordinator.report.plots import (
     Plot,
     budget_rows,
     fit_names,
     render_budget_plot,
     render_plot,
 )
-from bridgestat.coordinator.results_doc import (
+from bridgestat.coordinator.studies.results_doc import (
     FORMAT,
     NETWORK,
     ReportError,

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import grpc
 
 from bridgestat.common.headers import MEMBER_HEADER
-from bridgestat.coordinator.network import Member
-from bridgestat.coordinator.witness import Witness
+from bridgestat.coordinator.client.network_file import Member
+from bridgestat.coordinator.client.witness import Witness
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")

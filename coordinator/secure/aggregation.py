@@ -42,14 +42,14 @@ from bridgestat.common import secagg_wire as wire
 from bridgestat.common.labels import MISSING
 from bridgestat.common.loss import rho_to_epsilon
 from bridgestat.common.secagg import SecAggError, SecAggParams
-from bridgestat.coordinator import pooling
-from bridgestat.coordinator.fanout import MemberHeader
-from bridgestat.coordinator.network import Member, SecureSettings, TlsFiles
-from bridgestat.coordinator.pooling import Estimate, MeanStats, Noisy, PoolingError
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.regression import CrossProducts, RegressionResult, fit
-from bridgestat.coordinator.secagg_server import SecAggServer, SessionOutcome
-from bridgestat.coordinator.wire import query_to_pb
+from bridgestat.coordinator.client.fanout import MemberHeader
+from bridgestat.coordinator.client.network_file import Member, SecureSettings, TlsFiles
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.client.wire import query_to_pb
+from bridgestat.coordinator.secure.secagg_server import SecAggServer, SessionOutcome
+from bridgestat.coordinator.statistics import pooling
+from bridgestat.coordinator.statistics.pooling import Estimate, MeanStats, Noisy, PoolingError
+from bridgestat.coordinator.statistics.regression import CrossProducts, RegressionResult, fit
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridgestat.coordinator import cli_query  # the kinds' arguments: a static table, no pydantic
+from bridgestat.coordinator.cli import (
+    query as cli_query,  # the kinds' arguments: a static table, no pydantic
+)
 
 # Only the standard library at import time: `bridgestat --help` must start fast. pandas,
 # grpc, cryptography, scipy and matplotlib are imported by the commands that use them.
@@ -15,14 +17,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from bridgestat.coordinator.api import Network
-    from bridgestat.coordinator.client import CallLog
+    from bridgestat.coordinator.client.network_client import CallLog
 
 EXIT_OK = 0  # every member answered
 EXIT_USAGE = 2  # a usage, file or input error (argparse's own usage errors too)
 EXIT_PARTIAL = 3  # some members failed; the rest were pooled
 EXIT_NONE = 4  # no member answered, or every member refused
 EXIT_PIPE = 141  # stdout's reader went away (128 + SIGPIPE, as the shell reports it)
-LANGUAGES = ("en", "nl")  # the reports' languages (coordinator/i18n.py)
+LANGUAGES = ("en", "nl")  # the reports' languages (coordinator/report/i18n.py)
 CERT_WARN_DAYS = 30  # common.certs.WARN_DAYS (cryptography is not imported for --help);
 # tests/unit/test_cli_imports.py keeps them equal
 EXIT_CODES = """exit codes (info, query, study run):
@@ -100,7 +102,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from bridgestat.coordinator import local, synth
+    from bridgestat.coordinator.demo import local, synth
 
     synth.write_network(args.out, members=args.members, seed=args.seed)
     members = local.write_configs(args.out, total_epsilon=args.total_epsilon,
@@ -112,8 +114,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _study_plan(args: argparse.Namespace) -> int:
-    from bridgestat.coordinator import study
-    from bridgestat.coordinator.studyfile import load_study
+    from bridgestat.coordinator.studies import runner as study
+    from bridgestat.coordinator.studies.studyfile import load_study
 
     checked = load_study(args.study)
     with _network(args) as net:
@@ -125,8 +127,8 @@ def _study_plan(args: argparse.Namespace) -> int:
 def _study_run(args: argparse.Namespace) -> int:
     """Run the study; the exit code says whether every member answered every call (0), some
     failed (3) or none answered (4; the study's own refusal names why)."""
-    from bridgestat.coordinator import study
-    from bridgestat.coordinator.studyfile import StudyError, load_study
+    from bridgestat.coordinator.studies import runner as study
+    from bridgestat.coordinator.studies.studyfile import StudyError, load_study
 
     checked = load_study(args.study)
     with _network(args) as net, net.recording() as log:
@@ -143,8 +145,10 @@ def _study_run(args: argparse.Namespace) -> int:
 
 
 def _report_from(results: Path, out: Path, lang: str = "en") -> Path:
-    from bridgestat.coordinator import report  # matplotlib only when a report is written
-    from bridgestat.coordinator.results_doc import load_results
+    from bridgestat.coordinator.report import (
+        study_report as report,  # matplotlib only when a report is written
+    )
+    from bridgestat.coordinator.studies.results_doc import load_results
 
     return report.write_report(load_results(results), out, lang=lang)
 
@@ -158,8 +162,8 @@ def _report(args: argparse.Namespace) -> int:
         out = args.out or args.results.with_name("report.html")
         print(f"wrote {_report_from(args.results, out, args.lang)}")
         return 0
-    from bridgestat.coordinator.member_report import write_member_report
-    from bridgestat.coordinator.results_doc import load_results
+    from bridgestat.coordinator.report.member_report import write_member_report
+    from bridgestat.coordinator.studies.results_doc import load_results
 
     out = args.out or args.results.parent
     html = write_member_report(load_results(args.results), args.member, args.lang, out,
@@ -175,9 +179,10 @@ def _demo(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from bridgestat.coordinator import local, study, synth
     from bridgestat.coordinator.api import Network
-    from bridgestat.coordinator.studyfile import load_study
+    from bridgestat.coordinator.demo import local, synth
+    from bridgestat.coordinator.studies import runner as study
+    from bridgestat.coordinator.studies.studyfile import load_study
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bridgestat-demo-"))
     print(f"== Writing a synthetic network of {args.members} members to {out}")
@@ -329,7 +334,7 @@ def _witness_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _witness_check(args: argparse.Namespace) -> int:
-    from bridgestat.coordinator import witness
+    from bridgestat.coordinator.client import witness
 
     return witness.check_network(args.network, args.witness, args.timeout, args.insecure)
 

@@ -34,18 +34,18 @@ from bridgestat.common.labels import (
     PRESENT,
     SUM,
 )
-from bridgestat.coordinator import effects, planning, pooling
-from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.meta import MetaError, MetaResult, meta_analysis
-from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError
-from bridgestat.coordinator.query import Query, Term
-from bridgestat.coordinator.regression import (
+from bridgestat.coordinator.client.fanout import Failure
+from bridgestat.coordinator.client.query import Query, Term
+from bridgestat.coordinator.client.wire import CellRelease, MemberRelease
+from bridgestat.coordinator.statistics import effects, planning, pooling
+from bridgestat.coordinator.statistics.meta import MetaError, MetaResult, meta_analysis
+from bridgestat.coordinator.statistics.pooling import Estimate, Noisy, PoolingError
+from bridgestat.coordinator.statistics.regression import (
     CrossProducts,
     RegressionResult,
     fit,
     pool_cross_products,
 )
-from bridgestat.coordinator.wire import CellRelease, MemberRelease
 
 NETWORK = "NETWORK"
 MIN_ARM_N = 20.0  # a member's arm with a smaller noisy count is "no comparison arm"

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from bridgestat.common.labels import COUNT, SUM, SUM_SQUARES
 from bridgestat.common.wire import query_to_pb
-from bridgestat.coordinator.pooling import MeanStats, Noisy, PoolingError
-from bridgestat.coordinator.query import Query, Statistic
+from bridgestat.coordinator.client.query import Query, Statistic
+from bridgestat.coordinator.statistics.pooling import MeanStats, Noisy, PoolingError
 from bridgestat.v1 import node_service_pb2 as pb
 
 __all__ = ["CellRelease", "MemberRelease", "check_release", "query_to_pb", "release_from_pb"]

@@ -26,11 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bridgestat.coordinator import planning
 from bridgestat.coordinator.analyses.base import ColumnFacts
-from bridgestat.coordinator.planning import PlanItem, PlanningError, Prediction
-from bridgestat.coordinator.results_doc import NETWORK, finite
-from bridgestat.coordinator.studyfile import (
+from bridgestat.coordinator.statistics import planning
+from bridgestat.coordinator.statistics.planning import PlanItem, PlanningError, Prediction
+from bridgestat.coordinator.studies.results_doc import NETWORK, finite
+from bridgestat.coordinator.studies.studyfile import (
     PARTICIPANT,
     Analysis,
     MemberBudget,

@@ -25,14 +25,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bridgestat.coordinator.cli_options import KINDS
+from bridgestat.coordinator.cli.options import KINDS
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from bridgestat.common.query import Occasion
     from bridgestat.coordinator.analyses import Kind, Output, Planned
-    from bridgestat.coordinator.tables import QueryResult
+    from bridgestat.coordinator.statistics.tables import QueryResult
 
 Table = tuple[str, str, "pd.DataFrame"]  # name, caption, frame
 OCCASION = re.compile(r"(\d+)(?::(\d+)-(\d+))?")
@@ -262,8 +262,8 @@ def output(kind: Kind, p: Any, results: Sequence[QueryResult], meta: bool
            ) -> tuple[list[Table], list[str]]:
     """The kind's tables, then with `meta` one meta-analysis table per pooled estimate; and
     the notes (a meta-analysis that was not possible says why)."""
-    from bridgestat.coordinator import tables
-    from bridgestat.coordinator.meta import MetaError
+    from bridgestat.coordinator.statistics import tables
+    from bridgestat.coordinator.statistics.meta import MetaError
 
     named = title(kind, p)
     out: Output = kind.output(p, results, named)

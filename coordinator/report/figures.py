@@ -25,10 +25,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-from bridgestat.coordinator.formatting import is_ok, status_head
-from bridgestat.coordinator.formatting import readable as readable_text
-from bridgestat.coordinator.i18n import Translator
-from bridgestat.coordinator.results_doc import NETWORK, Row, finite
+from bridgestat.coordinator.report.formatting import is_ok, status_head
+from bridgestat.coordinator.report.formatting import readable as readable_text
+from bridgestat.coordinator.report.i18n import Translator
+from bridgestat.coordinator.studies.results_doc import NETWORK, Row, finite
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType

@@ -16,7 +16,13 @@ from collections.abc import Collection, Mapping, Sequence
 
 from bridgestat.common import labels
 from bridgestat.common.labels import MISSING
-from bridgestat.coordinator.pooling import Estimate, Noisy, PoolingError, make_estimate, sum_noisy
+from bridgestat.coordinator.statistics.pooling import (
+    Estimate,
+    Noisy,
+    PoolingError,
+    make_estimate,
+    sum_noisy,
+)
 
 ARROW = labels.ARROW  # "before -> after" of a transition cell (tables splits on it too)
 

@@ -33,20 +33,25 @@ from typing import Any, ClassVar, Concatenate, ParamSpec, Self, TypeVar
 
 import pandas as pd
 
-from bridgestat.coordinator.fanout import Failure, Fanout, Success
-from bridgestat.coordinator.network import (
+from bridgestat.coordinator.client.fanout import Failure, Fanout, Success
+from bridgestat.coordinator.client.network_file import (
     Member,
     SecureSettings,
     TlsFiles,
     load_network,
     require_tls,
 )
-from bridgestat.coordinator.pooling import PoolingError
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.secure import Hook, SecureDriver, SecureResult
-from bridgestat.coordinator.tables import QueryResult
-from bridgestat.coordinator.wire import MemberRelease, check_release, query_to_pb, release_from_pb
-from bridgestat.coordinator.witness import Witness, default_path
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.client.wire import (
+    MemberRelease,
+    check_release,
+    query_to_pb,
+    release_from_pb,
+)
+from bridgestat.coordinator.client.witness import Witness, default_path
+from bridgestat.coordinator.secure.aggregation import Hook, SecureDriver, SecureResult
+from bridgestat.coordinator.statistics.pooling import PoolingError
+from bridgestat.coordinator.statistics.tables import QueryResult
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -94,7 +99,7 @@ class AsyncNetwork:
                  secure: SecureSettings | None = None) -> None:
         """Mutual TLS with `tls` (the network file's); plain text only with `insecure`.
         Channels open on first use, on the loop that makes the call. `witness`: the file the
-        members' audit heads are recorded in (`coordinator/witness.py`; None: not recorded).
+        members' audit heads are recorded in (`coordinator/client/witness.py`; None: not recorded).
         `secure`: t and c of secure aggregation (the network file's; default from the number
         of members)."""
         require_tls(tls, insecure, type(self).__name__)
@@ -204,7 +209,7 @@ class AsyncNetwork:
     async def run_secure(self, query: Query, key: str | None = None, *,
                          hook: Hook | None = None) -> SecureResult:
         """One query by secure aggregation (issue 13): the network's noisy sums only, its
-        loss as rho (`coordinator/secure.py`). `hook(round)` runs before each round (tests)."""
+        loss as rho (`coordinator/secure/aggregation.py`). `hook(round)` runs before each round (tests)."""
         self._check_open()
         if self._secure_driver is None:
             self._secure_driver = SecureDriver(self.members, self.tls, self.secure,

@@ -36,7 +36,7 @@ from pathlib import Path
 from bridgestat.common.witness import Witnessed, WitnessError, read
 from bridgestat.v1 import node_service_pb2 as pb
 
-log = logging.getLogger("bridgestat.coordinator.witness")
+log = logging.getLogger("bridgestat.coordinator.client.witness")
 SUFFIX = ".witness.jsonl"
 Answered = pb.RunQueryResponse | pb.GetNodeInfoResponse
 

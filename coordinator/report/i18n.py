@@ -40,8 +40,8 @@ DOMAIN = "bridgestat"
 STUDY_DOMAIN = "studies"
 """Catalogue of the texts of shipped study files (titles, chart labels): kept by hand, apart
 from the code's catalogue that `pybabel update` rewrites; looked up after it."""
-LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+LOCALE_DIR = Path(__file__).resolve().parent.parent / "locale"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 LOCALE_ENV = "BRIDGESTAT_LOCALE_DIR"
 """Environment variable naming a member's own catalogue folder, layered over the package's."""
 

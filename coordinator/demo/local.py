@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridgestat.common.headers import MEMBER_HEADER
 from bridgestat.coordinator import ca
-from bridgestat.coordinator.network import HUB_NAME, TlsFiles, load_network
+from bridgestat.coordinator.client.network_file import HUB_NAME, TlsFiles, load_network
 from bridgestat.v1 import node_service_pb2 as pb
 from bridgestat.v1 import node_service_pb2_grpc as pb_grpc
 
@@ -129,7 +129,7 @@ def node_command() -> list[str]:
 
 def coordinator_command() -> list[str]:
     exe = shutil.which("bridgestat", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "bridgestat.coordinator.cli"]
+    return [exe] if exe else [sys.executable, "-m", "bridgestat.coordinator.cli.main"]
 
 
 def start_hub(root: Path, address: str, log: Path, *, tls: bool = True,

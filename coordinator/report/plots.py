@@ -21,10 +21,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
 from matplotlib.ticker import PercentFormatter
 
-from bridgestat.coordinator import figures as fg
-from bridgestat.coordinator.formatting import column_name, fmt_pvalue, readable
-from bridgestat.coordinator.i18n import N_, Translator
-from bridgestat.coordinator.results_doc import NETWORK, PLOT_KINDS, Row, finite, plot_table
+from bridgestat.coordinator.report import figures as fg
+from bridgestat.coordinator.report.formatting import column_name, fmt_pvalue, readable
+from bridgestat.coordinator.report.i18n import N_, Translator
+from bridgestat.coordinator.studies.results_doc import NETWORK, PLOT_KINDS, Row, finite, plot_table
 
 TICK_ROTATION = 35
 """Degrees the heatmap's column labels are turned so long category names do not overlap."""

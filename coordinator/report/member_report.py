@@ -21,13 +21,18 @@ from typing import Any
 
 from markupsafe import Markup
 
-from bridgestat.coordinator import figures as fg
-from bridgestat.coordinator.formatting import is_ok, readable, status_head
-from bridgestat.coordinator.html_tables import is_label, table_columns
-from bridgestat.coordinator.i18n import N_, Translator, fmt_date, render
-from bridgestat.coordinator.plots import render_plot
-from bridgestat.coordinator.report import is_secure, write_atomically
-from bridgestat.coordinator.results_doc import NETWORK, ReportError, finite, validate_results
+from bridgestat.coordinator.report import figures as fg
+from bridgestat.coordinator.report.formatting import is_ok, readable, status_head
+from bridgestat.coordinator.report.html_tables import is_label, table_columns
+from bridgestat.coordinator.report.i18n import N_, Translator, fmt_date, render
+from bridgestat.coordinator.report.plots import render_plot
+from bridgestat.coordinator.report.study_report import is_secure, write_atomically
+from bridgestat.coordinator.studies.results_doc import (
+    NETWORK,
+    ReportError,
+    finite,
+    validate_results,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 PRINT_TIMEOUT = 120  # seconds; printing a 3-page report takes about 2 s

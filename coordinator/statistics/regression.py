@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from bridgestat.coordinator.pooling import Noisy, PoolingError
+from bridgestat.coordinator.statistics.pooling import Noisy, PoolingError
 
 INTERCEPT = "(intercept)"
 """Name of the intercept coefficient in a `RegressionResult`."""

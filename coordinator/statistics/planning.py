@@ -53,7 +53,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from bridgestat.coordinator.privacy import rho_to_epsilon
+from bridgestat.coordinator.statistics.privacy import rho_to_epsilon
 
 FIXED_POINT = 1 << 20
 """The node's fixed-point factor F of centred sums (node/mechanisms.py)."""
@@ -82,7 +82,7 @@ class Kind(str, Enum):
 
 
 class Pooling(str, Enum):
-    SUMS = "sums"  # members' sums pooled into one estimate (coordinator/pooling.py)
+    SUMS = "sums"  # members' sums pooled into one estimate (coordinator/statistics/pooling.py)
     RANDOM = "random"  # members' estimates meta-analysed with weights 1/(v_k + tau2)
 
 

@@ -24,16 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from bridgestat.coordinator import precision, tables
 from bridgestat.coordinator.analyses import Output
 from bridgestat.coordinator.api import NETWORK, Network, QueryResult
-from bridgestat.coordinator.fanout import Failure
-from bridgestat.coordinator.meta import MetaError
-from bridgestat.coordinator.multiplicity import adjust
-from bridgestat.coordinator.precision import AutoShare, Precision
-from bridgestat.coordinator.query import Query
-from bridgestat.coordinator.results_doc import is_number
-from bridgestat.coordinator.studyfile import (
+from bridgestat.coordinator.client.fanout import Failure
+from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.statistics import precision, tables
+from bridgestat.coordinator.statistics.meta import MetaError
+from bridgestat.coordinator.statistics.multiplicity import adjust
+from bridgestat.coordinator.statistics.precision import AutoShare, Precision
+from bridgestat.coordinator.studies.results_doc import is_number
+from bridgestat.coordinator.studies.studyfile import (
     EFFECTS,
     Analysis,
     MemberBudget,
@@ -50,7 +50,7 @@ from bridgestat.coordinator.studyfile import (
 )
 
 FORMAT = "bridgestat-study-results/1"
-STANDARD_STUDY = Path(__file__).with_name("studies") / "standard-effect-study.yaml"
+STANDARD_STUDY = Path(__file__).with_name("standard-effect-study.yaml")
 Printer = Callable[[str], None]
 
 

@@ -11,9 +11,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from bridgestat.coordinator import i18n
-from bridgestat.coordinator.i18n import N_
-from bridgestat.coordinator.results_doc import finite
+from bridgestat.coordinator.report import i18n
+from bridgestat.coordinator.report.i18n import N_
+from bridgestat.coordinator.studies.results_doc import finite
 
 COLUMN_NAMES = {
     "member": N_("Member"), "estimate": N_("Estimate"), "se": N_("SE"), "n": N_("n (noisy)"),

@@ -1,0 +1,1 @@
+"""The `bridgestat` command: its parser, the generated kind options and query output."""

@@ -1,0 +1,1 @@
+"""Demo tooling: synthetic member networks and local launchers (not for members)."""

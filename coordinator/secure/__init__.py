@@ -1,0 +1,1 @@
+"""Secure aggregation as the coordinator runs it: rounds, survivors, the masked sum."""

@@ -1,0 +1,1 @@
+"""Post-processing of members' releases: pooling, effects, meta-analysis, regression, multiplicity, planning and predicted precision."""

@@ -1,0 +1,1 @@
+"""Study files, the study runner and the saved results document."""

@@ -58,7 +58,15 @@ from bridgestat.coordinator.studies.studyfile import (
     schema_tables,
 )
 from bridgestat.coordinator.web import forms
-from bridgestat.coordinator.web.runs import Run, RunNetwork, Runs, Step, csv_bytes, xlsx_bytes
+from bridgestat.coordinator.web.runs import (
+    Run,
+    RunNetwork,
+    Runs,
+    Step,
+    csv_bytes,
+    progress_words,
+    xlsx_bytes,
+)
 from bridgestat.coordinator.web.security import (
     CSRF_FIELD,
     LANG_COOKIE,
@@ -392,14 +400,15 @@ async def study_page(request: Request) -> Response:
         raise HTTPException(404, f"no study run {run_id!r}")
     progress = active.progress() if active else None
     return page(request, "study_run.html", run_id=run_id, doc=doc, progress=progress,
-                run=active)
+                run=active, words=progress_words(Translator(lang_of(request))))
 
 
 async def study_progress(request: Request) -> Response:
     active = ws(request).runs.active.get(request.path_params["run_id"])
     if active is None:
         return JSONResponse({"state": "done", "steps": [], "members": [], "log": []})
-    return JSONResponse(active.progress())
+    return JSONResponse({**active.progress(),
+                         "words": progress_words(Translator(lang_of(request)))})
 
 
 async def study_report(request: Request) -> Response:

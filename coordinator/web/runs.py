@@ -29,11 +29,24 @@ import pandas as pd
 from bridgestat.coordinator.api import Network, QueryResult
 from bridgestat.coordinator.client.network_file import Member, TlsFiles
 from bridgestat.coordinator.client.query import Query
+from bridgestat.coordinator.report.i18n import N_, Translator
 from bridgestat.coordinator.studies import runner as study_runner
 from bridgestat.coordinator.studies.studyfile import Study
 from bridgestat.coordinator.web.state import SpendLog, now_iso
 
 KINDS = ("compare", "studies")
+
+
+# The words of the progress table (a step's state, a member's outcome), translated when shown;
+# a member's failure is its gRPC status code, shown as it is (operations teams search for it).
+PROGRESS_WORDS = {"waiting": N_("waiting"), "running": N_("running"), "done": N_("done"),
+                  "stopped": N_("stopped"), "failed": N_("failed"), "ok": N_("ok"),
+                  "replayed": N_("replayed (no new spending)")}
+
+
+def progress_words(t: Translator) -> dict[str, str]:
+    """Each progress word in the reader's language, for the page and the live poll."""
+    return {word: t.gettext(message) for word, message in PROGRESS_WORDS.items()}
 
 
 @dataclass

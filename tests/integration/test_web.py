@@ -239,6 +239,8 @@ def test_workspace_in_chromium(workspace: str, network: LocalNetwork, tmp_path: 
             page.wait_for_selector("#progress")
             page.wait_for_selector("#open-report", timeout=120_000)
             assert "finished" in page.inner_text("#run-state")
+            states = page.locator("#progress td.state").all_inner_texts()
+            assert states and set(states) == {"done"}, states  # words from the catalogue
             page.screenshot(path=str(ARTIFACTS / "web-study-run.png"), full_page=True)
             start = time.perf_counter()
             page.click("#open-report")

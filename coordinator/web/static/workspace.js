@@ -14,10 +14,11 @@ document.addEventListener("DOMContentLoaded", function () {
         p.steps.forEach(function (step) {
           var row = table.querySelector('tr[data-step="' + CSS.escape(step.id) + '"]');
           if (!row) return;
-          row.querySelector(".state").textContent = step.state;
+          var word = function (w) { return (p.words && p.words[w]) || w; };
+          row.querySelector(".state").textContent = word(step.state);
           row.className = step.state;
           var cells = row.querySelectorAll("td.member");
-          p.members.forEach(function (m, i) { if (cells[i]) cells[i].textContent = step.members[m] || ""; });
+          p.members.forEach(function (m, i) { if (cells[i]) cells[i].textContent = word(step.members[m] || ""); });
         });
         if (p.state === "running") { setTimeout(poll, 1000); } else { window.location.reload(); }
       }).catch(function () { setTimeout(poll, 3000); });

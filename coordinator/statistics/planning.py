@@ -444,13 +444,24 @@ def _components(item: PlanItem, omega: float) -> tuple[float, float, float]:
     participant (1/N for pooled sums), per unit of the whole query's loss (the clip counts'
     share, when asked for, leaves the three components mean_share of it)."""
     h, sd = item.half_width, item.planning_sd
-    r = item.planning_mean - item.centre
+    r2 = _offset_squared(item)
     omega /= item.mean_share
     if item.kind is Kind.D_Z:
         d = item.planning_mean / sd
         return (2 * item.planning_mean**2 * omega**2 / sd**2, 2 * h * h * omega**2 / sd**2,
                 max(d * d, 1.0) * 2 * h**4 * omega**2 / (4 * sd**4))
-    return 2 * r * r * omega**2, 2 * h * h * omega**2, 2 * h**4 * omega**2 / (4 * sd * sd)
+    return 2 * r2 * omega**2, 2 * h * h * omega**2, 2 * h**4 * omega**2 / (4 * sd * sd)
+
+
+def _offset_squared(item: PlanItem) -> float:
+    """(m - c)^2, the weight of the count's noise in a mean's variance. Without a planning
+    mean the planner does not pretend the mean sits at the clip's centre (which would make
+    the count look free and starve it: pooled means then under-covered, 0.12-0.27, in
+    `benchmarks/validity.py --parts optimised`); it takes the mean anywhere in the clip,
+    E[(m - c)^2] = h^2 / 3 for m uniform on [c - h, c + h]."""
+    if item.mean is None:
+        return item.half_width**2 / 3
+    return (item.mean - item.centre) ** 2
 
 
 MIN_COUNT_SHARE = 0.05

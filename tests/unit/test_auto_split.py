@@ -46,7 +46,8 @@ def test_auto_chooses_the_planners_split_and_the_query_carries_it() -> None:
     change = planning.PlanItem("c", planning.Kind.MEAN, sizes, -40, 40)
     best = planning.best_split(change)
     assert auto.splits["a06_bridge_change"] == best
-    assert best.count == pytest.approx(planning.MIN_COUNT_SHARE)  # r = 0: the floor binds
+    # no planning mean: the count is weighted for a mean anywhere in the clip, not starved
+    assert best.count > 3 * planning.MIN_COUNT_SHARE
     [query, *_] = [p.query for p in by_id["a06_bridge_change"].plan()]
     assert query.split == pytest.approx((best.count, best.sum, best.sum_squares))
     # the prediction shown is at the split sent, not the node's default

@@ -38,13 +38,22 @@ def test_uniform_sends_one_loss_per_analysis_within_the_tightest_member() -> Non
 
 
 def test_the_count_keeps_its_floor_and_the_rest_follows_the_cube_roots() -> None:
-    centred = P.PlanItem("c", P.Kind.MEAN, SIZES, -40, 40)  # r = 0: the count would get ~0
+    centred = P.PlanItem("c", P.Kind.MEAN, SIZES, -40, 40, mean=0)  # r = 0: the count ~0
     split = P.best_split(centred)
     assert split.count == pytest.approx(P.MIN_COUNT_SHARE)
     _, c_s, c_q = (c ** (1 / 3) for c in P._components(centred, 1.0))
     assert split.sum / split.sum_squares == pytest.approx(c_s / c_q)
     off = P.PlanItem("o", P.Kind.MEAN, SIZES, 0, 100, mean=90, sd=5)  # far from the centre
     assert P.best_split(off).count > P.MIN_COUNT_SHARE
+
+
+def test_without_a_planning_mean_the_count_is_weighted_as_if_the_mean_could_be_anywhere() -> None:
+    unknown = P.PlanItem("u", P.Kind.MEAN, SIZES, -40, 40)  # no planning mean given
+    c_n, c_s, c_q = P._components(unknown, 1.0)
+    assert c_n / c_s == pytest.approx(1 / 3)  # E[(m - c)^2] = h^2 / 3 against h^2
+    roots = [c ** (1 / 3) for c in (c_n, c_s, c_q)]
+    assert P.best_split(unknown).count == pytest.approx(roots[0] / sum(roots))
+    assert P.best_split(unknown).count > 0.15  # near the node's default 0.2, far from 5 %
 
 
 def test_sd_noise_share_is_the_pooled_squares_noise_against_the_planning_variance() -> None:

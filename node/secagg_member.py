@@ -84,6 +84,8 @@ class SecAggMember:
         self._revealed_s: set[str] = set()
         self._transport: dict[str, bytes] = {}
         self._masked = False
+        self._advert: sa.Advertisement | None = None  # as signed here (round 0)
+        self._signature: sa.ConsistencySignature | None = None  # as signed here (round 3)
 
     @property
     def aborted(self) -> str | None:
@@ -100,8 +102,9 @@ class SecAggMember:
         self._enter(sa.ADVERTISE)
         c_pk, s_pk = sa.public_bytes(self._c_sk), sa.public_bytes(self._s_sk)
         payload = sa.advertise_payload(self.params.session, self.name, c_pk, s_pk)
-        return sa.Advertisement(self.name, c_pk, s_pk, sa.sign(self._signing_key, payload),
-                                self._certificate)
+        self._advert = sa.Advertisement(self.name, c_pk, s_pk,
+                                        sa.sign(self._signing_key, payload), self._certificate)
+        return self._advert
 
     def share_keys(self, adverts: Sequence[sa.Advertisement]) -> list[sa.EncryptedShares]:
         """Round 1: check every advertisement, then send each peer its encrypted shares."""
@@ -175,11 +178,16 @@ class SecAggMember:
             raise SecAggError(f"{what}: sent twice")
         if ad.member not in self.params.members:
             raise SecAggError(f"{what}: not a member of this session")
+        # Its own advertisement must come back byte for byte as it signed it: stronger than
+        # verifying its signature (which it made), and one ECDSA verify fewer.
+        if ad.member == self.name and ad != self._advert:
+            raise SecAggError(f"{what}: its own advertisement was altered")
         public = sa.member_key(self._ca, ad.certificate, ad.member)
         c_pk = sa.x25519_public(ad.c_pk, what)
         s_pk = sa.x25519_public(ad.s_pk, what)
-        sa.verify(public, ad.signature,
-                  sa.advertise_payload(self.params.session, ad.member, ad.c_pk, ad.s_pk), what)
+        if ad.member != self.name:
+            sa.verify(public, ad.signature, sa.advertise_payload(
+                self.params.session, ad.member, ad.c_pk, ad.s_pk), what)
         self._peers[ad.member] = ad
         self._peer_keys[ad.member] = public
         self._peer_x25519[ad.member] = (c_pk, s_pk)  # parsed once, used in two rounds
@@ -227,7 +235,8 @@ class SecAggMember:
         self._u3 = sa.check_survivors("consistency", self.name, survivors, self._u2,
                                       self.params.threshold)
         payload = sa.consistency_payload(self.params.session, self.name, self._u3)
-        return sa.ConsistencySignature(self.name, sa.sign(self._signing_key, payload))
+        self._signature = sa.ConsistencySignature(self.name, sa.sign(self._signing_key, payload))
+        return self._signature
 
     def _unmask(self, request: sa.UnmaskRequest) -> sa.UnmaskResponse:
         where = f"unmask at {self.name}"
@@ -257,6 +266,11 @@ class SecAggMember:
         signers = [s.member for s in signatures]
         sa.check_survivors("unmask", self.name, signers, self._u3, self.params.threshold)
         for s in signatures:
+            if s.member == self.name:  # its own, byte for byte as signed over its U3
+                if s != self._signature:
+                    raise SecAggError(f"{where}: its own signature over the survivor set was "
+                                      "altered")
+                continue
             payload = sa.consistency_payload(self.params.session, s.member, self._u3)
             sa.verify(self._peer_keys[s.member], s.signature, payload,
                       f"{where}: {s.member}'s signature over the survivor set (a different "

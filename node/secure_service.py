@@ -80,9 +80,11 @@ def _current_identity(name: str, tls: ServerTls) -> Identity:
     return _identity(name, pem.key, pem.cert, pem.ca)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=1024)
 def _identity(name: str, key: bytes, cert: bytes, ca: bytes) -> Identity:
-    """Parsed once per set of TLS files (parsing the key per session would cost ~1 ms)."""
+    """Parsed once per set of TLS files (parsing the key per session would cost ~1 ms).
+    Room for every node one process hosts (`benchmarks/node_host.py` hosts a dozen or more:
+    with room for 8 the cache missed on most sessions)."""
     return Identity.from_pem(name, key, cert, ca)
 
 
@@ -122,11 +124,12 @@ def _share_keys(secure: SecureNode, request: spb.ShareKeysRequest,
 
 def _masked_input(secure: SecureNode, request: spb.MaskedInputRequest,
                   caller: str) -> spb.MaskedInputResponse:
+    """The masked vector (charged and committed before it is returned). The response's
+    `budget` field stays unset: the driver never reads it, and reading the ledger's state
+    for it was a SQLite read per member per session (the budget is in GetNodeInfo)."""
     masked, replayed = secure.masked_input(request.session, wire.shares_from_pb(request.shares))
-    engine = secure.engine
-    return spb.MaskedInputResponse(
-        member=masked.member, vector=masked.vector, replayed=replayed,
-        budget=serde.budget_to_pb(engine.ledger.state(), engine.policy.max_epsilon_per_query))
+    return spb.MaskedInputResponse(member=masked.member, vector=masked.vector,
+                                   replayed=replayed)
 
 
 def _consistency(secure: SecureNode, request: spb.ConsistencyRequest,

@@ -305,6 +305,33 @@ def test_forged_and_foreign_advertisements_are_refused(network: Network) -> None
     assert "not issued by the network CA" in server.refused["m00"]
 
 
+def test_a_members_own_messages_must_come_back_unaltered(network: Network) -> None:
+    """A member compares its own advertisement and consistency signature with what it made
+    (instead of verifying its own signature): a validly signed replacement is refused."""
+    p = params(5)
+    inputs = random_inputs(p, seed=9)
+    members = make_members(network, p, inputs)
+    adverts = [members[m].advertise() for m in p.members]
+    key, cert = network.identities["m00"]
+    fresh = SecAggMember(p, "m00", key, cert, network.ca_cert, inputs["m00"]).advertise()
+    with pytest.raises(SecAggError, match="its own advertisement was altered"):
+        members["m00"].share_keys([fresh, *adverts[1:]])
+    assert members["m00"].aborted is not None
+
+    members = make_members(network, p, inputs)
+    server = SecAggServer(p, network.ca_cert)
+    adverts = server.collect_advertisements([members[m].advertise() for m in p.members])
+    forwarded = server.collect_shares({m: members[m].share_keys(adverts) for m in p.members})
+    u3 = server.collect_masked([members[m].masked_input(forwarded[m]) for m in p.members])
+    request = server.collect_consistency([members[m].consistency(u3) for m in p.members])
+    other = sa.sign(key, sa.consistency_payload(SESSION, "m00", u3))  # valid, not its own
+    altered = tuple(dataclasses.replace(s, signature=other) if s.member == "m00" else s
+                    for s in request.signatures)
+    with pytest.raises(SecAggError, match="its own signature over the survivor set"):
+        members["m00"].unmask(dataclasses.replace(request, signatures=altered))
+    assert members["m01"].unmask(request).member == "m01"  # the unaltered request is answered
+
+
 def test_too_few_advertisements_refused_by_member(network: Network) -> None:
     p = params(5)
     members = make_members(network, p, random_inputs(p, seed=10))

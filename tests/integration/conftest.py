@@ -67,10 +67,12 @@ class LocalNetwork:
 
 @contextmanager
 def local_network(root: Path, members: int, seed: int, total_epsilon: float,
-                  max_per_query: float,
-                  sizes: Sequence[int] | None = None) -> Iterator[LocalNetwork]:
-    """Write the network, start its nodes, stop them afterwards whatever happens."""
-    synth.write_network(root, members=members, seed=seed, sizes=sizes)
+                  max_per_query: float, sizes: Sequence[int] | None = None,
+                  network: synth.NetworkParams | None = None) -> Iterator[LocalNetwork]:
+    """Write the network (synth's default parameters unless `network`), start its nodes,
+    stop them afterwards whatever happens."""
+    synth.write_network(root, members=members, seed=seed, sizes=sizes,
+                        network=network or synth.DEFAULT_NETWORK)
     configs = local.write_configs(root, total_epsilon=total_epsilon, max_per_query=max_per_query)
     processes = local.start_nodes(configs, root)
     try:
@@ -90,3 +92,12 @@ def root_logging() -> Iterator[None]:
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+def spent(network: LocalNetwork) -> dict[str, float]:
+    """Each member's epsilon spent, as its node reports it."""
+    from bridgestat.coordinator.api import Network
+
+    with Network.from_file(network.network) as net:
+        info = net.info()
+    return dict(zip(info.member, info.epsilon_spent, strict=True))

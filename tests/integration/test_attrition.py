@@ -12,7 +12,6 @@ for one loss; a request the node or the study file refuses spends nothing.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,11 +22,11 @@ import pytest
 
 from bridgestat.coordinator.api import NETWORK, Network
 from bridgestat.coordinator.client.query import INTAKE, Occasion, Query
-from bridgestat.coordinator.demo import local, synth
+from bridgestat.coordinator.demo import synth
 from bridgestat.coordinator.report.study_report import report_html
 from bridgestat.coordinator.studies import runner as study
 from bridgestat.coordinator.studies.studyfile import parse_study
-from tests.integration.conftest import LocalNetwork
+from tests.integration.conftest import LocalNetwork, local_network, spent
 
 SHIFT = 6.0
 ALPHA = 2.5e-6
@@ -46,36 +45,26 @@ def _doc(*analyses: dict[str, Any]) -> dict[str, Any]:
             "analyses": list(analyses)}
 
 
-def _spent(network: LocalNetwork) -> dict[str, float]:
-    with Network.from_file(network.network) as net:
-        info = net.info()
-    return dict(zip(info.member, info.epsilon_spent, strict=True))
-
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    root = tmp_path_factory.mktemp("attrition-network")
     selective = replace(synth.DEFAULT_NETWORK, intake_shift_followed=SHIFT)
-    synth.write_network(root, members=3, seed=29, sizes=[500, 350, 250], network=selective)
-    configs = local.write_configs(root, total_epsilon=5.0, max_per_query=1.0)
-    processes = local.start_nodes(configs, root)
-    try:
-        yield LocalNetwork(root, json.loads((root / "truth.json").read_text()), configs,
-                           processes)
-    finally:
-        local.stop_nodes(processes)
+    with local_network(tmp_path_factory.mktemp("attrition-network"), members=3, seed=29,
+                       total_epsilon=5.0, max_per_query=1.0, sizes=[500, 350, 250],
+                       network=selective) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def ran(network: LocalNetwork, tmp_path_factory: pytest.TempPathFactory
         ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
     """The study, run once; what the members had spent before and after it."""
-    before = _spent(network)
+    before = spent(network)
     checked = parse_study(_doc(CHANGE, FOLLOWED), "attrition.yaml")
     with Network.from_file(network.network) as net:
         doc = study.run(checked, net, tmp_path_factory.mktemp("attrition-out"),
                         run_id="attrition", echo=lambda _: None)
-    return doc, before, _spent(network)
+    return doc, before, spent(network)
 
 
 def _table(doc: dict[str, Any], analysis: str) -> pd.DataFrame:
@@ -133,8 +122,8 @@ def test_each_member_is_charged_the_losses_asked_once(
         found = next(a for a in doc["analyses"] if a["id"] == analysis)
         for member, loss in found["loss"].items():
             assert loss["epsilon"] == pytest.approx(asked), (analysis, member)
-    for member, spent in after.items():
-        assert spent - before[member] == pytest.approx(1.0 + 0.7), member
+    for member, now in after.items():
+        assert now - before[member] == pytest.approx(1.0 + 0.7), member
 
 
 def test_the_report_says_whether_completers_differ(
@@ -145,7 +134,7 @@ def test_the_report_says_whether_completers_differ(
 
 
 def test_a_bad_split_is_refused_and_spends_nothing(network: LocalNetwork) -> None:
-    before = _spent(network)
+    before = spent(network)
     bad = {"no occasions": Query("mean", "participant", "total_sessions", 0.5,
                                  split_by_presence=M12),
            "not a mean": Query("paired_change", "assessment", "bridge_total", 0.5,
@@ -161,4 +150,4 @@ def test_a_bad_split_is_refused_and_spends_nothing(network: LocalNetwork) -> Non
                 assert "query.split_by_presence" in failure.message, (why, failure)
     with pytest.raises(ValueError, match="attrition_epsilon"):
         parse_study(_doc({**CHANGE, "group_by": ["arm"]}), "attrition.yaml")
-    assert _spent(network) == before
+    assert spent(network) == before

@@ -23,7 +23,7 @@ from bridgestat.coordinator.client.query import INTAKE, Occasion, Term
 from bridgestat.coordinator.statistics.tables import QueryResult, transition_table
 from bridgestat.coordinator.studies import runner as study
 from bridgestat.coordinator.studies.studyfile import parse_study
-from tests.integration.conftest import LocalNetwork, local_network
+from tests.integration.conftest import LocalNetwork, local_network, spent
 
 ALPHA = 2.5e-6
 K = math.log(1 / ALPHA) / math.sqrt(2)  # about 9.1 DP standard errors
@@ -90,11 +90,6 @@ def _study_doc() -> dict[str, Any]:
                          for kind, (entry, _) in CASES.items()]}
 
 
-def _spent(network: LocalNetwork) -> dict[str, float]:
-    with Network.from_file(network.network) as net:
-        info = net.info()
-    return dict(zip(info.member, info.epsilon_spent, strict=True))
-
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
@@ -111,7 +106,7 @@ def ran(network: LocalNetwork, tmp_path_factory: pytest.TempPathFactory
     checked = parse_study(_study_doc(), "every-kind.yaml")
     with Network.from_file(network.network) as net:
         doc = study.run(checked, net, out, run_id=RUN, echo=lambda _: None)
-    return doc, _spent(network)
+    return doc, spent(network)
 
 
 def test_the_cases_cover_every_registered_kind() -> None:
@@ -158,7 +153,7 @@ def test_the_api_replays_the_study_and_spends_nothing(
         network: LocalNetwork, ran: tuple[dict[str, Any], dict[str, float]],
         api: dict[str, Any]) -> None:
     doc, after_study = ran
-    assert _spent(network) == after_study
+    assert spent(network) == after_study
     tables = {a["kind"]: a["tables"][0] for a in doc["analyses"]}
     for kind, value in api.items():
         if kind == "regression":

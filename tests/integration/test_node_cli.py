@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from bridgestat.coordinator.demo import local, synth
+from tests.integration.csv_edit import edit_cell
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,15 +23,6 @@ def _member(tmp_path: Path) -> tuple[Path, Path]:
     return member.config, member.config.parent
 
 
-def _edit(folder: Path, table: str, row: int, column: str, value: str) -> int:
-    """Set one cell (0-based data row); return its line number in the file."""
-    path = folder / f"{table}.csv"
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.loc[row, column] = value
-    frame.to_csv(path, index=False)
-    return row + 2
-
-
 def test_clean_data_passes(tmp_path: Path) -> None:
     config, _ = _member(tmp_path)
     result = _run("check", "--config", str(config))
@@ -40,12 +32,12 @@ def test_clean_data_passes(tmp_path: Path) -> None:
 
 def test_check_names_file_row_and_column_of_each_problem(tmp_path: Path) -> None:
     config, folder = _member(tmp_path)
-    wrong_type = _edit(folder, "assessment", 3, "debt_step", "three")
-    vocabulary = _edit(folder, "participant", 5, "household_type", "castle")
-    bounds = _edit(folder, "assessment", 7, "bridge_total", "140")
-    missing_key = _edit(folder, "participant", 9, "participant_id", "")
+    wrong_type = edit_cell(folder, "assessment", 3, "debt_step", "three")
+    vocabulary = edit_cell(folder, "participant", 5, "household_type", "castle")
+    bounds = edit_cell(folder, "assessment", 7, "bridge_total", "140")
+    missing_key = edit_cell(folder, "participant", 9, "participant_id", "")
     participants = pd.read_csv(folder / "participant.csv", dtype=str, keep_default_na=False)
-    duplicate = _edit(folder, "participant", 11, "participant_id",
+    duplicate = edit_cell(folder, "participant", 11, "participant_id",
                       participants.loc[10, "participant_id"])
     result = _run("check", "--config", str(config))
     out = result.stdout
@@ -74,7 +66,7 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
 
 def test_serve_refuses_unservable_data(tmp_path: Path) -> None:
     config, folder = _member(tmp_path)
-    _edit(folder, "participant", 0, "gender", "robot")
+    edit_cell(folder, "participant", 0, "gender", "robot")
     result = _run("serve", "--config", str(config))
     assert result.returncode == 2
     assert "participant.csv" in result.stderr and "gender" in result.stderr

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bridgestat.coordinator.api import Network
@@ -27,6 +26,7 @@ from bridgestat.node.loader import load_columns
 from bridgestat.node.planner import compile_query
 from bridgestat.node.policy import Policy
 from bridgestat.node.query import CategoryFilter, QuerySpec, RangeFilter, Statistic, Term
+from tests.integration.csv_edit import edit_cell
 
 MONTH_12 = Occasion(12, 9, 15)
 # extension modules a serving node must not have loaded, and one it must have (the check
@@ -92,20 +92,11 @@ def test_the_loaders_columns_give_the_cells_of_the_frames_checked_in_process(
             assert np.array_equal(a.values, b.values, equal_nan=True), query
 
 
-def _edit(folder: Path, table: str, row: int, column: str, value: str) -> int:
-    """Set one cell (0-based data row); return its line number in the file."""
-    path = folder / f"{table}.csv"
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.loc[row, column] = value
-    frame.to_csv(path, index=False)
-    return row + 2
-
-
 def test_the_loader_refuses_bad_data_naming_file_line_and_column(tmp_path: Path) -> None:
     member = _member(tmp_path, size=120)
     config = load_config(member.config)
     assert config.data.path is not None
-    line = _edit(config.data.path, "participant", 3, "gender", "robot")
+    line = edit_cell(config.data.path, "participant", 3, "gender", "robot")
     with pytest.raises(DataError) as refused:
         load_columns(config.data, config.schema(), config.source)
     message = str(refused.value)
@@ -126,7 +117,7 @@ def test_the_loader_logs_the_warnings_of_servable_data(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = load_config(_member(tmp_path, size=120).config)
     assert config.data.path is not None
-    _edit(config.data.path, "assessment", 0, "bridge_total", "140")  # above 100: clipped
+    edit_cell(config.data.path, "assessment", 0, "bridge_total", "140")  # above 100: clipped
     with caplog.at_level(logging.INFO):
         columns = load_columns(config.data, config.schema(), config.source)
     assert columns.n_participants == 120

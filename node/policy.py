@@ -18,9 +18,11 @@ policy file). The config's `budget` is the technical ceiling and the policy may 
 tighten it: a policy total or per-query cap above the config's is refused at start-up rather
 than silently lowered, so that the file the member signed off is the one that applies.
 
-- `group_by` governs the cells a query is split into: its group-by columns and the
+- `group_by` governs the cells a query is split into: its group-by columns, the
   indicator regressors of a cross-products query (the last term, the response, is the
-  measured outcome like a histogram's column and is governed by `statistics`).
+  measured outcome like a histogram's column and is governed by `statistics`), and the
+  attrition split of a mean into those present and absent at a follow-up occasion, which a
+  list allows by naming `follow_up_presence` (PRESENCE_SPLIT).
 - `comparison: false` means the member's figures may be pooled into the network's but not
   shown beside other members'. A node cannot see what the coordinator does with an answer,
   so it marks every answer `pooled_only`; the coordinator then withholds the member's row
@@ -149,6 +151,10 @@ class Policy:
         self._check_statistic(query)
         for i, name in enumerate(query.group_by):
             self._check_group(name, f"query.group_by[{i}]", "may not be grouped by")
+        if query.split_by_presence is not None:
+            self._check_group(PRESENCE_SPLIT, "query.split_by_presence",
+                              "is not allowed: no split into those present and absent at a "
+                              "follow-up occasion (attrition)")
         for i, term in enumerate(query.terms[:-1]):
             if term.category:
                 self._check_group(term.column, f"query.terms[{i}].category",
@@ -175,6 +181,11 @@ class Policy:
         if self.group_by is not None and name not in self.group_by:
             raise PolicyError(field, f"policy rule group_by: {name!r} {problem} "
                               f"(allowed: {_names(self.group_by)})")
+
+
+PRESENCE_SPLIT = "follow_up_presence"
+"""The name a policy's `group_by` lists to allow a mean split by presence at a follow-up
+occasion (`Query.split_by_presence`, attrition): two cells, like a group-by column's."""
 
 
 def _names(values: Iterable[str]) -> str:
@@ -248,6 +259,8 @@ def _columns(names: list[str] | None, key: str, schema: Schema,
         return None
     columns = {c.name: c for t in schema.tables for c in t.columns}
     for i, name in enumerate(names):
+        if grouping and name == PRESENCE_SPLIT:
+            continue
         column = columns.get(name)
         if column is None or column.type is ColumnType.KEY:
             raise KeyProblem(f"{key}[{i}]", f"{name!r} is not a column of schema "

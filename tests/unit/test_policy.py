@@ -18,7 +18,7 @@ from bridgestat.node.ledger import Ledger, PeriodCap, period_label
 from bridgestat.node.loss import Epsilon, Loss
 from bridgestat.node.planner import compile_query
 from bridgestat.node.policy import Policy, load_policy
-from bridgestat.node.query import CategoryFilter, QuerySpec, Statistic, Term
+from bridgestat.node.query import CategoryFilter, Occasion, QuerySpec, Statistic, Term
 
 CONFIG = {"node_id": "member-01", "data": {"source": "csv", "path": "."}, "schema": "default",
           "categories": {"participant.team": ["team_1", "team_2"]},
@@ -188,6 +188,18 @@ def test_allowed_query_compiles_and_response_indicator_is_an_outcome(tmp_path: P
     _compile(tmp_path, QuerySpec(Statistic.CROSS_PRODUCTS, "assessment", "", 0.0, rho=0.001,
                                  terms=(Term("bridge_total"),
                                         Term("work_status", category="paid_full_time"))))
+
+
+def test_the_attrition_split_is_a_grouping_the_policy_must_allow(tmp_path: Path) -> None:
+    split = QuerySpec(Statistic.MEAN, "assessment", "bridge_total", 0.5,
+                      occasion=Occasion(0, 0, 2), split_by_presence=Occasion(12, 9, 15))
+    with pytest.raises(PolicyError) as caught:
+        _compile(tmp_path, split)  # GOOD lists group_by columns but not follow_up_presence
+    assert caught.value.field == "query.split_by_presence"
+    assert caught.value.problem.startswith("policy rule group_by: 'follow_up_presence' is "
+                                           "not allowed"), caught.value.problem
+    _compile(tmp_path, split, GOOD.replace("group_by: [arm,", "group_by: [follow_up_presence, arm,"))
+    _compile(tmp_path, split, "min_group_size: 10\n")  # no group_by rule: every split allowed
 
 
 def test_min_group_size_refuses_quantiles_even_when_statistics_allow_all(

@@ -23,6 +23,8 @@ import pickle
 import resource
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from io import BytesIO
@@ -122,9 +124,23 @@ def _answer(out: BinaryIO, outcome: dict[str, Any], payload: bytes | memoryview 
     out.flush()
 
 
+def exit_with_parent(parent: int, every: float = 0.5) -> threading.Thread:
+    """Stop this child once the node that started it is gone (killed while loading: nobody
+    would read the answer, and a large load would otherwise hold memory and a core on for
+    minutes). Watches for the parent process id to change (the child is re-parented)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+    watcher = threading.Thread(target=watch, name="loader-parent-watch", daemon=True)
+    watcher.start()
+    return watcher
+
+
 def main() -> int:
     """The child: a request on stdin, the answer on stdout (which nothing else may write
     to: stray prints of a library go to stderr)."""
+    exit_with_parent(os.getppid())
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     request: Request = pickle.loads(sys.stdin.buffer.read())

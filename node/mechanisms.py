@@ -114,6 +114,15 @@ def _int_vectors() -> Any:
     return dp.vector_domain(dp.atom_domain(T=dp.i64))
 
 
+_calibrated = functools.lru_cache(maxsize=1024)
+"""Build and calibrate a component once per process and parameters. A component is a pure
+function of its (hashable) arguments, and its OpenDP measurement is stateless: the noise is
+sampled afresh on every call, so sharing one between queries shares no randomness. Without
+this, every new query re-ran `_calibrate`'s builds and maps (about a sixth of a fresh node's
+CPU in its first study)."""
+
+
+@_calibrated
 def count_component(epsilon: float, name: str = COUNT) -> Component:
     def build(scale: float) -> dp.Measurement:
         chained: dp.Measurement = (dp.t.make_count(_int_vectors(), dp.symmetric_distance())
@@ -132,6 +141,7 @@ def _bounded_sum(lower: int, upper: int, epsilon: float) -> tuple[dp.Measurement
     return _calibrate(build, float(max(abs(lower), abs(upper))), epsilon)
 
 
+@_calibrated
 def centred_sum_component(half_width: float, epsilon: float) -> Component:
     """Sum of z = F (x - c) / H; released in units of (x - c)."""
     measurement, scale = _bounded_sum(-FIXED_POINT, FIXED_POINT, epsilon)
@@ -139,6 +149,7 @@ def centred_sum_component(half_width: float, epsilon: float) -> Component:
                      half_width / FIXED_POINT)
 
 
+@_calibrated
 def sum_squares_component(half_width: float, epsilon: float) -> Component:
     """Sum of w = F ((x - c) / H)^2; released in units of (x - c)^2."""
     measurement, scale = _bounded_sum(0, FIXED_POINT, epsilon)
@@ -146,6 +157,7 @@ def sum_squares_component(half_width: float, epsilon: float) -> Component:
                      half_width**2 / FIXED_POINT)
 
 
+@_calibrated
 def histogram_component(n_categories: int, epsilon: float, name: str = "histogram"
                         ) -> Component:
     """Counts of codes 0..k-1 plus one trailing cell for anything else (missing)."""
@@ -241,6 +253,7 @@ def bounded_sum(data: IntArray, bound: int) -> int:
     return int(data.sum())
 
 
+@_calibrated
 def gaussian_sum_component(name: str, rho: float) -> Component:
     """Sum of integers in [-F, F] (a fixed-point product in [-1, 1]) with discrete Gaussian
     noise; released in units of the product. The sum is taken by `bounded_sum` (sensitivity
@@ -259,6 +272,7 @@ def gaussian_sum_component(name: str, rho: float) -> Component:
                      sum_bound=FIXED_POINT)
 
 
+@_calibrated
 def cross_product_components(n_terms: int, rho: float) -> tuple[Component, ...]:
     """One Gaussian sum per entry (i <= j) of U'U for u = [1, u_1..u_p, u_y]."""
     m = n_terms + 1
@@ -267,6 +281,7 @@ def cross_product_components(n_terms: int, rho: float) -> tuple[Component, ...]:
     return tuple(gaussian_sum_component(f"zz[{i},{j}]", per_entry) for i, j in pairs)
 
 
+@_calibrated
 def quantile_component(candidates: Sequence[float], alpha: float, epsilon: float) -> Component:
     """OpenDP's exponential-mechanism quantile over public candidates (floats in)."""
     def build(scale: float) -> dp.Measurement:
@@ -282,21 +297,3 @@ def quantile_component(candidates: Sequence[float], alpha: float, epsilon: float
 def total_epsilon(components: Sequence[Component]) -> float:
     """Basic composition of measurements run on the same participants."""
     return math.fsum(c.epsilon for c in components)
-
-
-# -- calibration cache (issue 11; kept apart from the mechanisms above) ----------------------
-
-
-def _cache_calibrations(*names: str) -> None:
-    """Build and calibrate each component once per process and parameters. A component is
-    a pure function of its (hashable) arguments, and its OpenDP measurement is stateless:
-    the noise is sampled afresh on every call, so sharing one between queries shares no
-    randomness. Without this, every new query re-ran `_calibrate`'s builds and maps
-    (about a sixth of a fresh node's CPU in its first study)."""
-    for name in names:
-        globals()[name] = functools.lru_cache(maxsize=1024)(globals()[name])
-
-
-_cache_calibrations("count_component", "centred_sum_component", "sum_squares_component",
-                    "histogram_component", "gaussian_sum_component",
-                    "cross_product_components", "quantile_component")

@@ -10,12 +10,15 @@ Usage: python benchmarks/planning_gain.py [--members 5] [--seed 1] [--reps 400]
 2. Each member's budget is what the hand plan spends there (pure epsilon plus OpenDP's
    conversion of the summed rho at delta 1e-6), the per-query cap that of `make demo`'s
    nodes, 2.5 (a rho of 0.1 is epsilon 2.2 at delta 1e-6, above the README's example cap 1).
-3. Prints the weighted sum of predicted variances (each in units of its outcome's planning
-   SD, weight 1, with the means' SD term: `planning.objective`) for the hand plan (node split
-   0.2/0.5/0.3) and for `planning.optimise`, their ratio (target <= 0.75), and each analysis's
-   predicted SE under both. Beside them: the hand losses with the planner's mean splits (what
-   the split alone buys, now that a query carries it), and `planning.uniform`, one loss per
-   analysis at every member (what a study's `epsilon: auto` sends: one query per analysis).
+3. Prints the weighted sum of the estimators' predicted variances (each in units of its
+   outcome's planning SD, weight 1: `planning.weighted_variance`) for the hand plan (node
+   split 0.2/0.5/0.3) and for `planning.optimise`, their ratio (target <= 0.75), with each
+   pooled mean's predicted SD noise share under both (`planning.sd_noise_share`: the plan
+   holds it at `planning.SD_SHARE_TARGET`; d_z is flagged above 0.3), and each analysis's
+   predicted SE under both. Beside them: the hand losses with the planner's mean splits, and
+   `planning.uniform`, one loss per analysis at every member (what a study's `epsilon: auto`
+   sends: one query per analysis). The criterion with a fixed SD weight of 1/(4 sigma^2)
+   (the planner before the SD constraint, `planning.optimise_weighted`) is printed too.
 4. Simulates the pooled mean, paired change, d_z and proportion under the optimised plan with
    the node's own OpenDP measurements (`node.mechanisms`, the planned split) on data drawn with
    the planning mean and SD, pools with `coordinator.pooling`, and prints the realised SD of
@@ -303,7 +306,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     best = P.optimise(items, budgets)
     elapsed = time.perf_counter() - start
-    closed = P.closed_form(items, budgets)
     print(f"study: {STUDY.relative_to(ROOT)}; members {args.members} (seed {args.seed}), "
           f"sizes {[round(n) for n in items[0].sizes]}")
     print(f"{len(items)} analyses planned; quantile kept at its hand loss ({kept:g} epsilon); "
@@ -313,30 +315,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     for k, b in enumerate(budgets):
         spent = P.member_spend(items, best, k, DELTA)
         assert spent <= b.epsilon * (1 + 1e-6), (k, spent, b.epsilon)
-    hand_value, best_value = P.objective(items, hand), P.objective(items, best)
-    closed_value = P.objective(items, closed)
-    print(f"\nweighted variance (objective, SD units): hand {hand_value:.5g}, closed form "
-          f"{closed_value:.5g}, optimised {best_value:.5g}")
-    print(f"ratio optimised / hand {best_value / hand_value:.3f} "
-          f"({1 - best_value / hand_value:.1%} lower; target >= 25 %)")
     hand_var, best_var = P.weighted_variance(items, hand), P.weighted_variance(items, best)
-    print(f"estimators alone (no SD term): hand {hand_var:.5g}, optimised {best_var:.5g}, "
-          f"ratio {best_var / hand_var:.3f}")
+    print(f"\nestimators' weighted variance (SD units): hand {hand_var:.5g}, optimised "
+          f"{best_var:.5g}")
+    print(f"ratio optimised / hand {best_var / hand_var:.3f} ({1 - best_var / hand_var:.1%} "
+          "lower; target >= 25 %)")
+    shares = [(i.name, P.sd_noise_share(i, hand.losses[i.name]),
+               P.sd_noise_share(i, best.losses[i.name], best.splits_of(i.name, i.members)))
+              for i in items if P.constrained(i)]
+    print(f"DP noise SD of the pooled s^2 / planning variance (plan target "
+          f"{P.SD_SHARE_TARGET:g}; d_z flagged above {pooling.SD_DETERMINED:g}), hand -> "
+          "optimised: " + "; ".join(f"{n} {h:.2f} -> {b:.2f}" for n, h, b in shares))
     split_only = P.Allocation(hand.losses, best.splits)
     same = P.uniform(items, budgets)
     for k, b in enumerate(budgets):
         assert P.member_spend(items, same, k, DELTA) <= b.epsilon * (1 + 1e-6)
     for label, alloc in (("hand losses, planner's splits", split_only),
                          ("one loss per analysis at every member (epsilon: auto)", same)):
-        print(f"{label}: objective {P.objective(items, alloc):.5g} (ratio "
-              f"{P.objective(items, alloc) / hand_value:.3f}), estimators alone "
-              f"{P.weighted_variance(items, alloc):.5g} (ratio "
-              f"{P.weighted_variance(items, alloc) / hand_var:.3f})")
-    shares = [(i.name, P.sd_noise_share(i, hand.losses[i.name]),
-               P.sd_noise_share(i, best.losses[i.name], best.splits_of(i.name, i.members)))
-              for i in items if i.kind is P.Kind.MEAN and i.pooling is P.Pooling.SUMS]
-    print("DP noise SD of the pooled s^2 / planning variance (d_z flagged above 0.3), hand -> "
-          "optimised: " + "; ".join(f"{n} {h:.2f} -> {b:.2f}" for n, h, b in shares))
+        var = P.weighted_variance(items, alloc)
+        worst = max(P.sd_noise_share(i, alloc.losses[i.name],
+                                     alloc.splits_of(i.name, i.members))
+                    for i in items if P.constrained(i))
+        print(f"{label}: estimators {var:.5g} (ratio {var / hand_var:.3f}), largest SD share "
+              f"{worst:.2f}")
+    fixed = P.optimise_weighted(items, budgets)
+    print(f"fixed SD weight 1/(4 sigma^2) (no constraint): estimators "
+          f"{P.weighted_variance(items, fixed):.5g} (ratio "
+          f"{P.weighted_variance(items, fixed) / hand_var:.3f}); its criterion "
+          f"{P.objective(items, fixed):.5g} against the hand plan's {P.objective(items, hand):.5g}")
     print()
     print(compare_table(items, hand, best))
     print(f"\nsimulation under the optimised plan ({args.reps} networks, OpenDP noise; target: "

@@ -25,15 +25,20 @@ SE is its square root; the minimal detectable effect at 80 % power, two-sided 5 
 Optimal budgets (statistics.md "Planning a study's budget"). Minimise sum_a w_a Var_a / scale_a^2
 (each variance in units of its outcome's planning SD, so that analyses of different units can be
 weighed; w_a the analysis weight) subject to, at every member, pure-DP losses plus OpenDP's
-(epsilon, delta) conversion of the summed rho within the remaining budget, and each query within
-the per-query cap. With pooled sums, Var_a = V_a + sum_k c_ak / eps_ak^2 is separable over
-members, so at each member eps_ak is proportional to (w_a c_ak)^(1/3) (the cube-root rule) and
+(epsilon, delta) conversion of the summed rho within the remaining budget, each query within
+the per-query cap, and every pooled mean's SD determined: the DP noise SD of its s^2 at most
+SD_SHARE_TARGET of its planning variance (`calibrate`; the mean's SE and d_z are computed from
+s^2, which the estimators' variances alone would starve). With pooled sums,
+Var_a = V_a + sum_k c_ak / eps_ak^2 is separable over members, so at each member eps_ak is proportional to (w_a c_ak)^(1/3) (the cube-root rule) and
 rho_ak to (w_a c_ak)^(1/2), capped by water-filling; one scalar search splits a member's budget
 between its pure and its rho analyses. A mean's own split follows the same rule over its three
 components, eps_N : eps_S : eps_Q = (r^2)^(1/3) : 1 : (lambda H^2)^(1/3), where lambda weighs the
-DP variance of s^2 against that of the mean: lambda = 1/(4 sigma^2) for a mean (the DP variance
-of the SD estimate, Var(s^2)/(4 sigma^2), counts as much as the mean's) and
-max(d, 1)^2/(4 sigma^2) for d_z (its own v_Q term, never less than the SD's); the count keeps
+DP variance of s^2 against that of the mean: lambda = mu/(4 sigma^2) for a mean (the DP variance
+of the SD estimate, Var(s^2)/(4 sigma^2), weighed by mu, the item's `sd_weight`) and
+max(d^2, mu)/(4 sigma^2) for d_z (its own v_Q term, never less than the SD's). mu is the
+Lagrange multiplier of the item's SD constraint: `calibrate` sets it so that the constraint
+holds with equality where it binds (mu = 1, the SD's noise counted as much as the mean's, is
+where it starts and what random-effects items keep); the count keeps
 at least MIN_COUNT_SHARE. A query carries its split (`Query.split`), so the study runner sends
 what the planner chose. A mean with clip counts spends CLIP_SHARE of its loss on them and
 splits the rest. Random-effects
@@ -43,7 +48,7 @@ weights make the problem non-convex: scipy's SLSQP refines the closed form, star
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import lru_cache
@@ -130,6 +135,7 @@ class PlanItem:
     sampling_variance: float = 0.0
     dp_coefficients: tuple[float, ...] = ()
     clip_counts: bool = False  # a mean's clip counts take CLIP_SHARE of its loss
+    sd_weight: float = 1.0  # weight of the DP variance of s^2, in units of 1/(4 sigma^2)
 
     def __post_init__(self) -> None:
         where = f"analysis {self.name!r}"
@@ -142,6 +148,8 @@ class PlanItem:
                                 "finite with lower < upper")
         if not (self.weight >= 0 and math.isfinite(self.weight)):
             raise PlanningError(f"{where}: weight {self.weight} must be finite and >= 0")
+        if not (self.sd_weight >= 0 and math.isfinite(self.sd_weight)):
+            raise PlanningError(f"{where}: sd_weight {self.sd_weight} must be finite and >= 0")
         if self.kind is Kind.RISK_DIFFERENCE and len(self.sizes_other) != len(self.sizes):
             raise PlanningError(f"{where}: a risk difference needs sizes_other, one per member")
         if self.kind is Kind.GAUSSIAN and len(self.dp_coefficients) != len(self.sizes):
@@ -269,11 +277,12 @@ def _mean_type(item: PlanItem, n: float, v_n: float, v_s: float, v_q: float) -> 
     mean, sd = item.planning_mean, item.planning_sd
     if item.kind is Kind.MEAN:
         r = mean - item.centre
-        return Prediction(sd * sd / n, (v_s + r * r * v_n) / n**2, v_q / (4 * sd * sd * n * n))
+        return Prediction(sd * sd / n, (v_s + r * r * v_n) / n**2,
+                          item.sd_weight * v_q / (4 * sd * sd * n * n))
     d = mean / sd
     return Prediction(1 / n + d * d / (2 * n),
                       (v_s + mean**2 * v_n) / (n * n * sd * sd) + d * d * v_q / (4 * n**2 * sd**4),
-                      max(0.0, 1 - d * d) * v_q / (4 * n**2 * sd**4))
+                      max(0.0, item.sd_weight - d * d) * v_q / (4 * n**2 * sd**4))
 
 
 def _proportion(p: float, n: float, v_in: float, v_out: float) -> Prediction:
@@ -449,8 +458,9 @@ def _components(item: PlanItem, omega: float) -> tuple[float, float, float]:
     if item.kind is Kind.D_Z:
         d = item.planning_mean / sd
         return (2 * item.planning_mean**2 * omega**2 / sd**2, 2 * h * h * omega**2 / sd**2,
-                max(d * d, 1.0) * 2 * h**4 * omega**2 / (4 * sd**4))
-    return 2 * r2 * omega**2, 2 * h * h * omega**2, 2 * h**4 * omega**2 / (4 * sd * sd)
+                max(d * d, item.sd_weight) * 2 * h**4 * omega**2 / (4 * sd**4))
+    return (2 * r2 * omega**2, 2 * h * h * omega**2,
+            item.sd_weight * 2 * h**4 * omega**2 / (4 * sd * sd))
 
 
 def _offset_squared(item: PlanItem) -> float:
@@ -624,6 +634,12 @@ def closed_form(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
 
 def uniform(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
             optimise_split: bool = True) -> Allocation:
+    """`uniform_weighted` with every pooled mean's SD determined (`calibrate`)."""
+    return calibrate(items, lambda chosen: uniform_weighted(chosen, budgets, optimise_split))[1]
+
+
+def uniform_weighted(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
+                     optimise_split: bool = True) -> Allocation:
     """The cube-root rule with one loss per analysis at every member, which is what one
     fanned-out query carries (`precision.auto_share` does this for a study): each analysis's
     coefficients summed over members, the tightest member's budget and cap."""
@@ -742,15 +758,88 @@ def _feasible(x: Floats, left: Sequence[float], k_members: int) -> bool:
     return all(float(np.sum(x[k::k_members])) <= left[k] * (1 + 1e-9) for k in range(k_members))
 
 
-def optimise(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
-             optimise_split: bool = True) -> Allocation:
-    """The best allocation: the closed form, refined numerically when any analysis pools by
-    random effects (its weights depend on the losses)."""
+def optimise_weighted(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
+                      optimise_split: bool = True) -> Allocation:
+    """The allocation minimising `objective` at the items' own SD weights: the closed form,
+    refined numerically when any analysis pools by random effects (its weights depend on the
+    losses)."""
     first = closed_form(items, budgets, optimise_split=optimise_split)
     if optimise_split and any(i.pooling is Pooling.RANDOM and not i.rho for i in items):
         second = closed_form(items, budgets, reference=first)
         return numerical(items, budgets, second)
     return first
+
+
+def optimise(items: Sequence[PlanItem], budgets: Sequence[MemberBudget],
+             optimise_split: bool = True) -> Allocation:
+    """The best allocation: the estimators' weighted variance at its least with every pooled
+    mean's SD determined (`calibrate`)."""
+    return calibrate(items, lambda chosen: optimise_weighted(chosen, budgets, optimise_split))[1]
+
+
+# --------------------------------------------------------------------------- the SD constraint
+
+
+SD_SHARE_TARGET = 0.2
+"""Largest predicted DP noise SD of a pooled mean's s^2, as a share of its planning variance
+(`sd_noise_share`), that a plan accepts. It is the d_z flag's bound (`pooling.SD_DETERMINED`,
+0.3) over 1.5: the share grows like 1/N, so the flag stays silent while the network reaches
+two thirds of its planned size, and the mean's own SE (which uses s^2) is off by at most
+about 10 % from the noise."""
+SD_WEIGHT_RANGE = (1e-6, 1.0)
+"""The multiplier's range. Its top, 1, counts the SD's noise as much as the mean's: where
+the target needs more (a small network at a small loss), a plan that starved the mean's own
+sum to determine its SD would help nobody (5 members of 40 at epsilon 0.3 got 0.7 % of the
+loss on the sum, and a fifth of the networks no mean at all, in `benchmarks/validity.py
+--parts optimised`). The plan then shows the share above the target, and d_z may be flagged."""
+CALIBRATION_ROUNDS = 60
+CALIBRATION_TOLERANCE = 1e-3
+
+
+def constrained(item: PlanItem) -> bool:
+    """Whether the SD constraint applies: a mean or d_z pooled by sums, where one s^2 serves
+    the network (random-effects items keep their SD weight: each member's own s^2 counts)."""
+    return item.kind in (Kind.MEAN, Kind.D_Z) and item.pooling is Pooling.SUMS
+
+
+def _reweigh(item: PlanItem, allocation: Allocation, target: float) -> PlanItem:
+    """The item with its SD weight moved towards the one that puts its share at `target`.
+    In the cube-root rule eps_Q grows like the weight's cube root and the share falls like
+    1/eps_Q, so weight * (share / target)^3 is the fixed point's step (bounded per round)."""
+    if not constrained(item):
+        return item
+    share = sd_noise_share(item, allocation.losses[item.name],
+                           allocation.splits_of(item.name, item.members))
+    low, high = SD_WEIGHT_RANGE
+    if abs(share / target - 1) <= CALIBRATION_TOLERANCE \
+            or (share < target and item.sd_weight <= low) \
+            or (share > target and item.sd_weight >= high):
+        return item
+    step = min(max((share / target) ** 3, 1e-2), 1e2)
+    return replace(item, sd_weight=min(max(item.sd_weight * step, low), high))
+
+
+def calibrate(items: Sequence[PlanItem], solve: Callable[[tuple[PlanItem, ...]], Allocation],
+              target: float = SD_SHARE_TARGET) -> tuple[tuple[PlanItem, ...], Allocation]:
+    """Minimise the estimators' weighted variance subject to every pooled mean's predicted SD
+    share being at most `target`.
+
+    The estimators alone would leave a mean's sum of squares almost nothing (only d_z's
+    variance uses it), so s^2, the mean's SE and d_z would be undetermined. The constraint
+    enters as a Lagrange multiplier: the SD weight of each constrained item, in the same
+    criterion the closed form and SLSQP minimise (`objective`). `solve` minimises that
+    criterion for given weights; the weights are moved until each constrained item's share
+    is at the target (or below it with a negligible weight). Returns the items with their
+    final weights and the allocation."""
+    current = tuple(items)
+    allocation = solve(current)
+    for _ in range(CALIBRATION_ROUNDS):
+        updated = tuple(_reweigh(i, allocation, target) for i in current)
+        if updated == current:
+            break
+        current = updated
+        allocation = solve(current)
+    return current, allocation
 
 
 # --------------------------------------------------------------------------- regression

@@ -265,10 +265,11 @@ class AutoShare:
 
     pool: float  # epsilon per member the auto analyses' own queries share
     losses: Mapping[str, float]
-    weighted: float  # sum w_a (Var_a + SD term) / scale_a^2 at the chosen losses and splits
+    weighted: float  # sum w_a Var_a / scale_a^2 at the chosen losses and splits
     weighted_equal: float  # ... at an equal split of the pool and the node's default split
     splits: Mapping[str, planning.Split] = field(default_factory=dict)  # chosen mean splits
-    estimators: tuple[float, float] = (0.0, 0.0)  # sum w_a Var_a / scale_a^2 alone: both
+    sd_shares: tuple[float, float] = (0.0, 0.0)  # largest SD share (planning.sd_noise_share)
+    sd_weights: Mapping[str, float] = field(default_factory=dict)  # calibrated, per mean
 
 
 def auto_share(study: Study, budgets: Sequence[MemberBudget],
@@ -285,7 +286,10 @@ def auto_share(study: Study, budgets: Sequence[MemberBudget],
     of its loss is chosen too (`planning.best_split`, the same at every member for pooled
     sums) unless the analysis names its own; the query carries it (`Query.split`), and C_a
     is then the DP variance with the planner's SD term (`Prediction.criterion`) at that
-    split. A loss is rounded down to four significant digits (never more than the rule's)."""
+    split. The SD terms' weights are the multipliers that hold each pooled mean's SD noise at
+    `planning.SD_SHARE_TARGET` (`planning.calibrate`), so the rule minimises the estimators'
+    variances with every mean's SD determined. A loss is rounded down to four significant
+    digits (never more than the rule's)."""
     auto = [a for a in study.analyses if a.auto]
     if not auto:
         return None
@@ -302,18 +306,32 @@ def auto_share(study: Study, budgets: Sequence[MemberBudget],
                          f"{left:.4g} left after the other analyses, their other queries "
                          f"take {extra:g}")
     cap = min(b.max_per_query for b in budgets)
-    chosen = [replace(items[a.id], weight=a.weight) for a in auto]
+
+    def solve(chosen: tuple[PlanItem, ...]) -> planning.Allocation:
+        splits = {a.id: _chosen_split(a, i) for a, i in zip(auto, chosen, strict=True)}
+        coefficients = [i.weight * _dp_at_one(i, splits[i.name]) / i.scale**2 for i in chosen]
+        return _allocation(chosen, planning.water_fill(coefficients, pool, [cap] * len(auto),
+                                                       1 / 3), splits)
+
+    chosen, best = planning.calibrate([replace(items[a.id], weight=a.weight) for a in auto],
+                                      solve)
     splits = {a.id: _chosen_split(a, i) for a, i in zip(auto, chosen, strict=True)}
-    coefficients = [i.weight * _dp_at_one(i, splits[i.name]) / i.scale**2 for i in chosen]
-    losses = [_round_down(e) for e in planning.water_fill(coefficients, pool,
-                                                           [cap] * len(auto), 1 / 3)]
+    losses = [_round_down(best.losses[i.name][0]) for i in chosen]
     equal = [min(pool / len(auto), cap)] * len(auto)
     found, hand = _allocation(chosen, losses, splits), _allocation(chosen, equal, {})
     return AutoShare(pool, {a.id: e for a, e in zip(auto, losses, strict=True)},
-                     planning.objective(chosen, found), planning.objective(chosen, hand),
+                     planning.weighted_variance(chosen, found),
+                     planning.weighted_variance(chosen, hand),
                      {k: v for k, v in splits.items() if v is not None},
-                     (planning.weighted_variance(chosen, found),
-                      planning.weighted_variance(chosen, hand)))
+                     (_largest_sd_share(chosen, found), _largest_sd_share(chosen, hand)),
+                     {i.name: i.sd_weight for i in chosen if planning.constrained(i)})
+
+
+def _largest_sd_share(items: Sequence[PlanItem], allocation: planning.Allocation) -> float:
+    """The largest predicted SD share of the constrained means at the allocation (0: none)."""
+    return max((planning.sd_noise_share(i, allocation.losses[i.name],
+                                        allocation.splits_of(i.name, i.members))
+                for i in items if planning.constrained(i)), default=0.0)
 
 
 def _chosen_split(a: Analysis, item: PlanItem) -> planning.Split | None:
@@ -357,13 +375,15 @@ def describe(sources: Sequence[Precision], auto: AutoShare | None = None) -> lis
         lines.append(f"  {source}: {', '.join(ids)}")
     if auto is not None:
         gain = 1 - auto.weighted / auto.weighted_equal if auto.weighted_equal > 0 else 0.0
+        versus = f"{100 * gain:.1f} % lower" if gain >= 0 else f"{-100 * gain:.1f} % higher"
         lines.append(f"epsilon: auto: {len(auto.losses)} analyses share epsilon "
-                     f"{auto.pool:.4g} per member by the cube-root rule; their criterion "
-                     f"sum w (Var + SD term) / sd^2 is {auto.weighted:.4g} against "
+                     f"{auto.pool:.4g} per member by the cube-root rule; their weighted "
+                     f"variance sum w Var / sd^2 is {auto.weighted:.4g} against "
                      f"{auto.weighted_equal:.4g} for an equal split at the node's default "
-                     f"mean split ({100 * gain:.1f} % lower); the estimators' variances "
-                     f"alone {auto.estimators[0]:.4g} against {auto.estimators[1]:.4g} (the "
-                     "SD term keeps each mean's SD well determined)")
+                     f"mean split ({versus}), with each mean's SD noise at "
+                     f"most {auto.sd_shares[0]:.2f} of its planning variance against "
+                     f"{auto.sd_shares[1]:.2f} (target {planning.SD_SHARE_TARGET:g}; d_z is "
+                     "flagged above 0.3)")
         for name, split in auto.splits.items():
             lines.append(f"  {name}: mean split count/sum/sum_squares {split.count:.3f} / "
                          f"{split.sum:.3f} / {split.sum_squares:.3f} (sent with the query)")

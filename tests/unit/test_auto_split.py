@@ -43,16 +43,21 @@ def test_auto_chooses_the_planners_split_and_the_query_carries_it() -> None:
     study, found, auto = _resolve(doc)
     by_id = {a.id: a for a in study.analyses}
     sizes = tuple(SIZES[m] for m in MEMBERS)
-    change = planning.PlanItem("c", planning.Kind.MEAN, sizes, -40, 40)
+    change = planning.PlanItem("c", planning.Kind.MEAN, sizes, -40, 40,
+                               sd_weight=auto.sd_weights["a06_bridge_change"])
     best = planning.best_split(change)
     assert auto.splits["a06_bridge_change"] == best
+    # the split holds the change's SD noise at the planner's target
+    assert planning.sd_noise_share(change, [auto.losses["a06_bridge_change"]] * 3, best) \
+        <= planning.SD_SHARE_TARGET * (1 + planning.CALIBRATION_TOLERANCE)
     # no planning mean: the count is weighted for a mean anywhere in the clip, not starved
     assert best.count > 3 * planning.MIN_COUNT_SHARE
     [query, *_] = [p.query for p in by_id["a06_bridge_change"].plan()]
     assert query.split == pytest.approx((best.count, best.sum, best.sum_squares))
     # the prediction shown is at the split sent, not the node's default
     shown = next(p for p in found if p.analysis == "a06_bridge_change")
-    assert shown.prediction == planning.predict(change, [shown.epsilon] * 3, best)
+    expected = planning.predict(change, [shown.epsilon] * 3, best)
+    assert (shown.prediction.sampling, shown.prediction.dp) == (expected.sampling, expected.dp)
     # analyses that are not auto keep the node's default split (nothing sent)
     assert by_id["a08_debt_change"].plan()[0].query.split is None
 

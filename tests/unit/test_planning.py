@@ -202,10 +202,87 @@ def test_random_effects_are_refined_numerically() -> None:
     re = replace(CHANGE, name="re", pooling=P.Pooling.RANDOM, tau2=4.0)
     items = (*ITEMS, re)
     closed = P.closed_form(items, BUDGETS)
-    best = P.optimise(items, BUDGETS)
+    best = P.optimise_weighted(items, BUDGETS)
     assert P.objective(items, best) <= P.objective(items, closed)
     for k, budget in enumerate(BUDGETS):
         assert P.member_spend(items, best, k, budget.delta) <= budget.epsilon * (1 + 1e-6)
+
+
+# ------------------------------------------------------------------ the SD constraint
+
+
+def test_calibrated_plan_holds_every_pooled_mean_at_the_sd_target() -> None:
+    items = (*ITEMS, replace(CHANGE, name="re", pooling=P.Pooling.RANDOM, tau2=4.0))
+    chosen, best = P.calibrate(items, lambda its: P.optimise_weighted(its, BUDGETS))
+    assert best == P.optimise(items, BUDGETS)
+    binding = 0
+    for item in chosen:
+        if P.constrained(item):
+            share = P.sd_noise_share(item, best.losses[item.name],
+                                     best.splits_of(item.name, item.members))
+            assert share <= P.SD_SHARE_TARGET * (1 + P.CALIBRATION_TOLERANCE)
+            if item.sd_weight > P.SD_WEIGHT_RANGE[0]:  # the constraint binds: at the target
+                binding += 1
+                assert share == pytest.approx(P.SD_SHARE_TARGET, rel=P.CALIBRATION_TOLERANCE)
+        else:
+            assert item.sd_weight == 1.0
+    assert binding >= 2  # the two means; d_z's own variance already holds its s^2 below
+    for k, budget in enumerate(BUDGETS):
+        assert P.member_spend(items, best, k, budget.delta) <= budget.epsilon * (1 + 1e-6)
+    # the estimators are better than at the fixed SD weight, which over-determines the SDs
+    fixed = P.optimise_weighted(items, BUDGETS)
+    assert P.weighted_variance(items, best) < P.weighted_variance(items, fixed)
+
+
+def _direct_constrained_optimum(items: tuple[P.PlanItem, ...], budget: float) -> float:
+    """SLSQP over every component's loss at every member (so every split is free): minimise
+    the estimators' weighted variance with each pooled mean's SD share <= the target."""
+    from scipy import optimize
+    members = items[0].members
+    means = [i for i in items if P.constrained(i)]
+    layout = [(i, j) for i in items for j in range(3 if i in means else 1)]
+
+    def allocation(x: np.ndarray) -> P.Allocation:
+        x = x.reshape(members, len(layout))
+        losses: dict[str, tuple[float, ...]] = {}
+        splits: dict[str, tuple[P.Split, ...]] = {}
+        for item in items:
+            cols = [c for c, (i, _) in enumerate(layout) if i is item]
+            per = [float(sum(x[k, cols])) for k in range(members)]
+            losses[item.name] = tuple(per)
+            if item in means:
+                splits[item.name] = tuple(P.Split(*(x[k, c] / per[k] for c in cols))
+                                          for k in range(members))
+        return P.Allocation(losses, splits)
+
+    x0 = np.full(members * len(layout), budget / len(layout))
+    constraints = [{"type": "ineq", "fun": lambda x, i=i: P.SD_SHARE_TARGET - P.sd_noise_share(
+        i, allocation(x).losses[i.name], allocation(x).splits[i.name])} for i in means]
+    constraints += [{"type": "ineq", "fun": lambda x, k=k: budget - float(
+        np.sum(x.reshape(members, len(layout))[k]))} for k in range(members)]
+    found = optimize.minimize(lambda x: P.weighted_variance(items, allocation(x)), x0,
+                              method="SLSQP", bounds=[(1e-4, budget)] * len(x0),
+                              constraints=constraints, options={"maxiter": 1000, "ftol": 1e-15})
+    assert found.success, found.message
+    return P.weighted_variance(items, allocation(found.x))
+
+
+def test_calibration_reaches_the_constrained_optimum() -> None:
+    """The multipliers found by `calibrate` give the optimum of the constrained problem, as a
+    general solver finds it with every component's loss at every member free."""
+    items = (MEAN, CHANGE, SHARE)
+    budgets = (P.MemberBudget(1.5, 10.0),) * 3
+    best = P.optimise(items, budgets)
+    direct = _direct_constrained_optimum(items, 1.5)
+    assert P.weighted_variance(items, best) == pytest.approx(direct, rel=5e-3)
+
+
+def test_a_mean_whose_sd_is_determined_anyway_gets_no_extra_loss() -> None:
+    """A large network: at a small weight the SD share is already under the target, so the
+    constraint does not bind and the weight falls to the floor."""
+    big = replace(MEAN, sizes=(1e6, 1e6, 1e6))
+    chosen, _ = P.calibrate((big, SHARE), lambda its: P.closed_form(its, BUDGETS))
+    assert chosen[0].sd_weight == P.SD_WEIGHT_RANGE[0]
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -330,9 +330,8 @@ class Ledger:
                 return self._existing(db, key, fingerprint, row)
             spent = self._spent(db)
             total = spent + loss
-            after = total.epsilon_at(self.delta)
-            if after > self.total:
-                before = spent.epsilon_at(self.delta)
+            if not total.within(self.total, self.delta):
+                before, after = spent.epsilon_at(self.delta), total.epsilon_at(self.delta)
                 raise BudgetExhausted(
                     f"budget of dataset {self.dataset!r} exhausted: spent epsilon {before} of "
                     f"{self.total}, this query ({loss}) would bring it to {after} "
@@ -353,9 +352,9 @@ class Ledger:
         """Refuse a charge that would take the current period over its cap."""
         assert self.period is not None
         spent = self._period_spent(db, now)
-        before, after = spent.epsilon_at(self.delta), (spent + loss).epsilon_at(self.delta)
         cap = self.period.epsilon
-        if after > cap:
+        if not (spent + loss).within(cap, self.delta):
+            before, after = spent.epsilon_at(self.delta), (spent + loss).epsilon_at(self.delta)
             raise BudgetExhausted(
                 f"policy rule budget.per_period: the {self.period.period} "
                 f"{period_label(self.period.period, now)} of dataset {self.dataset!r} is "

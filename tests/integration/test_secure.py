@@ -38,9 +38,16 @@ from bridgestat.coordinator.secure.aggregation import (
     SecureResult,
     secure_rho,
 )
+from bridgestat.coordinator.secure.transport import RoundFailed, SessionLinks
 from bridgestat.coordinator.statistics.meta import MetaError
 from bridgestat.coordinator.statistics.regression import INTERCEPT, RegressionResult
 from bridgestat.coordinator.statistics.tables import meta_from_table
+from bridgestat.node.app import open_engine, server_tls
+from bridgestat.node.config import load_config
+from bridgestat.node.engine import Engine
+from bridgestat.node.secure_service import SERVICE_NAME as SECURE_SERVICE_NAME
+from bridgestat.node.secure_service import SecureServicer, secure_node
+from bridgestat.node.tls import AllowList
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
@@ -108,20 +115,19 @@ def test_secure_mean_recovers_truth_and_charges_each_member_once(network: LocalN
 
 
 class RetryingDriver(SecureDriver):
-    """Sends every masked-input request twice, as a coordinator that lost the first answers
-    and retried within the same session."""
+    """Sends every masked-input request twice on the member's stream, as a coordinator that
+    lost the first answers and retried within the same session."""
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
-        first = await super()._round(name, members, dropped, call, per_member)
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        first = await super()._round(links, name, members, dropped, requests)
         if name != sa.MASKED_INPUT:
             return first
-        second: dict[str, Any] = await super()._round(name, members, dropped, call, per_member)
+        second = await super()._round(links, name, members, dropped, requests)
         assert all(r.replayed for r in second.values()), "the retry must replay"
-        assert all(bytes(second[m].vector) == bytes(first[m].vector)  # type: ignore[attr-defined]
-                   for m in first)
-        return second  # type: ignore[return-value]
+        assert all(bytes(second[m].vector) == bytes(first[m].vector) for m in first)
+        assert all(links.transport(m) == "stream" for m in members)
+        return second
 
 
 def test_retry_in_the_same_session_replays_without_a_new_charge(network: LocalNetwork) -> None:
@@ -144,10 +150,9 @@ class ExcludingDriver(SecureDriver):
 
     victim = "member-05"
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
-        result = await super()._round(name, members, dropped, call, per_member)
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        result = await super()._round(links, name, members, dropped, requests)
         if name == sa.SHARE_KEYS:
             result.pop(self.victim, None)
         return result
@@ -195,9 +200,10 @@ def test_a_member_that_sends_garbage_fails_cleanly(network: LocalNetwork,
     finally:
         server.stop(None)
     assert real.address != members[-1].address
+    assert _Garbage.streams == 1  # it was asked on its Session stream
     assert not result.aborted, result.aborted
     assert result.survivors == ("member-01", "member-02", "member-03", "member-04")
-    assert "member-05" in result.dropped
+    assert result.dropped["member-05"].startswith("advertise: "), result.dropped
     others = sum(m["sample"]["n_participants"] for m in network.truth["members"]
                  if m["name"] != "member-05")
     value = result.cells()[()]["count"]
@@ -205,12 +211,23 @@ def test_a_member_that_sends_garbage_fails_cleanly(network: LocalNetwork,
 
 
 class _Garbage(spb_grpc.SecureAggregationServiceServicer):
+    """Answers the Session stream's advertise with random keys, signature, certificate and
+    an absurd layout (and the unary Advertise alike)."""
+
+    streams = 0
+
     def Advertise(self, request: spb.AdvertiseRequest, context: grpc.ServicerContext
                   ) -> spb.AdvertiseResponse:
         return spb.AdvertiseResponse(advertisement=spb.Advertisement(
             member="member-05", c_pk=os.urandom(32), s_pk=os.urandom(31),
             signature=os.urandom(70), certificate=os.urandom(300)),
             layout=spb.SecureLayout(values=[spb.SecureValue(name="count", unit=1e300)]))
+
+    def Session(self, request_iterator: Iterator[spb.SessionRequest],
+                context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
+        type(self).streams += 1
+        for message in request_iterator:
+            yield spb.SessionResponse(advertise=self.Advertise(message.advertise, context))
 
 
 def _garbage_server(root: Path, address: str) -> grpc.Server:
@@ -227,47 +244,102 @@ def _garbage_server(root: Path, address: str) -> grpc.Server:
     return server
 
 
+def _older_node(config: Path) -> tuple[grpc.Server, Engine]:
+    """A real node (its engine, ledger, audit log, TLS identity and allow-list) whose
+    SecureAggregationService has only the five unary rounds: a node from before the Session
+    stream, serving at the member's address."""
+    node_config = load_config(config)
+    engine = open_engine(node_config)
+    tls = server_tls(node_config, insecure=False)
+    assert tls is not None and node_config.listen is not None
+    servicer = SecureServicer(secure_node(engine, tls))
+    handlers = {name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, name),
+        request_deserializer=getattr(spb, f"{name}Request").FromString,
+        response_serializer=getattr(spb, f"{name}Response").SerializeToString)
+        for name in ("Advertise", "ShareKeys", "MaskedInput", "Consistency", "Unmask")}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         interceptors=[AllowList(tls.allow)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        SECURE_SERVICE_NAME, handlers),))
+    assert server.add_secure_port(node_config.listen, tls.credentials()) != 0
+    server.start()
+    return server, engine
+
+
+def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: LocalNetwork
+                                                                      ) -> None:
+    """member-05's node replaced by one without Session (UNIMPLEMENTED): the driver sends
+    its rounds as unary calls, the others' on their streams; the session completes with
+    all five, each charged once, and the driver remembers to skip member-05's stream."""
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+    local.stop_nodes([network.processes[4]])
+    try:
+        server, _ = _older_node(network.members[4].config)
+        try:
+            driver = _driver(network)
+            first = _run(driver, COUNT, "older-1")
+            second = _run(driver, COUNT, "older-2")
+        finally:
+            server.stop(None)
+    finally:
+        _restart(network, [4])
+    with Network.from_file(network.network) as net:
+        after = _rho_spent(net)
+    assert driver.unary_only == {"member-05"}
+    truth = network.truth["network"]["sample"]["n_participants"]
+    for result in (first, second):
+        assert not result.aborted, result.aborted
+        assert len(result.survivors) == 5 and not result.dropped, result.dropped
+        value = result.cells()[()]["count"]
+        assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+    for member in before:
+        assert math.isclose(after[member] - before[member], 2 * first.rho, rel_tol=1e-6), member
+
+
 class LyingDriver(SecureDriver):
     """Announces to member-01 a survivor set without member-05 (the others get the true
-    one), then asks member-01 for member-05's mask-key share: with the others' self-mask
-    shares of member-05 that would unmask member-05's input."""
+    one), then asks member-01, on its Session stream, for member-05's mask-key share: with
+    the others' self-mask shares of member-05 that would unmask member-05's input."""
 
-    refusal: grpc.aio.AioRpcError | None = None
+    refusal: RoundFailed | None = None
+    transport = ""
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
         if name != sa.CONSISTENCY:
-            return await super()._round(name, members, dropped, call, per_member)
-        honest: dict[str, Any] = await super()._round(
-            name, [m for m in members if m != "member-01"], dropped, call, per_member)
+            return await super()._round(links, name, members, dropped, requests)
+        honest = await super()._round(
+            links, name, [m for m in members if m != "member-01"], dropped, requests)
         fake_u3 = [m for m in members if m != "member-05"]
-        stub = self.stub("member-01")
-        mine = await stub.Consistency(spb.ConsistencyRequest(session=self.session,
-                                                             survivors=fake_u3))
+        self.transport = links.transport("member-01")
+        mine = await links.ask("member-01", sa.CONSISTENCY, spb.ConsistencyRequest(
+            session=self.session, survivors=fake_u3))
         lie = spb.UnmaskRequest(session=self.session, survivors=fake_u3, dropped=["member-05"],
                                 signatures=[mine.signature,
                                             *(r.signature for m, r in honest.items()
                                               if m != "member-05")])
         try:
-            await stub.Unmask(lie)
-        except grpc.aio.AioRpcError as exc:
+            await links.ask("member-01", sa.UNMASK, lie)
+        except RoundFailed as exc:
             self.refusal = exc
-        return honest  # type: ignore[return-value]
+        return honest
 
-    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
-                         dropped: dict[str, str], hook: Any) -> Any:
+    async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
+                         names: tuple[str, ...], dropped: dict[str, str], hook: Any) -> Any:
         self.session = session
-        return await super()._advertise(query, key, session, names, dropped, hook)
+        return await super()._advertise(links, query, key, session, names, dropped, hook)
 
 
 def test_inconsistent_survivor_sets_make_the_member_refuse(network: LocalNetwork) -> None:
     driver = _driver(network, LyingDriver)
     result = _run(driver, COUNT, "liar-1")
     refusal = driver.refusal
+    assert driver.transport == "stream"
     assert refusal is not None, "member-01 revealed shares for an inconsistent survivor set"
-    assert refusal.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "signature over the survivor set" in (refusal.details() or "")
+    assert refusal.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "signature over the survivor set" in refusal.details
     # the session goes on without member-01's unmask answer; its input is still in the sum
     assert not result.aborted, result.aborted
     truth = network.truth["network"]["sample"]["n_participants"]
@@ -478,9 +550,10 @@ class AdvertCapture(SecureDriver):
 
     adverts: list[sa.Advertisement]
 
-    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
-                         dropped: dict[str, str], hook: Any) -> Any:
-        adverts, layout = await super()._advertise(query, key, session, names, dropped, hook)
+    async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
+                         names: tuple[str, ...], dropped: dict[str, str], hook: Any) -> Any:
+        adverts, layout = await super()._advertise(links, query, key, session, names,
+                                                   dropped, hook)
         self.adverts = list(adverts)
         return adverts, layout
 

@@ -1,0 +1,184 @@
+"""How the coordinator reaches each member in one secure session: one `Session` stream per
+member carrying the five rounds, or the five unary calls for a node that has no stream.
+
+`SessionLinks` holds one session's link per member. A member is first asked on a stream;
+when its node (or an older hub) answers the stream UNIMPLEMENTED, or RESOURCE_EXHAUSTED
+(all its session streams in use), the advertise is sent again as a unary call and the
+member's later rounds follow as unary calls (UNIMPLEMENTED is remembered for the driver's
+lifetime). Nothing was read by the node in either case, so nothing is asked twice.
+
+Every round has its own deadline (`asyncio.wait_for` on the stream's write and read, the
+call's timeout for a unary call); a failure is a `RoundFailed` with the status code, and a
+failed or timed-out stream is cancelled (its node then closes the session). A stream's
+whole call also has a deadline (`STREAM_ROUNDS` rounds' worth), so a node never holds a
+worker thread for a coordinator that hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from bridgestat.common import secagg as sa
+from bridgestat.common.secagg import SecAggError
+from bridgestat.v1 import secure_aggregation_pb2 as spb
+from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
+
+Request = (spb.AdvertiseRequest | spb.ShareKeysRequest | spb.MaskedInputRequest
+           | spb.ConsistencyRequest | spb.UnmaskRequest)
+Stub = spb_grpc.SecureAggregationServiceStub
+STREAM_ROUNDS = 10  # a stream's whole deadline: twice the five rounds' deadlines
+FIELDS = {sa.ADVERTISE: "advertise", sa.SHARE_KEYS: "share_keys",
+          sa.MASKED_INPUT: "masked_input", sa.CONSISTENCY: "consistency",
+          sa.UNMASK: "unmask"}  # round -> the oneof field of SessionRequest/SessionResponse
+METHODS = {sa.ADVERTISE: "Advertise", sa.SHARE_KEYS: "ShareKeys",
+           sa.MASKED_INPUT: "MaskedInput", sa.CONSISTENCY: "Consistency",
+           sa.UNMASK: "Unmask"}  # round -> its unary method
+FALL_BACK = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class RoundFailed(Exception):
+    """A member's round failed: its status code and details (the node's own message)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+class Link(Protocol):
+    """One member's transport for one session."""
+
+    async def ask(self, round_name: str, request: Request, timeout: float) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class UnaryLink:
+    """Each round one unary call (a node without the Session stream)."""
+
+    def __init__(self, stub: Stub) -> None:
+        self.stub = stub
+
+    async def ask(self, round_name: str, request: Request, timeout: float) -> Any:
+        method = getattr(self.stub, METHODS[round_name])
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise RoundFailed(exc.code(), exc.details() or "") from None
+
+    def close(self) -> None:
+        """Nothing stays open between unary calls."""
+
+
+class StreamLink:
+    """The rounds as messages on one Session stream, opened at the first round."""
+
+    def __init__(self, stub: Stub, deadline: float,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.stub, self.deadline, self.metadata = stub, deadline, metadata
+        self._call: Any = None
+
+    async def ask(self, round_name: str, request: Request, timeout: float) -> Any:
+        if self._call is None:
+            self._call = self.stub.Session(timeout=self.deadline,
+                                           metadata=self.metadata or None)
+        try:
+            return await asyncio.wait_for(self._exchange(round_name, request), timeout)
+        except TimeoutError:
+            self.close()
+            raise RoundFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              f"no answer within {timeout:g} s") from None
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+            raise await self._failure(exc) from None
+        except SecAggError:
+            self.close()
+            raise
+
+    async def _exchange(self, round_name: str, request: Request) -> Any:
+        field = FIELDS[round_name]
+        try:
+            await self._call.write(spb.SessionRequest(**{field: request}))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.INTERNAL:
+                raise
+            # grpc.aio's status for a write that gRPC core could not start: the connection
+            # is gone (a node killed just before the round), not an error of the node's
+            raise RoundFailed(grpc.StatusCode.UNAVAILABLE, "the connection broke before the "
+                              f"request was sent ({exc.details()})") from None
+        response = await self._call.read()
+        if response is grpc.aio.EOF:
+            code = await self._call.code()
+            details = await self._call.details()
+            raise RoundFailed(code if code is not grpc.StatusCode.OK
+                              else grpc.StatusCode.UNAVAILABLE,
+                              details or "the node ended the session stream")
+        answered = response.WhichOneof("round")
+        if answered != field:
+            raise SecAggError(f"the member answered {answered!r} to {field!r}")
+        return getattr(response, field)
+
+    async def _failure(self, exc: Exception) -> RoundFailed:
+        """The stream's own final status when it had ended before a write ('already
+        finished'), else the error's."""
+        if self._call.done():
+            code = await self._call.code()
+            if code is not grpc.StatusCode.OK:
+                return RoundFailed(code, await self._call.details() or "")
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return RoundFailed(exc.code(), exc.details() or "")
+        return RoundFailed(grpc.StatusCode.UNAVAILABLE, "the node had ended the session stream")
+
+    def close(self) -> None:
+        """Cancel the stream unless it already ended (its node closes the session)."""
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+
+class SessionLinks:
+    """One session's links, one per member, opened at the member's first round."""
+
+    def __init__(self, stub: Callable[[str], Stub], timeout: float, unary_only: set[str],
+                 metadata: Callable[[str], tuple[tuple[str, str], ...]]) -> None:
+        self._stub, self.timeout, self._metadata = stub, timeout, metadata
+        self._unary_only = unary_only  # the driver's: members whose node has no stream
+        self._links: dict[str, Link] = {}
+
+    def transport(self, member: str) -> str:
+        """'stream' or 'unary': how the member is reached in this session."""
+        return "stream" if isinstance(self._links.get(member), StreamLink) else "unary"
+
+    async def ask(self, member: str, round_name: str, request: Request) -> Any:
+        """The member's answer to one round, within the round's deadline; raises
+        RoundFailed (or SecAggError for an answer of the wrong kind)."""
+        link = self._links.get(member)
+        if link is None:
+            link = self._links[member] = self._open(member)
+        try:
+            return await link.ask(round_name, request, self.timeout)
+        except RoundFailed as exc:
+            if not (isinstance(link, StreamLink) and round_name == sa.ADVERTISE
+                    and exc.code in FALL_BACK):
+                raise
+            if exc.code is grpc.StatusCode.UNIMPLEMENTED:
+                self._unary_only.add(member)
+            link = self._links[member] = UnaryLink(self._stub(member))
+            return await link.ask(round_name, request, self.timeout)
+
+    def drop(self, member: str) -> None:
+        """Close a member's link (it dropped out, or the session ended)."""
+        link = self._links.pop(member, None)
+        if link is not None:
+            link.close()
+
+    def close(self) -> None:
+        for member in list(self._links):
+            self.drop(member)
+
+    def _open(self, member: str) -> Link:
+        stub = self._stub(member)
+        if member in self._unary_only:
+            return UnaryLink(stub)
+        return StreamLink(stub, STREAM_ROUNDS * self.timeout, self._metadata(member))

@@ -214,7 +214,8 @@ def _session(secure: SecureNode, requests: Iterator[spb.SessionRequest],
             if isinstance(result, Status):
                 context.abort(result.code, result.message)
             opened = opened or request.session
-            yield spb.SessionResponse(**{str(kind): result})
+            response: dict[str, Any] = {str(kind): result}
+            yield spb.SessionResponse(**response)
             if kind == "unmask":  # the last round: the session is over at this node
                 opened = ""
                 return

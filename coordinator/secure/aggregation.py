@@ -107,6 +107,7 @@ class SecureResult:
     colluding: int = 0
     aborted: str = ""  # why the session aborted (then values is empty)
     replayed: tuple[str, ...] = ()  # members that replayed a stored masked input
+    unary: tuple[str, ...] = ()  # members asked with the five unary calls, not a stream
     budgets: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -227,11 +228,12 @@ class SecureDriver:
             outcome = server.collect_unmask([wire.unmask_response_from_pb(r)
                                              for r in answers.values()])
         except (SecAggError, SecureError) as exc:
-            return result((), (), dropped, layout=layout, aborted=str(exc))
+            return result((), (), dropped, layout=layout, aborted=str(exc),
+                          unary=links.unary())
         for member, why in outcome.refused.items():
             dropped.setdefault(member, why)
         return result(_decode(outcome, layout), outcome.survivors, dropped, layout=layout,
-                      replayed=replayed)
+                      replayed=replayed, unary=links.unary())
 
     async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
                          names: tuple[str, ...], dropped: dict[str, str], hook: Hook | None

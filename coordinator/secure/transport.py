@@ -37,6 +37,7 @@ FIELDS = {sa.ADVERTISE: "advertise", sa.SHARE_KEYS: "share_keys",
 METHODS = {sa.ADVERTISE: "Advertise", sa.SHARE_KEYS: "ShareKeys",
            sa.MASKED_INPUT: "MaskedInput", sa.CONSISTENCY: "Consistency",
            sa.UNMASK: "Unmask"}  # round -> its unary method
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # a stream's end (not in grpc-stubs)
 FALL_BACK = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -100,7 +101,8 @@ class StreamLink:
     async def _exchange(self, round_name: str, request: Request) -> Any:
         field = FIELDS[round_name]
         try:
-            await self._call.write(spb.SessionRequest(**{field: request}))
+            message: dict[str, Any] = {field: request}
+            await self._call.write(spb.SessionRequest(**message))
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.INTERNAL:
                 raise
@@ -109,7 +111,7 @@ class StreamLink:
             raise RoundFailed(grpc.StatusCode.UNAVAILABLE, "the connection broke before the "
                               f"request was sent ({exc.details()})") from None
         response = await self._call.read()
-        if response is grpc.aio.EOF:
+        if response is EOF:
             code = await self._call.code()
             details = await self._call.details()
             raise RoundFailed(code if code is not grpc.StatusCode.OK
@@ -145,10 +147,15 @@ class SessionLinks:
         self._stub, self.timeout, self._metadata = stub, timeout, metadata
         self._unary_only = unary_only  # the driver's: members whose node has no stream
         self._links: dict[str, Link] = {}
+        self._unary: set[str] = set()  # members asked with unary calls in this session
 
     def transport(self, member: str) -> str:
         """'stream' or 'unary': how the member is reached in this session."""
         return "stream" if isinstance(self._links.get(member), StreamLink) else "unary"
+
+    def unary(self) -> tuple[str, ...]:
+        """The members asked with unary calls in this session (so far), sorted."""
+        return tuple(sorted(self._unary))
 
     async def ask(self, member: str, round_name: str, request: Request) -> Any:
         """The member's answer to one round, within the round's deadline; raises
@@ -165,6 +172,7 @@ class SessionLinks:
             if exc.code is grpc.StatusCode.UNIMPLEMENTED:
                 self._unary_only.add(member)
             link = self._links[member] = UnaryLink(self._stub(member))
+            self._unary.add(member)
             return await link.ask(round_name, request, self.timeout)
 
     def drop(self, member: str) -> None:
@@ -180,5 +188,6 @@ class SessionLinks:
     def _open(self, member: str) -> Link:
         stub = self._stub(member)
         if member in self._unary_only:
+            self._unary.add(member)
             return UnaryLink(stub)
         return StreamLink(stub, STREAM_ROUNDS * self.timeout, self._metadata(member))

@@ -31,11 +31,13 @@ from bridgestat.common import secagg as sa
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.client.network_file import load_network
 from bridgestat.coordinator.client.query import Query, Term
+from bridgestat.coordinator.client.wire import query_to_pb
 from bridgestat.coordinator.demo import local
 from bridgestat.coordinator.secure.aggregation import (
     NETWORK,
     SecureDriver,
     SecureResult,
+    secure_query,
     secure_rho,
 )
 from bridgestat.coordinator.secure.transport import RoundFailed, SessionLinks
@@ -46,7 +48,7 @@ from bridgestat.node.app import open_engine, server_tls
 from bridgestat.node.config import load_config
 from bridgestat.node.engine import Engine
 from bridgestat.node.secure_service import SERVICE_NAME as SECURE_SERVICE_NAME
-from bridgestat.node.secure_service import SecureServicer, secure_node
+from bridgestat.node.secure_service import SESSION_STREAMS, SecureServicer, secure_node
 from bridgestat.node.tls import AllowList
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
@@ -296,6 +298,92 @@ def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: L
         assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
     for member in before:
         assert math.isclose(after[member] - before[member], 2 * first.rho, rel_tol=1e-6), member
+
+
+def _advertise_request(session: str, names: Sequence[str]) -> spb.AdvertiseRequest:
+    return spb.AdvertiseRequest(session=session, idempotency_key=session,
+                                query=query_to_pb(secure_query(COUNT)), members=list(names),
+                                threshold=4, colluding=1)
+
+
+def test_a_node_with_every_session_stream_in_use_is_asked_with_unary_calls(
+        network: LocalNetwork) -> None:
+    """member-05's SESSION_STREAMS streams are held open (each with an open session): its
+    node answers a further stream RESOURCE_EXHAUSTED and the driver asks it with unary
+    calls in that session only (not remembered); the session completes with all five,
+    each charged once; the held sessions, never masked, charge nothing."""
+    driver = _driver(network)
+    names = [m.name for m in network.members]
+
+    async def go() -> SecureResult:
+        stub = driver.stub("member-05")
+        held = []
+        try:
+            for i in range(SESSION_STREAMS):
+                call = stub.Session(timeout=60)
+                await call.write(spb.SessionRequest(
+                    advertise=_advertise_request(f"held-session-{i}", names)))
+                assert (await call.read()).WhichOneof("round") == "advertise"
+                held.append(call)
+            return await driver.run(COUNT, "busy-1")
+        finally:
+            for call in held:
+                call.cancel()
+            await driver.close()
+
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        result = asyncio.run(go())
+        after = _rho_spent(net)
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5 and not result.dropped, result.dropped
+    assert result.unary == ("member-05",) and driver.unary_only == frozenset()
+    for member in before:
+        assert math.isclose(after[member] - before[member], result.rho, rel_tol=1e-6), member
+
+
+def test_a_session_stream_refuses_malformed_messages_and_closes_its_session(
+        network: LocalNetwork) -> None:
+    """On a Session stream the node refuses, INVALID_ARGUMENT naming the problem: a message
+    without a round, a first message other than advertise, a message of another session;
+    the stream then ends and the session its advertise opened is closed at the node."""
+    driver = _driver(network)
+    names = [m.name for m in network.members]
+
+    async def refusal(*messages: spb.SessionRequest) -> grpc.aio.AioRpcError:
+        call = driver.stub("member-01").Session(timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            for message in messages:
+                await call.write(message)
+                await call.read()
+        return caught.value
+
+    async def go() -> tuple[list[grpc.aio.AioRpcError], grpc.aio.AioRpcError]:
+        try:
+            refused = [
+                await refusal(spb.SessionRequest()),
+                await refusal(spb.SessionRequest(consistency=spb.ConsistencyRequest(
+                    session="session-1", survivors=names))),
+                await refusal(
+                    spb.SessionRequest(advertise=_advertise_request("session-2", names)),
+                    spb.SessionRequest(consistency=spb.ConsistencyRequest(
+                        session="session-3", survivors=names)))]
+            with pytest.raises(grpc.aio.AioRpcError) as closed:
+                await driver.stub("member-01").ShareKeys(
+                    spb.ShareKeysRequest(session="session-2"), timeout=30)
+            return refused, closed.value
+        finally:
+            await driver.close()
+
+    refused, closed = asyncio.run(go())
+    assert [r.code() for r in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 3
+    assert "a message must carry one round's request" in (refused[0].details() or "")
+    assert "first message must be advertise (it opens the session), not consistency" in (
+        refused[1].details() or "")
+    assert ("this stream belongs to session session-2; session 'session-3' needs its own "
+            "stream") in (refused[2].details() or "")
+    assert closed.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "session 'session-2': not open at this node" in (closed.details() or "")
 
 
 class LyingDriver(SecureDriver):

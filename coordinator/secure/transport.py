@@ -7,7 +7,7 @@ when its node (or an older hub) answers the stream UNIMPLEMENTED, or RESOURCE_EX
 member's later rounds follow as unary calls (UNIMPLEMENTED is remembered for the driver's
 lifetime). Nothing was read by the node in either case, so nothing is asked twice.
 
-Every round has its own deadline (`asyncio.wait_for` on the stream's write and read, the
+Every round has its own deadline (`asyncio.timeout` around the stream's write and read, the
 call's timeout for a unary call); a failure is a `RoundFailed` with the status code, and a
 failed or timed-out stream is cancelled (its node then closes the session). A stream's
 whole call also has a deadline (`STREAM_ROUNDS` rounds' worth), so a node never holds a
@@ -87,7 +87,8 @@ class StreamLink:
             self._call = self.stub.Session(timeout=self.deadline,
                                            metadata=self.metadata or None)
         try:
-            return await asyncio.wait_for(self._exchange(round_name, request), timeout)
+            async with asyncio.timeout(timeout):  # cheaper than wait_for: no extra task
+                return await self._exchange(round_name, request)
         except TimeoutError:
             self.close()
             raise RoundFailed(grpc.StatusCode.DEADLINE_EXCEEDED,

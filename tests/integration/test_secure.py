@@ -232,13 +232,45 @@ class _Garbage(spb_grpc.SecureAggregationServiceServicer):
             yield spb.SessionResponse(advertise=self.Advertise(message.advertise, context))
 
 
-def _garbage_server(root: Path, address: str) -> grpc.Server:
+class _Silent(spb_grpc.SecureAggregationServiceServicer):
+    """Reads the Session stream's messages and never answers (a hung member)."""
+
+    def Session(self, request_iterator: Iterator[spb.SessionRequest],
+                context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
+        for _ in request_iterator:  # ends when the driver cancels the stream
+            pass
+        yield from ()
+
+
+def test_a_member_that_never_answers_drops_out_at_the_rounds_deadline(
+        network: LocalNetwork) -> None:
+    """A fake member-05 whose stream swallows the advertise: at the round's deadline the
+    driver cancels its stream and names it (DEADLINE_EXCEEDED); the four others complete."""
+    spec = load_network(network.network)
+    port = local.free_port()
+    server = _garbage_server(network.root, f"127.0.0.1:{port}", _Silent())
+    members = [m if m.name != "member-05" else type(m)(m.name, f"127.0.0.1:{port}")
+               for m in spec.members]
+    try:
+        result = _run(SecureDriver(members, spec.tls, spec.secure_settings, 3.0), COUNT,
+                      "silent-1")
+    finally:
+        server.stop(None)
+    assert not result.aborted, result.aborted
+    assert result.survivors == ("member-01", "member-02", "member-03", "member-04")
+    assert result.dropped == {"member-05": "advertise: DEADLINE_EXCEEDED: no answer within "
+                                            "3 s"}, result.dropped
+
+
+def _garbage_server(root: Path, address: str,
+                    servicer: spb_grpc.SecureAggregationServiceServicer | None = None
+                    ) -> grpc.Server:
     folder = next(p.parent for p in root.rglob("member-05.pem"))
     key = (folder / "member-05.key").read_bytes()
     cert = (folder / "member-05.pem").read_bytes()
     ca = next(root.rglob("ca.pem")).read_bytes()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    spb_grpc.add_SecureAggregationServiceServicer_to_server(_Garbage(), server)
+    spb_grpc.add_SecureAggregationServiceServicer_to_server(servicer or _Garbage(), server)
     creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                         require_client_auth=True)
     server.add_secure_port(address, creds)

@@ -166,18 +166,29 @@ class SecureServicer(spb_grpc.SecureAggregationServiceServicer):
     def __init__(self, secure: SecureNode, streams: int = SESSION_STREAMS) -> None:
         self.secure = secure
         self.streams = streams
-        self._open = threading.BoundedSemaphore(streams)
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open_streams(self) -> int:
+        """Session streams being served now (each holds a worker thread)."""
+        with self._lock:
+            return self._open
 
     def Session(self, request_iterator: Iterator[spb.SessionRequest],
                 context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
-        if not self._open.acquire(blocking=False):
+        with self._lock:
+            full = self._open >= self.streams
+            self._open += 0 if full else 1
+        if full:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"all {self.streams} secure session streams of this node are in "
                           "use; send the rounds as unary calls")
         try:
             yield from _session(self.secure, request_iterator, context)
         finally:
-            self._open.release()
+            with self._lock:
+                self._open -= 1
 
     def Advertise(self, request: spb.AdvertiseRequest,
                   context: grpc.ServicerContext) -> spb.AdvertiseResponse:

@@ -46,7 +46,6 @@ from bridgestat.coordinator.statistics.regression import INTERCEPT, RegressionRe
 from bridgestat.coordinator.statistics.tables import meta_from_table
 from bridgestat.node.app import open_engine, server_tls
 from bridgestat.node.config import load_config
-from bridgestat.node.engine import Engine
 from bridgestat.node.secure_service import SERVICE_NAME as SECURE_SERVICE_NAME
 from bridgestat.node.secure_service import SESSION_STREAMS, SecureServicer, secure_node
 from bridgestat.node.tls import AllowList
@@ -278,27 +277,66 @@ def _garbage_server(root: Path, address: str,
     return server
 
 
-def _older_node(config: Path) -> tuple[grpc.Server, Engine]:
-    """A real node (its engine, ledger, audit log, TLS identity and allow-list) whose
-    SecureAggregationService has only the five unary rounds: a node from before the Session
-    stream, serving at the member's address."""
+def _in_process_node(config: Path, stream: bool) -> tuple[grpc.Server, SecureServicer]:
+    """A real node's SecureAggregationService (its engine, ledger, audit log, TLS identity
+    and allow-list) served in this process at the member's address; without `stream` it has
+    only the five unary rounds: a node from before the Session stream."""
     node_config = load_config(config)
     engine = open_engine(node_config)
     tls = server_tls(node_config, insecure=False)
     assert tls is not None and node_config.listen is not None
     servicer = SecureServicer(secure_node(engine, tls))
-    handlers = {name: grpc.unary_unary_rpc_method_handler(
-        getattr(servicer, name),
-        request_deserializer=getattr(spb, f"{name}Request").FromString,
-        response_serializer=getattr(spb, f"{name}Response").SerializeToString)
-        for name in ("Advertise", "ShareKeys", "MaskedInput", "Consistency", "Unmask")}
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          interceptors=[AllowList(tls.allow)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        SECURE_SERVICE_NAME, handlers),))
+    if stream:
+        spb_grpc.add_SecureAggregationServiceServicer_to_server(servicer, server)
+    else:
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=getattr(spb, f"{name}Request").FromString,
+            response_serializer=getattr(spb, f"{name}Response").SerializeToString)
+            for name in ("Advertise", "ShareKeys", "MaskedInput", "Consistency", "Unmask")}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SECURE_SERVICE_NAME, handlers),))
     assert server.add_secure_port(node_config.listen, tls.credentials()) != 0
     server.start()
-    return server, engine
+    return server, servicer
+
+
+def test_a_node_holds_no_stream_after_a_session_ends(network: LocalNetwork) -> None:
+    """member-05's SecureAggregationService in this process: after a completed session, and
+    after one whose driver dropped it before the consistency round (its masked input is in
+    the sum, its stream cancelled), none of its Session streams is still open, so no worker
+    thread stays held."""
+    local.stop_nodes([network.processes[4]])
+    try:
+        server, servicer = _in_process_node(network.members[4].config, stream=True)
+        try:
+            result = _run(_driver(network), COUNT, "no-held-stream-1")
+            dropped = _run(_driver(network, DropAtConsistency), COUNT, "no-held-stream-2")
+            deadline = time.monotonic() + 30  # the handler returns after its last answer
+            while servicer.open_streams and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert servicer.open_streams == 0
+        finally:
+            server.stop(None)
+    finally:
+        _restart(network, [4])
+    assert not result.aborted and len(result.survivors) == 5 and not result.unary
+    assert not dropped.aborted, dropped.aborted
+    assert "member-05" in dropped.dropped and "member-05" in dropped.survivors
+
+
+class DropAtConsistency(SecureDriver):
+    """Leaves member-05 out of the consistency round (its stream is then closed)."""
+
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        if name == sa.CONSISTENCY:
+            links.drop("member-05")
+            dropped["member-05"] = "consistency: left out by the test"
+            members = [m for m in members if m != "member-05"]
+        return await super()._round(links, name, members, dropped, requests)
 
 
 def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: LocalNetwork
@@ -310,7 +348,7 @@ def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: L
         before = _rho_spent(net)
     local.stop_nodes([network.processes[4]])
     try:
-        server, _ = _older_node(network.members[4].config)
+        server, _ = _in_process_node(network.members[4].config, stream=False)
         try:
             driver = _driver(network)
             first = _run(driver, COUNT, "older-1")

@@ -60,6 +60,8 @@ from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 NETWORK = "NETWORK"
 DEFAULT_DELTA = 1e-6
 Hook = Callable[[str], Awaitable[None] | None]
+SESSION_METHOD = (f"/{spb.DESCRIPTOR.services_by_name['SecureAggregationService'].full_name}"
+                  "/Session")
 ROUNDS = (sa.ADVERTISE, sa.SHARE_KEYS, sa.MASKED_INPUT, sa.CONSISTENCY, sa.UNMASK)
 
 
@@ -155,6 +157,7 @@ class SecureDriver:
         self._credentials = tls.channel_credentials() if tls else None
         self._channels: dict[str, grpc.aio.Channel] = {}  # opened on the loop of the first call
         self._stubs: dict[str, spb_grpc.SecureAggregationServiceStub] = {}
+        self._sessions: dict[str, Any] = {}  # member -> its Session method (bytes in)
         self._unary_only: set[str] = set()  # members whose node answered the stream
         # UNIMPLEMENTED (older nodes): asked with the unary calls from then on
 
@@ -177,7 +180,7 @@ class SecureDriver:
     async def run(self, query: Query, key: str | None = None, *,
                   hook: Hook | None = None) -> SecureResult:
         """One secure session for `query` (its loss as rho, see `secure_query`)."""
-        links = SessionLinks(self.stub, self.timeout, self._unary_only, self._metadata)
+        links = SessionLinks(self.stub, self.session_stream, self.timeout, self._unary_only)
         try:
             return await self._session(links, query, key or uuid.uuid4().hex, hook)
         finally:
@@ -281,11 +284,19 @@ class SecureDriver:
         outcomes = await asyncio.gather(*(one(m) for m in members))
         return {m: v for m, v in outcomes if v is not None}
 
-    def _metadata(self, member: str) -> tuple[tuple[str, str], ...]:
-        """A Session stream's metadata: the member's name for the hub (via: hub), which
+    def session_stream(self, member: str, deadline: float) -> Any:
+        """Open the member's Session stream (written with SessionRequest bytes, see
+        `transport.session_bytes`); via the hub it names the member in its metadata, which
         the channel's interceptor adds to unary calls only."""
+        self.stub(member)  # opens the channel
+        method = self._sessions.get(member)
+        if method is None:
+            method = self._sessions[member] = self._channels[member].stream_stream(
+                SESSION_METHOD, request_serializer=None,
+                response_deserializer=spb.SessionResponse.FromString)
         found = next(m for m in self.members if m.name == member)
-        return ((MEMBER_HEADER, member),) if found.hub is not None else ()
+        metadata = ((MEMBER_HEADER, member),) if found.hub is not None else None
+        return method(None, timeout=deadline, metadata=metadata)
 
     def stub(self, member: str) -> spb_grpc.SecureAggregationServiceStub:
         """The member's stub; its channel opens on the running loop at first use."""
@@ -302,6 +313,7 @@ class SecureDriver:
             await channel.close(None)
         self._channels.clear()
         self._stubs.clear()
+        self._sessions.clear()
 
 
 def _why(dropped: Mapping[str, str]) -> str:

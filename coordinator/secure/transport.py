@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 
@@ -49,12 +49,10 @@ class RoundFailed(Exception):
         self.code, self.details = code, details
 
 
-class Link(Protocol):
-    """One member's transport for one session."""
-
-    async def ask(self, round_name: str, request: Request, timeout: float) -> Any: ...
-
-    def close(self) -> None: ...
+def session_bytes(round_name: str, request: Request) -> bytes:
+    """The SessionRequest carrying `request`, serialized."""
+    message: dict[str, Any] = {FIELDS[round_name]: request}
+    return spb.SessionRequest(**message).SerializeToString()
 
 
 class UnaryLink:
@@ -75,20 +73,20 @@ class UnaryLink:
 
 
 class StreamLink:
-    """The rounds as messages on one Session stream, opened at the first round."""
+    """The rounds as messages on one Session stream, opened at the first round. It writes
+    SessionRequest bytes (`session_bytes`): a request shared by every member is serialized
+    once per round, not once per member."""
 
-    def __init__(self, stub: Stub, deadline: float,
-                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self.stub, self.deadline, self.metadata = stub, deadline, metadata
+    def __init__(self, open_call: Callable[[], Any]) -> None:
+        self._open_call = open_call
         self._call: Any = None
 
-    async def ask(self, round_name: str, request: Request, timeout: float) -> Any:
+    async def ask(self, round_name: str, raw: bytes, timeout: float) -> Any:
         if self._call is None:
-            self._call = self.stub.Session(timeout=self.deadline,
-                                           metadata=self.metadata or None)
+            self._call = self._open_call()
         try:
             async with asyncio.timeout(timeout):  # cheaper than wait_for: no extra task
-                return await self._exchange(round_name, request)
+                return await self._exchange(round_name, raw)
         except TimeoutError:
             self.close()
             raise RoundFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -99,11 +97,9 @@ class StreamLink:
             self.close()
             raise
 
-    async def _exchange(self, round_name: str, request: Request) -> Any:
-        field = FIELDS[round_name]
+    async def _exchange(self, round_name: str, raw: bytes) -> Any:
         try:
-            message: dict[str, Any] = {field: request}
-            await self._call.write(spb.SessionRequest(**message))
+            await self._call.write(raw)
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.INTERNAL:
                 raise
@@ -118,6 +114,7 @@ class StreamLink:
             raise RoundFailed(code if code is not grpc.StatusCode.OK
                               else grpc.StatusCode.UNAVAILABLE,
                               details or "the node ended the session stream")
+        field = FIELDS[round_name]
         answered = response.WhichOneof("round")
         if answered != field:
             raise SecAggError(f"the member answered {answered!r} to {field!r}")
@@ -141,14 +138,18 @@ class StreamLink:
 
 
 class SessionLinks:
-    """One session's links, one per member, opened at the member's first round."""
+    """One session's links, one per member, opened at the member's first round.
 
-    def __init__(self, stub: Callable[[str], Stub], timeout: float, unary_only: set[str],
-                 metadata: Callable[[str], tuple[tuple[str, str], ...]]) -> None:
-        self._stub, self.timeout, self._metadata = stub, timeout, metadata
+    `stub(member)` is its unary stub; `session(member)` opens its Session stream, written
+    with SessionRequest bytes, with the stream's whole deadline and the member's metadata."""
+
+    def __init__(self, stub: Callable[[str], Stub], session: Callable[[str, float], Any],
+                 timeout: float, unary_only: set[str]) -> None:
+        self._stub, self._session, self.timeout = stub, session, timeout
         self._unary_only = unary_only  # the driver's: members whose node has no stream
-        self._links: dict[str, Link] = {}
+        self._links: dict[str, StreamLink | UnaryLink] = {}
         self._unary: set[str] = set()  # members asked with unary calls in this session
+        self._last: tuple[Request | None, bytes] = (None, b"")  # the last request serialized
 
     def transport(self, member: str) -> str:
         """'stream' or 'unary': how the member is reached in this session."""
@@ -164,17 +165,18 @@ class SessionLinks:
         link = self._links.get(member)
         if link is None:
             link = self._links[member] = self._open(member)
-        try:
+        if isinstance(link, UnaryLink):
             return await link.ask(round_name, request, self.timeout)
+        try:
+            return await link.ask(round_name, self._bytes(round_name, request), self.timeout)
         except RoundFailed as exc:
-            if not (isinstance(link, StreamLink) and round_name == sa.ADVERTISE
-                    and exc.code in FALL_BACK):
+            if round_name != sa.ADVERTISE or exc.code not in FALL_BACK:
                 raise
             if exc.code is grpc.StatusCode.UNIMPLEMENTED:
                 self._unary_only.add(member)
-            link = self._links[member] = UnaryLink(self._stub(member))
+            unary = self._links[member] = UnaryLink(self._stub(member))
             self._unary.add(member)
-            return await link.ask(round_name, request, self.timeout)
+            return await unary.ask(round_name, request, self.timeout)
 
     def drop(self, member: str) -> None:
         """Close a member's link (it dropped out, or the session ended)."""
@@ -186,9 +188,18 @@ class SessionLinks:
         for member in list(self._links):
             self.drop(member)
 
-    def _open(self, member: str) -> Link:
-        stub = self._stub(member)
+    def _bytes(self, round_name: str, request: Request) -> bytes:
+        """The request's SessionRequest bytes, serialized once for all members it goes to
+        (a round's shared request is asked of every member in turn)."""
+        last, raw = self._last
+        if last is not request:
+            raw = session_bytes(round_name, request)
+            self._last = (request, raw)
+        return raw
+
+    def _open(self, member: str) -> StreamLink | UnaryLink:
         if member in self._unary_only:
             self._unary.add(member)
-            return UnaryLink(stub)
-        return StreamLink(stub, STREAM_ROUNDS * self.timeout, self._metadata(member))
+            return UnaryLink(self._stub(member))
+        deadline = STREAM_ROUNDS * self.timeout
+        return StreamLink(lambda: self._session(member, deadline))

@@ -7,9 +7,11 @@ N unary calls in sequence or one stream with N request/response pairs; `--concur
 sessions run at once (as the coordinator's K members). Messages are the protocol's own
 (a ConsistencyRequest with 25 survivors, answered with a ConsistencySignature), so framing
 and protobuf cost are realistic, and the server has the node's allow-list interceptor (run
-once per call: five times for unary sessions, once for a stream). Prints the server's and the client's process CPU per
-message and per session for each transport, and their ratio. Nothing in the handlers
-does work: what is measured is gRPC, TLS, protobuf and thread hand-offs.
+once per call: five times for unary sessions, once for a stream). A third kind feeds the
+stream's requests from an async generator instead of `write`. Prints the server's and the
+client's process CPU per message and per session for each kind, and their ratios to unary.
+Nothing in the handlers does work: what is measured is gRPC, TLS, protobuf and thread
+hand-offs.
 Usage: python benchmarks/grpc_stream_cost.py [--messages 5] [--sessions 400]
        [--concurrent 25]
 """

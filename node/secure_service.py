@@ -179,7 +179,8 @@ class SecureServicer(spb_grpc.SecureAggregationServiceServicer):
                 context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
         with self._lock:
             full = self._open >= self.streams
-            self._open += 0 if full else 1
+            if not full:
+                self._open += 1
         if full:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"all {self.streams} secure session streams of this node are in "

@@ -5,8 +5,9 @@ build NETWORK-only tables (issue 13; protocol in `common/secagg.py`, node side i
 One query = one session of five rounds over the members' SecureAggregationService, on one
 `Session` stream per member (the unary calls for older nodes: `transport.py`), each round
 with its own deadline; a member that fails or times out in a round drops out of the
-session (and is named, its stream cancelled), and below t survivors the session aborts (each member that already
-sent its masked input keeps its charge: the vector left the node). The coordinator learns
+session (and is named, its stream cancelled), and below t survivors the session aborts
+(each member that already sent its masked input keeps its charge: the vector left the
+node). The coordinator learns
 only the sum of the survivors' noisy vectors; `SecAggServer` relays and unmasks.
 
 Loss. A secure query spends rho, the zCDP loss of the network sum. The API keeps the kinds'

@@ -3,9 +3,10 @@ member carrying the five rounds, or the five unary calls for a node that has no 
 
 `SessionLinks` holds one session's link per member. A member is first asked on a stream;
 when its node (or an older hub) answers the stream UNIMPLEMENTED, or RESOURCE_EXHAUSTED
-(all its session streams in use), the advertise is sent again as a unary call and the
-member's later rounds follow as unary calls (UNIMPLEMENTED is remembered for the driver's
-lifetime). Nothing was read by the node in either case, so nothing is asked twice.
+(all its session streams in use), or the advertise could not be written at all, the
+advertise is sent again as a unary call and the member's later rounds follow as unary
+calls (UNIMPLEMENTED is remembered for the driver's lifetime). Nothing was read by the node
+in any of these cases, so nothing is asked twice; a dead node then fails the unary call.
 
 Every round has its own deadline (`asyncio.timeout` around the stream's write and read, the
 call's timeout for a unary call); a failure is a `RoundFailed` with the status code, and a
@@ -42,11 +43,12 @@ FALL_BACK = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class RoundFailed(Exception):
-    """A member's round failed: its status code and details (the node's own message)."""
+    """A member's round failed: its status code and details (the node's own message);
+    `unsent`: the request never left (the stream's write failed)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, unsent: bool = False) -> None:
         super().__init__(f"{code.name}: {details}")
-        self.code, self.details = code, details
+        self.code, self.details, self.unsent = code, details, unsent
 
 
 def session_bytes(round_name: str, request: Request) -> bytes:
@@ -103,10 +105,12 @@ class StreamLink:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is not grpc.StatusCode.INTERNAL:
                 raise
-            # grpc.aio's status for a write that gRPC core could not start: the connection
-            # is gone (a node killed just before the round), not an error of the node's
+            # grpc.aio's status for a write that gRPC core could not start because the call
+            # had ended there: the connection broke (a node killed just before the round),
+            # or, on a new stream, the node's own answer (UNIMPLEMENTED) had not reached
+            # Python yet; either way the node read nothing
             raise RoundFailed(grpc.StatusCode.UNAVAILABLE, "the connection broke before the "
-                              f"request was sent ({exc.details()})") from None
+                              f"request was sent ({exc.details()})", unsent=True) from None
         response = await self._call.read()
         if response is EOF:
             code = await self._call.code()
@@ -170,7 +174,7 @@ class SessionLinks:
         try:
             return await link.ask(round_name, self._bytes(round_name, request), self.timeout)
         except RoundFailed as exc:
-            if round_name != sa.ADVERTISE or exc.code not in FALL_BACK:
+            if round_name != sa.ADVERTISE or not (exc.code in FALL_BACK or exc.unsent):
                 raise
             if exc.code is grpc.StatusCode.UNIMPLEMENTED:
                 self._unary_only.add(member)

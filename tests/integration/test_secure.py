@@ -342,8 +342,11 @@ class DropAtConsistency(SecureDriver):
 def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: LocalNetwork
                                                                       ) -> None:
     """member-05's node replaced by one without Session (UNIMPLEMENTED): the driver sends
-    its rounds as unary calls, the others' on their streams; the session completes with
-    all five, each charged once, and the driver remembers to skip member-05's stream."""
+    its rounds as unary calls, the others' on their streams; each session completes with
+    all five, each member charged once per session. Once the driver has seen the node's
+    UNIMPLEMENTED it skips member-05's stream; the first write of a new stream can race that
+    answer (gRPC then reports only that the write failed), and the driver falls back to
+    unary without remembering, so the test requires the fallback, not the memory."""
     with Network.from_file(network.network) as net:
         before = _rho_spent(net)
     local.stop_nodes([network.processes[4]])
@@ -359,9 +362,10 @@ def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: L
         _restart(network, [4])
     with Network.from_file(network.network) as net:
         after = _rho_spent(net)
-    assert driver.unary_only == {"member-05"}
+    assert driver.unary_only <= {"member-05"}
     truth = network.truth["network"]["sample"]["n_participants"]
     for result in (first, second):
+        assert result.unary == ("member-05",)
         assert not result.aborted, result.aborted
         assert len(result.survivors) == 5 and not result.dropped, result.dropped
         value = result.cells()[()]["count"]

@@ -509,6 +509,48 @@ def test_inconsistent_survivor_sets_make_the_member_refuse(network: LocalNetwork
     assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
 
 
+class BothSharesDriver(SecureDriver):
+    """In the unmask round asks member-01, on its Session stream, for both shares of
+    member-05 (its self-mask share as a survivor and its mask-key share as if dropped):
+    with the others' answers that would unmask member-05's input."""
+
+    refusal: RoundFailed | None = None
+    transport = ""
+
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        if name == sa.UNMASK:
+            greedy = spb.UnmaskRequest()
+            greedy.CopyFrom(requests)
+            greedy.dropped.append("member-05")
+            self.transport = links.transport("member-01")
+            try:
+                await links.ask("member-01", sa.UNMASK, greedy)
+            except RoundFailed as exc:
+                self.refusal = exc
+            members = [m for m in members if m != "member-01"]
+        return await super()._round(links, name, members, dropped, requests)
+
+
+def test_a_request_for_both_shares_of_one_member_is_refused(network: LocalNetwork) -> None:
+    """member-01 refuses to reveal both the self-mask share and the key share of member-05
+    (FAILED_PRECONDITION, naming the member); the session completes from the other four
+    members' unmask answers, with every input in the sum."""
+    driver = _driver(network, BothSharesDriver)
+    result = _run(driver, COUNT, "both-shares-1")
+    refusal = driver.refusal
+    assert driver.transport == "stream"
+    assert refusal is not None, "member-01 revealed both shares of member-05"
+    assert refusal.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert ("refused: both the self-mask share and the key share of ['member-05']"
+            in refusal.details), refusal.details
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5
+    truth = network.truth["network"]["sample"]["n_participants"]
+    value = result.cells()[()]["count"]
+    assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+
+
 @pytest.fixture(scope="module")
 def killable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     """A network of its own for the kill tests: each test restarts the nodes it killed."""

@@ -63,22 +63,22 @@ def _timed(owner: Any, name: str, label: str) -> None:
 def _instrument(cprofile: bool) -> None:
     from bridgestat.node import audit, ledger, secagg_member, secure, secure_service
 
-    respond = secure_service._respond
+    answer = secure_service.answer  # one round, for a unary call or a Session message alike
 
-    def handler(context: Any, node: Any, request: Any, kind: Any) -> Any:
+    def handler(node: Any, request: Any, caller: str) -> Any:
         with _LOCK:  # one handler at a time: cProfile follows one thread at a time
             profile = _PROFILE[0]
             start = time.thread_time()
             if profile is not None:
                 profile.enable()
             try:
-                return respond(context, node, request, kind)
+                return answer(node, request, caller)
             finally:
                 if profile is not None:
                     profile.disable()
                 _add(f"round {type(request).__name__.removesuffix('Request')}",
                      time.thread_time() - start)
-    secure_service._respond = handler
+    secure_service.answer = handler
     if cprofile:
         _PROFILE[0] = cProfile.Profile(time.process_time)
     for owner, name, label in (

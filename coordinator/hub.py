@@ -6,8 +6,9 @@ Researchers' clients keep calling `NodeService` (GetNodeInfo, RunQuery) on the c
 naming the member in the `bridgestat-member` metadata; the hub forwards the request on that
 member's stream and returns its reply, or the node's own status code. So the API and CLI work
 the same whichever mode a member uses. The secure-aggregation driver (`coordinator/secure/aggregation.py`)
-calls SecureAggregationService on the hub the same way, one relayed request per round, so
-connect-mode members take part in secure sessions unchanged.
+calls SecureAggregationService on the hub the same way, one relayed request per round (a
+Session stream's messages are relayed one by one, like the unary rounds), so connect-mode
+members take part in secure sessions unchanged.
 
 Who may do what, over mutual TLS (every caller needs a certificate from the network CA):
 
@@ -281,8 +282,9 @@ class ProxyServicer(pb_grpc.NodeServiceServicer):
 
 
 class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
-    """SecureAggregationService for connect-mode members: each round is one request kind on
-    the member's stream, its reply under the same field name. The hub only relays: what it
+    """SecureAggregationService for connect-mode members: each round (a unary call or one
+    message of a Session stream) is one request kind on the member's stream, its reply
+    under the same field name. The hub only relays: what it
     sees is what the coordinator's driver sees (the protocol's messages, no member's input)."""
 
     def __init__(self, relay: Relay) -> None:
@@ -313,6 +315,22 @@ class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
                      context: AioContext) -> spb.UnmaskResponse:
         reply = await self._round(context, cpb.CoordinatorRequest(secure_unmask=request))
         return reply.secure_unmask
+
+    async def Session(self, request_iterator: AsyncIterator[spb.SessionRequest],
+                      context: AioContext) -> AsyncIterator[spb.SessionResponse]:
+        """A driver's Session stream: each message relayed as one round on the member's
+        stream (as the unary proxies do), its reply sent back in the field of the same
+        name; an error ends the stream with the status the unary proxy would return."""
+        async for message in request_iterator:
+            kind = message.WhichOneof("round")
+            if kind is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session: a message "
+                                    "must carry one round's request")
+            relayed = cpb.CoordinatorRequest(**{f"secure_{kind}": getattr(message, str(kind))})
+            reply = await self._round(context, relayed)
+            yield spb.SessionResponse(**{str(kind): getattr(reply, f"secure_{kind}")})
+            if kind == "unmask":  # the last round, as at a node: the stream ends here
+                return
 
     async def _round(self, context: AioContext,
                      request: cpb.CoordinatorRequest) -> cpb.NodeReply:

@@ -308,6 +308,11 @@ class SecureNode:
         finally:
             self._drop(session)
 
+    def close(self, session: str) -> None:
+        """End a session before its unmask round (its Session stream ended): its keys and
+        received shares are forgotten; charges already made stay in the ledger."""
+        self._drop(session)
+
     # -- the charge ----------------------------------------------------------------------------
 
     def _charge(self, s: Session, u2: frozenset[str], replay_only: bool

@@ -8,6 +8,15 @@ as NodeService's do (`service.status_of`); a protocol abort
 (`SessionError`: a bad signature, an inconsistent survivor set, a request for both shares of
 one member, an unknown session) is FAILED_PRECONDITION, and malformed bytes from the
 coordinator are INVALID_ARGUMENT. Nothing of the member's data is in any error.
+
+Transport. A coordinator opens one `Session` stream per session and sends the five rounds
+on it; each message goes to `answer`, exactly as the unary call of its round, and an error
+ends the stream with that call's status. The stream owns the session its advertise opened:
+when it ends before the unmask round (the coordinator dropped this member, timed out or
+went away), the session is closed. A stream holds one of the server's worker threads for
+the whole session, so at most `SESSION_STREAMS` are open at once; beyond that the node
+answers RESOURCE_EXHAUSTED and the coordinator uses the unary calls (short calls always find
+a worker: concurrent sessions cannot deadlock waiting for each other's threads).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +44,7 @@ from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 log = logging.getLogger("bridgestat.node.secure")
 SERVICE_NAME = spb.DESCRIPTOR.services_by_name["SecureAggregationService"].full_name
 R = TypeVar("R")
+SESSION_STREAMS = 4  # of the node server's 8 workers (`node/service.py`)
 
 
 def layout_to_pb(layout: Layout) -> spb.SecureLayout:
@@ -150,10 +160,36 @@ _ROUNDS: dict[type[Any], Callable[[SecureNode, Any, str], Response]] = {
 
 
 class SecureServicer(spb_grpc.SecureAggregationServiceServicer):
-    """The five rounds, each one call (the caller is the certificate's common name)."""
+    """The five rounds, each one call or all on one Session stream (the caller is the
+    certificate's common name)."""
 
-    def __init__(self, secure: SecureNode) -> None:
+    def __init__(self, secure: SecureNode, streams: int = SESSION_STREAMS) -> None:
         self.secure = secure
+        self.streams = streams
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @property
+    def open_streams(self) -> int:
+        """Session streams being served now (each holds a worker thread)."""
+        with self._lock:
+            return self._open
+
+    def Session(self, request_iterator: Iterator[spb.SessionRequest],
+                context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
+        with self._lock:
+            full = self._open >= self.streams
+            if not full:
+                self._open += 1
+        if full:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"all {self.streams} secure session streams of this node are in "
+                          "use; send the rounds as unary calls")
+        try:
+            yield from _session(self.secure, request_iterator, context)
+        finally:
+            with self._lock:
+                self._open -= 1
 
     def Advertise(self, request: spb.AdvertiseRequest,
                   context: grpc.ServicerContext) -> spb.AdvertiseResponse:
@@ -174,6 +210,48 @@ class SecureServicer(spb_grpc.SecureAggregationServiceServicer):
     def Unmask(self, request: spb.UnmaskRequest,
                context: grpc.ServicerContext) -> spb.UnmaskResponse:
         return _respond(context, self.secure, request, spb.UnmaskResponse)
+
+
+def _session(secure: SecureNode, requests: Iterator[spb.SessionRequest],
+             context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
+    """One session's rounds on one stream: each answered as its unary call; the stream
+    ends after unmask, and closes the session if it ends (or fails) before."""
+    caller = caller_identity(context)
+    opened = ""
+    try:
+        for message in requests:
+            kind = message.WhichOneof("round")
+            request = _stream_request(message, kind, opened, context)
+            result = answer(secure, request, caller)
+            if isinstance(result, Status):
+                context.abort(result.code, result.message)
+            opened = opened or request.session
+            response: dict[str, Any] = {str(kind): result}
+            yield spb.SessionResponse(**response)
+            if kind == "unmask":  # the last round: the session is over at this node
+                opened = ""
+                return
+    finally:
+        if opened:
+            secure.close(opened)
+
+
+def _stream_request(message: spb.SessionRequest, kind: str | None, opened: str,
+                    context: grpc.ServicerContext) -> Request:
+    """The round's request in a stream message; aborts INVALID_ARGUMENT for an empty
+    message, a first message that is not advertise, or a message of another session."""
+    if kind is None:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session: a message must carry one "
+                      "round's request (advertise, share_keys, masked_input, consistency "
+                      "or unmask)")
+    request: Request = getattr(message, str(kind))
+    if not opened and kind != "advertise":
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session: a stream's first message "
+                      f"must be advertise (it opens the session), not {kind}")
+    if opened and request.session != opened:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session: this stream belongs to "
+                      f"session {opened}; session {request.session!r} needs its own stream")
+    return request
 
 
 def _respond(context: grpc.ServicerContext, secure: SecureNode, request: Request,

@@ -2,10 +2,12 @@
 build NETWORK-only tables (issue 13; protocol in `common/secagg.py`, node side in
 `node/secure.py`).
 
-One query = one session of five rounds over the members' SecureAggregationService, each
-round with its own deadline; a member that fails or times out in a round drops out of the
-session (and is named), and below t survivors the session aborts (each member that already
-sent its masked input keeps its charge: the vector left the node). The coordinator learns
+One query = one session of five rounds over the members' SecureAggregationService, on one
+`Session` stream per member (the unary calls for older nodes: `transport.py`), each round
+with its own deadline; a member that fails or times out in a round drops out of the
+session (and is named, its stream cancelled), and below t survivors the session aborts
+(each member that already sent its masked input keeps its charge: the vector left the
+node). The coordinator learns
 only the sum of the survivors' noisy vectors; `SecAggServer` relays and unmasks.
 
 Loss. A secure query spends rho, the zCDP loss of the network sum. The API keeps the kinds'
@@ -19,7 +21,8 @@ row exists; its `status` names who took part and who dropped out.
 
 Connect-mode members (`via: hub`) take part unchanged: their rounds go to the hub
 (`coordinator serve`), which relays each on the member's outbound stream, named in the
-`bridgestat-member` metadata as for NodeService. Every message already goes through the
+`bridgestat-member` metadata as for NodeService (the hub serves the Session stream too,
+relaying each of its messages as one round). Every message already goes through the
 coordinator, so the hub learns nothing the driver does not.
 """
 
@@ -31,7 +34,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pandas as pd
@@ -39,6 +42,7 @@ from cryptography import x509
 
 from bridgestat.common import secagg as sa
 from bridgestat.common import secagg_wire as wire
+from bridgestat.common.headers import MEMBER_HEADER
 from bridgestat.common.labels import MISSING
 from bridgestat.common.loss import rho_to_epsilon
 from bridgestat.common.secagg import SecAggError, SecAggParams
@@ -47,6 +51,7 @@ from bridgestat.coordinator.client.network_file import Member, SecureSettings, T
 from bridgestat.coordinator.client.query import Query
 from bridgestat.coordinator.client.wire import query_to_pb
 from bridgestat.coordinator.secure.secagg_server import SecAggServer, SessionOutcome
+from bridgestat.coordinator.secure.transport import Request, RoundFailed, SessionLinks
 from bridgestat.coordinator.statistics import pooling
 from bridgestat.coordinator.statistics.pooling import Estimate, MeanStats, Noisy, PoolingError
 from bridgestat.coordinator.statistics.regression import CrossProducts, RegressionResult, fit
@@ -55,8 +60,9 @@ from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 
 NETWORK = "NETWORK"
 DEFAULT_DELTA = 1e-6
-T = TypeVar("T")
 Hook = Callable[[str], Awaitable[None] | None]
+SESSION_METHOD = (f"/{spb.DESCRIPTOR.services_by_name['SecureAggregationService'].full_name}"
+                  "/Session")
 ROUNDS = (sa.ADVERTISE, sa.SHARE_KEYS, sa.MASKED_INPUT, sa.CONSISTENCY, sa.UNMASK)
 
 
@@ -104,6 +110,7 @@ class SecureResult:
     colluding: int = 0
     aborted: str = ""  # why the session aborted (then values is empty)
     replayed: tuple[str, ...] = ()  # members that replayed a stored masked input
+    unary: tuple[str, ...] = ()  # members asked with the five unary calls, not a stream
     budgets: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,6 +158,15 @@ class SecureDriver:
         self._credentials = tls.channel_credentials() if tls else None
         self._channels: dict[str, grpc.aio.Channel] = {}  # opened on the loop of the first call
         self._stubs: dict[str, spb_grpc.SecureAggregationServiceStub] = {}
+        self._sessions: dict[str, Any] = {}  # member -> its Session method (bytes in)
+        self._unary_only: set[str] = set()  # members whose node answered the stream
+        # UNIMPLEMENTED (older nodes): asked with the unary calls from then on
+
+    @property
+    def unary_only(self) -> frozenset[str]:
+        """The members whose node answered the Session stream UNIMPLEMENTED (older nodes):
+        asked with the five unary calls."""
+        return frozenset(self._unary_only)
 
     @property
     def warning(self) -> str:
@@ -165,7 +181,14 @@ class SecureDriver:
     async def run(self, query: Query, key: str | None = None, *,
                   hook: Hook | None = None) -> SecureResult:
         """One secure session for `query` (its loss as rho, see `secure_query`)."""
-        key = key or uuid.uuid4().hex
+        links = SessionLinks(self.stub, self.session_stream, self.timeout, self._unary_only)
+        try:
+            return await self._session(links, query, key or uuid.uuid4().hex, hook)
+        finally:
+            links.close()
+
+    async def _session(self, links: SessionLinks, query: Query, key: str,
+                       hook: Hook | None) -> SecureResult:
         query = secure_query(query)
         session = uuid.uuid4().hex
         names = tuple(m.name for m in self.members)
@@ -175,7 +198,8 @@ class SecureDriver:
                                    colluding=self.settings.colluding)
         layout: spb.SecureLayout | None = None
         try:
-            adverts, layout = await self._advertise(query, key, session, names, dropped, hook)
+            adverts, layout = await self._advertise(links, query, key, session, names,
+                                                    dropped, hook)
             params = SecAggParams(session, names, self.settings.threshold,
                                   self.settings.colluding, len(layout.values))
             if self.ca is None:
@@ -185,40 +209,38 @@ class SecureDriver:
             await _fire(hook, sa.SHARE_KEYS)
             request = spb.ShareKeysRequest(session=session,
                                            advertisements=[wire.advert_to_pb(a) for a in u1])
-            shares = await self._round(sa.SHARE_KEYS, [a.member for a in u1], dropped,
-                                       lambda stub, t: stub.ShareKeys(request, timeout=t))
+            shares = await self._round(links, sa.SHARE_KEYS, [a.member for a in u1], dropped,
+                                       request)
             forward = server.collect_shares({m: wire.shares_from_pb(r.shares)
                                              for m, r in shares.items()})
             await _fire(hook, sa.MASKED_INPUT)
             masked = await self._round(
-                sa.MASKED_INPUT, list(forward), dropped,
-                lambda stub, t, m=None: stub.MaskedInput(spb.MaskedInputRequest(
-                    session=session, shares=wire.shares_to_pb(forward[m])), timeout=t),
-                per_member=True)
+                links, sa.MASKED_INPUT, list(forward), dropped,
+                {m: spb.MaskedInputRequest(session=session, shares=wire.shares_to_pb(batch))
+                 for m, batch in forward.items()})
             u3 = server.collect_masked([sa.MaskedInput(m, bytes(r.vector))
                                         for m, r in masked.items()])
             replayed = tuple(sorted(m for m, r in masked.items() if r.replayed))
             await _fire(hook, sa.CONSISTENCY)
             consistency = spb.ConsistencyRequest(session=session, survivors=list(u3))
-            signed = await self._round(sa.CONSISTENCY, list(u3), dropped,
-                                       lambda stub, t: stub.Consistency(consistency, timeout=t))
+            signed = await self._round(links, sa.CONSISTENCY, list(u3), dropped, consistency)
             unmask = server.collect_consistency([wire.signature_from_pb(r.signature)
                                                  for r in signed.values()])
             await _fire(hook, sa.UNMASK)
-            unmask_pb = wire.unmask_request_to_pb(session, unmask)
-            answers = await self._round(sa.UNMASK, sorted(signed), dropped,
-                                        lambda stub, t: stub.Unmask(unmask_pb, timeout=t))
+            answers = await self._round(links, sa.UNMASK, sorted(signed), dropped,
+                                        wire.unmask_request_to_pb(session, unmask))
             outcome = server.collect_unmask([wire.unmask_response_from_pb(r)
                                              for r in answers.values()])
         except (SecAggError, SecureError) as exc:
-            return result((), (), dropped, layout=layout, aborted=str(exc))
+            return result((), (), dropped, layout=layout, aborted=str(exc),
+                          unary=links.unary())
         for member, why in outcome.refused.items():
             dropped.setdefault(member, why)
         return result(_decode(outcome, layout), outcome.survivors, dropped, layout=layout,
-                      replayed=replayed)
+                      replayed=replayed, unary=links.unary())
 
-    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
-                         dropped: dict[str, str], hook: Hook | None
+    async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
+                         names: tuple[str, ...], dropped: dict[str, str], hook: Hook | None
                          ) -> tuple[list[sa.Advertisement], spb.SecureLayout]:
         """Round 0; the members whose layout is not the majority's are dropped."""
         await _fire(hook, sa.ADVERTISE)
@@ -226,8 +248,7 @@ class SecureDriver:
                                        query=query_to_pb(query), members=list(names),
                                        threshold=self.settings.threshold,
                                        colluding=self.settings.colluding)
-        answers = await self._round(sa.ADVERTISE, list(names), dropped,
-                                    lambda stub, t: stub.Advertise(request, timeout=t))
+        answers = await self._round(links, sa.ADVERTISE, list(names), dropped, request)
         if not answers:
             raise SecureError(f"advertise: no member answered ({_why(dropped)})")
         layouts: dict[bytes, list[str]] = {}
@@ -239,28 +260,44 @@ class SecureDriver:
             if raw != common:
                 for member in members:
                     dropped[member] = "advertise: its vector layout differs from the others'"
+                    links.drop(member)
         layout = spb.SecureLayout.FromString(common)
         adverts = [wire.advert_from_pb(a.advertisement) for m, a in answers.items()
                    if m in layouts[common]]
         return adverts, layout
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
-        """One round, concurrently, each call with the deadline; failures are dropped."""
-        async def one(member: str) -> tuple[str, T | None]:
-            stub = self.stub(member)
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Request | Mapping[str, Request]
+                     ) -> dict[str, Any]:
+        """One round, concurrently, each member's answer within the round's deadline; a
+        member that fails drops out (named, with why) and its link is closed. `requests`:
+        one request for all, or each member's own."""
+        async def one(member: str) -> tuple[str, Any]:
+            request = requests[member] if isinstance(requests, Mapping) else requests
             try:
-                if per_member:
-                    return member, await call(stub, self.timeout, m=member)
-                return member, await call(stub, self.timeout)
-            except grpc.aio.AioRpcError as exc:
-                dropped.setdefault(member, f"{name}: {exc.code().name}: {exc.details()}")
+                return member, await links.ask(member, name, request)
+            except RoundFailed as exc:
+                dropped.setdefault(member, f"{name}: {exc}")
             except (SecAggError, ValueError) as exc:
                 dropped.setdefault(member, f"{name}: malformed answer: {exc}")
+            links.drop(member)
             return member, None
         outcomes = await asyncio.gather(*(one(m) for m in members))
         return {m: v for m, v in outcomes if v is not None}
+
+    def session_stream(self, member: str, deadline: float) -> Any:
+        """Open the member's Session stream (written with SessionRequest bytes, see
+        `transport.session_bytes`); via the hub it names the member in its metadata, which
+        the channel's interceptor adds to unary calls only."""
+        self.stub(member)  # opens the channel
+        method = self._sessions.get(member)
+        if method is None:
+            method = self._sessions[member] = self._channels[member].stream_stream(
+                SESSION_METHOD, request_serializer=None,
+                response_deserializer=spb.SessionResponse.FromString)
+        found = next(m for m in self.members if m.name == member)
+        metadata = ((MEMBER_HEADER, member),) if found.hub is not None else None
+        return method(None, timeout=deadline, metadata=metadata)
 
     def stub(self, member: str) -> spb_grpc.SecureAggregationServiceStub:
         """The member's stub; its channel opens on the running loop at first use."""
@@ -277,6 +314,7 @@ class SecureDriver:
             await channel.close(None)
         self._channels.clear()
         self._stubs.clear()
+        self._sessions.clear()
 
 
 def _why(dropped: Mapping[str, str]) -> str:

@@ -31,16 +31,24 @@ from bridgestat.common import secagg as sa
 from bridgestat.coordinator.api import Network
 from bridgestat.coordinator.client.network_file import load_network
 from bridgestat.coordinator.client.query import Query, Term
+from bridgestat.coordinator.client.wire import query_to_pb
 from bridgestat.coordinator.demo import local
 from bridgestat.coordinator.secure.aggregation import (
     NETWORK,
     SecureDriver,
     SecureResult,
+    secure_query,
     secure_rho,
 )
+from bridgestat.coordinator.secure.transport import RoundFailed, SessionLinks
 from bridgestat.coordinator.statistics.meta import MetaError
 from bridgestat.coordinator.statistics.regression import INTERCEPT, RegressionResult
 from bridgestat.coordinator.statistics.tables import meta_from_table
+from bridgestat.node.app import open_engine, server_tls
+from bridgestat.node.config import load_config
+from bridgestat.node.secure_service import SERVICE_NAME as SECURE_SERVICE_NAME
+from bridgestat.node.secure_service import SESSION_STREAMS, SecureServicer, secure_node
+from bridgestat.node.tls import AllowList
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
@@ -108,20 +116,19 @@ def test_secure_mean_recovers_truth_and_charges_each_member_once(network: LocalN
 
 
 class RetryingDriver(SecureDriver):
-    """Sends every masked-input request twice, as a coordinator that lost the first answers
-    and retried within the same session."""
+    """Sends every masked-input request twice on the member's stream, as a coordinator that
+    lost the first answers and retried within the same session."""
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
-        first = await super()._round(name, members, dropped, call, per_member)
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        first = await super()._round(links, name, members, dropped, requests)
         if name != sa.MASKED_INPUT:
             return first
-        second: dict[str, Any] = await super()._round(name, members, dropped, call, per_member)
+        second = await super()._round(links, name, members, dropped, requests)
         assert all(r.replayed for r in second.values()), "the retry must replay"
-        assert all(bytes(second[m].vector) == bytes(first[m].vector)  # type: ignore[attr-defined]
-                   for m in first)
-        return second  # type: ignore[return-value]
+        assert all(bytes(second[m].vector) == bytes(first[m].vector) for m in first)
+        assert all(links.transport(m) == "stream" for m in members)
+        return second
 
 
 def test_retry_in_the_same_session_replays_without_a_new_charge(network: LocalNetwork) -> None:
@@ -144,10 +151,9 @@ class ExcludingDriver(SecureDriver):
 
     victim = "member-05"
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
-        result = await super()._round(name, members, dropped, call, per_member)
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        result = await super()._round(links, name, members, dropped, requests)
         if name == sa.SHARE_KEYS:
             result.pop(self.victim, None)
         return result
@@ -195,9 +201,10 @@ def test_a_member_that_sends_garbage_fails_cleanly(network: LocalNetwork,
     finally:
         server.stop(None)
     assert real.address != members[-1].address
+    assert _Garbage.streams == 1  # it was asked on its Session stream
     assert not result.aborted, result.aborted
     assert result.survivors == ("member-01", "member-02", "member-03", "member-04")
-    assert "member-05" in result.dropped
+    assert result.dropped["member-05"].startswith("advertise: "), result.dropped
     others = sum(m["sample"]["n_participants"] for m in network.truth["members"]
                  if m["name"] != "member-05")
     value = result.cells()[()]["count"]
@@ -205,6 +212,11 @@ def test_a_member_that_sends_garbage_fails_cleanly(network: LocalNetwork,
 
 
 class _Garbage(spb_grpc.SecureAggregationServiceServicer):
+    """Answers the Session stream's advertise with random keys, signature, certificate and
+    an absurd layout (and the unary Advertise alike)."""
+
+    streams = 0
+
     def Advertise(self, request: spb.AdvertiseRequest, context: grpc.ServicerContext
                   ) -> spb.AdvertiseResponse:
         return spb.AdvertiseResponse(advertisement=spb.Advertisement(
@@ -212,14 +224,52 @@ class _Garbage(spb_grpc.SecureAggregationServiceServicer):
             signature=os.urandom(70), certificate=os.urandom(300)),
             layout=spb.SecureLayout(values=[spb.SecureValue(name="count", unit=1e300)]))
 
+    def Session(self, request_iterator: Iterator[spb.SessionRequest],
+                context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
+        type(self).streams += 1
+        for message in request_iterator:
+            yield spb.SessionResponse(advertise=self.Advertise(message.advertise, context))
 
-def _garbage_server(root: Path, address: str) -> grpc.Server:
+
+class _Silent(spb_grpc.SecureAggregationServiceServicer):
+    """Reads the Session stream's messages and never answers (a hung member)."""
+
+    def Session(self, request_iterator: Iterator[spb.SessionRequest],
+                context: grpc.ServicerContext) -> Iterator[spb.SessionResponse]:
+        for _ in request_iterator:  # ends when the driver cancels the stream
+            pass
+        yield from ()
+
+
+def test_a_member_that_never_answers_drops_out_at_the_rounds_deadline(
+        network: LocalNetwork) -> None:
+    """A fake member-05 whose stream swallows the advertise: at the round's deadline the
+    driver cancels its stream and names it (DEADLINE_EXCEEDED); the four others complete."""
+    spec = load_network(network.network)
+    port = local.free_port()
+    server = _garbage_server(network.root, f"127.0.0.1:{port}", _Silent())
+    members = [m if m.name != "member-05" else type(m)(m.name, f"127.0.0.1:{port}")
+               for m in spec.members]
+    try:
+        result = _run(SecureDriver(members, spec.tls, spec.secure_settings, 3.0), COUNT,
+                      "silent-1")
+    finally:
+        server.stop(None)
+    assert not result.aborted, result.aborted
+    assert result.survivors == ("member-01", "member-02", "member-03", "member-04")
+    assert result.dropped == {"member-05": "advertise: DEADLINE_EXCEEDED: no answer within "
+                                            "3 s"}, result.dropped
+
+
+def _garbage_server(root: Path, address: str,
+                    servicer: spb_grpc.SecureAggregationServiceServicer | None = None
+                    ) -> grpc.Server:
     folder = next(p.parent for p in root.rglob("member-05.pem"))
     key = (folder / "member-05.key").read_bytes()
     cert = (folder / "member-05.pem").read_bytes()
     ca = next(root.rglob("ca.pem")).read_bytes()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    spb_grpc.add_SecureAggregationServiceServicer_to_server(_Garbage(), server)
+    spb_grpc.add_SecureAggregationServiceServicer_to_server(servicer or _Garbage(), server)
     creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
                                         require_client_auth=True)
     server.add_secure_port(address, creds)
@@ -227,49 +277,275 @@ def _garbage_server(root: Path, address: str) -> grpc.Server:
     return server
 
 
+def _in_process_node(config: Path, stream: bool) -> tuple[grpc.Server, SecureServicer]:
+    """A real node's SecureAggregationService (its engine, ledger, audit log, TLS identity
+    and allow-list) served in this process at the member's address; without `stream` it has
+    only the five unary rounds: a node from before the Session stream."""
+    node_config = load_config(config)
+    engine = open_engine(node_config)
+    tls = server_tls(node_config, insecure=False)
+    assert tls is not None and node_config.listen is not None
+    servicer = SecureServicer(secure_node(engine, tls))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         interceptors=[AllowList(tls.allow)])
+    if stream:
+        spb_grpc.add_SecureAggregationServiceServicer_to_server(servicer, server)
+    else:
+        handlers = {name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=getattr(spb, f"{name}Request").FromString,
+            response_serializer=getattr(spb, f"{name}Response").SerializeToString)
+            for name in ("Advertise", "ShareKeys", "MaskedInput", "Consistency", "Unmask")}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            SECURE_SERVICE_NAME, handlers),))
+    assert server.add_secure_port(node_config.listen, tls.credentials()) != 0
+    server.start()
+    return server, servicer
+
+
+def test_a_node_holds_no_stream_after_a_session_ends(network: LocalNetwork) -> None:
+    """member-05's SecureAggregationService in this process: after a completed session, and
+    after one whose driver dropped it before the consistency round (its masked input is in
+    the sum, its stream cancelled), none of its Session streams is still open, so no worker
+    thread stays held."""
+    local.stop_nodes([network.processes[4]])
+    try:
+        server, servicer = _in_process_node(network.members[4].config, stream=True)
+        try:
+            result = _run(_driver(network), COUNT, "no-held-stream-1")
+            dropped = _run(_driver(network, DropAtConsistency), COUNT, "no-held-stream-2")
+            deadline = time.monotonic() + 30  # the handler returns after its last answer
+            while servicer.open_streams and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert servicer.open_streams == 0
+        finally:
+            server.stop(None)
+    finally:
+        _restart(network, [4])
+    assert not result.aborted and len(result.survivors) == 5 and not result.unary
+    assert not dropped.aborted, dropped.aborted
+    assert "member-05" in dropped.dropped and "member-05" in dropped.survivors
+
+
+class DropAtConsistency(SecureDriver):
+    """Leaves member-05 out of the consistency round (its stream is then closed)."""
+
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        if name == sa.CONSISTENCY:
+            links.drop("member-05")
+            dropped["member-05"] = "consistency: left out by the test"
+            members = [m for m in members if m != "member-05"]
+        return await super()._round(links, name, members, dropped, requests)
+
+
+def test_an_older_node_without_the_stream_takes_part_over_unary_calls(network: LocalNetwork
+                                                                      ) -> None:
+    """member-05's node replaced by one without Session (UNIMPLEMENTED): the driver sends
+    its rounds as unary calls, the others' on their streams; each session completes with
+    all five, each member charged once per session. Once the driver has seen the node's
+    UNIMPLEMENTED it skips member-05's stream; the first write of a new stream can race that
+    answer (gRPC then reports only that the write failed), and the driver falls back to
+    unary without remembering, so the test requires the fallback, not the memory."""
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+    local.stop_nodes([network.processes[4]])
+    try:
+        server, _ = _in_process_node(network.members[4].config, stream=False)
+        try:
+            driver = _driver(network)
+            first = _run(driver, COUNT, "older-1")
+            second = _run(driver, COUNT, "older-2")
+        finally:
+            server.stop(None)
+    finally:
+        _restart(network, [4])
+    with Network.from_file(network.network) as net:
+        after = _rho_spent(net)
+    assert driver.unary_only <= {"member-05"}
+    truth = network.truth["network"]["sample"]["n_participants"]
+    for result in (first, second):
+        assert result.unary == ("member-05",)
+        assert not result.aborted, result.aborted
+        assert len(result.survivors) == 5 and not result.dropped, result.dropped
+        value = result.cells()[()]["count"]
+        assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+    for member in before:
+        assert math.isclose(after[member] - before[member], 2 * first.rho, rel_tol=1e-6), member
+
+
+def _advertise_request(session: str, names: Sequence[str]) -> spb.AdvertiseRequest:
+    return spb.AdvertiseRequest(session=session, idempotency_key=session,
+                                query=query_to_pb(secure_query(COUNT)), members=list(names),
+                                threshold=4, colluding=1)
+
+
+def test_a_node_with_every_session_stream_in_use_is_asked_with_unary_calls(
+        network: LocalNetwork) -> None:
+    """member-05's SESSION_STREAMS streams are held open (each with an open session): its
+    node answers a further stream RESOURCE_EXHAUSTED and the driver asks it with unary
+    calls in that session only (not remembered); the session completes with all five,
+    each charged once; the held sessions, never masked, charge nothing."""
+    driver = _driver(network)
+    names = [m.name for m in network.members]
+
+    async def go() -> SecureResult:
+        stub = driver.stub("member-05")
+        held = []
+        try:
+            for i in range(SESSION_STREAMS):
+                call = stub.Session(timeout=60)
+                await call.write(spb.SessionRequest(
+                    advertise=_advertise_request(f"held-session-{i}", names)))
+                assert (await call.read()).WhichOneof("round") == "advertise"
+                held.append(call)
+            return await driver.run(COUNT, "busy-1")
+        finally:
+            for call in held:
+                call.cancel()
+            await driver.close()
+
+    with Network.from_file(network.network) as net:
+        before = _rho_spent(net)
+        result = asyncio.run(go())
+        after = _rho_spent(net)
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5 and not result.dropped, result.dropped
+    assert result.unary == ("member-05",) and driver.unary_only == frozenset()
+    for member in before:
+        assert math.isclose(after[member] - before[member], result.rho, rel_tol=1e-6), member
+
+
+def test_a_session_stream_refuses_malformed_messages_and_closes_its_session(
+        network: LocalNetwork) -> None:
+    """On a Session stream the node refuses, INVALID_ARGUMENT naming the problem: a message
+    without a round, a first message other than advertise, a message of another session;
+    the stream then ends and the session its advertise opened is closed at the node."""
+    driver = _driver(network)
+    names = [m.name for m in network.members]
+
+    async def refusal(*messages: spb.SessionRequest) -> grpc.aio.AioRpcError:
+        call = driver.stub("member-01").Session(timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            for message in messages:
+                await call.write(message)
+                await call.read()
+        return caught.value
+
+    async def go() -> tuple[list[grpc.aio.AioRpcError], grpc.aio.AioRpcError]:
+        try:
+            refused = [
+                await refusal(spb.SessionRequest()),
+                await refusal(spb.SessionRequest(consistency=spb.ConsistencyRequest(
+                    session="session-1", survivors=names))),
+                await refusal(
+                    spb.SessionRequest(advertise=_advertise_request("session-2", names)),
+                    spb.SessionRequest(consistency=spb.ConsistencyRequest(
+                        session="session-3", survivors=names)))]
+            with pytest.raises(grpc.aio.AioRpcError) as closed:
+                await driver.stub("member-01").ShareKeys(
+                    spb.ShareKeysRequest(session="session-2"), timeout=30)
+            return refused, closed.value
+        finally:
+            await driver.close()
+
+    refused, closed = asyncio.run(go())
+    assert [r.code() for r in refused] == [grpc.StatusCode.INVALID_ARGUMENT] * 3
+    assert "a message must carry one round's request" in (refused[0].details() or "")
+    assert "first message must be advertise (it opens the session), not consistency" in (
+        refused[1].details() or "")
+    assert ("this stream belongs to session session-2; session 'session-3' needs its own "
+            "stream") in (refused[2].details() or "")
+    assert closed.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "session 'session-2': not open at this node" in (closed.details() or "")
+
+
 class LyingDriver(SecureDriver):
     """Announces to member-01 a survivor set without member-05 (the others get the true
-    one), then asks member-01 for member-05's mask-key share: with the others' self-mask
-    shares of member-05 that would unmask member-05's input."""
+    one), then asks member-01, on its Session stream, for member-05's mask-key share: with
+    the others' self-mask shares of member-05 that would unmask member-05's input."""
 
-    refusal: grpc.aio.AioRpcError | None = None
+    refusal: RoundFailed | None = None
+    transport = ""
 
-    async def _round(self, name: str, members: Sequence[str], dropped: dict[str, str],
-                     call: Callable[..., Awaitable[T]], per_member: bool = False
-                     ) -> dict[str, T]:
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
         if name != sa.CONSISTENCY:
-            return await super()._round(name, members, dropped, call, per_member)
-        honest: dict[str, Any] = await super()._round(
-            name, [m for m in members if m != "member-01"], dropped, call, per_member)
+            return await super()._round(links, name, members, dropped, requests)
+        honest = await super()._round(
+            links, name, [m for m in members if m != "member-01"], dropped, requests)
         fake_u3 = [m for m in members if m != "member-05"]
-        stub = self.stub("member-01")
-        mine = await stub.Consistency(spb.ConsistencyRequest(session=self.session,
-                                                             survivors=fake_u3))
+        self.transport = links.transport("member-01")
+        mine = await links.ask("member-01", sa.CONSISTENCY, spb.ConsistencyRequest(
+            session=self.session, survivors=fake_u3))
         lie = spb.UnmaskRequest(session=self.session, survivors=fake_u3, dropped=["member-05"],
                                 signatures=[mine.signature,
                                             *(r.signature for m, r in honest.items()
                                               if m != "member-05")])
         try:
-            await stub.Unmask(lie)
-        except grpc.aio.AioRpcError as exc:
+            await links.ask("member-01", sa.UNMASK, lie)
+        except RoundFailed as exc:
             self.refusal = exc
-        return honest  # type: ignore[return-value]
+        return honest
 
-    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
-                         dropped: dict[str, str], hook: Any) -> Any:
+    async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
+                         names: tuple[str, ...], dropped: dict[str, str], hook: Any) -> Any:
         self.session = session
-        return await super()._advertise(query, key, session, names, dropped, hook)
+        return await super()._advertise(links, query, key, session, names, dropped, hook)
 
 
 def test_inconsistent_survivor_sets_make_the_member_refuse(network: LocalNetwork) -> None:
     driver = _driver(network, LyingDriver)
     result = _run(driver, COUNT, "liar-1")
     refusal = driver.refusal
+    assert driver.transport == "stream"
     assert refusal is not None, "member-01 revealed shares for an inconsistent survivor set"
-    assert refusal.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert "signature over the survivor set" in (refusal.details() or "")
+    assert refusal.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "signature over the survivor set" in refusal.details
     # the session goes on without member-01's unmask answer; its input is still in the sum
     assert not result.aborted, result.aborted
+    truth = network.truth["network"]["sample"]["n_participants"]
+    value = result.cells()[()]["count"]
+    assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+
+
+class BothSharesDriver(SecureDriver):
+    """In the unmask round asks member-01, on its Session stream, for both shares of
+    member-05 (its self-mask share as a survivor and its mask-key share as if dropped):
+    with the others' answers that would unmask member-05's input."""
+
+    refusal: RoundFailed | None = None
+    transport = ""
+
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        if name == sa.UNMASK:
+            greedy = spb.UnmaskRequest()
+            greedy.CopyFrom(requests)
+            greedy.dropped.append("member-05")
+            self.transport = links.transport("member-01")
+            try:
+                await links.ask("member-01", sa.UNMASK, greedy)
+            except RoundFailed as exc:
+                self.refusal = exc
+            members = [m for m in members if m != "member-01"]
+        return await super()._round(links, name, members, dropped, requests)
+
+
+def test_a_request_for_both_shares_of_one_member_is_refused(network: LocalNetwork) -> None:
+    """member-01 refuses to reveal both the self-mask share and the key share of member-05
+    (FAILED_PRECONDITION, naming the member); the session completes from the other four
+    members' unmask answers, with every input in the sum."""
+    driver = _driver(network, BothSharesDriver)
+    result = _run(driver, COUNT, "both-shares-1")
+    refusal = driver.refusal
+    assert driver.transport == "stream"
+    assert refusal is not None, "member-01 revealed both shares of member-05"
+    assert refusal.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert ("refused: both the self-mask share and the key share of ['member-05']"
+            in refusal.details), refusal.details
+    assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5
     truth = network.truth["network"]["sample"]["n_participants"]
     value = result.cells()[()]["count"]
     assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
@@ -478,9 +754,10 @@ class AdvertCapture(SecureDriver):
 
     adverts: list[sa.Advertisement]
 
-    async def _advertise(self, query: Query, key: str, session: str, names: tuple[str, ...],
-                         dropped: dict[str, str], hook: Any) -> Any:
-        adverts, layout = await super()._advertise(query, key, session, names, dropped, hook)
+    async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
+                         names: tuple[str, ...], dropped: dict[str, str], hook: Any) -> Any:
+        adverts, layout = await super()._advertise(links, query, key, session, names,
+                                                   dropped, hook)
         self.adverts = list(adverts)
         return adverts, layout
 

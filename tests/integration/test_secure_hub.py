@@ -174,7 +174,7 @@ def test_the_hub_refuses_a_caller_not_on_its_allow_list(mixed: Mixed) -> None:
     pytest.param(sa.UNMASK, True, id="after-consistency"),
 ])
 def test_a_connect_mode_member_killed_mid_session(mixed: Mixed, at: str, sent: bool) -> None:
-    """member-05 (via hub) SIGKILLed before round `at`: the hub answers its rounds
+    """member-05 (via hub) SIGKILLed before round `at`: the hub ends its Session stream
     UNAVAILABLE and the session completes with the 4 others (>= t); killed after its
     masked vector left, its input is in the sum and its charge stays."""
     victim = mixed.index("member-05")
@@ -193,6 +193,7 @@ def test_a_connect_mode_member_killed_mid_session(mixed: Mixed, at: str, sent: b
     with Network.from_file(mixed.network, timeout=5.0) as net:
         after = _rho_spent(net)
     assert not result.aborted, result.aborted
+    assert result.unary == ()  # every member on its Session stream, the hub's included
     assert result.dropped["member-05"].startswith(f"{at}: UNAVAILABLE"), result.dropped
     took_part = [m.name for m in mixed.members if sent or m.name != "member-05"]
     assert result.survivors == tuple(took_part)

@@ -25,45 +25,49 @@ _sym_db = _symbol_database.Default()
 from bridgestat.v1 import node_service_pb2 as bridgestat_dot_v1_dot_node__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&bridgestat/v1/secure_aggregation.proto\x12\rbridgestat.v1\x1a bridgestat/v1/node_service.proto\"c\n\rAdvertisement\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"W\n\x0f\x45ncryptedShares\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"9\n\x14\x43onsistencySignature\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x0bMemberShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"S\n\x0bSecureValue\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\x01\"\xf3\x01\n\x0cSecureLayout\x12*\n\x06values\x18\x01 \x03(\x0b\x32\x1a.bridgestat.v1.SecureValue\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x13\n\x0bsigma_share\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65lta_l2\x18\x06 \x01(\x01\x12\x13\n\x0brho_network\x18\x07 \x01(\x01\x12\x11\n\trho_alone\x18\x08 \x01(\x01\x12\x0e\n\x06honest\x18\t \x01(\r\x12*\n\x0bterm_bounds\x18\n \x03(\x0b\x32\x15.bridgestat.v1.Bounds\"\x98\x01\n\x10\x41\x64vertiseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12#\n\x05query\x18\x03 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x11\n\tcolluding\x18\x06 \x01(\r\"u\n\x11\x41\x64vertiseResponse\x12\x33\n\radvertisement\x18\x01 \x01(\x0b\x32\x1c.bridgestat.v1.Advertisement\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.bridgestat.v1.SecureLayout\"Y\n\x10ShareKeysRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x34\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1c.bridgestat.v1.Advertisement\"C\n\x11ShareKeysResponse\x12.\n\x06shares\x18\x01 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"U\n\x12MaskedInputRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12.\n\x06shares\x18\x02 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"n\n\x13MaskedInputResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12%\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x15.bridgestat.v1.Budget\"8\n\x12\x43onsistencyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"M\n\x13\x43onsistencyResponse\x12\x36\n\tsignature\x18\x01 \x01(\x0b\x32#.bridgestat.v1.ConsistencySignature\"}\n\rUnmaskRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.bridgestat.v1.ConsistencySignature\"\x86\x01\n\x0eUnmaskResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x34\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare\x12.\n\nkey_shares\x18\x03 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare2\xad\x03\n\x18SecureAggregationService\x12N\n\tAdvertise\x12\x1f.bridgestat.v1.AdvertiseRequest\x1a .bridgestat.v1.AdvertiseResponse\x12N\n\tShareKeys\x12\x1f.bridgestat.v1.ShareKeysRequest\x1a .bridgestat.v1.ShareKeysResponse\x12T\n\x0bMaskedInput\x12!.bridgestat.v1.MaskedInputRequest\x1a\".bridgestat.v1.MaskedInputResponse\x12T\n\x0b\x43onsistency\x12!.bridgestat.v1.ConsistencyRequest\x1a\".bridgestat.v1.ConsistencyResponse\x12\x45\n\x06Unmask\x12\x1c.bridgestat.v1.UnmaskRequest\x1a\x1d.bridgestat.v1.UnmaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&bridgestat/v1/secure_aggregation.proto\x12\rbridgestat.v1\x1a bridgestat/v1/node_service.proto\"\xab\x02\n\x0eSessionRequest\x12\x34\n\tadvertise\x18\x01 \x01(\x0b\x32\x1f.bridgestat.v1.AdvertiseRequestH\x00\x12\x35\n\nshare_keys\x18\x02 \x01(\x0b\x32\x1f.bridgestat.v1.ShareKeysRequestH\x00\x12\x39\n\x0cmasked_input\x18\x03 \x01(\x0b\x32!.bridgestat.v1.MaskedInputRequestH\x00\x12\x38\n\x0b\x63onsistency\x18\x04 \x01(\x0b\x32!.bridgestat.v1.ConsistencyRequestH\x00\x12.\n\x06unmask\x18\x05 \x01(\x0b\x32\x1c.bridgestat.v1.UnmaskRequestH\x00\x42\x07\n\x05round\"\xb1\x02\n\x0fSessionResponse\x12\x35\n\tadvertise\x18\x01 \x01(\x0b\x32 .bridgestat.v1.AdvertiseResponseH\x00\x12\x36\n\nshare_keys\x18\x02 \x01(\x0b\x32 .bridgestat.v1.ShareKeysResponseH\x00\x12:\n\x0cmasked_input\x18\x03 \x01(\x0b\x32\".bridgestat.v1.MaskedInputResponseH\x00\x12\x39\n\x0b\x63onsistency\x18\x04 \x01(\x0b\x32\".bridgestat.v1.ConsistencyResponseH\x00\x12/\n\x06unmask\x18\x05 \x01(\x0b\x32\x1d.bridgestat.v1.UnmaskResponseH\x00\x42\x07\n\x05round\"c\n\rAdvertisement\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"W\n\x0f\x45ncryptedShares\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x12\n\nciphertext\x18\x04 \x01(\x0c\"9\n\x14\x43onsistencySignature\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x0bMemberShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\r\x12\r\n\x05share\x18\x03 \x01(\x0c\"S\n\x0bSecureValue\x12(\n\x05group\x18\x01 \x03(\x0b\x32\x19.bridgestat.v1.GroupValue\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\x01\"\xf3\x01\n\x0cSecureLayout\x12*\n\x06values\x18\x01 \x03(\x0b\x32\x1a.bridgestat.v1.SecureValue\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x13\n\x0bsigma_share\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65lta_l2\x18\x06 \x01(\x01\x12\x13\n\x0brho_network\x18\x07 \x01(\x01\x12\x11\n\trho_alone\x18\x08 \x01(\x01\x12\x0e\n\x06honest\x18\t \x01(\r\x12*\n\x0bterm_bounds\x18\n \x03(\x0b\x32\x15.bridgestat.v1.Bounds\"\x98\x01\n\x10\x41\x64vertiseRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12#\n\x05query\x18\x03 \x01(\x0b\x32\x14.bridgestat.v1.Query\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x11\n\tcolluding\x18\x06 \x01(\r\"u\n\x11\x41\x64vertiseResponse\x12\x33\n\radvertisement\x18\x01 \x01(\x0b\x32\x1c.bridgestat.v1.Advertisement\x12+\n\x06layout\x18\x02 \x01(\x0b\x32\x1b.bridgestat.v1.SecureLayout\"Y\n\x10ShareKeysRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x34\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1c.bridgestat.v1.Advertisement\"C\n\x11ShareKeysResponse\x12.\n\x06shares\x18\x01 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"U\n\x12MaskedInputRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12.\n\x06shares\x18\x02 \x03(\x0b\x32\x1e.bridgestat.v1.EncryptedShares\"n\n\x13MaskedInputResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x01(\x0c\x12\x10\n\x08replayed\x18\x03 \x01(\x08\x12%\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x15.bridgestat.v1.Budget\"8\n\x12\x43onsistencyRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"M\n\x13\x43onsistencyResponse\x12\x36\n\tsignature\x18\x01 \x01(\x0b\x32#.bridgestat.v1.ConsistencySignature\"}\n\rUnmaskRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.bridgestat.v1.ConsistencySignature\"\x86\x01\n\x0eUnmaskResponse\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x34\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare\x12.\n\nkey_shares\x18\x03 \x03(\x0b\x32\x1a.bridgestat.v1.MemberShare2\xfb\x03\n\x18SecureAggregationService\x12N\n\tAdvertise\x12\x1f.bridgestat.v1.AdvertiseRequest\x1a .bridgestat.v1.AdvertiseResponse\x12N\n\tShareKeys\x12\x1f.bridgestat.v1.ShareKeysRequest\x1a .bridgestat.v1.ShareKeysResponse\x12T\n\x0bMaskedInput\x12!.bridgestat.v1.MaskedInputRequest\x1a\".bridgestat.v1.MaskedInputResponse\x12T\n\x0b\x43onsistency\x12!.bridgestat.v1.ConsistencyRequest\x1a\".bridgestat.v1.ConsistencyResponse\x12\x45\n\x06Unmask\x12\x1c.bridgestat.v1.UnmaskRequest\x1a\x1d.bridgestat.v1.UnmaskResponse\x12L\n\x07Session\x12\x1d.bridgestat.v1.SessionRequest\x1a\x1e.bridgestat.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridgestat.v1.secure_aggregation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADVERTISEMENT']._serialized_start=91
-  _globals['_ADVERTISEMENT']._serialized_end=190
-  _globals['_ENCRYPTEDSHARES']._serialized_start=192
-  _globals['_ENCRYPTEDSHARES']._serialized_end=279
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=281
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=338
-  _globals['_MEMBERSHARE']._serialized_start=340
-  _globals['_MEMBERSHARE']._serialized_end=394
-  _globals['_SECUREVALUE']._serialized_start=396
-  _globals['_SECUREVALUE']._serialized_end=479
-  _globals['_SECURELAYOUT']._serialized_start=482
-  _globals['_SECURELAYOUT']._serialized_end=725
-  _globals['_ADVERTISEREQUEST']._serialized_start=728
-  _globals['_ADVERTISEREQUEST']._serialized_end=880
-  _globals['_ADVERTISERESPONSE']._serialized_start=882
-  _globals['_ADVERTISERESPONSE']._serialized_end=999
-  _globals['_SHAREKEYSREQUEST']._serialized_start=1001
-  _globals['_SHAREKEYSREQUEST']._serialized_end=1090
-  _globals['_SHAREKEYSRESPONSE']._serialized_start=1092
-  _globals['_SHAREKEYSRESPONSE']._serialized_end=1159
-  _globals['_MASKEDINPUTREQUEST']._serialized_start=1161
-  _globals['_MASKEDINPUTREQUEST']._serialized_end=1246
-  _globals['_MASKEDINPUTRESPONSE']._serialized_start=1248
-  _globals['_MASKEDINPUTRESPONSE']._serialized_end=1358
-  _globals['_CONSISTENCYREQUEST']._serialized_start=1360
-  _globals['_CONSISTENCYREQUEST']._serialized_end=1416
-  _globals['_CONSISTENCYRESPONSE']._serialized_start=1418
-  _globals['_CONSISTENCYRESPONSE']._serialized_end=1495
-  _globals['_UNMASKREQUEST']._serialized_start=1497
-  _globals['_UNMASKREQUEST']._serialized_end=1622
-  _globals['_UNMASKRESPONSE']._serialized_start=1625
-  _globals['_UNMASKRESPONSE']._serialized_end=1759
-  _globals['_SECUREAGGREGATIONSERVICE']._serialized_start=1762
-  _globals['_SECUREAGGREGATIONSERVICE']._serialized_end=2191
+  _globals['_SESSIONREQUEST']._serialized_start=92
+  _globals['_SESSIONREQUEST']._serialized_end=391
+  _globals['_SESSIONRESPONSE']._serialized_start=394
+  _globals['_SESSIONRESPONSE']._serialized_end=699
+  _globals['_ADVERTISEMENT']._serialized_start=701
+  _globals['_ADVERTISEMENT']._serialized_end=800
+  _globals['_ENCRYPTEDSHARES']._serialized_start=802
+  _globals['_ENCRYPTEDSHARES']._serialized_end=889
+  _globals['_CONSISTENCYSIGNATURE']._serialized_start=891
+  _globals['_CONSISTENCYSIGNATURE']._serialized_end=948
+  _globals['_MEMBERSHARE']._serialized_start=950
+  _globals['_MEMBERSHARE']._serialized_end=1004
+  _globals['_SECUREVALUE']._serialized_start=1006
+  _globals['_SECUREVALUE']._serialized_end=1089
+  _globals['_SECURELAYOUT']._serialized_start=1092
+  _globals['_SECURELAYOUT']._serialized_end=1335
+  _globals['_ADVERTISEREQUEST']._serialized_start=1338
+  _globals['_ADVERTISEREQUEST']._serialized_end=1490
+  _globals['_ADVERTISERESPONSE']._serialized_start=1492
+  _globals['_ADVERTISERESPONSE']._serialized_end=1609
+  _globals['_SHAREKEYSREQUEST']._serialized_start=1611
+  _globals['_SHAREKEYSREQUEST']._serialized_end=1700
+  _globals['_SHAREKEYSRESPONSE']._serialized_start=1702
+  _globals['_SHAREKEYSRESPONSE']._serialized_end=1769
+  _globals['_MASKEDINPUTREQUEST']._serialized_start=1771
+  _globals['_MASKEDINPUTREQUEST']._serialized_end=1856
+  _globals['_MASKEDINPUTRESPONSE']._serialized_start=1858
+  _globals['_MASKEDINPUTRESPONSE']._serialized_end=1968
+  _globals['_CONSISTENCYREQUEST']._serialized_start=1970
+  _globals['_CONSISTENCYREQUEST']._serialized_end=2026
+  _globals['_CONSISTENCYRESPONSE']._serialized_start=2028
+  _globals['_CONSISTENCYRESPONSE']._serialized_end=2105
+  _globals['_UNMASKREQUEST']._serialized_start=2107
+  _globals['_UNMASKREQUEST']._serialized_end=2232
+  _globals['_UNMASKRESPONSE']._serialized_start=2235
+  _globals['_UNMASKRESPONSE']._serialized_end=2369
+  _globals['_SECUREAGGREGATIONSERVICE']._serialized_start=2372
+  _globals['_SECUREAGGREGATIONSERVICE']._serialized_end=2879
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SessionRequest(_message.Message):
+    __slots__ = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
+    ADVERTISE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
+    advertise: AdvertiseRequest
+    share_keys: ShareKeysRequest
+    masked_input: MaskedInputRequest
+    consistency: ConsistencyRequest
+    unmask: UnmaskRequest
+    def __init__(self, advertise: _Optional[_Union[AdvertiseRequest, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysRequest, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputRequest, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyRequest, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskRequest, _Mapping]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
+    ADVERTISE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    UNMASK_FIELD_NUMBER: _ClassVar[int]
+    advertise: AdvertiseResponse
+    share_keys: ShareKeysResponse
+    masked_input: MaskedInputResponse
+    consistency: ConsistencyResponse
+    unmask: UnmaskResponse
+    def __init__(self, advertise: _Optional[_Union[AdvertiseResponse, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeysResponse, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInputResponse, _Mapping]] = ..., consistency: _Optional[_Union[ConsistencyResponse, _Mapping]] = ..., unmask: _Optional[_Union[UnmaskResponse, _Mapping]] = ...) -> None: ...
+
 class Advertisement(_message.Message):
     __slots__ = ("member", "c_pk", "s_pk", "signature", "certificate")
     MEMBER_FIELD_NUMBER: _ClassVar[int]

@@ -60,6 +60,11 @@ class SecureAggregationServiceStub:
                 request_serializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.UnmaskRequest.SerializeToString,
                 response_deserializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.UnmaskResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/bridgestat.v1.SecureAggregationService/Session',
+                request_serializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.SessionRequest.SerializeToString,
+                response_deserializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class SecureAggregationServiceServicer:
@@ -101,6 +106,13 @@ class SecureAggregationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Session: the five rounds of one session on one stream, one response per request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SecureAggregationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +140,11 @@ def add_SecureAggregationServiceServicer_to_server(servicer, server):
                     servicer.Unmask,
                     request_deserializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.UnmaskRequest.FromString,
                     response_serializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.UnmaskResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.SessionRequest.FromString,
+                    response_serializer=bridgestat_dot_v1_dot_secure__aggregation__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +283,33 @@ class SecureAggregationService:
             '/bridgestat.v1.SecureAggregationService/Unmask',
             bridgestat_dot_v1_dot_secure__aggregation__pb2.UnmaskRequest.SerializeToString,
             bridgestat_dot_v1_dot_secure__aggregation__pb2.UnmaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bridgestat.v1.SecureAggregationService/Session',
+            bridgestat_dot_v1_dot_secure__aggregation__pb2.SessionRequest.SerializeToString,
+            bridgestat_dot_v1_dot_secure__aggregation__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,7 +88,8 @@ def session(ca_cert: x509.Certificate, ids: dict[str, tuple[ec.EllipticCurvePriv
     u3 = timed("server", lambda: server.collect_masked(masked))
     sigs = [timed(m, lambda m=m: members[m].consistency(u3)) for m in u3]
     request = timed("server", lambda: server.collect_consistency(sigs))
-    answers = [timed(m, lambda m=m: members[m].unmask(request)) for m in u3]
+    answers = [timed(m, lambda m=m: members[m].unmask(server.unmask_request_for(m, request)))
+               for m in u3]
     outcome = timed("server", lambda: server.collect_unmask(answers))
     assert len(outcome.total) == dim
     return [cpu[m] for m in u3], server_cpu[0]

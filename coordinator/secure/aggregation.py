@@ -227,8 +227,10 @@ class SecureDriver:
             unmask = server.collect_consistency([wire.signature_from_pb(r.signature)
                                                  for r in signed.values()])
             await _fire(hook, sa.UNMASK)
-            answers = await self._round(links, sa.UNMASK, sorted(signed), dropped,
-                                        wire.unmask_request_to_pb(session, unmask))
+            answers = await self._round(
+                links, sa.UNMASK, sorted(signed), dropped,
+                {m: wire.unmask_request_to_pb(session, server.unmask_request_for(m, unmask))
+                 for m in signed})
             outcome = server.collect_unmask([wire.unmask_response_from_pb(r)
                                              for r in answers.values()])
         except (SecAggError, SecureError) as exc:

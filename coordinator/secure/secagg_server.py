@@ -12,7 +12,7 @@ It asks for and keeps at most one kind of share per member: never both.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -116,6 +116,19 @@ class SecAggServer:
         self._require(sa.CONSISTENCY, self._u4, u3)
         return sa.UnmaskRequest(tuple(sorted(u3)), tuple(sorted(self._u2 - u3)),
                                 tuple(self._u4[m] for m in sorted(self._u4)))
+
+    def unmask_request_for(self, member: str, request: sa.UnmaskRequest) -> sa.UnmaskRequest:
+        """What `member` is sent of the unmask request: its own signature and the first
+        t - 1 others by name, t in all. Bonawitz et al. ask for a list of at least t, which
+        each member verifies in full; it proceeds only on t valid signatures over its own
+        U3, so two survivor sets cannot both pass when t > (K + c) / 2 (the default
+        t = floor(2K/3) + 1 for c < K/3), however many are sent. More would cost each member
+        a verification apiece (0.08 ms) and add no assurance."""
+        own = [s for s in request.signatures if s.member == member]
+        others = [s for s in request.signatures if s.member != member]
+        shown = sorted([*own, *others[:self.params.threshold - len(own)]],
+                       key=lambda s: s.member)
+        return replace(request, signatures=tuple(shown))
 
     def collect_unmask(self, responses: Sequence[sa.UnmaskResponse]) -> SessionOutcome:
         """Round 4: store the shares (one kind per member), recover the masks from >= t

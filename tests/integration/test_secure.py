@@ -521,7 +521,7 @@ class BothSharesDriver(SecureDriver):
                      dropped: dict[str, str], requests: Any) -> dict[str, Any]:
         if name == sa.UNMASK:
             greedy = spb.UnmaskRequest()
-            greedy.CopyFrom(requests)
+            greedy.CopyFrom(requests["member-01"])
             greedy.dropped.append("member-05")
             self.transport = links.transport("member-01")
             try:

@@ -110,7 +110,8 @@ def run(net: Network, p: SecAggParams, inputs: dict[str, np.ndarray],
     signatures = [members[m].consistency(relay(m, u3)) for m in alive(sa.CONSISTENCY, u3)]
     request = server.collect_consistency(signatures)
     signers = [s.member for s in request.signatures]
-    responses = [members[m].unmask(relay(m, request)) for m in alive(sa.UNMASK, signers)]
+    responses = [members[m].unmask(relay(m, server.unmask_request_for(m, request)))
+                 for m in alive(sa.UNMASK, signers)]
     return server.collect_unmask(responses), server
 
 
@@ -228,6 +229,32 @@ def test_lying_server_with_different_survivor_sets_makes_members_abort(
         with pytest.raises(SecAggError, match="signature over the survivor set"):
             members[m].unmask(request)
         assert members[m].aborted is not None
+
+
+def test_each_member_gets_t_signatures_and_fewer_make_it_abort(network: Network) -> None:
+    """The coordinator sends each member its own signature and the first t - 1 others: the
+    member verifies them and answers; a request with t - 1 in all is refused."""
+    p = params(7)  # t = 5
+    inputs = random_inputs(p, seed=5)
+    members = make_members(network, p, inputs)
+    server = SecAggServer(p, network.ca_cert)
+    adverts = server.collect_advertisements([members[m].advertise() for m in p.members])
+    forwarded = server.collect_shares({m: members[m].share_keys(adverts) for m in p.members})
+    u3 = server.collect_masked([members[m].masked_input(forwarded[m]) for m in p.members])
+    request = server.collect_consistency([members[m].consistency(u3) for m in u3])
+    assert len(request.signatures) == 7
+    sent = {m: server.unmask_request_for(m, request) for m in p.members}
+    for m, one in sent.items():
+        signers = [s.member for s in one.signatures]
+        assert len(signers) == p.threshold and m in signers, (m, signers)
+        assert signers == sorted(signers)
+    assert [s.member for s in sent["m06"].signatures] == ["m00", "m01", "m02", "m03", "m06"]
+    short = dataclasses.replace(sent["m06"], signatures=sent["m06"].signatures[1:])
+    with pytest.raises(SecAggError, match="fewer than t = 5"):
+        members["m06"].unmask(short)
+    outcome = server.collect_unmask([members[m].unmask(sent[m]) for m in p.members
+                                     if m != "m06"])
+    assert outcome.total == expected(inputs, list(p.members))
 
 
 def test_request_for_both_shares_of_one_member_is_refused(network: Network) -> None:

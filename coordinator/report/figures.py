@@ -452,6 +452,18 @@ def readability(row: Mapping[str, Any], bounds: tuple[float, float] | None) -> R
     return SHOWN
 
 
+def estimate_words(analysis: Mapping[str, Any], table: Mapping[str, Any],
+                   row: Mapping[str, Any], t: Translator, number: Callable[[Any], str]) -> str:
+    """A row's estimate for a sentence: 'too uncertain to show' when it cannot be read as a
+    figure (`readability`), a whole percentage for a share, else `number` of it."""
+    bounds = public_range(analysis, table, row)
+    if not readability(row, bounds).shown:
+        return t("too uncertain to show")
+    if bounds == SHARE_RANGE:
+        return t.percent(row.get("estimate"), decimals=0)
+    return number(row.get("estimate"))
+
+
 def sd_readable(row: Mapping[str, Any]) -> bool:
     """Whether a row's SD is a figure: an SD of exactly 0 from noisy sums is noise (the noisy
     sum of squares fell below what the mean needs), not participants who are all alike."""

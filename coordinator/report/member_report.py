@@ -204,12 +204,7 @@ def _value(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Mapping[s
     """A row's estimate as words: a percentage for shares, 'too uncertain' when so."""
     if not is_ok(row.get("status")) or finite(row.get("estimate")) is None:
         return t("no figure")
-    bounds = fg.public_range(analysis, table, row)
-    if not fg.readability(row, bounds).shown:
-        return t("too uncertain to show")
-    if bounds == fg.SHARE_RANGE:
-        return t.percent(row.get("estimate"), decimals=0)
-    return t.plain(row.get("estimate"))
+    return fg.estimate_words(analysis, table, row, t, t.plain)
 
 
 def _shares_sentence(own: Sequence[Mapping[str, Any]], network: Sequence[Mapping[str, Any]],

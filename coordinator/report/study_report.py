@@ -198,12 +198,7 @@ def headline(analysis: Mapping[str, Any], t: Translator) -> str:
 def _value(analysis: Mapping[str, Any], table: Mapping[str, Any], row: Mapping[str, Any],
            t: Translator) -> str:
     """A row's estimate for a sentence: a percentage for shares, too uncertain if so."""
-    bounds = fg.public_range(analysis, table, row)
-    if not fg.readability(row, bounds).shown:
-        return t("too uncertain to show")
-    if bounds == fg.SHARE_RANGE:
-        return t.percent(row.get("estimate"), decimals=0)
-    return t.number(row.get("estimate"))
+    return fg.estimate_words(analysis, table, row, t, t.number)
 
 
 def _members(results: Mapping[str, Any]) -> list[str]:

@@ -128,17 +128,23 @@ def default_colluding(k: int, members_see_results: bool = True) -> int:
 
 def frame(*parts: bytes | str | int) -> bytes:
     """Domain label then each part length-prefixed (str as UTF-8, int as 8 bytes)."""
-    out = [DOMAIN]
-    for part in parts:
-        if isinstance(part, str):  # the common case first: member names, labels, sessions
-            raw = part.encode()
-        elif isinstance(part, int):
-            raw = _U64.pack(part)
-        else:
-            raw = bytes(part)
-        out.append(_U32.pack(len(raw)))
-        out.append(raw)
-    return b"".join(out)
+    return DOMAIN + b"".join([_framed_str(part) if type(part) is str else _framed(part)
+                              for part in parts])
+
+
+@functools.lru_cache(maxsize=4096)
+def _framed_str(part: str) -> bytes:
+    """A str part framed, remembered: member names, round labels and a session's id recur
+    in every payload and key label of a session (some 140 frames per member)."""
+    raw = part.encode()
+    return _U32.pack(len(raw)) + raw
+
+
+def _framed(part: bytes | str | int) -> bytes:
+    if isinstance(part, str):  # a str subclass
+        return _framed_str(str(part))
+    raw = _U64.pack(part) if isinstance(part, int) else bytes(part)
+    return _U32.pack(len(raw)) + raw
 
 
 _U32, _U64 = struct.Struct(">I"), struct.Struct(">Q")

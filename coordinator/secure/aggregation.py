@@ -211,12 +211,12 @@ class SecureDriver:
                                            advertisements=[wire.advert_to_pb(a) for a in u1])
             shares = await self._round(links, sa.SHARE_KEYS, [a.member for a in u1], dropped,
                                        request)
-            forward = server.collect_shares({m: wire.shares_from_pb(r.shares)
-                                             for m, r in shares.items()})
+            # the ciphertexts are relayed as they came (only their addresses are read)
+            forward = server.collect_shares({m: r.shares for m, r in shares.items()})
             await _fire(hook, sa.MASKED_INPUT)
             masked = await self._round(
                 links, sa.MASKED_INPUT, list(forward), dropped,
-                {m: spb.MaskedInputRequest(session=session, shares=wire.shares_to_pb(batch))
+                {m: spb.MaskedInputRequest(session=session, shares=batch)
                  for m, batch in forward.items()})
             u3 = server.collect_masked([sa.MaskedInput(m, bytes(r.vector))
                                         for m, r in masked.items()])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from cryptography import x509
@@ -21,6 +21,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from bridgestat.common import secagg as sa
 from bridgestat.common.secagg import SecAggError, SecAggParams
+
+
+class Addressed(Protocol):
+    """Encrypted shares as the coordinator routes them: it reads only who sent them to whom
+    (`sa.EncryptedShares`, or the protobuf message itself, relayed without a copy)."""
+
+    @property
+    def sender(self) -> str: ...
+
+    @property
+    def recipient(self) -> str: ...
+
+
+Shares = TypeVar("Shares", bound=Addressed)
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,8 @@ class SecAggServer:
         self._require(sa.ADVERTISE, self._adverts, self.params.members)
         return [self._adverts[m] for m in sorted(self._adverts)]
 
-    def collect_shares(self, messages: Mapping[str, Sequence[sa.EncryptedShares]]
-                       ) -> dict[str, list[sa.EncryptedShares]]:
+    def collect_shares(self, messages: Mapping[str, Sequence[Shares]]
+                       ) -> dict[str, list[Shares]]:
         """Round 1: each sender's encrypted shares, one for every other member of U1; what to
         forward to each member of U2 (the ciphertexts addressed to it)."""
         u1 = frozenset(self._adverts)
@@ -77,7 +91,7 @@ class SecAggServer:
                 good[sender] = batch
         self._u2 = self._require(sa.SHARE_KEYS, good, u1)
         # one pass over the K^2 ciphertexts (not one per recipient: K^3), senders in order
-        forward: dict[str, list[sa.EncryptedShares]] = {v: [] for v in sorted(self._u2)}
+        forward: dict[str, list[Shares]] = {v: [] for v in sorted(self._u2)}
         for u in sorted(self._u2):
             for e in good[u]:
                 if e.recipient in forward:

@@ -395,6 +395,24 @@ def test_prg_is_chacha20_keystream_and_seed_dependent() -> None:
     assert not np.array_equal(a, b)
 
 
+def test_frame_is_the_domain_then_length_prefixed_parts() -> None:
+    """The signed and derived byte strings: spelled out here, so that a faster `frame` (it
+    remembers framed names) cannot change what members sign or derive keys from."""
+    def part(raw: bytes) -> bytes:
+        return len(raw).to_bytes(4, "big") + raw
+
+    class Label(str):
+        pass
+
+    expected = (sa.DOMAIN + part("sessi\u00f6n".encode()) + part(b"share-keys")
+                + part((7).to_bytes(8, "big")) + part(b"\x00\x01"))
+    for _ in range(2):  # the second time from the remembered parts
+        assert sa.frame("sessi\u00f6n", sa.SHARE_KEYS, 7, b"\x00\x01") == expected
+    assert sa.frame(Label("sessi\u00f6n"), Label("share-keys"), 7, bytearray(b"\x00\x01")) \
+        == expected
+    assert sa.frame() == sa.DOMAIN
+
+
 def test_encode_decode_round_trip_and_overflow() -> None:
     values = [0, 1, -1, 2**63 - 1, -(2**63)]
     assert sa.decode(sa.encode(values)) == tuple(values)

@@ -497,13 +497,21 @@ class LyingDriver(SecureDriver):
 def test_inconsistent_survivor_sets_make_the_member_refuse(network: LocalNetwork) -> None:
     driver = _driver(network, LyingDriver)
     result = _run(driver, COUNT, "liar-1")
+    # the session goes on without member-01's unmask answer; its input is still in the sum
+    _assert_refused_and_summed(network, driver, result, "signature over the survivor set")
+
+
+def _assert_refused_and_summed(network: LocalNetwork, driver: LyingDriver | BothSharesDriver,
+                               result: SecureResult, why: str) -> None:
+    """member-01 refused the lie on its Session stream (FAILED_PRECONDITION, saying `why`),
+    and the session still completed with every member's input in the sum."""
     refusal = driver.refusal
     assert driver.transport == "stream"
-    assert refusal is not None, "member-01 revealed shares for an inconsistent survivor set"
+    assert refusal is not None, "member-01 revealed the shares it was asked for"
     assert refusal.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert "signature over the survivor set" in refusal.details
-    # the session goes on without member-01's unmask answer; its input is still in the sum
+    assert why in refusal.details, refusal.details
     assert not result.aborted, result.aborted
+    assert len(result.survivors) == 5
     truth = network.truth["network"]["sample"]["n_participants"]
     value = result.cells()[()]["count"]
     assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
@@ -538,17 +546,9 @@ def test_a_request_for_both_shares_of_one_member_is_refused(network: LocalNetwor
     members' unmask answers, with every input in the sum."""
     driver = _driver(network, BothSharesDriver)
     result = _run(driver, COUNT, "both-shares-1")
-    refusal = driver.refusal
-    assert driver.transport == "stream"
-    assert refusal is not None, "member-01 revealed both shares of member-05"
-    assert refusal.code is grpc.StatusCode.FAILED_PRECONDITION
-    assert ("refused: both the self-mask share and the key share of ['member-05']"
-            in refusal.details), refusal.details
-    assert not result.aborted, result.aborted
-    assert len(result.survivors) == 5
-    truth = network.truth["network"]["sample"]["n_participants"]
-    value = result.cells()[()]["count"]
-    assert abs(value.value - truth) <= Z * math.sqrt(value.variance)
+    _assert_refused_and_summed(
+        network, driver, result,
+        "refused: both the self-mask share and the key share of ['member-05']")
 
 
 @pytest.fixture(scope="module")

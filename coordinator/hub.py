@@ -8,7 +8,9 @@ member's stream and returns its reply, or the node's own status code. So the API
 the same whichever mode a member uses. The secure-aggregation driver (`coordinator/secure/aggregation.py`)
 calls SecureAggregationService on the hub the same way, one relayed request per round (a
 Session stream's messages are relayed one by one, like the unary rounds), so connect-mode
-members take part in secure sessions unchanged.
+members take part in secure sessions unchanged; when such a stream ends before unmask, the
+hub tells the member to close the session (`SecureClose`), as a node closes it when its own
+stream ends.
 
 Who may do what, over mutual TLS (every caller needs a certificate from the network CA):
 
@@ -66,6 +68,7 @@ HELLO_TIMEOUT = 10.0
 GRACE_SECONDS = 30.0
 DEFAULT_ALLOW = (HUB_NAME,)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+CLOSE_TIMEOUT = 10.0  # s: telling a member its secure session is over
 _SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),  # notice a node that vanished (half-open TCP)
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -234,6 +237,30 @@ class Relay:
     def __init__(self, hub: Hub, allow: Sequence[str] | None = None) -> None:
         self.hub = hub
         self.allow = None if allow is None else frozenset(allow)
+        self._closing: set[asyncio.Task[None]] = set()  # secure closes still on their way
+
+    def close_later(self, context: AioContext, session: str) -> None:
+        """Tell the call's member that secure `session` is over (the driver's Session stream
+        ended before unmask), in the background: the stream's handler may be cancelled. The
+        node closes it only for the caller that opened it; an older node ignores it."""
+        member = str(dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, ""))
+        request = cpb.CoordinatorRequest(request_id=uuid.uuid4().hex,
+                                         caller=_peer_identity(context),
+                                         secure_close=cpb.SecureClose(session=session))
+        task = asyncio.get_running_loop().create_task(self._close(member, request))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, member: str, request: cpb.CoordinatorRequest) -> None:
+        try:
+            reply = await self.hub.ask(member, request, CLOSE_TIMEOUT)
+        except (LookupError, ConnectionError, TimeoutError) as exc:  # it is gone anyway
+            log.info("secure session %s: %s not told it is over (%s)",
+                     request.secure_close.session, member, exc or type(exc).__name__)
+            return
+        if reply.WhichOneof("kind") == "error":
+            log.info("secure session %s: %s did not close it (%s); it expires at the node",
+                     request.secure_close.session, member, reply.error.message)
 
     async def forward(self, context: AioContext,
                       request: cpb.CoordinatorRequest) -> cpb.NodeReply:
@@ -320,17 +347,28 @@ class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
                       context: AioContext) -> AsyncIterator[spb.SessionResponse]:
         """A driver's Session stream: each message relayed as one round on the member's
         stream (as the unary proxies do), its reply sent back in the field of the same
-        name; an error ends the stream with the status the unary proxy would return."""
-        async for message in request_iterator:
-            kind = message.WhichOneof("round")
-            if kind is None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session: a message "
-                                    "must carry one round's request")
-            relayed = cpb.CoordinatorRequest(**{f"secure_{kind}": getattr(message, str(kind))})
-            reply = await self._round(context, relayed)
-            yield spb.SessionResponse(**{str(kind): getattr(reply, f"secure_{kind}")})
-            if kind == "unmask":  # the last round, as at a node: the stream ends here
-                return
+        name; an error ends the stream with the status the unary proxy would return. When
+        the stream ends before unmask, the member is told to close the session (as a node's
+        own server closes it when its stream ends), instead of holding it until it expires."""
+        opened = ""
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("round")
+                if kind is None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session: a "
+                                        "message must carry one round's request")
+                relayed = cpb.CoordinatorRequest(
+                    **{f"secure_{kind}": getattr(message, str(kind))})
+                reply = await self._round(context, relayed)
+                if kind == "advertise":  # the member opened the session
+                    opened = message.advertise.session
+                yield spb.SessionResponse(**{str(kind): getattr(reply, f"secure_{kind}")})
+                if kind == "unmask":  # the last round, as at a node: the stream ends here
+                    opened = ""
+                    return
+        finally:
+            if opened:
+                self.relay.close_later(context, opened)
 
     async def _round(self, context: AioContext,
                      request: cpb.CoordinatorRequest) -> cpb.NodeReply:

@@ -8,7 +8,9 @@ exactly as the NodeService server would: the same allow-list (applied to the res
 coordinator relays), the same decoding, engine and audit log, the same metrics and log
 lines, the same status codes. SecureAggregationService's rounds come the same way (one
 request kind per round) and go to the same `secure_service.answer` as the node's own server,
-so a connect-mode member takes part in secure sessions unchanged. A dropped stream is
+so a connect-mode member takes part in secure sessions unchanged; a `secure_close` (the
+driver's stream to the hub ended before unmask) closes the caller's session as the end of a
+Session stream does at the node's own server. A dropped stream is
 re-opened with exponential backoff and jitter; a request whose answer could not be sent is simply asked again by the coordinator,
 and its idempotency key makes the retry free. Each (re)connection asks for the node's
 credentials afresh, so a certificate reloaded on SIGHUP is used from the next reconnect on.
@@ -95,14 +97,15 @@ def answer(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics
         reply.node_info.CopyFrom(result)
     elif isinstance(result, pb.RunQueryResponse):
         reply.run_query.CopyFrom(result)
-    else:  # a secure round: the reply's field has the request's name
+    else:  # a secure round or close: the reply's field has the request's name
         getattr(reply, str(request.WhichOneof("kind"))).CopyFrom(result)
     return reply
 
 
 def _result(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetrics,
             allow: tuple[str, ...] | None, secure: SecureNode | None
-            ) -> pb.GetNodeInfoResponse | pb.RunQueryResponse | SecureResponse | Status:
+            ) -> (pb.GetNodeInfoResponse | pb.RunQueryResponse | SecureResponse
+                  | cpb.SecureClosed | Status):
     """The relayed caller checked against `allow`, then the call it asks for."""
     caller = request.caller or ANONYMOUS
     kind = request.WhichOneof("kind")
@@ -114,10 +117,12 @@ def _result(engine: Engine, request: cpb.CoordinatorRequest, metrics: NodeMetric
         return node_info(engine, software_version())
     if kind == "run_query":
         return run_query(engine, metrics, request.run_query, caller)
-    if kind in SECURE_KINDS:
+    if kind in SECURE_KINDS or kind == "secure_close":
         if secure is None:
             return Status(grpc.StatusCode.UNIMPLEMENTED,
                           "this node does not take part in secure aggregation")
+        if kind == "secure_close":  # the driver's stream to the hub ended early
+            return cpb.SecureClosed(was_open=secure.close(request.secure_close.session, caller))
         return secure_answer(secure, getattr(request, kind), caller)
     return Status(grpc.StatusCode.UNIMPLEMENTED, f"unknown request kind {kind!r}")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -58,6 +59,8 @@ from bridgestat.node.loss import Loss, rho_to_epsilon
 from bridgestat.node.planner import MIN_LOSS, Plan
 from bridgestat.node.query import QuerySpec, Statistic
 from bridgestat.node.secagg_member import SecAggMember, secure_input
+
+log = logging.getLogger("bridgestat.node.secure")
 
 SESSION_SECONDS = 300.0
 _T = TypeVar("_T")
@@ -308,10 +311,19 @@ class SecureNode:
         finally:
             self._drop(session)
 
-    def close(self, session: str) -> None:
-        """End a session before its unmask round (its Session stream ended): its keys and
-        received shares are forgotten; charges already made stay in the ledger."""
-        self._drop(session)
+    def close(self, session: str, caller: str | None = None) -> bool:
+        """End a session before its unmask round (its Session stream ended, or the hub says
+        the driver's did): its keys and received shares are forgotten; charges already made
+        stay in the ledger. `caller`: close it only if this caller opened it (None: the
+        stream that opened it). True when it was open (and is now closed)."""
+        with self._lock:
+            found = self._sessions.get(session)
+            if found is None or (caller is not None and found.caller != caller):
+                return False
+            del self._sessions[session]
+        log.info("secure session %s closed before its unmask round (the coordinator ended "
+                 "it: this member was dropped or the session given up)", session)
+        return True
 
     # -- the charge ----------------------------------------------------------------------------
 

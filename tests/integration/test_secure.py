@@ -44,11 +44,13 @@ from bridgestat.coordinator.secure.transport import RoundFailed, SessionLinks
 from bridgestat.coordinator.statistics.meta import MetaError
 from bridgestat.coordinator.statistics.regression import INTERCEPT, RegressionResult
 from bridgestat.coordinator.statistics.tables import meta_from_table
+from bridgestat.node import connect
 from bridgestat.node.app import open_engine, server_tls
 from bridgestat.node.config import load_config
 from bridgestat.node.secure_service import SERVICE_NAME as SECURE_SERVICE_NAME
 from bridgestat.node.secure_service import SESSION_STREAMS, SecureServicer, secure_node
 from bridgestat.node.tls import AllowList
+from bridgestat.v1 import coordinator_service_pb2 as cpb
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
 from tests.integration.conftest import LocalNetwork, local_network
@@ -325,6 +327,43 @@ def test_a_node_holds_no_stream_after_a_session_ends(network: LocalNetwork) -> N
     assert not result.aborted and len(result.survivors) == 5 and not result.unary
     assert not dropped.aborted, dropped.aborted
     assert "member-05" in dropped.dropped and "member-05" in dropped.survivors
+
+
+def test_a_relayed_close_ends_only_its_callers_open_session(network: LocalNetwork) -> None:
+    """What a connect-mode node does with the hub's SecureClose (the driver's stream to the
+    hub ended before unmask), through `node.connect.answer` on member-05's real engine: a
+    close from another caller leaves the session open; the opener's closes it (its keys and
+    shares forgotten, a later round finds no session); a second close finds nothing."""
+    local.stop_nodes([network.processes[4]])
+    try:
+        node_config = load_config(network.members[4].config)
+        engine = open_engine(node_config)
+        secure = secure_node(engine, server_tls(node_config, insecure=False))
+        names = [m.name for m in network.members]
+        opened = connect.answer(engine, cpb.CoordinatorRequest(
+            request_id="1", caller="coordinator", secure_advertise=spb.AdvertiseRequest(
+                session="close-session-1", idempotency_key="close-1",
+                query=query_to_pb(secure_query(COUNT)), members=names,
+                threshold=sa.default_threshold(5),
+                colluding=1)), secure=secure)
+        assert opened.WhichOneof("kind") == "secure_advertise", opened
+
+        def close(caller: str) -> cpb.NodeReply:
+            return connect.answer(engine, cpb.CoordinatorRequest(
+                request_id="2", caller=caller,
+                secure_close=cpb.SecureClose(session="close-session-1")), secure=secure)
+        assert close("someone-else").secure_close.was_open is False
+        assert secure.open_sessions() == 1
+        assert close("coordinator").secure_close.was_open is True
+        assert secure.open_sessions() == 0
+        assert close("coordinator").secure_close.was_open is False
+        later = connect.answer(engine, cpb.CoordinatorRequest(
+            request_id="3", caller="coordinator", secure_consistency=spb.ConsistencyRequest(
+                session="close-session-1", survivors=names)), secure=secure)
+        assert later.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert "'close-session-1': not open at this node" in later.error.message
+    finally:
+        _restart(network, [4])
 
 
 class DropAtConsistency(SecureDriver):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from bridgestat.coordinator.secure.aggregation import (
     SecureResult,
     secure_rho,
 )
+from bridgestat.coordinator.secure.transport import SessionLinks
 from bridgestat.node import cli as node_cli
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
@@ -167,6 +169,51 @@ def test_the_hub_refuses_a_caller_not_on_its_allow_list(mixed: Mixed) -> None:
     assert "caller 'member-01' may not query members through this coordinator" in error.details()
     with Network.from_file(mixed.network) as net:
         assert _rho_spent(net) == before
+
+
+class LeaveOutViaHub(SecureDriver):
+    """Leaves member-05 (connect mode) out of the consistency round: its Session stream to
+    the hub is cancelled after its masked input."""
+
+    session = ""
+
+    async def _advertise(self, links: SessionLinks, query: Query, key: str, session: str,
+                         names: tuple[str, ...], dropped: dict[str, str], hook: Any) -> Any:
+        self.session = session
+        return await super()._advertise(links, query, key, session, names, dropped, hook)
+
+    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
+                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
+        if name == sa.CONSISTENCY:
+            links.drop("member-05")
+            dropped["member-05"] = "consistency: left out by the test"
+            members = [m for m in members if m != "member-05"]
+        return await super()._round(links, name, members, dropped, requests)
+
+
+def test_a_connect_mode_member_left_out_is_told_its_session_is_over(mixed: Mixed) -> None:
+    """The driver cancels member-05's stream to the hub before the consistency round: the hub
+    sends its node SecureClose, and the node forgets the session's keys and shares at once
+    (its log says so) instead of holding them until the session expires; member-05's masked
+    input is in the sum, as with an inbound member dropped there."""
+    spec = load_network(mixed.network)
+    driver = LeaveOutViaHub(spec.members, spec.tls, spec.secure_settings, 5.0)
+
+    async def go() -> SecureResult:
+        try:
+            return await driver.run(COUNT, "hub-leave-out-1")
+        finally:
+            await driver.close()
+    result = asyncio.run(go())
+    assert not result.aborted, result.aborted
+    assert "member-05" in result.survivors and "member-05" in result.dropped
+    log = mixed.root / "member-05.log"
+    said = f"secure session {driver.session} closed before its unmask round"
+    deadline = time.monotonic() + 30  # the hub's close is on its way in the background
+    while said not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert said in log.read_text()
+    _audit_verifies(mixed)
 
 
 @pytest.mark.parametrize(("at", "sent"), [

@@ -26,7 +26,7 @@ from bridgestat.v1 import node_service_pb2 as bridgestat_dot_v1_dot_node__servic
 from bridgestat.v1 import secure_aggregation_pb2 as bridgestat_dot_v1_dot_secure__aggregation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'bridgestat/v1/coordinator_service.proto\x12\rbridgestat.v1\x1a bridgestat/v1/node_service.proto\x1a&bridgestat/v1/secure_aggregation.proto\"2\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\"g\n\x0bNodeMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.bridgestat.v1.HelloH\x00\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.bridgestat.v1.NodeReplyH\x00\x42\x06\n\x04kind\"\xe6\x03\n\x12\x43oordinatorRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12:\n\rget_node_info\x18\x03 \x01(\x0b\x32!.bridgestat.v1.GetNodeInfoRequestH\x00\x12\x33\n\trun_query\x18\x04 \x01(\x0b\x32\x1e.bridgestat.v1.RunQueryRequestH\x00\x12;\n\x10secure_advertise\x18\x05 \x01(\x0b\x32\x1f.bridgestat.v1.AdvertiseRequestH\x00\x12<\n\x11secure_share_keys\x18\x06 \x01(\x0b\x32\x1f.bridgestat.v1.ShareKeysRequestH\x00\x12@\n\x13secure_masked_input\x18\x07 \x01(\x0b\x32!.bridgestat.v1.MaskedInputRequestH\x00\x12?\n\x12secure_consistency\x18\x08 \x01(\x0b\x32!.bridgestat.v1.ConsistencyRequestH\x00\x12\x35\n\rsecure_unmask\x18\t \x01(\x0b\x32\x1c.bridgestat.v1.UnmaskRequestH\x00\x42\x06\n\x04kind\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfd\x03\n\tNodeReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x37\n\tnode_info\x18\x02 \x01(\x0b\x32\".bridgestat.v1.GetNodeInfoResponseH\x00\x12\x34\n\trun_query\x18\x03 \x01(\x0b\x32\x1f.bridgestat.v1.RunQueryResponseH\x00\x12+\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.ErrorStatusH\x00\x12<\n\x10secure_advertise\x18\x05 \x01(\x0b\x32 .bridgestat.v1.AdvertiseResponseH\x00\x12=\n\x11secure_share_keys\x18\x06 \x01(\x0b\x32 .bridgestat.v1.ShareKeysResponseH\x00\x12\x41\n\x13secure_masked_input\x18\x07 \x01(\x0b\x32\".bridgestat.v1.MaskedInputResponseH\x00\x12@\n\x12secure_consistency\x18\x08 \x01(\x0b\x32\".bridgestat.v1.ConsistencyResponseH\x00\x12\x36\n\rsecure_unmask\x18\t \x01(\x0b\x32\x1d.bridgestat.v1.UnmaskResponseH\x00\x42\x06\n\x04kind2b\n\x12\x43oordinatorService\x12L\n\x07\x43onnect\x12\x1a.bridgestat.v1.NodeMessage\x1a!.bridgestat.v1.CoordinatorRequest(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'bridgestat/v1/coordinator_service.proto\x12\rbridgestat.v1\x1a bridgestat/v1/node_service.proto\x1a&bridgestat/v1/secure_aggregation.proto\"2\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\"g\n\x0bNodeMessage\x12%\n\x05hello\x18\x01 \x01(\x0b\x32\x14.bridgestat.v1.HelloH\x00\x12)\n\x05reply\x18\x02 \x01(\x0b\x32\x18.bridgestat.v1.NodeReplyH\x00\x42\x06\n\x04kind\"\x9a\x04\n\x12\x43oordinatorRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12:\n\rget_node_info\x18\x03 \x01(\x0b\x32!.bridgestat.v1.GetNodeInfoRequestH\x00\x12\x33\n\trun_query\x18\x04 \x01(\x0b\x32\x1e.bridgestat.v1.RunQueryRequestH\x00\x12;\n\x10secure_advertise\x18\x05 \x01(\x0b\x32\x1f.bridgestat.v1.AdvertiseRequestH\x00\x12<\n\x11secure_share_keys\x18\x06 \x01(\x0b\x32\x1f.bridgestat.v1.ShareKeysRequestH\x00\x12@\n\x13secure_masked_input\x18\x07 \x01(\x0b\x32!.bridgestat.v1.MaskedInputRequestH\x00\x12?\n\x12secure_consistency\x18\x08 \x01(\x0b\x32!.bridgestat.v1.ConsistencyRequestH\x00\x12\x35\n\rsecure_unmask\x18\t \x01(\x0b\x32\x1c.bridgestat.v1.UnmaskRequestH\x00\x12\x32\n\x0csecure_close\x18\n \x01(\x0b\x32\x1a.bridgestat.v1.SecureCloseH\x00\x42\x06\n\x04kind\"\x1e\n\x0bSecureClose\x12\x0f\n\x07session\x18\x01 \x01(\t\" \n\x0cSecureClosed\x12\x10\n\x08was_open\x18\x01 \x01(\x08\",\n\x0b\x45rrorStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb2\x04\n\tNodeReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x37\n\tnode_info\x18\x02 \x01(\x0b\x32\".bridgestat.v1.GetNodeInfoResponseH\x00\x12\x34\n\trun_query\x18\x03 \x01(\x0b\x32\x1f.bridgestat.v1.RunQueryResponseH\x00\x12+\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1a.bridgestat.v1.ErrorStatusH\x00\x12<\n\x10secure_advertise\x18\x05 \x01(\x0b\x32 .bridgestat.v1.AdvertiseResponseH\x00\x12=\n\x11secure_share_keys\x18\x06 \x01(\x0b\x32 .bridgestat.v1.ShareKeysResponseH\x00\x12\x41\n\x13secure_masked_input\x18\x07 \x01(\x0b\x32\".bridgestat.v1.MaskedInputResponseH\x00\x12@\n\x12secure_consistency\x18\x08 \x01(\x0b\x32\".bridgestat.v1.ConsistencyResponseH\x00\x12\x36\n\rsecure_unmask\x18\t \x01(\x0b\x32\x1d.bridgestat.v1.UnmaskResponseH\x00\x12\x33\n\x0csecure_close\x18\n \x01(\x0b\x32\x1b.bridgestat.v1.SecureClosedH\x00\x42\x06\n\x04kind2b\n\x12\x43oordinatorService\x12L\n\x07\x43onnect\x12\x1a.bridgestat.v1.NodeMessage\x1a!.bridgestat.v1.CoordinatorRequest(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,11 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEMESSAGE']._serialized_start=184
   _globals['_NODEMESSAGE']._serialized_end=287
   _globals['_COORDINATORREQUEST']._serialized_start=290
-  _globals['_COORDINATORREQUEST']._serialized_end=776
-  _globals['_ERRORSTATUS']._serialized_start=778
-  _globals['_ERRORSTATUS']._serialized_end=822
-  _globals['_NODEREPLY']._serialized_start=825
-  _globals['_NODEREPLY']._serialized_end=1334
-  _globals['_COORDINATORSERVICE']._serialized_start=1336
-  _globals['_COORDINATORSERVICE']._serialized_end=1434
+  _globals['_COORDINATORREQUEST']._serialized_end=828
+  _globals['_SECURECLOSE']._serialized_start=830
+  _globals['_SECURECLOSE']._serialized_end=860
+  _globals['_SECURECLOSED']._serialized_start=862
+  _globals['_SECURECLOSED']._serialized_end=894
+  _globals['_ERRORSTATUS']._serialized_start=896
+  _globals['_ERRORSTATUS']._serialized_end=940
+  _globals['_NODEREPLY']._serialized_start=943
+  _globals['_NODEREPLY']._serialized_end=1505
+  _globals['_COORDINATORSERVICE']._serialized_start=1507
+  _globals['_COORDINATORSERVICE']._serialized_end=1605
 # @@protoc_insertion_point(module_scope)

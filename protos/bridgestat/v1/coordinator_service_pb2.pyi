@@ -24,7 +24,7 @@ class NodeMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., reply: _Optional[_Union[NodeReply, _Mapping]] = ...) -> None: ...
 
 class CoordinatorRequest(_message.Message):
-    __slots__ = ("request_id", "caller", "get_node_info", "run_query", "secure_advertise", "secure_share_keys", "secure_masked_input", "secure_consistency", "secure_unmask")
+    __slots__ = ("request_id", "caller", "get_node_info", "run_query", "secure_advertise", "secure_share_keys", "secure_masked_input", "secure_consistency", "secure_unmask", "secure_close")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     GET_NODE_INFO_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class CoordinatorRequest(_message.Message):
     SECURE_MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     SECURE_CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     SECURE_UNMASK_FIELD_NUMBER: _ClassVar[int]
+    SECURE_CLOSE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     caller: str
     get_node_info: _node_service_pb2.GetNodeInfoRequest
@@ -43,7 +44,20 @@ class CoordinatorRequest(_message.Message):
     secure_masked_input: _secure_aggregation_pb2.MaskedInputRequest
     secure_consistency: _secure_aggregation_pb2.ConsistencyRequest
     secure_unmask: _secure_aggregation_pb2.UnmaskRequest
-    def __init__(self, request_id: _Optional[str] = ..., caller: _Optional[str] = ..., get_node_info: _Optional[_Union[_node_service_pb2.GetNodeInfoRequest, _Mapping]] = ..., run_query: _Optional[_Union[_node_service_pb2.RunQueryRequest, _Mapping]] = ..., secure_advertise: _Optional[_Union[_secure_aggregation_pb2.AdvertiseRequest, _Mapping]] = ..., secure_share_keys: _Optional[_Union[_secure_aggregation_pb2.ShareKeysRequest, _Mapping]] = ..., secure_masked_input: _Optional[_Union[_secure_aggregation_pb2.MaskedInputRequest, _Mapping]] = ..., secure_consistency: _Optional[_Union[_secure_aggregation_pb2.ConsistencyRequest, _Mapping]] = ..., secure_unmask: _Optional[_Union[_secure_aggregation_pb2.UnmaskRequest, _Mapping]] = ...) -> None: ...
+    secure_close: SecureClose
+    def __init__(self, request_id: _Optional[str] = ..., caller: _Optional[str] = ..., get_node_info: _Optional[_Union[_node_service_pb2.GetNodeInfoRequest, _Mapping]] = ..., run_query: _Optional[_Union[_node_service_pb2.RunQueryRequest, _Mapping]] = ..., secure_advertise: _Optional[_Union[_secure_aggregation_pb2.AdvertiseRequest, _Mapping]] = ..., secure_share_keys: _Optional[_Union[_secure_aggregation_pb2.ShareKeysRequest, _Mapping]] = ..., secure_masked_input: _Optional[_Union[_secure_aggregation_pb2.MaskedInputRequest, _Mapping]] = ..., secure_consistency: _Optional[_Union[_secure_aggregation_pb2.ConsistencyRequest, _Mapping]] = ..., secure_unmask: _Optional[_Union[_secure_aggregation_pb2.UnmaskRequest, _Mapping]] = ..., secure_close: _Optional[_Union[SecureClose, _Mapping]] = ...) -> None: ...
+
+class SecureClose(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    def __init__(self, session: _Optional[str] = ...) -> None: ...
+
+class SecureClosed(_message.Message):
+    __slots__ = ("was_open",)
+    WAS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    was_open: bool
+    def __init__(self, was_open: _Optional[bool] = ...) -> None: ...
 
 class ErrorStatus(_message.Message):
     __slots__ = ("code", "message")
@@ -54,7 +68,7 @@ class ErrorStatus(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeReply(_message.Message):
-    __slots__ = ("request_id", "node_info", "run_query", "error", "secure_advertise", "secure_share_keys", "secure_masked_input", "secure_consistency", "secure_unmask")
+    __slots__ = ("request_id", "node_info", "run_query", "error", "secure_advertise", "secure_share_keys", "secure_masked_input", "secure_consistency", "secure_unmask", "secure_close")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_INFO_FIELD_NUMBER: _ClassVar[int]
     RUN_QUERY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +78,7 @@ class NodeReply(_message.Message):
     SECURE_MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     SECURE_CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     SECURE_UNMASK_FIELD_NUMBER: _ClassVar[int]
+    SECURE_CLOSE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     node_info: _node_service_pb2.GetNodeInfoResponse
     run_query: _node_service_pb2.RunQueryResponse
@@ -73,4 +88,5 @@ class NodeReply(_message.Message):
     secure_masked_input: _secure_aggregation_pb2.MaskedInputResponse
     secure_consistency: _secure_aggregation_pb2.ConsistencyResponse
     secure_unmask: _secure_aggregation_pb2.UnmaskResponse
-    def __init__(self, request_id: _Optional[str] = ..., node_info: _Optional[_Union[_node_service_pb2.GetNodeInfoResponse, _Mapping]] = ..., run_query: _Optional[_Union[_node_service_pb2.RunQueryResponse, _Mapping]] = ..., error: _Optional[_Union[ErrorStatus, _Mapping]] = ..., secure_advertise: _Optional[_Union[_secure_aggregation_pb2.AdvertiseResponse, _Mapping]] = ..., secure_share_keys: _Optional[_Union[_secure_aggregation_pb2.ShareKeysResponse, _Mapping]] = ..., secure_masked_input: _Optional[_Union[_secure_aggregation_pb2.MaskedInputResponse, _Mapping]] = ..., secure_consistency: _Optional[_Union[_secure_aggregation_pb2.ConsistencyResponse, _Mapping]] = ..., secure_unmask: _Optional[_Union[_secure_aggregation_pb2.UnmaskResponse, _Mapping]] = ...) -> None: ...
+    secure_close: SecureClosed
+    def __init__(self, request_id: _Optional[str] = ..., node_info: _Optional[_Union[_node_service_pb2.GetNodeInfoResponse, _Mapping]] = ..., run_query: _Optional[_Union[_node_service_pb2.RunQueryResponse, _Mapping]] = ..., error: _Optional[_Union[ErrorStatus, _Mapping]] = ..., secure_advertise: _Optional[_Union[_secure_aggregation_pb2.AdvertiseResponse, _Mapping]] = ..., secure_share_keys: _Optional[_Union[_secure_aggregation_pb2.ShareKeysResponse, _Mapping]] = ..., secure_masked_input: _Optional[_Union[_secure_aggregation_pb2.MaskedInputResponse, _Mapping]] = ..., secure_consistency: _Optional[_Union[_secure_aggregation_pb2.ConsistencyResponse, _Mapping]] = ..., secure_unmask: _Optional[_Union[_secure_aggregation_pb2.UnmaskResponse, _Mapping]] = ..., secure_close: _Optional[_Union[SecureClosed, _Mapping]] = ...) -> None: ...

@@ -14,7 +14,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from bridgestat.coordinator.secure.transport import SessionLinks
 from bridgestat.node import cli as node_cli
 from bridgestat.v1 import secure_aggregation_pb2 as spb
 from bridgestat.v1 import secure_aggregation_pb2_grpc as spb_grpc
+from tests.integration.test_secure import DropAtConsistency
 
 Z = 4.7 * 1.2
 VIA_HUB = ("member-02", "member-05")
@@ -171,9 +172,9 @@ def test_the_hub_refuses_a_caller_not_on_its_allow_list(mixed: Mixed) -> None:
         assert _rho_spent(net) == before
 
 
-class LeaveOutViaHub(SecureDriver):
+class LeaveOutViaHub(DropAtConsistency):
     """Leaves member-05 (connect mode) out of the consistency round: its Session stream to
-    the hub is cancelled after its masked input."""
+    the hub is cancelled after its masked input. Remembers the session's id."""
 
     session = ""
 
@@ -181,14 +182,6 @@ class LeaveOutViaHub(SecureDriver):
                          names: tuple[str, ...], dropped: dict[str, str], hook: Any) -> Any:
         self.session = session
         return await super()._advertise(links, query, key, session, names, dropped, hook)
-
-    async def _round(self, links: SessionLinks, name: str, members: Sequence[str],
-                     dropped: dict[str, str], requests: Any) -> dict[str, Any]:
-        if name == sa.CONSISTENCY:
-            links.drop("member-05")
-            dropped["member-05"] = "consistency: left out by the test"
-            members = [m for m in members if m != "member-05"]
-        return await super()._round(links, name, members, dropped, requests)
 
 
 def test_a_connect_mode_member_left_out_is_told_its_session_is_over(mixed: Mixed) -> None:

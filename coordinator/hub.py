@@ -239,13 +239,13 @@ class Relay:
         self.allow = None if allow is None else frozenset(allow)
         self._closing: set[asyncio.Task[None]] = set()  # secure closes still on their way
 
-    def close_later(self, context: AioContext, session: str) -> None:
-        """Tell the call's member that secure `session` is over (the driver's Session stream
-        ended before unmask), in the background: the stream's handler may be cancelled. The
-        node closes it only for the caller that opened it; an older node ignores it."""
-        member = str(dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, ""))
-        request = cpb.CoordinatorRequest(request_id=uuid.uuid4().hex,
-                                         caller=_peer_identity(context),
+    def close_later(self, member: str, caller: str, session: str) -> None:
+        """Tell `member` that `caller`'s secure `session` is over (the driver's Session stream
+        ended before unmask), in the background: the stream's handler may be cancelled, and
+        its call context must not be touched then (read `member` and `caller` from it while
+        the call is live). The node closes it only for the caller that opened it; an older
+        node ignores it."""
+        request = cpb.CoordinatorRequest(request_id=uuid.uuid4().hex, caller=caller,
                                          secure_close=cpb.SecureClose(session=session))
         task = asyncio.get_running_loop().create_task(self._close(member, request))
         self._closing.add(task)
@@ -350,6 +350,8 @@ class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
         name; an error ends the stream with the status the unary proxy would return. When
         the stream ends before unmask, the member is told to close the session (as a node's
         own server closes it when its stream ends), instead of holding it until it expires."""
+        member = str(dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, ""))
+        caller = _peer_identity(context)  # read now: after a cancel the context is gone
         opened = ""
         try:
             async for message in request_iterator:
@@ -360,15 +362,15 @@ class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
                 relayed = cpb.CoordinatorRequest(
                     **{f"secure_{kind}": getattr(message, str(kind))})
                 reply = await self._round(context, relayed)
-                if kind == "advertise":  # the member opened the session
-                    opened = message.advertise.session
+                # advertise opened the session at the member; unmask ended it there
+                opened = message.advertise.session if kind == "advertise" else (
+                    "" if kind == "unmask" else opened)
                 yield spb.SessionResponse(**{str(kind): getattr(reply, f"secure_{kind}")})
                 if kind == "unmask":  # the last round, as at a node: the stream ends here
-                    opened = ""
                     return
         finally:
             if opened:
-                self.relay.close_later(context, opened)
+                self.relay.close_later(member, caller, opened)
 
     async def _round(self, context: AioContext,
                      request: cpb.CoordinatorRequest) -> cpb.NodeReply:

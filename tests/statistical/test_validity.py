@@ -63,7 +63,15 @@ EXTRA_NOMINAL = ("attr", "opt_tiny_mean", "opt_tiny_change", "opt_mean", "opt_ch
                  "opt_split_change")
 EXTRA_AMONG_ESTIMABLE = ("attr_tiny",)
 NOMINAL = ("mean", "mean_low", "change", "d_z", "share", "rd", "fe", "re_hksj",
-           f"re{SETTINGS.members_re}_hksj", "slope", "dz_pilot_eps1_unflagged")
+           f"re{SETTINGS.members_re}_hksj", "slope")
+# Held among the networks that have the estimate: the unflagged d_z at 2 x 150 and epsilon 1
+# is not estimable (the pooled noisy s^2 <= 0) in 27 of 1,000 networks (RESULTS.md) and in 9
+# and 16 of two 300-network runs, which alone takes "not estimable counts as not covered" to
+# about 0.92 (0.883 in the CI run with 16): asserted that way it failed about 1 run in 14.
+AMONG_ESTIMABLE = ("dz_pilot_eps1_unflagged",)
+# Its not-estimable share: the runs' 52 of 1,600 (3.3 %) plus 5 binomial SEs at 300 networks,
+# 0.033 + 5 sqrt(0.033 * 0.967 / 300) = 0.084, rounded up.
+MAX_NOT_ESTIMABLE = 0.09
 FLAGGED_REGIMES = ("dz_pilot", "dz_tiny")  # epsilon 0.3: 2 x 150 and 5 x 40 members
 FEW_MEMBERS = ("re", f"re{SETTINGS.members_re}")  # prefixes of the Wald / HKSJ pairs
 DP_TERMS_MATTER = (("mean_low", "mean_low_nodp"), ("d_z", "d_z_nodp"), ("fe", "fe_nodp"),
@@ -121,6 +129,22 @@ def test_coverage_with_dp_terms_is_nominal(results: tuple[validity.NetworkResult
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("key", AMONG_ESTIMABLE)
+def test_coverage_among_estimable_networks_is_nominal(
+        results: tuple[validity.NetworkResult, ...], key: str) -> None:
+    """Where an estimate is not available in a few % of networks, its interval covers at 0.95
+    among the networks that have it, and the networks without it stay that few."""
+    row = validity.summarise(results, quantity(key))
+    tolerance = 4 * math.sqrt(0.95 * 0.05 / row.runs)
+    assert abs(row.covered / row.runs - 0.95) <= tolerance, \
+        f"{row.quantity.label}: coverage {row.covered / row.runs:.3f} over {row.runs} " \
+        f"networks outside 0.95 +- {tolerance:.3f}"
+    share = row.failed / (row.runs + row.failed)
+    assert share <= MAX_NOT_ESTIMABLE, \
+        f"{row.quantity.label}: not estimable in {row.failed} networks ({share:.3f})"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("key", EXTRA_NOMINAL + EXTRA_AMONG_ESTIMABLE)
 def test_attrition_and_optimised_budgets_cover_nominally(
         extra: tuple[validity.NetworkResult, ...], key: str) -> None:
@@ -166,7 +190,7 @@ def test_d_z_flag_marks_the_small_networks_that_under_cover(
     flag (public metadata and the noisy count only) is set on every network, and their d_z
     covers clearly less than 0.95 when a network without a d_z counts as not covered (s^2 <= 0
     in 15-45 % of them). Where the flag is not set (2 x 150 at epsilon 1) coverage is nominal
-    (`dz_pilot_eps1_unflagged` in NOMINAL)."""
+    among the networks that have a d_z (`dz_pilot_eps1_unflagged` in AMONG_ESTIMABLE)."""
     unflagged = validity.summarise(results, quantity(f"{prefix}_unflagged"))
     flagged = validity.summarise(results, quantity(f"{prefix}_flagged"))
     assert unflagged.runs + unflagged.failed == 0

@@ -153,6 +153,7 @@ class SecureDriver:
         if len(members) < 2:
             raise SecureError("secure mode needs at least 2 members")
         self.members = tuple(sorted(members, key=lambda m: m.name))
+        self._by_name = {m.name: m for m in self.members}
         self.settings, self.timeout = settings, timeout
         self.ca = x509.load_pem_x509_certificate(tls.ca.read_bytes()) if tls else None
         self._credentials = tls.channel_credentials() if tls else None
@@ -297,16 +298,14 @@ class SecureDriver:
             method = self._sessions[member] = self._channels[member].stream_stream(
                 SESSION_METHOD, request_serializer=None,
                 response_deserializer=spb.SessionResponse.FromString)
-        found = next(m for m in self.members if m.name == member)
-        metadata = ((MEMBER_HEADER, member),) if found.hub is not None else None
+        metadata = ((MEMBER_HEADER, member),) if self._by_name[member].hub is not None else None
         return method(None, timeout=deadline, metadata=metadata)
 
     def stub(self, member: str) -> spb_grpc.SecureAggregationServiceStub:
         """The member's stub; its channel opens on the running loop at first use."""
         stub = self._stubs.get(member)
         if stub is None:
-            found = next(m for m in self.members if m.name == member)
-            self._channels[member] = _channel(found, self._credentials)
+            self._channels[member] = _channel(self._by_name[member], self._credentials)
             stub = self._stubs[member] = spb_grpc.SecureAggregationServiceStub(
                 self._channels[member])
         return stub

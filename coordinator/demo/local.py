@@ -15,6 +15,7 @@ starts `bridgestat coordinator serve` for them. Start the hub before the nodes:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -47,10 +48,49 @@ class LocalMember:
     connect: bool = False  # the node dials the hub at `address`
 
 
+PORTS_ENV = "BRIDGESTAT_LOCAL_PORTS"  # LOW-HIGH: hand out ports from this range instead
+
+
 def free_port() -> int:
+    """A loopback port nothing is bound to now: the kernel's choice, or with
+    BRIDGESTAT_LOCAL_PORTS=LOW-HIGH the next free one in that range. A port is free only
+    until a node binds it, so two processes that pick ports at once may pick the same one;
+    the test suite's parallel workers therefore each get their own range below the kernel's
+    ephemeral ports (tests/conftest.py)."""
+    span = _port_range()
+    if span is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    low, high = span
+    for _ in range(high - low + 1):
+        port = low + next(_turn) % (high - low + 1)
+        if _bindable(port):
+            return port
+    raise OSError(f"{PORTS_ENV}={os.environ[PORTS_ENV]}: no free port in that range")
+
+
+_turn = itertools.count(os.getpid())  # each process starts elsewhere in the range
+
+
+def _port_range() -> tuple[int, int] | None:
+    value = os.environ.get(PORTS_ENV, "")
+    if not value:
+        return None
+    low, sep, high = value.partition("-")
+    if not (sep and low.isdigit() and high.isdigit() and 0 < int(low) <= int(high) < 65536):
+        raise ValueError(f"{PORTS_ENV}={value!r}: expected a port range LOW-HIGH, "
+                         "e.g. 20000-24999")
+    return int(low), int(high)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_ports(count: int) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -198,12 +197,6 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pg(bin_dir: Path, base: Path, *args: str) -> None:
     command = _as_server_user([str(bin_dir / args[0]), *args[1:]])
     done = subprocess.run(command, cwd=base, capture_output=True, text=True, timeout=60,
@@ -223,7 +216,7 @@ def cluster(member: Member) -> Iterator[Cluster]:
     if os.geteuid() == 0:
         for path in (base, base / "pw"):
             shutil.chown(path, "postgres", "postgres")
-    port = _free_port()
+    port = local.free_port()
     data_dir = base / "data"
     started = False
     try:
@@ -567,7 +560,7 @@ def test_wrong_password_names_the_server_not_the_password(member: Member, cluste
 
 def test_unreachable_database_fails_fast_naming_the_dsn(member: Member, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    closed = _free_port()  # bound and released: nothing listens there
+    closed = local.free_port()  # bound and released: nothing listens there
     data = {"source": "postgresql", "password_env": PASSWORD_ENV,
             "dsn": f"host=127.0.0.1 port={closed} dbname={DATABASE} user={NODE_ROLE}",
             "tables": {t.name: f"bridge.{t.name}" for t in member.schema.tables}}

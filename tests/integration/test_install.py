@@ -13,6 +13,7 @@ Needs PyPI (as `make install` does); pip's cache makes a repeat quick.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,10 +31,22 @@ def _run(*cmd: str | Path, timeout: float = 900) -> str:
     return done.stdout
 
 
+# what the wheel is built from (pyproject.toml's package-dir and readme)
+SOURCES = ("pyproject.toml", "README.md", "protos", "common", "node", "coordinator")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dist = tmp_path_factory.mktemp("dist")
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, ROOT)
+    """Built from a copy of the sources: setuptools builds in the tree (build/, *.egg-info),
+    and the container test builds the same package there, maybe at the same time."""
+    source, dist = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, source)
     [built] = dist.glob("bridgestat-*.whl")
     return built
 

@@ -46,8 +46,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	PYTHON=$(PY) sh scripts/typecheck
 
+# The test files run in TEST_WORKERS processes (pytest-xdist; a file's tests stay in one
+# worker, so its module fixtures run once): on CI's two cores this takes a third off.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint chromium postgresql containers
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

@@ -7,7 +7,7 @@ here), the one the node decodes with; releases are decoded here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridgestat.common.labels import COUNT, SUM, SUM_SQUARES
 from bridgestat.common.wire import query_to_pb
@@ -24,6 +24,9 @@ class CellRelease:
     values: dict[str, Noisy]  # a quantile (no closed-form noise variance) is in `points`
     points: dict[str, float] | None = None
     suppressed: bool = False  # under the member's min_group_size: no values
+    # each value's own pure-DP loss as the node spent it (its noise was calibrated to it);
+    # empty where the node sent none (Gaussian values, which carry rho instead)
+    epsilons: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,9 @@ def _cell(cell: pb.Cell) -> CellRelease:
     noisy = {v.name: Noisy(v.value, v.noise_variance) for v in cell.values
              if not math.isnan(v.noise_variance)}
     points = {v.name: v.value for v in cell.values if math.isnan(v.noise_variance)}
-    return CellRelease(group, noisy, points or None, suppressed=cell.suppressed)
+    epsilons = {v.name: v.epsilon for v in cell.values if v.epsilon > 0}
+    return CellRelease(group, noisy, points or None, suppressed=cell.suppressed,
+                       epsilons=epsilons)
 
 
 _REQUIRED: dict[str, tuple[str, ...]] = {Statistic.COUNT: (COUNT,), Statistic.MEAN: (COUNT, SUM, SUM_SQUARES),

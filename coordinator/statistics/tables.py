@@ -201,22 +201,28 @@ def _clipped(cell: CellRelease, name: str) -> Noisy:
 def change_half_width(result: QueryResult) -> float | None:
     """Half-width H of the change's public clip: the query's clip, else (the schema's
     default, [-(U - L), U - L]) read off a release's public noise variance of the centred
-    sum, v_S = Var(discrete Laplace, scale F / eps_S) (H / F)^2 at the query's split (the
-    node's default, less the clip counts' share when asked for)."""
+    sum, v_S = Var(discrete Laplace, scale F / eps_S) (H / F)^2, at the sum's own epsilon
+    eps_S as the node spent it (a node that predates per-value losses: the query's split,
+    the node's default less the clip counts' share when asked for; a node that ignores the
+    split would make that guess wrong)."""
     if result.query.clip is not None:
         low, high = result.query.clip
         return (high - low) / 2
     for release in result.releases.values():
         for cell in release.cells:
             noise = cell.values.get(SUM) if not cell.suppressed else None
-            if noise is not None and noise.variance > 0 and result.query.epsilon > 0:
-                query = result.query
-                share = query.split[1] if query.split else planning.HAND_SPLIT.sum
-                if query.clip_counts:
-                    share *= 1 - planning.CLIP_SHARE
-                unit = planning.fixed_point_variance(1.0, query.epsilon * share)
+            epsilon = cell.epsilons.get(SUM) or _requested_sum_epsilon(result.query)
+            if noise is not None and noise.variance > 0 and epsilon > 0:
+                unit = planning.fixed_point_variance(1.0, epsilon)
                 return float((noise.variance / unit) ** 0.5)
     return None
+
+
+def _requested_sum_epsilon(query: Query) -> float:
+    share = query.split[1] if query.split else planning.HAND_SPLIT.sum
+    if query.clip_counts:
+        share *= 1 - planning.CLIP_SHARE
+    return query.epsilon * share
 
 
 def histogram_table(result: QueryResult) -> pd.DataFrame:

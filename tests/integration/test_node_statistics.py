@@ -538,3 +538,25 @@ def test_vanishing_loss_is_refused_or_answered_never_an_internal_error(
         return
     values = response.release.cells[0].values
     assert all(v.noise_variance > 0 for v in values)  # inf is an honest answer
+
+
+@pytest.mark.parametrize("split", [None, (0.2, 0.6, 0.2)])
+def test_a_changes_default_clip_is_read_off_the_sum_at_the_epsilon_the_node_spent(
+        stats_node: RunningNode, split: tuple[float, float, float] | None) -> None:
+    """Without a clip the coordinator reads the schema's default half-width, U - L, off the
+    released sum's noise, at the sum's own epsilon as the node reports it (so a split the node
+    does not apply as asked cannot mislead it)."""
+    from bridgestat.common import query as q
+    from bridgestat.coordinator.client.wire import query_to_pb, release_from_pb
+    from bridgestat.coordinator.statistics import planning
+    from bridgestat.coordinator.statistics.tables import QueryResult, change_half_width
+    query = q.Query("paired_change", "assessment", "bridge_total", 0.5,
+                    occasion=q.Occasion(12, 9, 15), baseline=q.INTAKE, split=split)
+    response = _run(stats_node, f"half-width-{split}", query_to_pb(query))
+    release = release_from_pb(response)
+    share = split[1] if split else planning.HAND_SPLIT.sum
+    [cell] = release.cells
+    assert cell.epsilons["sum"] == pytest.approx(0.5 * share, rel=1e-9)
+    column = _schema_column(stats_node, "assessment", "bridge_total")
+    result = QueryResult(query, "key", (release.node_id,), {release.node_id: release}, {})
+    assert change_half_width(result) == pytest.approx(column.upper - column.lower, rel=1e-9)

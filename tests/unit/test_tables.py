@@ -276,3 +276,19 @@ def test_without_a_clip_the_half_width_is_read_off_the_public_noise() -> None:
     answer = release("m0", change_cell(40.0, 1.0, var_sum=v_s))
     assert change_half_width(result(answer, query=change_query(None))) == pytest.approx(100.0)
     assert change_half_width(result(answer, query=change_query((-40.0, 40.0)))) == 40.0
+
+
+def test_the_half_width_is_read_at_the_sums_own_epsilon_not_the_requested_split() -> None:
+    """A node that spent the sum's epsilon at its default split although another was asked
+    for (one that predates the split): its reported epsilon, not the request, decides."""
+    from dataclasses import replace
+
+    from bridgestat.coordinator.statistics import planning
+    from bridgestat.coordinator.statistics.tables import change_half_width
+    spent = 0.3 * planning.HAND_SPLIT.sum
+    cell = change_cell(40.0, 1.0, var_sum=planning.fixed_point_variance(100.0, spent))
+    asked = replace(change_query(None), split=(0.1, 0.8, 0.1))
+    guessed = change_half_width(result(release("m0", cell), query=asked))
+    assert guessed != pytest.approx(100.0)  # the requested split would mislead it
+    told = replace(cell, epsilons={"sum": spent})
+    assert change_half_width(result(release("m0", told), query=asked)) == pytest.approx(100.0)

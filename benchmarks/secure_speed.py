@@ -4,7 +4,7 @@ Speed. K members served by `node_host.py` processes (each member its own gRPC se
 and SQLite ledger; mutual TLS), the researcher's whole call timed in the same run: the
 secure pooled mean (`net.mean(..., secure=True)`: five rounds, key agreement, Shamir shares,
 masks, OpenDP noise share, ledger charge) against the per-member-noise pooled mean
-(`net.mean(...)`). Prints p50/p95, their ratio (target <= 3x at K = 25) and the nodes' CPU
+(`net.mean(...)`), the two taken in turn. Prints p50/p95, their ratio (target <= 3x at K = 25) and the nodes' CPU
 per member per query (target <= 15 ms for the secure query at K = 25; on 2 shared cores
 this includes gRPC and TLS for five calls per member).
 
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script: import benchmarks.* from the c
 
 import opendp.prelude as dp
 
-from benchmarks.fanout_scale import hosted, percentile, timed
+from benchmarks.fanout_scale import Timing, cpu_ms, hosted, percentile
 from bridgestat.common import secagg as sa
 from bridgestat.common.distributed_dp import sigma_for_rho
 from bridgestat.coordinator.api import Network
@@ -73,6 +74,7 @@ def speed(nodes: list[int], queries: int, participants: int) -> None:
         spec = load_network(root / "network.yaml")
         print("nodes | per-member p50 ms | p95 | secure p50 ms | p95 | ratio | node CPU ms "
               "per member: per-member | secure | coordinator CPU ms: per-member | secure")
+        speed_ms = python_loop_ms()
         for n in nodes:
             with open(root / f"hosts-{n}.log", "w") as log, \
                     hosted(members[:n], 2, True, log) as pids, \
@@ -82,13 +84,41 @@ def speed(nodes: list[int], queries: int, participants: int) -> None:
                 for _ in range(2):  # warm channels, TLS sessions, plan and certificate caches
                     plain()
                     secure()
-                a, b = timed(plain, queries, pids), timed(secure, queries, pids)
+                a, b = interleaved((plain, secure), queries, pids)
                 pa, pb = statistics.median(a.wall_ms), statistics.median(b.wall_ms)
                 print(f"{n:>5} | {pa:17.1f} | {percentile(a.wall_ms, 0.95):6.1f} | {pb:13.1f} | "
                       f"{percentile(b.wall_ms, 0.95):6.1f} | {pb / pa:5.2f} | "
                       f"{a.nodes_cpu_ms / n:10.2f} | {b.nodes_cpu_ms / n:6.2f} | "
                       f"{a.coordinator_cpu_ms:10.1f} | {b.coordinator_cpu_ms:6.1f}", flush=True)
+        print(f"machine speed: {speed_ms:.0f} ms for 10^7 Python additions before, "
+              f"{python_loop_ms():.0f} ms after (this VM's CPU speed drifts)")
     print("targets at K = 25: secure p50 <= 3x the per-member p50; member CPU <= 15 ms")
+
+
+def interleaved(calls: tuple[Callable[[], object], ...], repeats: int,
+                hosts: Sequence[int]) -> list[Timing]:
+    """Each call's wall times and CPU (here and in the node hosts), the calls taken in turn
+    (a, b, a, b, ...) so that every kind meets the same machine: this VM's CPU speed drifts
+    by up to 1.8x within minutes, which moved the ratio of two back-to-back phases."""
+    walls: list[list[float]] = [[] for _ in calls]
+    here, there = [0.0] * len(calls), [0.0] * len(calls)
+    for _ in range(repeats):
+        for i, call in enumerate(calls):
+            cpu, nodes, start = time.process_time(), cpu_ms(hosts), time.perf_counter()
+            call()
+            walls[i].append((time.perf_counter() - start) * 1000)
+            here[i] += (time.process_time() - cpu) * 1000
+            there[i] += cpu_ms(hosts) - nodes
+    return [Timing(w, h / repeats, t / repeats) for w, h, t in zip(walls, here, there,
+                                                                   strict=True)]
+
+
+def python_loop_ms() -> float:
+    """A fixed pure-Python loop's wall time: how fast this machine runs Python just now."""
+    start, total = time.perf_counter(), 0
+    for i in range(10**7):
+        total += i
+    return (time.perf_counter() - start) * 1000
 
 
 def _secure(net: Network) -> None:

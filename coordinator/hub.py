@@ -143,6 +143,11 @@ class Hub:
         await stopping
 
 
+def _member_named(context: AioContext) -> str:
+    """The member a proxied call is for (its `bridgestat-member` metadata; "" if none)."""
+    return str(dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, ""))
+
+
 def _peer_identity(context: AioContext) -> str:
     found = context.auth_context().get("x509_common_name")
     names = [found] if isinstance(found, bytes) else list(found or [])
@@ -270,14 +275,14 @@ class Relay:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"caller {caller!r} may not query members through this "
                                 "coordinator (coordinator serve --allow)")
-        member = dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, "")
+        member = _member_named(context)
         if not member:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"name the member in the {MEMBER_HEADER!r} metadata")
         request.request_id = uuid.uuid4().hex
         request.caller = caller
         try:
-            reply = await self.hub.ask(str(member), request, context.time_remaining())
+            reply = await self.hub.ask(member, request, context.time_remaining())
         except LookupError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except ConnectionError as exc:
@@ -350,8 +355,8 @@ class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
         name; an error ends the stream with the status the unary proxy would return. When
         the stream ends before unmask, the member is told to close the session (as a node's
         own server closes it when its stream ends), instead of holding it until it expires."""
-        member = str(dict(context.invocation_metadata() or ()).get(MEMBER_HEADER, ""))
-        caller = _peer_identity(context)  # read now: after a cancel the context is gone
+        # read now: after a cancel the context is gone
+        member, caller = _member_named(context), _peer_identity(context)
         opened = ""
         try:
             async for message in request_iterator:
@@ -362,9 +367,10 @@ class SecureProxyServicer(spb_grpc.SecureAggregationServiceServicer):
                 relayed = cpb.CoordinatorRequest(
                     **{f"secure_{kind}": getattr(message, str(kind))})
                 reply = await self._round(context, relayed)
-                # advertise opened the session at the member; unmask ended it there
-                opened = message.advertise.session if kind == "advertise" else (
-                    "" if kind == "unmask" else opened)
+                if kind == "advertise":  # it opened the session at the member
+                    opened = message.advertise.session
+                elif kind == "unmask":  # it ended the session there
+                    opened = ""
                 yield spb.SessionResponse(**{str(kind): getattr(reply, f"secure_{kind}")})
                 if kind == "unmask":  # the last round, as at a node: the stream ends here
                     return

@@ -49,6 +49,7 @@ class LocalMember:
 
 
 PORTS_ENV = "BRIDGESTAT_LOCAL_PORTS"  # LOW-HIGH: hand out ports from this range instead
+_turn = itertools.count(os.getpid())  # where in the range to look next (each process apart)
 
 
 def free_port() -> int:
@@ -68,9 +69,6 @@ def free_port() -> int:
         if _bindable(port):
             return port
     raise OSError(f"{PORTS_ENV}={os.environ[PORTS_ENV]}: no free port in that range")
-
-
-_turn = itertools.count(os.getpid())  # each process starts elsewhere in the range
 
 
 def _port_range() -> tuple[int, int] | None:
